@@ -1,0 +1,48 @@
+# mediaserver: `make run` to try it, `make test` to check it. Both start from a fresh clone.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-test system-test-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+
+# Installs the package in place, compiling the Cython fast path.
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+run: install
+	$(BIN)/mediaserver serve $(ARGS)
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+# Debian packages the tests use: PostgreSQL (store tests), iproute2 and util-linux
+# (a loopback-only network namespace). Installed only when missing.
+system-test-deps:
+	@need=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v pg_isready >/dev/null 2>&1 || need="$$need postgresql-client"; \
+	command -v ip >/dev/null 2>&1 || need="$$need iproute2"; \
+	command -v unshare >/dev/null 2>&1 || need="$$need util-linux"; \
+	if [ -n "$$need" ]; then \
+	  echo "installing Debian packages:$$need"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+# The suite runs in a network namespace that holds only loopback, so no test can
+# send a packet anywhere else (see DESIGN.md, "Real peers in tests").
+test: install-test system-test-deps
+	@if unshare -n true 2>/dev/null; then NS="unshare -n"; \
+	elif unshare -rn true 2>/dev/null; then NS="unshare -rn"; \
+	else echo "error: cannot create a network namespace (unshare -n); run as root or enable user namespaces" >&2; exit 1; fi; \
+	$$NS sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'
+
+clean:
+	rm -rf build *.egg-info mediaserver/_fastpath.c mediaserver/_fastpath*.so

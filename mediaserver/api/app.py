@@ -1,0 +1,102 @@
+"""The gateway application: routes, error format, lifecycle ticking and the pages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mediaserver import __version__
+from mediaserver.api import rest, ws
+from mediaserver.config import Settings
+from mediaserver.errors import MediaserverError
+from mediaserver.store import Store
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "invalid_request"}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(settings: Settings, store: Store, control: Any) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ticker = asyncio.create_task(_tick_forever(control, settings.tick_seconds))
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    app = FastAPI(
+        title="mediaserver",
+        version=__version__,
+        description="Rooms, tokens, sessions and participants of a mediaserver deployment.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.control = control
+    app.include_router(rest.router)
+    app.add_api_websocket_route("/v1/ws", ws.websocket_endpoint)
+
+    @app.exception_handler(MediaserverError)
+    async def _known(_: Request, e: MediaserverError) -> JSONResponse:
+        return _error(e.status, e.code, e.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in e.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return _error(400, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _error(e.status_code, HTTP_CODES.get(e.status_code, "invalid_request"), str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "internal", "the server failed on this request; it has been logged")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/join/{room_id}", include_in_schema=False)
+    async def join_page(room_id: str) -> FileResponse:
+        return FileResponse(STATIC / "meet.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise MediaserverError("not_found", f"no file {name!r}")
+        return FileResponse(path)
+
+    return app
+
+
+async def _tick_forever(control: Any, interval: float) -> None:
+    """Drive the sessions' timers (grace periods). Every gateway does it; a tick is idempotent."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await control.tick()
+        except MediaserverError as e:
+            log.debug("tick skipped: %s", e)
+        except Exception:
+            log.exception("tick failed")

@@ -1,0 +1,192 @@
+"""REST routes under /v1: rooms, tokens, sessions, participants."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from mediaserver import tokens
+from mediaserver.api.auth import Caller, api_key
+from mediaserver.api.models import (
+    ErrorResponse,
+    Event,
+    Participant,
+    ParticipantDetail,
+    Room,
+    RoomCreate,
+    RoomList,
+    RoomUpdate,
+    Session,
+    SessionDetail,
+    SessionList,
+    TokenRequest,
+    TokenResponse,
+    to_dt,
+    to_ts,
+)
+from mediaserver.errors import MediaserverError
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 429, 503)}
+router = APIRouter(prefix="/v1", responses=ERRORS)
+Auth = Annotated[Caller, Depends(api_key)]
+STATUSES = ("live", "ending_soon", "ended")
+
+
+@router.get("/health", tags=["server"])
+async def health(request: Request) -> dict:
+    return {"status": "ok", "version": request.app.version}
+
+
+# Rooms ----------------------------------------------------------------------
+
+
+async def _room(request: Request, caller: Caller, room_id: str) -> dict:
+    room = await request.app.state.store.get_room(room_id, caller.team_id)
+    if room is None:
+        raise MediaserverError("room_not_found", f"no room {room_id!r} in your team")
+    return room
+
+
+@router.post("/rooms", status_code=201, response_model=Room, tags=["rooms"])
+async def create_room(body: RoomCreate, request: Request, caller: Auth) -> Room:
+    row = await request.app.state.store.create_room(caller.team_id, body.to_row(only_set=False))
+    return Room.from_row(row)
+
+
+@router.get("/rooms", response_model=RoomList, tags=["rooms"])
+async def list_rooms(
+    request: Request,
+    caller: Auth,
+    q: Annotated[str | None, Query(max_length=100, description="Matches room ID, name or comment")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> RoomList:
+    rows = await request.app.state.store.list_rooms(caller.team_id, q=q, limit=limit + 1, offset=offset)
+    more = len(rows) > limit
+    return RoomList(rooms=[Room.from_row(r) for r in rows[:limit]], next_offset=offset + limit if more else None)
+
+
+@router.get("/rooms/{room_id}", response_model=Room, tags=["rooms"])
+async def get_room(room_id: str, request: Request, caller: Auth) -> Room:
+    return Room.from_row(await _room(request, caller, room_id))
+
+
+@router.patch("/rooms/{room_id}", response_model=Room, tags=["rooms"])
+async def update_room(room_id: str, body: RoomUpdate, request: Request, caller: Auth) -> Room:
+    current = await _room(request, caller, room_id)
+    changes = body.to_row(only_set=True)
+    for required in ("name", "type", "media_mode", "archive_mode", "encryption", "capacity"):
+        if required in changes and changes[required] is None:
+            raise MediaserverError("invalid_request", f"{required} cannot be cleared")
+    starts = changes.get("starts_at", current["starts_at"])
+    ends = changes.get("ends_at", current["ends_at"])
+    if starts is not None and ends is not None and ends <= starts:
+        raise MediaserverError("invalid_request", "ends_at must be after starts_at")
+    row = await request.app.state.store.update_room(room_id, caller.team_id, changes)
+    if row is None:
+        raise MediaserverError("room_not_found", f"no room {room_id!r} in your team")
+    return Room.from_row(row)
+
+
+@router.post("/rooms/{room_id}/tokens", status_code=201, response_model=TokenResponse, tags=["tokens"])
+async def create_token(room_id: str, body: TokenRequest, request: Request, caller: Auth) -> TokenResponse:
+    await _room(request, caller, room_id)
+    settings = request.app.state.settings
+    token, grant = tokens.mint(
+        key_id=caller.key_id,
+        secret=caller.secret,
+        room_id=room_id,
+        identity=body.identity,
+        name=body.name,
+        role=body.role,
+        ttl=body.ttl_seconds or settings.token_default_ttl,
+        max_ttl=settings.token_max_ttl,
+        not_before=to_ts(body.not_before),
+    )
+    base = settings.base_url
+    return TokenResponse(
+        token=token,
+        room_id=room_id,
+        identity=grant.identity,
+        role=grant.role,
+        expires_at=to_dt(grant.expires_at),
+        ws_url=base.replace("http", "ws", 1) + "/v1/ws",
+        join_url=f"{base}/join/{quote(room_id)}?token={quote(token)}",
+    )
+
+
+# Sessions -------------------------------------------------------------------
+
+
+def _statuses(status: str | None) -> list[str] | None:
+    if not status:
+        return None
+    wanted = [s.strip() for s in status.split(",") if s.strip()]
+    bad = [s for s in wanted if s not in STATUSES]
+    if bad:
+        raise MediaserverError("invalid_request", f"status must be among {', '.join(STATUSES)} (got {', '.join(bad)})")
+    return wanted
+
+
+@router.get("/sessions", response_model=SessionList, tags=["sessions"])
+async def list_sessions(
+    request: Request,
+    caller: Auth,
+    status: Annotated[str | None, Query(description="Comma-separated: live, ending_soon, ended")] = None,
+    room_id: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[str | None, Query(max_length=100, description="Matches session ID, room ID, room name, comment")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SessionList:
+    rows = await request.app.state.store.list_sessions(
+        caller.team_id, status=_statuses(status), room_id=room_id, q=q, limit=limit + 1, offset=offset
+    )
+    grace = request.app.state.settings.grace_seconds
+    more = len(rows) > limit
+    return SessionList(
+        sessions=[Session.from_row(r, grace=grace) for r in rows[:limit]],
+        next_offset=offset + limit if more else None,
+    )
+
+
+async def _session(request: Request, caller: Caller, session_id: str) -> dict:
+    row = await request.app.state.store.get_session(session_id, caller.team_id)
+    if row is None:
+        raise MediaserverError("session_not_found", f"no session {session_id!r} in your team")
+    return row
+
+
+@router.get("/sessions/{session_id}", response_model=SessionDetail, tags=["sessions"])
+async def get_session(session_id: str, request: Request, caller: Auth) -> SessionDetail:
+    row = await _session(request, caller, session_id)
+    parts = await request.app.state.store.list_participants(session_id)
+    base = Session.from_row(
+        {**row, "participant_count": sum(p["state"] != "left" for p in parts)},
+        grace=request.app.state.settings.grace_seconds,
+    )
+    return SessionDetail(**base.model_dump(), participants=[Participant.from_row(p) for p in parts])
+
+
+@router.get(
+    "/sessions/{session_id}/participants/{participant_id}", response_model=ParticipantDetail, tags=["sessions"]
+)
+async def get_participant(session_id: str, participant_id: str, request: Request, caller: Auth) -> ParticipantDetail:
+    await _session(request, caller, session_id)
+    store = request.app.state.store
+    row = await store.get_participant(participant_id)
+    if row is None or row["session_id"] != session_id:
+        raise MediaserverError("participant_not_found", f"no participant {participant_id!r} in session {session_id!r}")
+    evs = await store.participant_events(participant_id)
+    return ParticipantDetail(**Participant.from_row(row).model_dump(), events=[Event.from_row(e) for e in evs])
+
+
+@router.post("/sessions/{session_id}/end", response_model=Session, tags=["sessions"])
+async def end_session(session_id: str, request: Request, caller: Auth) -> Session:
+    row = await _session(request, caller, session_id)
+    if row["status"] == "ended":
+        raise MediaserverError("session_ended", "this session has already ended")
+    await request.app.state.control.call(session_id, "end", "api")
+    row = await _session(request, caller, session_id)
+    return Session.from_row(row, grace=request.app.state.settings.grace_seconds)

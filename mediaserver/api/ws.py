@@ -1,0 +1,261 @@
+"""The participant WebSocket (/v1/ws): join or resume, then commands in and events out.
+
+The gateway keeps no session state: the SessionActor owns it, and this
+connection long-polls the actor for the session's events (the poll also
+tells the actor the participant is still there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from fastapi import WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from mediaserver import tokens
+from mediaserver.api import messages as m
+from mediaserver.api.models import Room
+from mediaserver.errors import MediaserverError
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 128 * 1024
+
+
+def _validation_message(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(x) for x in first.get("loc", ())) or "message"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
+class Connection:
+    def __init__(self, ws: WebSocket):
+        self.ws = ws
+        state = ws.app.state
+        self.settings = state.settings
+        self.store = state.store
+        self.control = state.control
+        self.session_id: str | None = None
+        self.participant_id: str | None = None
+        self.role: str | None = None
+        self.connection_id: str | None = None
+        self.last_seq = 0
+        self.finished = False  # left, removed or ended: nothing to disconnect on close
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, msg: m.ServerMessage) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(msg.model_dump_json())
+
+    async def close(self, code: int, reason: str = "") -> None:
+        try:
+            await self.ws.close(code=code, reason=reason[:120])
+        except RuntimeError:
+            pass  # already closed
+
+    async def receive(self) -> Any:
+        text = await self.ws.receive_text()
+        if len(text) > MAX_MESSAGE_BYTES:
+            raise MediaserverError("invalid_request", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise MediaserverError("invalid_request", "messages must be JSON objects")
+        try:
+            return m.client_message.validate_python(data)
+        except ValidationError as e:
+            raise MediaserverError("invalid_request", _validation_message(e))
+
+    # Lifecycle ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        try:
+            first = await asyncio.wait_for(self.receive(), self.settings.join_timeout_seconds)
+        except asyncio.TimeoutError:
+            await self.send(m.Error(code="invalid_request", message="send join or resume first"))
+            return await self.close(m.CLOSE_PROTOCOL, "no join")
+        except MediaserverError as e:
+            await self.send(m.Error(code=e.code, message=e.message))
+            return await self.close(m.CLOSE_PROTOCOL, e.code)
+        except WebSocketDisconnect:
+            return
+        try:
+            if isinstance(first, m.Join):
+                await self.join(first)
+            elif isinstance(first, m.Resume):
+                await self.resume(first)
+            else:
+                raise MediaserverError("not_joined", "the first message must be join or resume")
+        except MediaserverError as e:
+            await self.send(m.Error(id=first.id, code=e.code, message=e.message))
+            code = m.CLOSE_SESSION_ENDED if e.code == "session_ended" else m.CLOSE_AUTH_FAILED
+            return await self.close(code, e.code)
+        except WebSocketDisconnect:
+            await self._disconnected()
+            return
+        tasks = [asyncio.create_task(t) for t in (self.read_loop(), self.event_loop(), self.ping_loop())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._disconnected()
+
+    async def _disconnected(self) -> None:
+        if self.finished or self.session_id is None or self.participant_id is None:
+            return
+        try:
+            await self.control.call(
+                self.session_id, "disconnect", self.participant_id, self.connection_id
+            )
+        except MediaserverError as e:
+            log.info("disconnect of %s not recorded: %s", self.participant_id, e)
+
+    async def join(self, msg: m.Join) -> None:
+        async def secret_for(kid: str) -> str | None:
+            key = await self.store.get_api_key(kid)
+            return key["secret"] if key else None
+
+        grant = await tokens.verify(msg.token, room_id=msg.room_id, secret_for=secret_for)
+        key = await self.store.get_api_key(grant.key_id)
+        room = await self.store.get_room(grant.room_id)
+        if room is None or key is None or room["team_id"] != key["team_id"]:
+            raise MediaserverError("room_not_found", f"no room {grant.room_id!r} for this token's API key")
+        session = await self.control.open_session(room)
+        self.session_id = session["id"]
+        result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role)
+        ttl = max(grant.expires_at - time.time(), 0) + self.settings.grace_seconds
+        await self._welcome(msg.id, result, room, resumed=False, ttl=ttl)
+
+    async def resume(self, msg: m.Resume) -> None:
+        session_id, participant_id = tokens.verify_reconnect(msg.reconnect_token, self.settings.reconnect_secret())
+        session = await self.store.get_session(session_id)
+        if session is None:
+            raise MediaserverError("session_not_found", "the session of this reconnect token does not exist")
+        if session["status"] == "ended":
+            raise MediaserverError("session_ended", "this session has ended")
+        room = await self.store.get_room(session["room_id"])
+        self.session_id = session_id
+        result = await self.control.call(session_id, "resume", participant_id)
+        ttl = self.settings.token_default_ttl + self.settings.grace_seconds
+        await self._welcome(msg.id, result, room, resumed=True, ttl=ttl)
+
+    async def _welcome(self, msg_id: str | None, result: dict, room: dict, *, resumed: bool, ttl: float) -> None:
+        p = dict(result["participant"])
+        self.connection_id = p.pop("connection_id")
+        self.participant_id = p["id"]
+        self.role = p["role"]
+        self.last_seq = result["last_seq"]
+        reconnect = tokens.mint_reconnect(
+            self.settings.reconnect_secret(), session_id=self.session_id, participant_id=p["id"], ttl=ttl
+        )
+        await self.send(
+            m.Joined(
+                id=msg_id,
+                resumed=resumed,
+                participant=p,
+                session=result["session"],
+                room=Room.from_row(room).model_dump(mode="json"),
+                participants=result["participants"],
+                reconnect_token=reconnect,
+                last_seq=self.last_seq,
+                grace_seconds=self.settings.grace_seconds,
+                ping_seconds=self.settings.ping_seconds,
+            )
+        )
+
+    # Loops ---------------------------------------------------------------------
+
+    async def read_loop(self) -> None:
+        while True:
+            try:
+                msg = await self.receive()
+            except MediaserverError as e:
+                await self.send(m.Error(code=e.code, message=e.message))
+                continue
+            except WebSocketDisconnect:
+                return
+            try:
+                done = await self.handle(msg)
+            except MediaserverError as e:
+                await self.send(m.Error(id=msg.id, code=e.code, message=e.message))
+                continue
+            if done:
+                return
+
+    async def handle(self, msg: Any) -> bool:
+        """Run one command; True when the connection should close."""
+        sid, pid = self.session_id, self.participant_id
+        if isinstance(msg, m.Ping):
+            await self.send(m.ServerPong(id=msg.id))
+        elif isinstance(msg, m.Pong):
+            pass
+        elif isinstance(msg, (m.Join, m.Resume)):
+            raise MediaserverError("invalid_request", "already joined on this connection")
+        elif isinstance(msg, m.Leave):
+            await self.control.call(sid, "leave", pid, "left")
+            self.finished = True
+            await self.send(m.Ack(id=msg.id))
+            await self.close(m.CLOSE_LEFT, "left")
+            return True
+        elif isinstance(msg, m.EndSession):
+            await self.control.call(sid, "end", "moderator", pid)
+            await self.send(m.Ack(id=msg.id))
+        elif isinstance(msg, m.SetRole):
+            await self.control.call(sid, "set_role", pid, msg.participant_id, msg.role)
+            await self.send(m.Ack(id=msg.id))
+        elif msg.type in m.MEDIA_TYPES:
+            raise MediaserverError("media_unavailable", "routed media is not available on this server yet")
+        return False
+
+    async def event_loop(self) -> None:
+        while True:
+            try:
+                res = await self.control.call(
+                    self.session_id,
+                    "wait_events",
+                    self.participant_id,
+                    self.last_seq,
+                    self.settings.poll_seconds,
+                    self.connection_id,
+                )
+            except MediaserverError as e:
+                session = await self.store.get_session(self.session_id)
+                if session and session["status"] == "ended":
+                    self.finished = True
+                    return await self.close(m.CLOSE_SESSION_ENDED, "session ended")
+                await self.send(m.Error(code=e.code, message=e.message))
+                return await self.close(m.CLOSE_UNAVAILABLE, e.code)
+            if res.get("superseded"):
+                self.finished = True  # the participant lives on in its newer connection
+                return await self.close(m.CLOSE_REMOVED, "superseded")
+            for ev in res["events"]:
+                self.last_seq = max(self.last_seq, ev["seq"])
+                await self.send(
+                    m.SessionEvent(
+                        seq=ev["seq"], event=ev["type"], participant_id=ev["participant_id"], at=ev["at"], data=ev["data"]
+                    )
+                )
+                if ev["type"] == "session_ended":
+                    self.finished = True
+                    return await self.close(m.CLOSE_SESSION_ENDED, "session ended")
+                if ev["participant_id"] == self.participant_id:
+                    if ev["type"] == "role_changed":
+                        self.role = ev["data"]["role"]
+                    elif ev["type"] == "left":
+                        self.finished = True
+                        return await self.close(m.CLOSE_REMOVED, ev["data"].get("reason", "removed"))
+
+    async def ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ping_seconds)
+            await self.send(m.ServerPing(ts=time.time()))
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    await Connection(ws).run()

@@ -1,0 +1,123 @@
+"""The one place configuration comes from.
+
+Precedence, lowest first: defaults < TOML file < ``MEDIASERVER_*`` environment
+variables < explicit overrides (command-line flags). The TOML file is named by
+``MEDIASERVER_CONFIG`` or ``--config``; keys are the field names below.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "MEDIASERVER_CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDIASERVER_", extra="forbid")
+
+    # Gateway
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = None  # how clients reach the gateway; derived from host:port if unset
+
+    # Store
+    data_dir: Path = Path("mediaserver-data")
+    database_url: str | None = None  # default: SQLite file in data_dir
+
+    # Control plane
+    ray_address: str | None = None  # None: start a local Ray instance
+    ray_namespace: str = "mediaserver"
+    grace_seconds: float = Field(420.0, gt=0)  # session/participant grace after leaving
+    tick_seconds: float = Field(1.0, gt=0)  # how often lifecycle timers are checked
+    poll_seconds: float = Field(10.0, gt=0)  # long-poll timeout for a participant's event stream
+    stale_seconds: float = Field(30.0, gt=0)  # a participant whose gateway went silent this long is disconnected
+    ping_seconds: float = Field(15.0, gt=0)  # WebSocket server pings
+    join_timeout_seconds: float = Field(10.0, gt=0)  # time to send the first WebSocket message
+    default_max_live_sessions: int = Field(10, ge=1)  # per team, unless the team says otherwise
+
+    # Tokens
+    token_default_ttl: int = Field(24 * 3600, gt=0)
+    token_max_ttl: int = Field(30 * 24 * 3600, gt=0)
+    secret_key: str | None = None  # signs reconnect tokens; generated and kept in data_dir if unset
+
+    log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("postgresql://"):  # accept the plain form; we always use asyncpg
+            v = "postgresql+asyncpg://" + v[len("postgresql://"):]
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("database_url must be postgresql://... or sqlite+aiosqlite:///path")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get(CONFIG_ENV)
+        if toml_path:
+            if not Path(toml_path).is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV}={toml_path}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # Derived values -------------------------------------------------------
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'mediaserver.db'}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def reconnect_secret(self) -> str:
+        """The server secret for reconnect tokens: configured, or made once and kept in data_dir."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        # O_EXCL: two processes racing to create it agree on the winner's key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        return key
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build settings; ``config_file`` (a TOML path) overrides ``MEDIASERVER_CONFIG``."""
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(config_file)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

@@ -1,0 +1,348 @@
+"""One live session's state and rules, without Ray.
+
+Every operation runs under one lock, builds a ``SessionChange``, writes it to
+the store, and only then updates memory and wakes event waiters: what a caller
+sees acknowledged is durable, and a restarted actor rebuilds the same state
+with ``load()``.
+
+Participant states: ``connected`` -> ``disconnected`` (WebSocket or gateway
+gone; keeps its place for ``grace`` seconds) -> ``connected`` again on resume,
+or ``left``. The session is ``live`` while someone is connected (or before
+the first join), ``ending_soon`` while nobody is, and ``ended`` ``grace``
+seconds after that, or when a moderator ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any, Callable
+
+from mediaserver.errors import MediaserverError
+from mediaserver.ids import new_id
+from mediaserver.store import SessionChange, Store
+
+RECENT_EVENTS = 512  # broadcast events kept in memory for long-polls; older ones come from the store
+
+
+class _Tx:
+    """The writes of one operation, with seq numbers allocated after the committed ones."""
+
+    def __init__(self, core: "SessionCore", now: float):
+        self.now = now
+        self.seq = core.last_seq
+        self.change = SessionChange(core.session_id)
+        self.participants: dict[str, dict] = {}  # pid -> row after this operation
+        self.session: dict[str, Any] = {}
+        self._core = core
+
+    def participant(self, pid: str) -> dict:
+        """The participant as this operation sees it (its pending changes applied)."""
+        return self.participants.get(pid) or self._core.participants[pid]
+
+    def add_participant(self, row: dict) -> None:
+        self.change.new_participants.append(row)
+        self.participants[row["id"]] = dict(row)
+
+    def update_participant(self, pid: str, **values: Any) -> None:
+        self.participants[pid] = {**self.participant(pid), **values}
+        self.change.participant_updates.append((pid, values))
+
+    def event(self, type_: str, participant_id: str | None = None, visibility: str = "broadcast", **data: Any) -> None:
+        self.seq += 1
+        self.change.events.append(
+            {
+                "session_id": self._core.session_id,
+                "seq": self.seq,
+                "participant_id": participant_id,
+                "type": type_,
+                "visibility": visibility,
+                "data": data,
+                "at": self.now,
+            }
+        )
+
+
+class SessionCore:
+    def __init__(
+        self,
+        store: Store,
+        session_id: str,
+        *,
+        grace: float,
+        stale: float,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.session_id = session_id
+        self.grace = grace
+        self.stale = stale
+        self.clock = clock
+        self.session: dict[str, Any] = {}
+        self.room: dict[str, Any] = {}
+        self.participants: dict[str, dict] = {}  # those not left
+        self.last_seq = 0
+        self.recent: deque[dict] = deque(maxlen=RECENT_EVENTS)
+        self.last_seen: dict[str, float] = {}  # in memory only: a restart gives everyone a fresh start
+        # The current connection of each participant; a stale connection's late calls are ignored.
+        self.connections: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._load_lock = asyncio.Lock()
+        self.loaded = False
+
+    async def ensure_loaded(self) -> None:
+        async with self._load_lock:
+            if not self.loaded:
+                await self.load()
+
+    # Loading ----------------------------------------------------------------
+
+    async def load(self) -> None:
+        session = await self.store.get_session(self.session_id)
+        if session is None:
+            raise MediaserverError("session_not_found", f"no session {self.session_id}")
+        room = await self.store.get_room(session["room_id"])
+        parts = await self.store.list_participants(self.session_id)
+        recent = await self.store.session_events(
+            self.session_id, after_seq=max(0, session["last_seq"] - RECENT_EVENTS), broadcast_only=True
+        )
+        now = self.clock()
+        self.session = session
+        self.room = room or {}
+        self.participants = {p["id"]: p for p in parts if p["state"] != "left"}
+        self.last_seq = session["last_seq"]
+        self.recent = deque(recent, maxlen=RECENT_EVENTS)
+        self.last_seen = {pid: now for pid in self.participants}
+        self.loaded = True
+
+    # Views ------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        return self.session.get("status") == "ended"
+
+    def snapshot(self) -> dict:
+        return {
+            "session": dict(self.session),
+            "participants": [dict(p) for p in self.participants.values()],
+            "last_seq": self.last_seq,
+        }
+
+    def _connected_count(self, tx: _Tx) -> int:
+        ids = set(self.participants) | set(tx.participants)
+        return sum(1 for pid in ids if tx.participant(pid)["state"] == "connected")
+
+    # Operations ---------------------------------------------------------------
+
+    async def join(self, *, identity: str, name: str, role: str) -> dict:
+        async with self._lock:
+            self._require_live()
+            tx = _Tx(self, self.clock())
+            for pid, p in self.participants.items():
+                if p["identity"] == identity:
+                    # Like LiveKit: a second connection of the same identity replaces the first.
+                    self._leave(tx, pid, "replaced")
+            present = [pid for pid in self.participants if tx.participant(pid)["state"] != "left"]
+            capacity = int(self.room.get("capacity") or 50)
+            if len(present) >= capacity:
+                raise MediaserverError("room_full", f"the session is full ({capacity} participants)")
+            row = {
+                "id": new_id("part"),
+                "session_id": self.session_id,
+                "identity": identity,
+                "name": name,
+                "role": role,
+                "state": "connected",
+                "joined_at": tx.now,
+                "disconnected_at": None,
+                "left_at": None,
+                "left_reason": None,
+            }
+            tx.add_participant(row)
+            tx.event("joined", row["id"], identity=identity, name=name, role=role)
+            await self._commit(tx)
+            self.last_seen[row["id"]] = tx.now
+            return self._connected(row["id"])
+
+    async def resume(self, participant_id: str) -> dict:
+        """A participant comes back inside the grace period (reconnect token)."""
+        async with self._lock:
+            self._require_live()
+            p = self.participants.get(participant_id)
+            if p is None:
+                raise MediaserverError(
+                    "reconnect_expired", "this participant has left the session; join again with a participant token"
+                )
+            tx = _Tx(self, self.clock())
+            tx.update_participant(participant_id, state="connected", disconnected_at=None)
+            tx.event("reconnected", participant_id, was=p["state"])
+            await self._commit(tx)
+            self.last_seen[participant_id] = tx.now
+            return self._connected(participant_id)
+
+    def _connected(self, participant_id: str) -> dict:
+        self.connections[participant_id] = conn = new_id("conn")
+        return {**self.participants[participant_id], "connection_id": conn}
+
+    def is_current(self, participant_id: str, connection_id: str | None) -> bool:
+        if connection_id is None:
+            return True
+        # After a restart nobody is known: the first connection to call becomes current.
+        return self.connections.setdefault(participant_id, connection_id) == connection_id
+
+    async def disconnect(self, participant_id: str, connection_id: str | None = None) -> None:
+        """The participant's connection dropped; it keeps its place for ``grace`` seconds."""
+        async with self._lock:
+            p = self.participants.get(participant_id)
+            if self.ended or p is None or p["state"] != "connected":
+                return
+            if not self.is_current(participant_id, connection_id):
+                return  # an older connection of a participant that already resumed
+            tx = _Tx(self, self.clock())
+            tx.update_participant(participant_id, state="disconnected", disconnected_at=tx.now)
+            tx.event("disconnected", participant_id)
+            await self._commit(tx)
+
+    async def leave(self, participant_id: str, reason: str = "left") -> None:
+        async with self._lock:
+            if self.ended or participant_id not in self.participants:
+                return
+            tx = _Tx(self, self.clock())
+            self._leave(tx, participant_id, reason)
+            await self._commit(tx)
+
+    async def set_role(self, by: str | None, participant_id: str, role: str) -> dict:
+        """Change a participant's role; ``by`` is the moderator's participant id, or None for the API."""
+        async with self._lock:
+            self._require_live()
+            if by is not None:
+                self._require_moderator(by)
+            p = self.participants.get(participant_id)
+            if p is None:
+                raise MediaserverError("participant_not_found", f"no participant {participant_id} in this session")
+            if p["role"] == role:
+                return dict(p)
+            tx = _Tx(self, self.clock())
+            tx.update_participant(participant_id, role=role)
+            tx.event("role_changed", participant_id, role=role, previous=p["role"], by=by)
+            await self._commit(tx)
+            return dict(self.participants[participant_id])
+
+    async def end(self, *, reason: str, by: str | None = None) -> dict:
+        """End the session; ``by`` is the moderator's participant id when a moderator ends it."""
+        async with self._lock:
+            self._require_live()
+            if by is not None:
+                self._require_moderator(by)
+            tx = _Tx(self, self.clock())
+            self._end(tx, reason, by)
+            await self._commit(tx)
+            return dict(self.session)
+
+    async def tick(self) -> None:
+        """Apply the timers: stale connections, expired grace periods, the session's end."""
+        async with self._lock:
+            if self.ended:
+                return
+            tx = _Tx(self, self.clock())
+            for pid, p in self.participants.items():
+                if p["state"] == "connected" and tx.now - self.last_seen.get(pid, tx.now) > self.stale:
+                    tx.update_participant(pid, state="disconnected", disconnected_at=tx.now)
+                    tx.event("disconnected", pid, reason="stale")
+                elif p["state"] == "disconnected" and tx.now - p["disconnected_at"] >= self.grace:
+                    self._leave(tx, pid, "grace_timeout")
+            self._update_emptiness(tx)
+            empty_since = tx.session.get("empty_since", self.session.get("empty_since"))
+            never_joined = not self.participants and self.last_seq == 0
+            if empty_since is not None and tx.now - empty_since >= self.grace:
+                self._end(tx, "grace_timeout", None)
+            elif never_joined and tx.now - self.session["started_at"] >= self.grace:
+                self._end(tx, "grace_timeout", None)  # opened, but the first join never came
+            if tx.change.events or tx.session:
+                await self._commit(tx)
+
+    def touch(self, participant_id: str) -> None:
+        if participant_id in self.participants:
+            self.last_seen[participant_id] = self.clock()
+
+    async def wait_events(
+        self, participant_id: str, after_seq: int, timeout: float, connection_id: str | None = None
+    ) -> dict:
+        """Long-poll: broadcast events after ``after_seq``; also refreshes the participant's liveness.
+
+        ``superseded`` tells an older connection that the participant resumed elsewhere.
+        """
+        if not self.is_current(participant_id, connection_id):
+            return {"events": [], "last_seq": self.last_seq, "status": self.session["status"], "superseded": True}
+        self.touch(participant_id)
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self._changed:
+            while self.last_seq <= after_seq and not self.ended:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+        self.touch(participant_id)
+        oldest = self.recent[0]["seq"] if self.recent else self.last_seq + 1
+        if after_seq + 1 < oldest:
+            evs = await self.store.session_events(self.session_id, after_seq=after_seq, broadcast_only=True)
+        else:
+            evs = [e for e in self.recent if e["seq"] > after_seq]
+        superseded = not self.is_current(participant_id, connection_id)
+        return {"events": evs, "last_seq": self.last_seq, "status": self.session["status"], "superseded": superseded}
+
+    # Internals ----------------------------------------------------------------
+
+    def _require_live(self) -> None:
+        if self.ended:
+            raise MediaserverError("session_ended", "this session has ended")
+
+    def _require_moderator(self, pid: str) -> None:
+        p = self.participants.get(pid)
+        if p is None or p["role"] != "moderator":
+            raise MediaserverError("not_moderator", "only a moderator may do this")
+
+    def _leave(self, tx: _Tx, pid: str, reason: str) -> None:
+        tx.update_participant(pid, state="left", left_at=tx.now, left_reason=reason)
+        tx.event("left", pid, reason=reason)
+
+    def _end(self, tx: _Tx, reason: str, by: str | None) -> None:
+        if by is not None:
+            tx.event("ended_session", by, visibility="log")
+        for pid in list(self.participants):
+            if tx.participant(pid)["state"] != "left":
+                tx.update_participant(pid, state="left", left_at=tx.now, left_reason="session_ended")
+                tx.event("session_ended", pid, visibility="log", reason=reason)
+        tx.session.update(status="ended", ended_at=tx.now, end_reason=reason)
+        tx.event("session_ended", None, reason=reason, by=by)
+
+    def _update_emptiness(self, tx: _Tx) -> None:
+        connected = self._connected_count(tx)
+        empty_since = tx.session.get("empty_since", self.session.get("empty_since"))
+        if connected == 0 and empty_since is None and (self.participants or tx.participants):
+            tx.session.update(status="ending_soon", empty_since=tx.now)
+        elif connected > 0 and empty_since is not None:
+            tx.session.update(status="live", empty_since=None)
+
+    async def _commit(self, tx: _Tx) -> None:
+        if tx.session.get("status") != "ended":
+            self._update_emptiness(tx)
+        tx.change.session = {**tx.session, "last_seq": tx.seq}
+        await self.store.apply(tx.change)  # raises before memory changes: nothing half-applied
+        self.session.update(tx.change.session)
+        for pid, row in tx.participants.items():
+            if row["state"] == "left":
+                self.participants.pop(pid, None)
+                self.last_seen.pop(pid, None)
+                self.connections.pop(pid, None)
+            else:
+                self.participants[pid] = row
+        self.last_seq = tx.seq
+        self.recent.extend(e for e in tx.change.events if e["visibility"] == "broadcast")
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,59 @@
+"""Stable error codes shared by REST, WebSocket and actors.
+
+Every refusal the server makes is a ``MediaserverError`` with a code from this
+module; the gateway turns it into ``{"error": {"code", "message"}}`` with the
+HTTP status listed here (or a WebSocket ``error`` message).
+"""
+
+from __future__ import annotations
+
+# code -> HTTP status
+STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    # tokens
+    "token_malformed": 401,
+    "token_expired": 401,
+    "token_not_yet_valid": 401,
+    "token_invalid_signature": 401,
+    "token_unknown_key": 401,
+    "token_wrong_room": 403,
+    "token_ttl_too_long": 400,
+    "reconnect_expired": 410,
+    # sessions
+    "room_not_found": 404,
+    "session_not_found": 404,
+    "participant_not_found": 404,
+    "session_ended": 410,
+    "session_limit_reached": 429,
+    "room_full": 409,
+    "not_moderator": 403,
+    "not_joined": 409,
+    "media_unavailable": 501,
+    "unavailable": 503,
+    "internal": 500,
+}
+
+
+class MediaserverError(Exception):
+    """A refusal with a stable code and a message a person can act on."""
+
+    def __init__(self, code: str, message: str):
+        if code not in STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"

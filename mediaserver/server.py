@@ -1,0 +1,126 @@
+"""``mediaserver serve``: store, Ray, actors and the gateway in one process tree."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import TextIO
+from urllib.parse import quote
+
+import uvicorn
+
+from mediaserver import __version__, tokens
+from mediaserver.api.app import create_app
+from mediaserver.config import Settings
+from mediaserver.store import Store
+
+log = logging.getLogger("mediaserver")
+DEFAULT_TEAM = "default"
+DEMO_ROOM = "Demo room"
+
+
+async def open_store(settings: Settings) -> Store:
+    store = Store(settings.db_url)
+    await store.migrate()
+    return store
+
+
+async def bootstrap(store: Store, settings: Settings) -> dict:
+    """The default team, its first API key and a demo room, made on the first start and reused after."""
+    team = await store.ensure_team(DEFAULT_TEAM)
+    keys = [k for k in await store.list_api_keys(team["id"]) if k["revoked_at"] is None]
+    key = keys[0] if keys else await store.create_api_key(team["id"], "bootstrap")
+    rooms = await store.list_rooms(team["id"], q=DEMO_ROOM, limit=1)
+    room = rooms[0] if rooms else await store.create_room(
+        team["id"],
+        {
+            "name": DEMO_ROOM,
+            "type": "adhoc",
+            "media_mode": "routed",
+            "archive_mode": "manual",
+            "encryption": "server",
+            "location_hint": None,
+            "capacity": 50,
+            "comment": "Made by mediaserver serve to try things out.",
+            "starts_at": None,
+            "ends_at": None,
+        },
+    )
+    token, _ = tokens.mint(
+        key_id=key["id"],
+        secret=key["secret"],
+        room_id=room["id"],
+        identity="host",
+        name="Host",
+        role="moderator",
+        ttl=settings.token_default_ttl,
+        max_ttl=settings.token_max_ttl,
+    )
+    return {"team": team, "key": key, "room": room, "join_url": f"{settings.base_url}/join/{room['id']}?token={quote(token)}"}
+
+
+def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO) -> None:
+    key = boot["key"]
+    where = "started here; stops with the server" if ray_info["started_here"] else "joined an existing cluster"
+    out.write(
+        f"\nmediaserver {__version__} is ready\n"
+        f"  URL:        {settings.base_url}\n"
+        f"  API key:    {key['id']}\n"
+        f"  API secret: {key['secret']}\n"
+        f"  Demo room:  {boot['join_url']}\n"
+        f"  API docs:   {settings.base_url}/docs\n"
+        f"  Store:      {settings.db_url.split('://')[0]} ({_db_where(settings.db_url)})\n"
+        f"  Ray:        {ray_info['gcs_address']} ({where})\n"
+        f"Press Ctrl-C to stop.\n\n"
+    )
+    out.flush()
+
+
+def _db_where(url: str) -> str:
+    return url.split(":///", 1)[1] if url.startswith("sqlite") else url.rsplit("@", 1)[-1]
+
+
+async def _serve(settings: Settings, out: TextIO) -> None:
+    from actors import cluster
+    from actors.control import ControlPlane
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(settings)
+    boot = await bootstrap(store, settings)
+    settings.reconnect_secret()  # made once here rather than raced by the first joins
+    ray_info = cluster.init(settings.ray_address, settings.ray_namespace)
+    (settings.data_dir / "ray_address").write_text(ray_info["gcs_address"])
+    try:
+        control = ControlPlane(settings)
+        control.start()
+        app = create_app(settings, store, control)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="none",  # we already run on uvloop
+            log_level=settings.log_level,
+            ws_max_size=256 * 1024,
+            access_log=settings.log_level == "debug",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            banner(settings, boot, ray_info, out)
+        await task
+    finally:
+        await store.close()
+        cluster.shutdown()
+
+
+def serve(settings: Settings, out: TextIO = sys.stdout) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.run(_serve(settings, out))
+    except ImportError:  # uvloop is not on every platform
+        asyncio.run(_serve(settings, out))

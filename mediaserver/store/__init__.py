@@ -1,0 +1,3 @@
+from mediaserver.store.store import SessionChange, Store
+
+__all__ = ["Store", "SessionChange"]

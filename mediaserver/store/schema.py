@@ -1,0 +1,119 @@
+"""Tables (SQLAlchemy Core). Times are UNIX seconds (float) so SQLite and PostgreSQL agree.
+
+Changes to these tables go with a new Alembic revision in ``migrations/versions``.
+"""
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData()
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("max_live_sessions", Integer, nullable=True),  # None: the server default
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("secret", String(100), nullable=False),  # kept in the clear: it signs HMAC tokens
+    Column("name", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+rooms = Table(
+    "rooms",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("type", String(10), nullable=False),
+    Column("media_mode", String(10), nullable=False),
+    Column("archive_mode", String(10), nullable=False),
+    Column("encryption", String(20), nullable=False),
+    Column("location_hint", String(45), nullable=True),
+    Column("capacity", Integer, nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("starts_at", Float, nullable=True),
+    Column("ends_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_rooms_team", "team_id", "created_at"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("room_id", String(40), ForeignKey("rooms.id"), nullable=False),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("status", String(12), nullable=False),  # live | ending_soon | ended
+    Column("started_at", Float, nullable=False),
+    Column("empty_since", Float, nullable=True),  # when the last connected participant went away
+    Column("ended_at", Float, nullable=True),
+    Column("end_reason", String(20), nullable=True),  # moderator | grace_timeout | api
+    Column("last_seq", Integer, nullable=False, server_default=text("0")),
+    Index("ix_sessions_team_status", "team_id", "status"),
+    Index("ix_sessions_room", "room_id", "started_at"),
+    # At most one session per room is not ended: the invariant the Directory relies on.
+    Index(
+        "ux_sessions_one_live_per_room",
+        "room_id",
+        unique=True,
+        sqlite_where=text("status != 'ended'"),
+        postgresql_where=text("status != 'ended'"),
+    ),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("session_id", String(40), ForeignKey("sessions.id"), nullable=False),
+    Column("identity", String(100), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("role", String(12), nullable=False),
+    Column("state", String(14), nullable=False),  # connected | disconnected | left
+    Column("joined_at", Float, nullable=False),
+    Column("disconnected_at", Float, nullable=True),
+    Column("left_at", Float, nullable=True),
+    Column("left_reason", String(20), nullable=True),
+    Index("ix_participants_session", "session_id", "joined_at"),
+)
+
+# One row per thing that happened in a session. ``seq`` orders a session's
+# events; rows with ``visibility='broadcast'`` are also pushed to every
+# participant, ``'log'`` rows only fill a participant's event log.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(40), ForeignKey("sessions.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("participant_id", String(40), nullable=True),
+    Column("type", String(40), nullable=False),
+    Column("visibility", String(10), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("at", Float, nullable=False),
+    UniqueConstraint("session_id", "seq", name="uq_events_session_seq"),
+    Index("ix_events_participant", "participant_id", "seq"),
+)

@@ -1,0 +1,349 @@
+"""The store: every durable fact of mediaserver, behind one async class.
+
+SQLAlchemy Core over aiosqlite (default, WAL) or asyncpg; the same statements
+run on both. Each public method is one transaction, so a failure leaves
+nothing half-written.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mediaserver.errors import MediaserverError
+from mediaserver.ids import new_id, new_secret
+from mediaserver.store.schema import api_keys, events, participants, rooms, sessions, teams
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@dataclass
+class SessionChange:
+    """Everything one session operation writes, applied in one transaction."""
+
+    session_id: str
+    session: dict[str, Any] = field(default_factory=dict)  # column -> new value
+    new_participants: list[dict[str, Any]] = field(default_factory=list)
+    participant_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # full rows, seq included
+
+
+def _like(q: str) -> str:
+    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped.lower()}%"
+
+
+class Store:
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            path = url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Several processes (gateway, actors) share the file: wait for locks rather than fail.
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_size"] = 5
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # Schema -------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Bring the database to the newest Alembic revision."""
+
+        def upgrade(conn: sa.Connection) -> None:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(upgrade)
+
+    # Teams and API keys --------------------------------------------------
+
+    async def ensure_team(self, name: str, *, max_live_sessions: int | None = None) -> dict:
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(teams).where(teams.c.name == name))).mappings().first()
+            if row:
+                if max_live_sessions is not None and row["max_live_sessions"] != max_live_sessions:
+                    await conn.execute(
+                        teams.update().where(teams.c.id == row["id"]).values(max_live_sessions=max_live_sessions)
+                    )
+                    return {**row, "max_live_sessions": max_live_sessions}
+                return dict(row)
+            team = {
+                "id": new_id("team"),
+                "name": name,
+                "max_live_sessions": max_live_sessions,
+                "created_at": time.time(),
+            }
+            await conn.execute(teams.insert().values(**team))
+            return team
+
+    async def get_team(self, team_id: str) -> dict | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(teams).where(teams.c.id == team_id))).mappings().first()
+            return dict(row) if row else None
+
+    async def create_api_key(self, team_id: str, name: str = "default") -> dict:
+        key = {
+            "id": new_id("AK"),
+            "team_id": team_id,
+            "secret": new_secret(),
+            "name": name,
+            "created_at": time.time(),
+            "revoked_at": None,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(**key))
+        return key
+
+    async def get_api_key(self, key_id: str) -> dict | None:
+        """A key that exists and is not revoked."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                )
+            ).mappings().first()
+            return dict(row) if row else None
+
+    async def list_api_keys(self, team_id: str | None = None) -> list[dict]:
+        q = sa.select(api_keys, teams.c.name.label("team_name")).join(teams).order_by(api_keys.c.created_at)
+        if team_id:
+            q = q.where(api_keys.c.team_id == team_id)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            return res.rowcount == 1
+
+    # Rooms -----------------------------------------------------------------
+
+    async def create_room(self, team_id: str, fields: dict[str, Any]) -> dict:
+        now = time.time()
+        room = {"id": new_id("room"), "team_id": team_id, "created_at": now, "updated_at": now, **fields}
+        async with self.engine.begin() as conn:
+            await conn.execute(rooms.insert().values(**room))
+        return room
+
+    async def get_room(self, room_id: str, team_id: str | None = None) -> dict | None:
+        q = sa.select(rooms).where(rooms.c.id == room_id)
+        if team_id is not None:
+            q = q.where(rooms.c.team_id == team_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).mappings().first()
+            return dict(row) if row else None
+
+    async def update_room(self, room_id: str, team_id: str, fields: dict[str, Any]) -> dict | None:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                rooms.update()
+                .where(rooms.c.id == room_id, rooms.c.team_id == team_id)
+                .values(**fields, updated_at=time.time())
+            )
+            if res.rowcount != 1:
+                return None
+            row = (await conn.execute(sa.select(rooms).where(rooms.c.id == room_id))).mappings().one()
+            return dict(row)
+
+    async def list_rooms(self, team_id: str, *, q: str | None = None, limit: int = 50, offset: int = 0) -> list[dict]:
+        stmt = sa.select(rooms).where(rooms.c.team_id == team_id)
+        if q:
+            pat = _like(q)
+            stmt = stmt.where(
+                sa.or_(
+                    sa.func.lower(rooms.c.id).like(pat, escape="\\"),
+                    sa.func.lower(rooms.c.name).like(pat, escape="\\"),
+                    sa.func.lower(sa.func.coalesce(rooms.c.comment, "")).like(pat, escape="\\"),
+                )
+            )
+        stmt = stmt.order_by(rooms.c.created_at.desc(), rooms.c.id).limit(limit).offset(offset)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+    # Sessions ----------------------------------------------------------------
+
+    async def open_session(self, room: dict, now: float) -> tuple[dict, bool]:
+        """The room's unended session, or a new one. Returns (session, created)."""
+        async with self.engine.begin() as conn:
+            existing = await self._unended_session(conn, room["id"])
+            if existing:
+                return existing, False
+            session = {
+                "id": new_id("sess"),
+                "room_id": room["id"],
+                "team_id": room["team_id"],
+                "status": "live",
+                "started_at": now,
+                "empty_since": None,
+                "ended_at": None,
+                "end_reason": None,
+                "last_seq": 0,
+            }
+            try:
+                await conn.execute(sessions.insert().values(**session))
+            except IntegrityError:
+                session = None
+        if session is None:  # another process opened it between our read and write
+            async with self.engine.connect() as conn:
+                existing = await self._unended_session(conn, room["id"])
+            if existing is None:
+                raise MediaserverError("conflict", "the room's session changed while opening it; try again")
+            return existing, False
+        return session, True
+
+    async def _unended_session(self, conn: Any, room_id: str) -> dict | None:
+        row = (
+            await conn.execute(sa.select(sessions).where(sessions.c.room_id == room_id, sessions.c.status != "ended"))
+        ).mappings().first()
+        return dict(row) if row else None
+
+    async def unended_session(self, room_id: str) -> dict | None:
+        async with self.engine.connect() as conn:
+            return await self._unended_session(conn, room_id)
+
+    async def count_live_sessions(self, team_id: str, *, exclude_session_id: str | None = None) -> int:
+        """Sessions of a team that count against its limit: live, not ending soon."""
+        q = sa.select(sa.func.count()).select_from(sessions).where(
+            sessions.c.team_id == team_id, sessions.c.status == "live"
+        )
+        if exclude_session_id:
+            q = q.where(sessions.c.id != exclude_session_id)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(q)).scalar_one())
+
+    async def unended_session_ids(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(sessions.c.id).where(sessions.c.status != "ended"))
+            return [r[0] for r in rows]
+
+    async def get_session(self, session_id: str, team_id: str | None = None) -> dict | None:
+        q = (
+            sa.select(sessions, rooms.c.name.label("room_name"))
+            .join(rooms, rooms.c.id == sessions.c.room_id)
+            .where(sessions.c.id == session_id)
+        )
+        if team_id is not None:
+            q = q.where(sessions.c.team_id == team_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).mappings().first()
+            return dict(row) if row else None
+
+    async def list_sessions(
+        self,
+        team_id: str,
+        *,
+        status: Iterable[str] | None = None,
+        room_id: str | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict]:
+        counts = (
+            sa.select(participants.c.session_id, sa.func.count().label("n"))
+            .where(participants.c.state != "left")
+            .group_by(participants.c.session_id)
+            .subquery()
+        )
+        stmt = (
+            sa.select(
+                sessions,
+                rooms.c.name.label("room_name"),
+                sa.func.coalesce(counts.c.n, 0).label("participant_count"),
+            )
+            .join(rooms, rooms.c.id == sessions.c.room_id)
+            .outerjoin(counts, counts.c.session_id == sessions.c.id)
+            .where(sessions.c.team_id == team_id)
+        )
+        if status:
+            stmt = stmt.where(sessions.c.status.in_(list(status)))
+        if room_id:
+            stmt = stmt.where(sessions.c.room_id == room_id)
+        if q:
+            pat = _like(q)
+            stmt = stmt.where(
+                sa.or_(
+                    sa.func.lower(sessions.c.id).like(pat, escape="\\"),
+                    sa.func.lower(rooms.c.id).like(pat, escape="\\"),
+                    sa.func.lower(rooms.c.name).like(pat, escape="\\"),
+                    sa.func.lower(sa.func.coalesce(rooms.c.comment, "")).like(pat, escape="\\"),
+                )
+            )
+        stmt = stmt.order_by(sessions.c.started_at.desc(), sessions.c.id).limit(limit).offset(offset)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+    async def list_participants(self, session_id: str) -> list[dict]:
+        q = sa.select(participants).where(participants.c.session_id == session_id).order_by(participants.c.joined_at)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def get_participant(self, participant_id: str) -> dict | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(participants).where(participants.c.id == participant_id))
+            ).mappings().first()
+            return dict(row) if row else None
+
+    async def participant_events(self, participant_id: str) -> list[dict]:
+        q = sa.select(events).where(events.c.participant_id == participant_id).order_by(events.c.seq)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def session_events(
+        self, session_id: str, *, after_seq: int = 0, broadcast_only: bool = False, limit: int = 1000
+    ) -> list[dict]:
+        q = sa.select(events).where(events.c.session_id == session_id, events.c.seq > after_seq)
+        if broadcast_only:
+            q = q.where(events.c.visibility == "broadcast")
+        q = q.order_by(events.c.seq).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def apply(self, change: SessionChange) -> None:
+        """Write one session operation's rows atomically."""
+        async with self.engine.begin() as conn:
+            if change.session:
+                await conn.execute(
+                    sessions.update().where(sessions.c.id == change.session_id).values(**change.session)
+                )
+            if change.new_participants:
+                await conn.execute(participants.insert(), change.new_participants)
+            for pid, values in change.participant_updates:
+                await conn.execute(participants.update().where(participants.c.id == pid).values(**values))
+            if change.events:
+                await conn.execute(events.insert(), change.events)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

@@ -1,0 +1,104 @@
+"""The `mediaserver` command as an operator uses it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.helpers import ServerProcess, cli, free_port, server_env
+
+
+@pytest.fixture
+def env(tmp_path):
+    return server_env(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["serve"], ["room"], ["room", "create"], ["room", "list"], ["token"], ["token", "create"], ["apikey"], ["apikey", "create"], ["apikey", "list"], ["apikey", "revoke"]],
+)
+def test_help_everywhere(args):
+    out = cli(*args, "--help").stdout
+    assert out.startswith("usage: mediaserver") and "--help" in out
+
+
+def test_version():
+    assert re.match(r"mediaserver \d+\.\d+\.\d+", cli("--version").stdout)
+
+
+def test_apikey_room_token_flow(env):
+    key = json.loads(cli("apikey", "create", "--team", "acme", "--max-live-sessions", "3", "--json", env=env).stdout)
+    assert key["id"].startswith("AK_") and len(key["secret"]) >= 40
+    room = json.loads(cli("room", "create", "--team", "acme", "--name", "Board", "--capacity", "8", "--comment", "monthly", "--json", env=env).stdout)
+    assert (room["name"], room["capacity"], room["comment"], room["type"]) == ("Board", 8, "monthly", "adhoc")
+    listed = json.loads(cli("room", "list", "--team", "acme", "--json", env=env).stdout)["rooms"]
+    assert [r["id"] for r in listed] == [room["id"]]
+    tok = json.loads(cli("token", "create", "--room", room["id"], "--identity", "ann", "--role", "moderator", "--ttl", "120", "--json", env=env).stdout)
+    claims = jwt.decode(tok["token"], key["secret"], algorithms=["HS256"])
+    assert (claims["room"], claims["sub"], claims["role"], claims["exp"] - claims["nbf"]) == (room["id"], "ann", "moderator", 120)
+    assert tok["join_url"].endswith(tok["token"].replace("=", "%3D")) or "token=" in tok["join_url"]
+    keys = json.loads(cli("apikey", "list", "--json", env=env).stdout)["keys"]
+    assert key["id"] in [k["id"] for k in keys] and all("secret" not in k for k in keys)
+    cli("apikey", "revoke", key["id"], env=env)
+    proc = cli("token", "create", "--room", room["id"], "--identity", "ann", "--api-key", key["id"], env=env, check=False)
+    assert proc.returncode == 2 and "unauthorized" in proc.stderr
+
+
+def test_cli_errors_are_clear(env):
+    proc = cli("room", "create", "--name", "x", "--capacity", "51", env=env, check=False)
+    assert proc.returncode == 2 and "capacity" in proc.stderr
+    proc = cli("token", "create", "--room", "room_missing", "--identity", "x", env=env, check=False)
+    assert proc.returncode == 2 and "room_not_found" in proc.stderr
+    proc = cli("token", "create", "--room", "r", "--identity", "x", "--role", "king", env=env, check=False)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    proc = cli("apikey", "revoke", "AK_nope", env=env, check=False)
+    assert proc.returncode == 2 and "not_found" in proc.stderr
+
+
+def _ray_processes_of(gcs_address: str) -> list[str]:
+    port = gcs_address.rsplit(":", 1)[1]
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ("gcs_server" in cmd or "raylet" in cmd or "ray::" in cmd) and port in cmd:
+            found.append(f"{proc.name}: {cmd[:120]}")
+    return found
+
+
+def test_serve_banner_and_clean_stop(tmp_path):
+    env = server_env(tmp_path)
+    srv = ServerProcess(data_dir=tmp_path, port=free_port(), env=env)
+    srv.start()
+    log = srv.log()
+    url = re.search(r"URL:\s+(\S+)", log).group(1)
+    key_id = re.search(r"API key:\s+(\S+)", log).group(1)
+    secret = re.search(r"API secret:\s+(\S+)", log).group(1)
+    demo = re.search(r"Demo room:\s+(\S+)", log).group(1)
+    assert url == srv.url and demo.startswith(f"{srv.url}/join/room_")
+    # The printed key works, the demo link serves the meeting page, and its token is a moderator's.
+    r = httpx.get(f"{url}/v1/rooms", auth=(key_id, secret))
+    assert r.status_code == 200 and [x["name"] for x in r.json()["rooms"]] == ["Demo room"]
+    assert httpx.get(demo).status_code == 200
+    token = demo.split("token=", 1)[1]
+    assert jwt.decode(token.replace("%3D", "="), secret, algorithms=["HS256"])["role"] == "moderator"
+    gcs = (tmp_path / "ray_address").read_text().strip()
+    assert _ray_processes_of(gcs), "the embedded Ray should be running"
+    assert srv.stop() == 0, srv.log()
+    assert _ray_processes_of(gcs) == [], "Ctrl-C must stop the Ray instance serve started"
+    # A second start reuses the same key and demo room instead of making new ones.
+    srv2 = ServerProcess(data_dir=tmp_path, port=free_port(), env=env)
+    srv2.start()
+    try:
+        assert re.search(r"API key:\s+(\S+)", srv2.log()).group(1) == key_id
+    finally:
+        assert srv2.stop() == 0

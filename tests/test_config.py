@@ -1,0 +1,55 @@
+"""Configuration precedence: defaults < TOML file < MEDIASERVER_* environment < explicit overrides."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from mediaserver.config import CONFIG_ENV, load_settings
+
+
+def test_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    for k in ("MEDIASERVER_PORT", "MEDIASERVER_GRACE_SECONDS", "MEDIASERVER_HOST"):
+        monkeypatch.delenv(k, raising=False)
+    assert load_settings().port == 8080 and load_settings().grace_seconds == 420
+    toml = tmp_path / "ms.toml"
+    toml.write_text('port = 9000\ngrace_seconds = 60\nhost = "0.0.0.0"\n')
+    monkeypatch.setenv(CONFIG_ENV, str(toml))
+    s = load_settings()
+    assert (s.port, s.grace_seconds, s.host) == (9000, 60, "0.0.0.0")
+    assert s.base_url == "http://127.0.0.1:9000"  # a wildcard bind is not an address to give out
+    monkeypatch.setenv("MEDIASERVER_PORT", "9100")
+    s = load_settings()
+    assert (s.port, s.grace_seconds) == (9100, 60)
+    assert load_settings(port=9200).port == 9200
+
+
+def test_bad_values_are_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    monkeypatch.setenv("MEDIASERVER_PORT", "not-a-port")
+    with pytest.raises(ValidationError):
+        load_settings()
+    monkeypatch.delenv("MEDIASERVER_PORT")
+    with pytest.raises(ValidationError):
+        load_settings(database_url="mysql://x")
+    with pytest.raises(ValidationError):
+        load_settings(unknown_option=1)
+    with pytest.raises(FileNotFoundError):
+        load_settings(config_file=tmp_path / "missing.toml")
+
+
+def test_database_urls(tmp_path, monkeypatch):
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    s = load_settings(data_dir=tmp_path)
+    assert s.db_url == f"sqlite+aiosqlite:///{tmp_path.resolve() / 'mediaserver.db'}"
+    assert load_settings(database_url="postgresql://u@h/db").db_url == "postgresql+asyncpg://u@h/db"
+
+
+def test_reconnect_secret_is_made_once(tmp_path, monkeypatch):
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    s = load_settings(data_dir=tmp_path)
+    first = s.reconnect_secret()
+    assert len(first) >= 32 and load_settings(data_dir=tmp_path).reconnect_secret() == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert load_settings(data_dir=tmp_path, secret_key="explicit").reconnect_secret() == "explicit"

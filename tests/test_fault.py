@@ -1,0 +1,119 @@
+"""Faults: a SessionActor's process is killed during a live session and Ray restarts it.
+
+Participants, roles and event logs come back from the store, the participants'
+WebSockets carry on, and the session goes on taking commands and joins.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.helpers import Participant, ServerProcess, create_key, eventually, free_port, make_room, make_token, server_env
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("fault")
+    env = server_env(data_dir, stale_seconds=20)
+    srv = ServerProcess(data_dir=data_dir, port=free_port(), env=env)
+    srv.key = create_key(env)
+    srv.start()
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def ray_client(fault_server):
+    """This test process joins the server's Ray cluster, as an operator's script would."""
+    from actors import cluster
+
+    assert os.environ.get("RAY_AUTH_MODE") == "token"  # set in conftest, as the README tells operators
+    address = (fault_server.data_dir / "ray_address").read_text().strip()
+    cluster.init(address, fault_server.env["MEDIASERVER_RAY_NAMESPACE"])
+    yield cluster
+    cluster.shutdown()
+
+
+async def join(server, http, room, identity, role="publisher") -> Participant:
+    p = Participant(server)
+    msg = await p.join(await make_token(http, room["id"], identity, role), room["id"])
+    assert msg["type"] == "joined", msg
+    return p
+
+
+async def test_session_actor_killed_mid_session(fault_server, ray_client):
+    from actors import names
+
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="crashy")
+        mod = await join(server, http, room, "mod", "moderator")
+        pub = await join(server, http, room, "pub")
+        await mod.wait_event("joined", pub.id)
+        sid = mod.joined["session"]["id"]
+        await mod.command({"type": "set_role", "participant_id": pub.id, "role": "subscriber"})
+        await pub.wait_event("role_changed", pub.id)
+
+        handle = ray_client.find(names.session(sid))
+        assert handle is not None
+        old_pid = await ray_client.call(handle, "pid")
+        os.kill(old_pid, signal.SIGKILL)  # a hard crash, not a polite exit
+
+        async def restarted():
+            try:
+                pid = await ray_client.call(handle, "pid")
+            except Exception:
+                return None
+            return pid if pid != old_pid else None
+
+        new_pid = await eventually(restarted, timeout=60, interval=0.3)
+        assert new_pid != old_pid
+
+        # State came back from the store: same participants, roles, states.
+        detail = (await http.get(f"/v1/sessions/{sid}")).json()
+        assert detail["status"] == "live"
+        assert {(p["identity"], p["role"], p["state"]) for p in detail["participants"]} == {
+            ("mod", "moderator", "connected"),
+            ("pub", "subscriber", "connected"),
+        }
+        # The same WebSockets keep working: a command goes through the restarted actor,
+        # and its event reaches the other participant through the re-established long-poll.
+        reply = await mod.command({"type": "set_role", "participant_id": pub.id, "role": "publisher"})
+        assert reply["type"] == "ack", reply
+        ev = await pub.wait_event("role_changed", pub.id, timeout=30)
+        assert ev["data"] == {"role": "publisher", "previous": "subscriber", "by": mod.id}
+        # New participants join the same session.
+        late = await join(server, http, room, "late")
+        assert late.joined["session"]["id"] == sid
+        await mod.wait_event("joined", late.id, timeout=30)
+
+        log = (await http.get(f"/v1/sessions/{sid}/participants/{pub.id}")).json()
+        assert [e["type"] for e in log["events"]] == ["joined", "role_changed", "role_changed"]
+        seqs = [e["seq"] for e in log["events"]]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # numbering continued, no reuse
+
+        # And the lifecycle still runs on the restarted actor: the moderator ends it.
+        assert (await mod.command({"type": "end_session"}))["type"] == "ack"
+        for p in (mod, pub, late):
+            assert (await p.wait_event("session_ended", timeout=30))["data"]["reason"] == "moderator"
+
+
+async def test_ray_kill_with_restart(fault_server, ray_client):
+    """The same through Ray's own API (ray.kill with no_restart=False)."""
+    from actors import names
+
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="ray-killed")
+        a = await join(server, http, room, "a", "moderator")
+        sid = a.joined["session"]["id"]
+        assert ray_client.kill(names.session(sid), restart=True)
+        b = await join(server, http, room, "b")
+        assert b.joined["session"]["id"] == sid
+        assert {p["identity"] for p in b.joined["participants"]} == {"a", "b"}
+        await a.wait_event("joined", b.id, timeout=30)
+        await a.close()
+        await b.close()

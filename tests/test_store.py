@@ -1,0 +1,158 @@
+"""The store on SQLite always, and on PostgreSQL when one can be started."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from mediaserver.config import Settings
+from mediaserver.store import SessionChange, Store
+from mediaserver.store.schema import participants
+
+ROOM = {
+    "name": "Weekly sync",
+    "type": "group",
+    "media_mode": "routed",
+    "archive_mode": "manual",
+    "encryption": "server",
+    "location_hint": None,
+    "capacity": 10,
+    "comment": "Agenda: 100% about_us",
+    "starts_at": None,
+    "ends_at": None,
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        base = request.getfixturevalue("postgres_url")
+        url = Settings(database_url=base).db_url
+        # a fresh schema per test: drop everything from the previous one
+        s = Store(url)
+        async with s.engine.begin() as conn:
+            await conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            await conn.execute(sa.text("CREATE SCHEMA public"))
+        await s.close()
+    s = Store(url)
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+async def test_migrate_is_repeatable(store: Store):
+    await store.migrate()  # already at head: nothing to do, no error
+    async with store.engine.connect() as conn:
+        version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
+    assert version == "0001"
+
+
+async def test_teams_and_keys(store: Store):
+    team = await store.ensure_team("acme", max_live_sessions=3)
+    again = await store.ensure_team("acme")
+    assert again["id"] == team["id"] and again["max_live_sessions"] == 3
+    key = await store.create_api_key(team["id"], "ci")
+    assert (await store.get_api_key(key["id"]))["secret"] == key["secret"]
+    assert await store.revoke_api_key(key["id"])
+    assert await store.get_api_key(key["id"]) is None
+    assert not await store.revoke_api_key(key["id"])  # already revoked
+
+
+async def test_rooms_crud_and_search(store: Store):
+    team = await store.ensure_team("acme")
+    other = await store.ensure_team("other")
+    room = await store.create_room(team["id"], ROOM)
+    await store.create_room(team["id"], {**ROOM, "name": "Standup", "comment": None})
+    await store.create_room(other["id"], {**ROOM, "name": "Weekly sync of other"})
+    assert (await store.get_room(room["id"], team["id"]))["name"] == "Weekly sync"
+    assert await store.get_room(room["id"], other["id"]) is None  # teams do not see each other's rooms
+    assert [r["name"] for r in await store.list_rooms(team["id"], q="weekly")] == ["Weekly sync"]
+    # LIKE wildcards in the query are literal text
+    assert [r["name"] for r in await store.list_rooms(team["id"], q="100%")] == ["Weekly sync"]
+    assert [r["name"] for r in await store.list_rooms(team["id"], q="y_s")] == []  # "_" would match the space in "Weekly sync"
+    assert [r["name"] for r in await store.list_rooms(team["id"], q="about_us")] == ["Weekly sync"]
+    updated = await store.update_room(room["id"], team["id"], {"name": "Renamed", "capacity": 5})
+    assert updated["name"] == "Renamed" and updated["capacity"] == 5 and updated["updated_at"] >= room["updated_at"]
+    assert await store.update_room(room["id"], other["id"], {"name": "x"}) is None
+
+
+async def test_one_unended_session_per_room(store: Store):
+    team = await store.ensure_team("acme")
+    room = await store.create_room(team["id"], ROOM)
+    first, created = await store.open_session(room, 100.0)
+    second, created_again = await store.open_session(room, 101.0)
+    assert created and not created_again and second["id"] == first["id"]
+    await store.apply(SessionChange(first["id"], session={"status": "ended", "ended_at": 102.0}))
+    third, created = await store.open_session(room, 103.0)
+    assert created and third["id"] != first["id"]
+
+
+async def test_apply_is_all_or_nothing(store: Store):
+    team = await store.ensure_team("acme")
+    room = await store.create_room(team["id"], ROOM)
+    session, _ = await store.open_session(room, 100.0)
+    part = {
+        "id": "part_1", "session_id": session["id"], "identity": "a", "name": "A", "role": "publisher",
+        "state": "connected", "joined_at": 100.0, "disconnected_at": None, "left_at": None, "left_reason": None,
+    }
+    ev = {"session_id": session["id"], "seq": 1, "participant_id": "part_1", "type": "joined",
+          "visibility": "broadcast", "data": {}, "at": 100.0}
+    await store.apply(SessionChange(session["id"], session={"last_seq": 1}, new_participants=[part], events=[ev]))
+    # A second change reusing seq 1 violates the unique (session, seq): none of it may land.
+    bad = SessionChange(
+        session["id"],
+        session={"last_seq": 2},
+        new_participants=[{**part, "id": "part_2", "identity": "b"}],
+        events=[{**ev, "participant_id": "part_2"}],
+    )
+    with pytest.raises(IntegrityError):
+        await store.apply(bad)
+    assert [p["id"] for p in await store.list_participants(session["id"])] == ["part_1"]
+    assert (await store.get_session(session["id"]))["last_seq"] == 1
+    assert len(await store.session_events(session["id"])) == 1
+
+
+async def test_list_sessions_filters_and_search(store: Store):
+    team = await store.ensure_team("acme")
+    a = await store.create_room(team["id"], {**ROOM, "name": "Design review"})
+    b = await store.create_room(team["id"], {**ROOM, "name": "Standup", "comment": "daily"})
+    sa_, _ = await store.open_session(a, 100.0)
+    await store.apply(SessionChange(sa_["id"], session={"status": "ended", "ended_at": 150.0}))
+    sb, _ = await store.open_session(b, 200.0)
+    await store.apply(
+        SessionChange(sb["id"], new_participants=[{
+            "id": "part_x", "session_id": sb["id"], "identity": "x", "name": "X", "role": "moderator",
+            "state": "connected", "joined_at": 200.0, "disconnected_at": None, "left_at": None, "left_reason": None,
+        }])
+    )
+    live = await store.list_sessions(team["id"], status=["live"])
+    assert [s["id"] for s in live] == [sb["id"]] and live[0]["participant_count"] == 1
+    assert [s["id"] for s in await store.list_sessions(team["id"], status=["ended"])] == [sa_["id"]]
+    assert [s["id"] for s in await store.list_sessions(team["id"], q="design")] == [sa_["id"]]
+    assert [s["id"] for s in await store.list_sessions(team["id"], q=sb["id"][-6:].upper())] == [sb["id"]]
+    assert [s["id"] for s in await store.list_sessions(team["id"], q="DAILY")] == [sb["id"]]
+    assert [s["id"] for s in await store.list_sessions(team["id"], room_id=a["id"])] == [sa_["id"]]
+    assert await store.count_live_sessions(team["id"]) == 1
+    assert await store.count_live_sessions(team["id"], exclude_session_id=sb["id"]) == 0
+
+
+async def test_events_order_and_participant_log(store: Store):
+    team = await store.ensure_team("acme")
+    room = await store.create_room(team["id"], ROOM)
+    s, _ = await store.open_session(room, 1.0)
+    rows = [
+        {"session_id": s["id"], "seq": i, "participant_id": pid, "type": t, "visibility": vis, "data": {"i": i}, "at": float(i)}
+        for i, (pid, t, vis) in enumerate(
+            [("p1", "joined", "broadcast"), ("p2", "joined", "broadcast"), ("p1", "session_ended", "log"), (None, "session_ended", "broadcast")],
+            start=1,
+        )
+    ]
+    await store.apply(SessionChange(s["id"], events=rows))
+    assert [e["seq"] for e in await store.session_events(s["id"], after_seq=1, broadcast_only=True)] == [2, 4]
+    log = await store.participant_events("p1")
+    assert [(e["type"], e["data"]) for e in log] == [("joined", {"i": 1}), ("session_ended", {"i": 3})]
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(participants))).scalar_one() == 0
