@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "MEDIASERVER_CONFIG"
+_config_file: ContextVar[str | None] = ContextVar("config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -74,7 +76,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_path = os.environ.get(CONFIG_ENV)
+        toml_path = _config_file.get() or os.environ.get(CONFIG_ENV)
         if toml_path:
             if not Path(toml_path).is_file():
                 raise FileNotFoundError(f"{CONFIG_ENV}={toml_path}: no such file")
@@ -117,7 +119,9 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Build settings; ``config_file`` (a TOML path) overrides ``MEDIASERVER_CONFIG``."""
-    if config_file is not None:
-        os.environ[CONFIG_ENV] = str(config_file)
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**clean)
+    token = _config_file.set(str(config_file) if config_file is not None else None)
+    try:
+        return Settings(**clean)
+    finally:
+        _config_file.reset(token)

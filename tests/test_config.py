@@ -23,6 +23,9 @@ def test_precedence(tmp_path, monkeypatch):
     s = load_settings()
     assert (s.port, s.grace_seconds) == (9100, 60)
     assert load_settings(port=9200).port == 9200
+    other = tmp_path / "other.toml"
+    other.write_text("grace_seconds = 5\n")
+    assert load_settings(config_file=other).grace_seconds == 5  # an explicit file beats MEDIASERVER_CONFIG
 
 
 def test_bad_values_are_refused(tmp_path, monkeypatch):
@@ -37,6 +40,7 @@ def test_bad_values_are_refused(tmp_path, monkeypatch):
         load_settings(unknown_option=1)
     with pytest.raises(FileNotFoundError):
         load_settings(config_file=tmp_path / "missing.toml")
+    assert CONFIG_ENV not in __import__("os").environ  # loading leaves the environment alone
 
 
 def test_database_urls(tmp_path, monkeypatch):
