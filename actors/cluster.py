@@ -32,6 +32,9 @@ def init(address: str | None, namespace: str) -> dict:
         if address:
             kwargs["address"] = address
         else:
+            # "local": a new instance of our own, even if `ray start` left a cluster recorded on
+            # this machine (plain ray.init() would join that one, and it is not ours to stop).
+            kwargs["address"] = "local"
             # Ray binds the embedded instance to this host's routable address (it refuses to
             # advertise loopback); tests run in a loopback-only network namespace.
             kwargs["include_dashboard"] = False

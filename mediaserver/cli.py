@@ -27,7 +27,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (also MEDIASERVER_CONFIG)")
-    p.add_argument("--data-dir", help="where the SQLite database and secrets live")
+    p.add_argument("--data-dir", help="where the SQLite database lives (default ./mediaserver-data)")
     p.add_argument("--database-url", help="postgresql://... or sqlite+aiosqlite:///path")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 

@@ -8,7 +8,6 @@ variables < explicit overrides (command-line flags). The TOML file is named by
 from __future__ import annotations
 
 import os
-import secrets
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ class Settings(BaseSettings):
     # Tokens
     token_default_ttl: int = Field(24 * 3600, gt=0)
     token_max_ttl: int = Field(30 * 24 * 3600, gt=0)
-    secret_key: str | None = None  # signs reconnect tokens; generated and kept in data_dir if unset
+    secret_key: str | None = None  # signs reconnect tokens; if unset, one is made and kept in the store
 
     log_level: str = "info"
 
@@ -97,24 +96,6 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
-
-    def reconnect_secret(self) -> str:
-        """The server secret for reconnect tokens: configured, or made once and kept in data_dir."""
-        if self.secret_key:
-            return self.secret_key
-        path = self.data_dir / "secret_key"
-        if path.exists():
-            return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(32)
-        # O_EXCL: two processes racing to create it agree on the winner's key.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        return key
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

@@ -13,6 +13,7 @@ import uvicorn
 from mediaserver import __version__, tokens
 from mediaserver.api.app import create_app
 from mediaserver.config import Settings
+from mediaserver.ids import new_secret
 from mediaserver.store import Store
 
 log = logging.getLogger("mediaserver")
@@ -88,13 +89,14 @@ async def _serve(settings: Settings, out: TextIO) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(settings)
     boot = await bootstrap(store, settings)
-    settings.reconnect_secret()  # made once here rather than raced by the first joins
+    # Every gateway of a deployment must sign reconnect tokens alike, so the secret lives in the store.
+    reconnect_secret = settings.secret_key or await store.server_value("reconnect_secret", new_secret)
     ray_info = cluster.init(settings.ray_address, settings.ray_namespace)
     (settings.data_dir / "ray_address").write_text(ray_info["gcs_address"])
     try:
         control = ControlPlane(settings)
         control.start()
-        app = create_app(settings, store, control)
+        app = create_app(settings, store, control, reconnect_secret=reconnect_secret)
         config = uvicorn.Config(
             app,
             host=settings.host,

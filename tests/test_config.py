@@ -48,12 +48,3 @@ def test_database_urls(tmp_path, monkeypatch):
     s = load_settings(data_dir=tmp_path)
     assert s.db_url == f"sqlite+aiosqlite:///{tmp_path.resolve() / 'mediaserver.db'}"
     assert load_settings(database_url="postgresql://u@h/db").db_url == "postgresql+asyncpg://u@h/db"
-
-
-def test_reconnect_secret_is_made_once(tmp_path, monkeypatch):
-    monkeypatch.delenv(CONFIG_ENV, raising=False)
-    s = load_settings(data_dir=tmp_path)
-    first = s.reconnect_secret()
-    assert len(first) >= 32 and load_settings(data_dir=tmp_path).reconnect_secret() == first
-    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
-    assert load_settings(data_dir=tmp_path, secret_key="explicit").reconnect_secret() == "explicit"

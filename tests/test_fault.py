@@ -117,3 +117,31 @@ async def test_ray_kill_with_restart(fault_server, ray_client):
         await a.wait_event("joined", b.id, timeout=30)
         await a.close()
         await b.close()
+
+
+async def test_session_owns_its_breakout_room_actors(fault_server, ray_client):
+    """A SessionActor starts BreakoutRoomActors and retires them when the session ends."""
+    from actors import names
+    from mediaserver.errors import MediaserverError
+
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="with breakouts")
+        a = await join(server, http, room, "a", "moderator")
+        sid = a.joined["session"]["id"]
+        session = ray_client.find(names.session(sid))
+        info = await ray_client.call(session, "open_breakout", "Team blue")
+        assert info["name"] == "Team blue" and info["session_id"] == sid
+        breakout = ray_client.find(names.breakout(sid, info["id"]))
+        assert breakout is not None and (await ray_client.call(breakout, "info"))["id"] == info["id"]
+        try:
+            await ray_client.call(session, "open_breakout", "x" * 31)
+            raise AssertionError("a 31-character name must be refused")
+        except MediaserverError as e:
+            assert e.code == "invalid_request"
+        await http.post(f"/v1/sessions/{sid}/end")
+
+        async def retired():
+            return ray_client.find(names.breakout(sid, info["id"])) is None
+
+        await eventually(retired, timeout=20)

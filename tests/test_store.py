@@ -47,7 +47,18 @@ async def test_migrate_is_repeatable(store: Store):
     await store.migrate()  # already at head: nothing to do, no error
     async with store.engine.connect() as conn:
         version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
-    assert version == "0001"
+    assert version == "0002"
+
+
+async def test_server_values_are_made_once(store: Store):
+    made = []
+
+    def make() -> str:
+        made.append(1)
+        return f"secret-{len(made)}"
+
+    first, second = await store.server_value("k", make), await store.server_value("k", make)
+    assert first == second == "secret-1" and len(made) == 1
 
 
 async def test_teams_and_keys(store: Store):

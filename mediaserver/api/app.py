@@ -28,7 +28,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(settings: Settings, store: Store, control: Any) -> FastAPI:
+def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secret: str) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ticker = asyncio.create_task(_tick_forever(control, settings.tick_seconds))
@@ -48,6 +48,7 @@ def create_app(settings: Settings, store: Store, control: Any) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.control = control
+    app.state.reconnect_secret = reconnect_secret
     app.include_router(rest.router)
     app.add_api_websocket_route("/v1/ws", ws.websocket_endpoint)
 

@@ -38,6 +38,7 @@ class Connection:
         self.settings = state.settings
         self.store = state.store
         self.control = state.control
+        self.reconnect_secret = state.reconnect_secret
         self.session_id: str | None = None
         self.participant_id: str | None = None
         self.role: str | None = None
@@ -133,7 +134,7 @@ class Connection:
         await self._welcome(msg.id, result, room, resumed=False, ttl=ttl)
 
     async def resume(self, msg: m.Resume) -> None:
-        session_id, participant_id = tokens.verify_reconnect(msg.reconnect_token, self.settings.reconnect_secret())
+        session_id, participant_id = tokens.verify_reconnect(msg.reconnect_token, self.reconnect_secret)
         session = await self.store.get_session(session_id)
         if session is None:
             raise MediaserverError("session_not_found", "the session of this reconnect token does not exist")
@@ -152,7 +153,7 @@ class Connection:
         self.role = p["role"]
         self.last_seq = result["last_seq"]
         reconnect = tokens.mint_reconnect(
-            self.settings.reconnect_secret(), session_id=self.session_id, participant_id=p["id"], ttl=ttl
+            self.reconnect_secret, session_id=self.session_id, participant_id=p["id"], ttl=ttl
         )
         await self.send(
             m.Joined(

@@ -138,7 +138,7 @@ class SessionCore:
 
     async def join(self, *, identity: str, name: str, role: str) -> dict:
         async with self._lock:
-            self._require_live()
+            self.require_live()
             tx = _Tx(self, self.clock())
             for pid, p in self.participants.items():
                 if p["identity"] == identity:
@@ -169,7 +169,7 @@ class SessionCore:
     async def resume(self, participant_id: str) -> dict:
         """A participant comes back inside the grace period (reconnect token)."""
         async with self._lock:
-            self._require_live()
+            self.require_live()
             p = self.participants.get(participant_id)
             if p is None:
                 raise MediaserverError(
@@ -216,7 +216,7 @@ class SessionCore:
     async def set_role(self, by: str | None, participant_id: str, role: str) -> dict:
         """Change a participant's role; ``by`` is the moderator's participant id, or None for the API."""
         async with self._lock:
-            self._require_live()
+            self.require_live()
             if by is not None:
                 self._require_moderator(by)
             p = self.participants.get(participant_id)
@@ -233,7 +233,7 @@ class SessionCore:
     async def end(self, *, reason: str, by: str | None = None) -> dict:
         """End the session; ``by`` is the moderator's participant id when a moderator ends it."""
         async with self._lock:
-            self._require_live()
+            self.require_live()
             if by is not None:
                 self._require_moderator(by)
             tx = _Tx(self, self.clock())
@@ -298,7 +298,7 @@ class SessionCore:
 
     # Internals ----------------------------------------------------------------
 
-    def _require_live(self) -> None:
+    def require_live(self) -> None:
         if self.ended:
             raise MediaserverError("session_ended", "this session has ended")
 

@@ -117,3 +117,11 @@ events = Table(
     UniqueConstraint("session_id", "seq", name="uq_events_session_seq"),
     Index("ix_events_participant", "participant_id", "seq"),
 )
+
+# Deployment-wide values every gateway must agree on (e.g. the reconnect-token secret).
+server_state = Table(
+    "server_state",
+    metadata,
+    Column("key", String(40), primary_key=True),
+    Column("value", Text, nullable=False),
+)

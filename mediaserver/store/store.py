@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id, new_secret
-from mediaserver.store.schema import api_keys, events, participants, rooms, sessions, teams
+from mediaserver.store.schema import api_keys, events, participants, rooms, server_state, sessions, teams
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -76,6 +76,22 @@ class Store:
 
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade)
+
+    # Deployment-wide values ---------------------------------------------------
+
+    async def server_value(self, key: str, make: Any) -> str:
+        """The stored value of ``key``, set to ``make()`` by whoever asks first."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(server_state.c.value).where(server_state.c.key == key))).first()
+        if row:
+            return row[0]
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(server_state.insert().values(key=key, value=make()))
+        except IntegrityError:
+            pass  # another gateway won the race; use its value
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(server_state.c.value).where(server_state.c.key == key))).scalar_one()
 
     # Teams and API keys --------------------------------------------------
 
