@@ -218,6 +218,14 @@ async def make_token(http: httpx.AsyncClient, room_id: str, identity: str, role:
     return r.json()["token"]
 
 
+async def join_room(server: ServerProcess, http: httpx.AsyncClient, room: dict, identity: str, role: str = "publisher") -> Participant:
+    """A participant that has joined ``room`` through ``server``'s WebSocket."""
+    p = Participant(server)
+    msg = await p.join(await make_token(http, room["id"], identity, role), room["id"])
+    assert msg["type"] == "joined", msg
+    return p
+
+
 async def eventually(check: Any, timeout: float = 15, interval: float = 0.1) -> Any:
     """Poll an async check until it returns something truthy."""
     deadline = time.time() + timeout

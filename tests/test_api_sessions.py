@@ -13,16 +13,9 @@ import jwt
 import pytest
 
 from mediaserver import tokens
-from tests.helpers import Participant, cli, create_key, eventually, make_room, make_token
+from tests.helpers import Participant, cli, create_key, eventually, join_room, make_room, make_token
 
 GRACE = 2.0
-
-
-async def join(server, http, room, identity, role="publisher") -> Participant:
-    p = Participant(server)
-    msg = await p.join(await make_token(http, room["id"], identity, role), room["id"])
-    assert msg["type"] == "joined", msg
-    return p
 
 
 async def session_of(http, room) -> dict:
@@ -35,11 +28,11 @@ async def session_of(http, room) -> dict:
 async def test_join_sees_room_and_others(server):
     async with server.http() as http:
         room = await make_room(http, name="Kickoff", comment="Welcome!", starts_at="2026-12-01T10:00:00Z")
-        mod = await join(server, http, room, "mod", "moderator")
+        mod = await join_room(server, http, room, "mod", "moderator")
         assert mod.joined["room"]["comment"] == "Welcome!" and mod.joined["room"]["starts_at"] == "2026-12-01T10:00:00Z"
         assert mod.joined["participant"]["role"] == "moderator" and mod.joined["resumed"] is False
         assert mod.joined["session"]["status"] == "live" and mod.joined["grace_seconds"] == GRACE
-        pub = await join(server, http, room, "pub")
+        pub = await join_room(server, http, room, "pub")
         assert {p["identity"] for p in pub.joined["participants"]} == {"mod", "pub"}
         ev = await mod.wait_event("joined", pub.id)
         assert ev["data"] == {"identity": "pub", "name": "pub", "role": "publisher"}
@@ -93,8 +86,8 @@ async def test_token_refusals_on_join(server):
 async def test_moderator_ends_the_session(server):
     async with server.http() as http:
         room = await make_room(http, name="to be ended")
-        mod = await join(server, http, room, "mod", "moderator")
-        pub = await join(server, http, room, "pub")
+        mod = await join_room(server, http, room, "mod", "moderator")
+        pub = await join_room(server, http, room, "pub")
         reply = await pub.command({"type": "end_session"})
         assert (reply["type"], reply["code"]) == ("error", "not_moderator")
         assert (await mod.command({"type": "end_session"}))["type"] == "ack"
@@ -108,7 +101,7 @@ async def test_moderator_ends_the_session(server):
         assert [e["type"] for e in log["events"]] == ["joined", "ended_session", "session_ended"]
         assert log["state"] == "left" and log["left_reason"] == "session_ended"
         # Joining again starts a new session of the same room.
-        again = await join(server, http, room, "mod", "moderator")
+        again = await join_room(server, http, room, "mod", "moderator")
         assert again.joined["session"]["id"] != s["id"]
         await again.close()
 
@@ -116,7 +109,7 @@ async def test_moderator_ends_the_session(server):
 async def test_api_ends_the_session(server):
     async with server.http() as http:
         room = await make_room(http, name="api end")
-        p = await join(server, http, room, "a")
+        p = await join_room(server, http, room, "a")
         sid = p.joined["session"]["id"]
         r = await http.post(f"/v1/sessions/{sid}/end")
         assert r.status_code == 200 and r.json()["status"] == "ended" and r.json()["end_reason"] == "api"
@@ -130,7 +123,7 @@ async def test_api_ends_the_session(server):
 async def test_grace_period_then_end(server):
     async with server.http() as http:
         room = await make_room(http, name="grace")
-        a = await join(server, http, room, "a")
+        a = await join_room(server, http, room, "a")
         sid = a.joined["session"]["id"]
         assert (await a.command({"type": "leave"}))["type"] == "ack"
         s = await session_of(http, room)
@@ -147,15 +140,21 @@ async def test_grace_period_then_end(server):
         assert s["end_reason"] == "grace_timeout" and time.time() - start >= GRACE * 0.5
         log = (await http.get(f"/v1/sessions/{sid}/participants/{a.id}")).json()
         assert [e["type"] for e in log["events"]] == ["joined", "left"]
+        timeline = (await http.get(f"/v1/sessions/{sid}/events")).json()
+        assert [(e["type"], e["participant_id"]) for e in timeline] == [("joined", a.id), ("left", a.id), ("session_ended", None)]
+        assert timeline[-1]["data"]["reason"] == "grace_timeout"
+        assert [e["seq"] for e in timeline] == [1, 2, 3]
+        page = (await http.get(f"/v1/sessions/{sid}/events", params={"after_seq": 1, "limit": 1})).json()
+        assert [e["seq"] for e in page] == [2]
 
 
 async def test_rejoin_inside_grace_keeps_the_session(server):
     async with server.http() as http:
         room = await make_room(http, name="rejoin")
-        a = await join(server, http, room, "a")
+        a = await join_room(server, http, room, "a")
         sid = a.joined["session"]["id"]
         await a.command({"type": "leave"})
-        b = await join(server, http, room, "b")
+        b = await join_room(server, http, room, "b")
         assert b.joined["session"]["id"] == sid
         await asyncio.sleep(GRACE + 1)
         assert (await session_of(http, room))["status"] == "live"
@@ -165,8 +164,8 @@ async def test_rejoin_inside_grace_keeps_the_session(server):
 async def test_reconnect_within_grace_is_the_same_participant(server):
     async with server.http() as http:
         room = await make_room(http, name="reconnect")
-        watcher = await join(server, http, room, "w", "moderator")
-        a = await join(server, http, room, "a")
+        watcher = await join_room(server, http, room, "w", "moderator")
+        a = await join_room(server, http, room, "a")
         await a.drop()
         ev = await watcher.wait_event("disconnected", a.id)
         assert ev["participant_id"] == a.id
@@ -190,8 +189,8 @@ async def test_reconnect_within_grace_is_the_same_participant(server):
 async def test_reconnect_after_grace_is_refused(server):
     async with server.http() as http:
         room = await make_room(http, name="too late")
-        keeper = await join(server, http, room, "keeper")
-        a = await join(server, http, room, "a")
+        keeper = await join_room(server, http, room, "keeper")
+        a = await join_room(server, http, room, "a")
         await a.drop()
         ev = await keeper.wait_event("left", a.id, timeout=GRACE + 10)
         assert ev["data"]["reason"] == "grace_timeout"
@@ -205,8 +204,8 @@ async def test_reconnect_after_grace_is_refused(server):
 async def test_same_identity_replaces_the_old_connection(server):
     async with server.http() as http:
         room = await make_room(http, name="replace")
-        first = await join(server, http, room, "dup")
-        second = await join(server, http, room, "dup")
+        first = await join_room(server, http, room, "dup")
+        second = await join_room(server, http, room, "dup")
         assert second.id != first.id
         code, reason = await first.closed()
         assert (code, reason) == (4003, "replaced")
@@ -218,8 +217,8 @@ async def test_same_identity_replaces_the_old_connection(server):
 async def test_capacity_is_enforced(server):
     async with server.http() as http:
         room = await make_room(http, name="small", capacity=2)
-        a = await join(server, http, room, "a")
-        b = await join(server, http, room, "b")
+        a = await join_room(server, http, room, "a")
+        b = await join_room(server, http, room, "b")
         c = Participant(server)
         msg = await c.join(await make_token(http, room["id"], "c"), room["id"])
         assert (msg["type"], msg["code"]) == ("error", "room_full")
@@ -233,13 +232,13 @@ async def test_team_limit_counts_live_not_ending_soon(server):
     async with server.http(key) as http:
         one = await make_room(http, name="one")
         two = await make_room(http, name="two")
-        a = await join(server, http, one, "a")
+        a = await join_room(server, http, one, "a")
         b = Participant(server)
         msg = await b.join(await make_token(http, two["id"], "b"), two["id"])
         assert (msg["type"], msg["code"]) == ("error", "session_limit_reached"), msg
         assert await session_of(http, two) == {}
         await a.command({"type": "leave"})  # room one is now ending soon: it stops counting
-        b2 = await join(server, http, two, "b")
+        b2 = await join_room(server, http, two, "b")
         # Bringing room one back to live would exceed the limit.
         c = Participant(server)
         msg = await c.join(await make_token(http, one["id"], "c"), one["id"])
@@ -251,10 +250,10 @@ async def test_search_and_filters(server):
     async with server.http() as http:
         marker = f"zebra{int(time.time() * 1000) % 100000}"
         room = await make_room(http, name=f"{marker} standup", comment="daily giraffe notes")
-        p = await join(server, http, room, "a")
+        p = await join_room(server, http, room, "a")
         sid = p.joined["session"]["id"]
         await http.post(f"/v1/sessions/{sid}/end")
-        p2 = await join(server, http, room, "a")
+        p2 = await join_room(server, http, room, "a")
         sid2 = p2.joined["session"]["id"]
 
         async def ids(**params):
@@ -278,7 +277,7 @@ async def test_search_and_filters(server):
 async def test_participant_not_found_and_session_not_found(server):
     async with server.http() as http:
         room = await make_room(http, name="lookups")
-        p = await join(server, http, room, "a")
+        p = await join_room(server, http, room, "a")
         sid = p.joined["session"]["id"]
         r = await http.get(f"/v1/sessions/{sid}/participants/part_nope")
         assert r.status_code == 404 and r.json()["error"]["code"] == "participant_not_found"
@@ -309,8 +308,8 @@ async def test_bad_websocket_input(server):
         assert (await p.recv())["code"] == "invalid_request"
         assert (await p.closed())[0] == 4004
 
-        a = await join(server, http, room, "a")
-        b = await join(server, http, room, "b", "moderator")
+        a = await join_room(server, http, room, "a")
+        b = await join_room(server, http, room, "b", "moderator")
         for raw, code in [
             ("not json", "invalid_request"),
             (json.dumps({"type": "teleport"}), "invalid_request"),
@@ -343,7 +342,7 @@ async def test_bad_websocket_input(server):
 async def test_server_pings(server):
     async with server.http() as http:
         room = await make_room(http, name="pings")
-        p = await join(server, http, room, "a")
+        p = await join_room(server, http, room, "a")
         msg = json.loads(await asyncio.wait_for(p.ws.recv(), 5))  # ping every second on the test server
         assert msg["type"] == "ping" and msg["ts"] > 0
         await p.close()

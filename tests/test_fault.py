@@ -11,7 +11,15 @@ import signal
 
 import pytest
 
-from tests.helpers import Participant, ServerProcess, create_key, eventually, free_port, make_room, make_token, server_env
+from tests.helpers import (
+    ServerProcess,
+    create_key,
+    eventually,
+    free_port,
+    join_room,
+    make_room,
+    server_env,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +45,14 @@ def ray_client(fault_server):
     cluster.shutdown()
 
 
-async def join(server, http, room, identity, role="publisher") -> Participant:
-    p = Participant(server)
-    msg = await p.join(await make_token(http, room["id"], identity, role), room["id"])
-    assert msg["type"] == "joined", msg
-    return p
-
-
 async def test_session_actor_killed_mid_session(fault_server, ray_client):
     from actors import names
 
     server = fault_server
     async with server.http() as http:
         room = await make_room(http, name="crashy")
-        mod = await join(server, http, room, "mod", "moderator")
-        pub = await join(server, http, room, "pub")
+        mod = await join_room(server, http, room, "mod", "moderator")
+        pub = await join_room(server, http, room, "pub")
         await mod.wait_event("joined", pub.id)
         sid = mod.joined["session"]["id"]
         await mod.command({"type": "set_role", "participant_id": pub.id, "role": "subscriber"})
@@ -86,7 +87,7 @@ async def test_session_actor_killed_mid_session(fault_server, ray_client):
         ev = await pub.wait_event("role_changed", pub.id, timeout=30)
         assert ev["data"] == {"role": "publisher", "previous": "subscriber", "by": mod.id}
         # New participants join the same session.
-        late = await join(server, http, room, "late")
+        late = await join_room(server, http, room, "late")
         assert late.joined["session"]["id"] == sid
         await mod.wait_event("joined", late.id, timeout=30)
 
@@ -108,10 +109,10 @@ async def test_ray_kill_with_restart(fault_server, ray_client):
     server = fault_server
     async with server.http() as http:
         room = await make_room(http, name="ray-killed")
-        a = await join(server, http, room, "a", "moderator")
+        a = await join_room(server, http, room, "a", "moderator")
         sid = a.joined["session"]["id"]
         assert ray_client.kill(names.session(sid), restart=True)
-        b = await join(server, http, room, "b")
+        b = await join_room(server, http, room, "b")
         assert b.joined["session"]["id"] == sid
         assert {p["identity"] for p in b.joined["participants"]} == {"a", "b"}
         await a.wait_event("joined", b.id, timeout=30)
@@ -127,7 +128,7 @@ async def test_session_owns_its_breakout_room_actors(fault_server, ray_client):
     server = fault_server
     async with server.http() as http:
         room = await make_room(http, name="with breakouts")
-        a = await join(server, http, room, "a", "moderator")
+        a = await join_room(server, http, room, "a", "moderator")
         sid = a.joined["session"]["id"]
         session = ray_client.find(names.session(sid))
         info = await ray_client.call(session, "open_breakout", "Team blue")

@@ -182,6 +182,20 @@ async def get_participant(session_id: str, participant_id: str, request: Request
     return ParticipantDetail(**Participant.from_row(row).model_dump(), events=[Event.from_row(e) for e in evs])
 
 
+@router.get("/sessions/{session_id}/events", response_model=list[Event], tags=["sessions"])
+async def session_events(
+    session_id: str,
+    request: Request,
+    caller: Auth,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[Event]:
+    """The session's whole event log (every participant's events and the session's own), in order."""
+    await _session(request, caller, session_id)
+    rows = await request.app.state.store.session_events(session_id, after_seq=after_seq, limit=limit)
+    return [Event.from_row(r) for r in rows]
+
+
 @router.post("/sessions/{session_id}/end", response_model=Session, tags=["sessions"])
 async def end_session(session_id: str, request: Request, caller: Auth) -> Session:
     row = await _session(request, caller, session_id)

@@ -37,9 +37,11 @@ class SessionChange:
     events: list[dict[str, Any]] = field(default_factory=list)  # full rows, seq included
 
 
-def _like(q: str) -> str:
+def _matches(q: str, *columns: Any) -> Any:
+    """Case-insensitive substring search over columns; LIKE wildcards in ``q`` are literal."""
     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped.lower()}%"
+    pattern = f"%{escaped.lower()}%"
+    return sa.or_(*(sa.func.lower(sa.func.coalesce(c, "")).like(pattern, escape="\\") for c in columns))
 
 
 class Store:
@@ -190,14 +192,7 @@ class Store:
     async def list_rooms(self, team_id: str, *, q: str | None = None, limit: int = 50, offset: int = 0) -> list[dict]:
         stmt = sa.select(rooms).where(rooms.c.team_id == team_id)
         if q:
-            pat = _like(q)
-            stmt = stmt.where(
-                sa.or_(
-                    sa.func.lower(rooms.c.id).like(pat, escape="\\"),
-                    sa.func.lower(rooms.c.name).like(pat, escape="\\"),
-                    sa.func.lower(sa.func.coalesce(rooms.c.comment, "")).like(pat, escape="\\"),
-                )
-            )
+            stmt = stmt.where(_matches(q, rooms.c.id, rooms.c.name, rooms.c.comment))
         stmt = stmt.order_by(rooms.c.created_at.desc(), rooms.c.id).limit(limit).offset(offset)
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(stmt)).mappings()]
@@ -301,15 +296,7 @@ class Store:
         if room_id:
             stmt = stmt.where(sessions.c.room_id == room_id)
         if q:
-            pat = _like(q)
-            stmt = stmt.where(
-                sa.or_(
-                    sa.func.lower(sessions.c.id).like(pat, escape="\\"),
-                    sa.func.lower(rooms.c.id).like(pat, escape="\\"),
-                    sa.func.lower(rooms.c.name).like(pat, escape="\\"),
-                    sa.func.lower(sa.func.coalesce(rooms.c.comment, "")).like(pat, escape="\\"),
-                )
-            )
+            stmt = stmt.where(_matches(q, sessions.c.id, rooms.c.id, rooms.c.name, rooms.c.comment))
         stmt = stmt.order_by(sessions.c.started_at.desc(), sessions.c.id).limit(limit).offset(offset)
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(stmt)).mappings()]
