@@ -33,6 +33,8 @@ STATUS: dict[str, int] = {
     "not_moderator": 403,
     "not_joined": 409,
     "media_unavailable": 501,
+    "invalid_sdp": 400,
+    "unsupported_codec": 400,
     "unavailable": 503,
     "internal": 500,
 }

@@ -1,0 +1,158 @@
+"""Forwarding of SRTP/SRTCP between endpoints: the pure-Python reference.
+
+It defines the observable behaviour the Cython fast path must match packet for
+packet: which packets are forwarded where, how headers are rewritten, which
+are dropped and why. Endpoints are ``ready`` only once ICE gave them an
+address and DTLS gave them keys; nothing is forwarded from or to any other.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pylibsrtp
+
+from mediaserver.fastpath_ref import rewrite_rtp
+from mediaserver.media import rtcp
+from mediaserver.media.srtp import SrtpKeys
+
+MTU = 1500  # larger datagrams are never forwarded
+PLI_INTERVAL = 0.5  # at most one keyframe request per track per 500 ms
+
+
+@dataclass
+class Route:
+    ssrc: int  # SSRC the subscriber sees
+    payload_type: int
+    seq_delta: int = 0
+    ts_delta: int = 0
+
+
+@dataclass
+class Endpoint:
+    id: str
+    addr: tuple | None = None
+    rx: pylibsrtp.Session | None = None
+    tx: pylibsrtp.Session | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.addr is not None and self.rx is not None
+
+
+@dataclass
+class Forwarder:
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    by_addr: dict[tuple, Endpoint] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> {subscriber endpoint id: Route}
+    routes: dict[tuple[str, int], dict[str, Route]] = field(default_factory=dict)
+    # (subscriber endpoint, SSRC it sees) -> (publisher endpoint, publisher SSRC), for feedback
+    reverse: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    last_pli: dict[tuple[str, int], float] = field(default_factory=dict)
+    stats: Counter = field(default_factory=Counter)
+
+    # Control -------------------------------------------------------------------
+
+    def add_endpoint(self, eid: str) -> None:
+        self.endpoints.setdefault(eid, Endpoint(eid))
+
+    def set_address(self, eid: str, addr: tuple) -> None:
+        ep = self.endpoints[eid]
+        if ep.addr is not None and self.by_addr.get(ep.addr) is ep:
+            del self.by_addr[ep.addr]
+        ep.addr = addr
+        self.by_addr[addr] = ep
+
+    def set_keys(self, eid: str, keys: SrtpKeys) -> None:
+        ep = self.endpoints[eid]
+        ep.rx, ep.tx = keys.sessions()
+
+    def remove_endpoint(self, eid: str) -> None:
+        ep = self.endpoints.pop(eid, None)
+        if ep and ep.addr is not None and self.by_addr.get(ep.addr) is ep:
+            del self.by_addr[ep.addr]
+        for key in [k for k in self.routes if k[0] == eid]:
+            for dst, route in self.routes.pop(key).items():
+                self.reverse.pop((dst, route.ssrc), None)
+        for routes in self.routes.values():
+            route = routes.pop(eid, None)
+            if route:
+                self.reverse.pop((eid, route.ssrc), None)
+
+    def set_route(self, src: str, src_ssrc: int, dst: str, route: Route) -> None:
+        self.routes.setdefault((src, src_ssrc), {})[dst] = route
+        self.reverse[(dst, route.ssrc)] = (src, src_ssrc)
+
+    def remove_route(self, src: str, src_ssrc: int, dst: str) -> None:
+        routes = self.routes.get((src, src_ssrc), {})
+        route = routes.pop(dst, None)
+        if route:
+            self.reverse.pop((dst, route.ssrc), None)
+
+    # Data ----------------------------------------------------------------------
+
+    def _drop(self, reason: str) -> list:
+        self.stats[f"drop_{reason}"] += 1
+        return []
+
+    def handle_rtp(self, data: bytes, addr: tuple) -> list[tuple[bytes, tuple]]:
+        ep = self.by_addr.get(addr)
+        if ep is None or not ep.ready:
+            return self._drop("not_ready")  # no ICE and DTLS from this address: never forwarded
+        if len(data) > MTU:
+            return self._drop("too_big")
+        try:
+            plain = ep.rx.unprotect(data)
+        except pylibsrtp.Error:
+            return self._drop("srtp")  # authentication or replay check failed
+        self.stats["rtp_in"] += 1
+        ssrc = struct.unpack_from("!I", plain, 8)[0]
+        routes = self.routes.get((ep.id, ssrc))
+        if routes is None:
+            return self._drop("unknown_ssrc")
+        out = []
+        for dst_id, route in routes.items():
+            dst = self.endpoints.get(dst_id)
+            if dst is None or not dst.ready:
+                self.stats["drop_subscriber_not_ready"] += 1
+                continue
+            pkt = bytearray(plain)
+            rewrite_rtp(pkt, route.ssrc, route.seq_delta, route.ts_delta)
+            pkt[1] = (pkt[1] & 0x80) | route.payload_type
+            protected = dst.tx.protect(bytes(pkt))
+            out.append((protected, dst.addr))
+            self.stats["rtp_out"] += 1
+            self.stats["bytes_out"] += len(protected)
+        return out
+
+    def handle_rtcp(self, data: bytes, addr: tuple, now: float) -> list[tuple[bytes, tuple]]:
+        ep = self.by_addr.get(addr)
+        if ep is None or not ep.ready:
+            return self._drop("not_ready")
+        if len(data) > MTU:
+            return self._drop("too_big")
+        try:
+            plain = ep.rx.unprotect_rtcp(data)
+        except pylibsrtp.Error:
+            return self._drop("srtcp")
+        self.stats["rtcp_in"] += 1
+        out = []
+        for pt, fmt, packet in rtcp.packets(plain):
+            media_ssrc = rtcp.keyframe_request_ssrc(pt, fmt, packet)
+            if media_ssrc is None:
+                continue  # reports and other feedback are consumed here
+            source = self.reverse.get((ep.id, media_ssrc))
+            if source is None:
+                continue
+            if now - self.last_pli.get(source, float("-inf")) < PLI_INTERVAL:
+                self.stats["pli_throttled"] += 1
+                continue
+            publisher = self.endpoints.get(source[0])
+            if publisher is None or not publisher.ready:
+                continue
+            self.last_pli[source] = now
+            out.append((publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr))
+            self.stats["pli_sent"] += 1
+        return out

@@ -1,0 +1,37 @@
+"""The RTCP the forwarder reads and writes (RFC 3550 section 6, RFC 4585, RFC 5104)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator
+
+RTPFB, PSFB = 205, 206
+FMT_PLI, FMT_FIR = 1, 4  # RFC 4585 section 6.3.1, RFC 5104 section 4.3.1
+SERVER_SSRC = 0x6D656469  # "medi": the sender SSRC of the feedback we originate
+
+
+def packets(compound: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(packet type, count/FMT, packet bytes) for each packet of a compound RTCP packet."""
+    pos = 0
+    while pos + 4 <= len(compound):
+        first, pt, length = struct.unpack_from("!BBH", compound, pos)
+        end = pos + 4 * (length + 1)
+        if first >> 6 != 2 or end > len(compound):
+            return  # not version 2, or truncated: stop at what we can trust
+        yield pt, first & 0x1F, compound[pos:end]
+        pos = end
+
+
+def keyframe_request_ssrc(pt: int, fmt: int, packet: bytes) -> int | None:
+    """The media SSRC a PLI or FIR asks a keyframe of, else None."""
+    if pt != PSFB or len(packet) < 12:
+        return None
+    if fmt == FMT_PLI:
+        return struct.unpack_from("!I", packet, 8)[0]
+    if fmt == FMT_FIR and len(packet) >= 20:
+        return struct.unpack_from("!I", packet, 12)[0]  # the first FCI entry's SSRC
+    return None
+
+
+def pli(media_ssrc: int, sender_ssrc: int = SERVER_SSRC) -> bytes:
+    return struct.pack("!BBHII", 0x80 | FMT_PLI, PSFB, 2, sender_ssrc, media_ssrc)

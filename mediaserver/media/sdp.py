@@ -1,0 +1,244 @@
+"""SDP for routed media (RFC 8829 JSEP, RFC 8843 BUNDLE, RFC 5761 rtcp-mux, RFC 8445 ice-lite).
+
+Signaling model (as LiveKit's): each participant has a *publish* peer
+connection, where the client offers its tracks and we answer recvonly, and a
+*subscribe* peer connection, where we offer the tracks it receives (sendonly)
+and the client answers. We are always the DTLS server (``setup:passive`` in
+answers, ``actpass`` in offers, which clients answer ``active``).
+
+Offers are parsed with aiortc's SDP parser; what we send is written here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from aiortc import sdp as aiortc_sdp
+
+from mediaserver.errors import MediaserverError
+from mediaserver.media.dtls import Fingerprint
+
+# What we route, in preference order: a subscriber gets the publisher's codec.
+AUDIO_CODECS = ("opus",)
+VIDEO_CODECS = ("VP8", "H264", "VP9")
+VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir")
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str  # e.g. "VP8"
+    clock_rate: int
+    channels: int | None
+    payload_type: int
+    fmtp: str = ""
+    feedback: tuple[str, ...] = ()
+
+    @property
+    def rtpmap(self) -> str:
+        return f"{self.name}/{self.clock_rate}" + (f"/{self.channels}" if self.channels else "")
+
+
+@dataclass
+class OfferedTrack:
+    mid: str
+    kind: str  # audio | video
+    ssrc: int
+    codec: Codec
+    stream_id: str
+    track_id: str
+
+
+@dataclass
+class RemoteDescription:
+    ice_ufrag: str
+    ice_pwd: str
+    fingerprints: list[Fingerprint]
+    setup: str | None
+    mids: list[str]
+    media: list[aiortc_sdp.MediaDescription] = field(default_factory=list)
+
+
+def _parse(text: str, expected: str) -> aiortc_sdp.SessionDescription:
+    if not isinstance(text, str) or not text.startswith("v=0"):
+        raise MediaserverError("invalid_sdp", f"the {expected} is not an SDP description (it must start with v=0)")
+    try:
+        return aiortc_sdp.SessionDescription.parse(text)
+    except Exception as e:  # the parser raises assorted errors on malformed input
+        raise MediaserverError("invalid_sdp", f"the {expected} cannot be parsed: {e}") from None
+
+
+def parse_remote(text: str, expected: str) -> RemoteDescription:
+    desc = _parse(text, expected)
+    media = [m for m in desc.media if m.kind in ("audio", "video")]
+    if not media:
+        raise MediaserverError("invalid_sdp", f"the {expected} has no audio or video section")
+    first = media[0]
+    if first.ice is None or not first.ice.usernameFragment or not first.ice.password:
+        raise MediaserverError("invalid_sdp", f"the {expected} has no ICE credentials")
+    if first.dtls is None or not first.dtls.fingerprints:
+        raise MediaserverError("invalid_sdp", f"the {expected} has no DTLS fingerprint")
+    if not all(m.rtcp_mux for m in media if m.port != 0):
+        raise MediaserverError("invalid_sdp", "rtcp-mux is required (RFC 5761)")
+    fps = [Fingerprint(f.algorithm, f.value) for f in first.dtls.fingerprints]
+    if not any(f.algorithm.lower() == "sha-256" for f in fps):
+        raise MediaserverError("invalid_sdp", "a sha-256 DTLS fingerprint is required")
+    return RemoteDescription(
+        ice_ufrag=first.ice.usernameFragment,
+        ice_pwd=first.ice.password,
+        fingerprints=fps,
+        setup=first.dtls.role,
+        mids=[m.rtp.muxId for m in media],
+        media=media,
+    )
+
+
+def _pick_codec(m: aiortc_sdp.MediaDescription) -> Codec | None:
+    names = AUDIO_CODECS if m.kind == "audio" else VIDEO_CODECS
+    for wanted in names:
+        for c in m.rtp.codecs:
+            if c.mimeType.split("/", 1)[1].lower() != wanted.lower():
+                continue
+            fmtp = ";".join(f"{k}={v}" if v is not None else k for k, v in (c.parameters or {}).items())
+            if wanted == "H264" and "packetization-mode=1" not in fmtp.replace(" ", ""):
+                continue  # we forward FU-A (mode 1) streams only
+            fb = VIDEO_FEEDBACK if m.kind == "video" else ()
+            return Codec(wanted, c.clockRate, c.channels, c.payloadType, fmtp, fb)
+    return None
+
+
+def parse_publish_offer(text: str) -> tuple[RemoteDescription, list[OfferedTrack | None]]:
+    """The client's publish offer and, per m-section, the track we accept (None: rejected)."""
+    remote = parse_remote(text, "offer")
+    tracks: list[OfferedTrack | None] = []
+    for m in remote.media:
+        if m.port == 0 or m.direction in ("recvonly", "inactive"):
+            tracks.append(None)
+            continue
+        codec = _pick_codec(m)
+        if codec is None:
+            raise MediaserverError(
+                "unsupported_codec",
+                f"the {m.kind} section offers none of {', '.join(AUDIO_CODECS if m.kind == 'audio' else VIDEO_CODECS)}",
+            )
+        rtx = {g.items[1] for g in m.ssrc_group if g.semantic == "FID" and len(g.items) > 1}
+        primary = [s for s in m.ssrc if s.ssrc not in rtx]
+        if not primary:
+            raise MediaserverError("invalid_sdp", f"the {m.kind} section (mid {m.rtp.muxId}) announces no SSRC")
+        msid = (m.msid or primary[0].msid or f"- {m.rtp.muxId}").split()
+        tracks.append(
+            OfferedTrack(
+                mid=m.rtp.muxId,
+                kind=m.kind,
+                ssrc=primary[0].ssrc,
+                codec=codec,
+                stream_id=msid[0],
+                track_id=msid[1] if len(msid) > 1 else msid[0],
+            )
+        )
+    return remote, tracks
+
+
+def _session_head(version: int, mids: list[str]) -> list[str]:
+    return [
+        "v=0",
+        f"o=mediaserver {secrets.randbelow(2**62)} {version} IN IP4 0.0.0.0",
+        "s=-",
+        "t=0 0",
+        "a=ice-lite",
+        f"a=group:BUNDLE {' '.join(mids)}",
+        "a=msid-semantic: WMS *",
+    ]
+
+
+def _transport_lines(ufrag: str, pwd: str, fp: Fingerprint, setup: str, host: str, port: int) -> list[str]:
+    return [
+        f"a=ice-ufrag:{ufrag}",
+        f"a=ice-pwd:{pwd}",
+        f"a=fingerprint:{fp.algorithm} {fp.value}",
+        f"a=setup:{setup}",
+        f"a=candidate:1 1 udp 2130706431 {host} {port} typ host",
+        "a=end-of-candidates",
+    ]
+
+
+def _codec_lines(c: Codec) -> list[str]:
+    lines = [f"a=rtpmap:{c.payload_type} {c.rtpmap}"]
+    lines += [f"a=rtcp-fb:{c.payload_type} {fb}" for fb in c.feedback]
+    if c.fmtp:
+        lines.append(f"a=fmtp:{c.payload_type} {c.fmtp}")
+    return lines
+
+
+def _ip(host: str) -> str:
+    return "IP6" if ":" in host else "IP4"
+
+
+def publish_answer(
+    remote: RemoteDescription, tracks: list[OfferedTrack | None], *, ufrag: str, pwd: str, fingerprint: Fingerprint,
+    host: str, port: int,
+) -> str:
+    accepted = [t.mid for t in tracks if t is not None]
+    lines = _session_head(1, accepted)
+    for m, t in zip(remote.media, tracks):
+        if t is None:
+            lines += [f"m={m.kind} 0 UDP/TLS/RTP/SAVPF {m.fmt[0] if m.fmt else 0}", f"c=IN {_ip(host)} {host}", f"a=mid:{m.rtp.muxId}", "a=inactive"]
+            continue
+        lines += [
+            f"m={t.kind} {port} UDP/TLS/RTP/SAVPF {t.codec.payload_type}",
+            f"c=IN {_ip(host)} {host}",
+            f"a=mid:{t.mid}",
+            "a=recvonly",
+            "a=rtcp-mux",
+            *_transport_lines(ufrag, pwd, fingerprint, "passive", host, port),
+            *_codec_lines(t.codec),
+        ]
+    return "\r\n".join(lines) + "\r\n"
+
+
+@dataclass
+class OutgoingTrack:
+    """A track as one subscriber receives it."""
+
+    mid: str
+    kind: str
+    ssrc: int
+    codec: Codec
+    stream_id: str
+    track_id: str
+
+
+def subscribe_offer(
+    slots: list[OutgoingTrack | tuple[str, str]], *, version: int, ufrag: str, pwd: str, fingerprint: Fingerprint,
+    host: str, port: int,
+) -> str:
+    """Our offer to a subscriber. A slot is a track, or (mid, kind) for a section whose track
+    has gone (kept, inactive, so the m-lines keep their order across renegotiations)."""
+    live = [s.mid for s in slots if isinstance(s, OutgoingTrack)]
+    lines = _session_head(version, live)
+    for s in slots:
+        if not isinstance(s, OutgoingTrack):
+            mid, kind = s
+            pt = 111 if kind == "audio" else 96
+            lines += [
+                f"m={kind} 0 UDP/TLS/RTP/SAVPF {pt}",
+                f"c=IN {_ip(host)} {host}",
+                f"a=mid:{mid}",
+                "a=inactive",
+                "a=rtcp-mux",
+                f"a=rtpmap:{pt} {'opus/48000/2' if kind == 'audio' else 'VP8/90000'}",
+            ]
+            continue
+        lines += [
+            f"m={s.kind} {port} UDP/TLS/RTP/SAVPF {s.codec.payload_type}",
+            f"c=IN {_ip(host)} {host}",
+            f"a=mid:{s.mid}",
+            "a=sendonly",
+            "a=rtcp-mux",
+            f"a=msid:{s.stream_id} {s.track_id}",
+            *_transport_lines(ufrag, pwd, fingerprint, "actpass", host, port),
+            *_codec_lines(s.codec),
+            f"a=ssrc:{s.ssrc} cname:mediaserver",
+            f"a=ssrc:{s.ssrc} msid:{s.stream_id} {s.track_id}",
+        ]
+    return "\r\n".join(lines) + "\r\n"

@@ -1,0 +1,233 @@
+"""MediaWorker: one UDP port carrying ICE-lite, DTLS-SRTP and forwarded media for its sessions.
+
+Packets are demultiplexed by first byte (RFC 7983): STUN and DTLS are handled
+here in Python; RTP/RTCP go to the forwarder. A transport is one peer
+connection of one participant (its publish or its subscribe side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from mediaserver.errors import MediaserverError
+from mediaserver.fastpath_ref import KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, classify
+from mediaserver.ids import new_id
+from mediaserver.media import sdp
+from mediaserver.media.dtls import DtlsServer, ServerCertificate
+from mediaserver.media.forwarder import Forwarder, Route
+from mediaserver.media.ice import CONSENT_TIMEOUT, AllowedNetworks, IceCredentials, answer_binding
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Transport:
+    id: str
+    participant_id: str
+    role: str  # publish | subscribe
+    ice: IceCredentials = field(default_factory=IceCredentials)
+    remote: sdp.RemoteDescription | None = None
+    addr: tuple | None = None
+    consent_at: float = 0.0
+    dtls: DtlsServer | None = None
+    state: str = "new"  # new -> checking -> connected | failed; closed
+    tracks: list[sdp.OfferedTrack] = field(default_factory=list)  # publish side
+    version: int = 0  # subscribe side: offer version
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, worker: "MediaWorker"):
+        self.worker = worker
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        try:
+            self.worker.datagram_received(data, addr)
+        except Exception:  # one bad packet must never stop the port
+            self.worker.stats["drop_error"] += 1
+            log.exception("packet from %s not handled", addr)
+
+
+class MediaWorker:
+    def __init__(
+        self,
+        *,
+        bind_host: str = "127.0.0.1",
+        port: int = 0,
+        advertised_host: str | None = None,
+        allowed_networks: Iterable[str] = ("127.0.0.0/8", "::1/128"),
+        clock: Callable[[], float] = time.monotonic,
+        on_state: Callable[[Transport], None] | None = None,
+    ):
+        self.bind_host = bind_host
+        self.requested_port = port
+        self.advertised_host = advertised_host or bind_host
+        self.allowed = AllowedNetworks(allowed_networks)
+        self.clock = clock
+        self.on_state = on_state
+        self.cert = ServerCertificate()
+        self.forwarder = Forwarder()
+        self.stats = self.forwarder.stats
+        self.transports: dict[str, Transport] = {}
+        self._by_ufrag: dict[str, Transport] = {}
+        self._by_addr: dict[tuple, Transport] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+
+    # Lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(self.bind_host, self.requested_port)
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._udp is not None, "start() first"
+        return self._udp.get_extra_info("sockname")[1]
+
+    def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+
+    # Transports --------------------------------------------------------------------
+
+    def create_transport(self, participant_id: str, role: str) -> Transport:
+        t = Transport(new_id("tr"), participant_id, role)
+        self.transports[t.id] = t
+        self._by_ufrag[t.ice.ufrag] = t
+        self.forwarder.add_endpoint(t.id)
+        return t
+
+    def close_transport(self, tid: str) -> None:
+        t = self.transports.pop(tid, None)
+        if t is None:
+            return
+        self._by_ufrag.pop(t.ice.ufrag, None)
+        if t.addr is not None and self._by_addr.get(t.addr) is t:
+            del self._by_addr[t.addr]
+        self.forwarder.remove_endpoint(tid)
+        self._set_state(t, "closed")
+
+    def _transport(self, tid: str) -> Transport:
+        t = self.transports.get(tid)
+        if t is None:
+            raise MediaserverError("not_found", f"no media transport {tid}")
+        return t
+
+    def publish(self, tid: str, offer: str) -> str:
+        """Take a publish offer; return our answer."""
+        t = self._transport(tid)
+        remote, tracks = sdp.parse_publish_offer(offer)
+        self._set_remote(t, remote)
+        t.tracks = [x for x in tracks if x is not None]
+        return sdp.publish_answer(
+            remote, tracks, ufrag=t.ice.ufrag, pwd=t.ice.pwd, fingerprint=self.cert.fingerprint,
+            host=self.advertised_host, port=self.port,
+        )
+
+    def subscribe_offer(self, tid: str, slots: list) -> str:
+        t = self._transport(tid)
+        t.version += 1
+        return sdp.subscribe_offer(
+            slots, version=t.version, ufrag=t.ice.ufrag, pwd=t.ice.pwd, fingerprint=self.cert.fingerprint,
+            host=self.advertised_host, port=self.port,
+        )
+
+    def subscribe_answer(self, tid: str, answer: str) -> None:
+        t = self._transport(tid)
+        remote = sdp.parse_remote(answer, "answer")
+        if remote.setup != "client":  # aiortc's parser reports a=setup:active as the "client" role
+            raise MediaserverError("invalid_sdp", "the answer must take the DTLS client role (a=setup:active)")
+        self._set_remote(t, remote)
+
+    def _set_remote(self, t: Transport, remote: sdp.RemoteDescription) -> None:
+        if t.remote is not None and (t.remote.ice_ufrag, t.remote.ice_pwd) != (remote.ice_ufrag, remote.ice_pwd):
+            raise MediaserverError("invalid_sdp", "ICE restarts take a new transport")
+        t.remote = remote
+
+    def route(self, src_tid: str, src_ssrc: int, dst_tid: str, out_ssrc: int, payload_type: int) -> None:
+        self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type))
+
+    def unroute(self, src_tid: str, src_ssrc: int, dst_tid: str) -> None:
+        self.forwarder.remove_route(src_tid, src_ssrc, dst_tid)
+
+    # Packets -------------------------------------------------------------------------
+
+    def _send(self, data: bytes, addr: tuple) -> None:
+        assert self._udp is not None
+        self._udp.sendto(data, addr)
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        kind = classify(data)
+        if kind == KIND_RTP:
+            for pkt, to in self.forwarder.handle_rtp(data, addr):
+                self._send_consented(pkt, to)
+        elif kind == KIND_RTCP:
+            for pkt, to in self.forwarder.handle_rtcp(data, addr, self.clock()):
+                self._send_consented(pkt, to)
+        elif kind == KIND_STUN:
+            self._stun(data, addr)
+        elif kind == KIND_DTLS:
+            self._dtls(data, addr)
+        else:
+            self.stats["drop_unknown"] += 1
+
+    def _send_consented(self, pkt: bytes, to: tuple) -> None:
+        t = self._by_addr.get(to)
+        if t is None or self.clock() - t.consent_at > CONSENT_TIMEOUT:
+            self.stats["drop_no_consent"] += 1  # RFC 7675: stop sending when consent lapses
+            return
+        self._send(pkt, to)
+
+    def _stun(self, data: bytes, addr: tuple) -> None:
+        if addr[0] not in self.allowed:
+            self.stats["drop_stun_not_allowed"] += 1
+            return
+
+        def password_for(ufrag: str) -> str | None:
+            t = self._by_ufrag.get(ufrag)
+            return t.ice.pwd if t is not None and t.remote is not None else None
+
+        result = answer_binding(data, addr, password_for)
+        if result is None:
+            self.stats["drop_stun"] += 1
+            return
+        t = self._by_ufrag[result.ufrag]
+        self._send(result.response, addr)
+        t.consent_at = self.clock()
+        # Follow the latest authenticated address (RFC 8445 section 7.3.1.4: lite agents
+        # use the pair of the latest valid check; a change is how clients move networks).
+        if t.addr != addr:
+            if t.addr is not None and self._by_addr.get(t.addr) is t:
+                del self._by_addr[t.addr]
+            t.addr = addr
+            self._by_addr[addr] = t
+            self.forwarder.set_address(t.id, addr)
+        if t.state == "new":
+            self._set_state(t, "checking")
+
+    def _dtls(self, data: bytes, addr: tuple) -> None:
+        t = self._by_addr.get(addr)
+        if t is None or t.remote is None:
+            self.stats["drop_dtls_no_ice"] += 1  # DTLS only after a valid ICE check from that address
+            return
+        if t.dtls is None:
+            t.dtls = DtlsServer(self.cert, t.remote.fingerprints)
+        was_done = t.dtls.done
+        for out in t.dtls.feed(data):
+            self._send(out, addr)
+        if t.dtls.failed and t.state != "failed":
+            log.info("transport %s: %s", t.id, t.dtls.failed)
+            self._set_state(t, "failed")
+        elif t.dtls.done and not was_done:
+            self.forwarder.set_keys(t.id, t.dtls.keys)
+            self._set_state(t, "connected")
+
+    def _set_state(self, t: Transport, state: str) -> None:
+        t.state = state
+        if self.on_state is not None:
+            self.on_state(t)
