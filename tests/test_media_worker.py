@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from mediaserver.fastpath_ref import KIND_RTP, classify
 from mediaserver.media.sdp import OutgoingTrack
 from mediaserver.media.worker import MediaWorker
 from tests.media_peers import accept, answer_offer, collect, loopback_only_ice, new_pc, publisher_offer, wait_for
@@ -85,3 +86,99 @@ async def test_unsubscribed_and_unrelated_peers_receive_nothing(worker):
     finally:
         for pc in (a_pc, b_pc, c_pc, pub_pc):
             await pc.close()
+
+
+async def test_late_subscriber_gets_a_keyframe_through_forwarded_pli(worker):
+    pub_pc, pub = await publish(worker, "alice")
+    first_pc, _, first, _ = await subscribe(worker, "early", pub)
+    try:
+        await wait_for(lambda: first.video_frames >= 30, timeout=30)
+        late_pc, _, late, _ = await subscribe(worker, "late", pub)
+        await wait_for(lambda: late.video_frames >= 10, timeout=20)
+        assert worker.stats["pli_sent"] >= 1  # the late decoder asked; the publisher was told
+        await late_pc.close()
+    finally:
+        await first_pc.close()
+        await pub_pc.close()
+
+
+def _ice_connection(pc):
+    """The aioice connection under an aiortc peer connection (to send raw bytes from its address)."""
+    return pc.getTransceivers()[0].sender.transport.transport._connection
+
+
+async def test_hostile_input_is_dropped_and_media_keeps_flowing(worker):
+    import socket
+
+    from aioice import stun
+
+    pub_pc, pub = await publish(worker, "alice")
+    sub_pc, sub, got, _ = await subscribe(worker, "bob", pub)
+    captured: list[bytes] = []
+    original = worker.datagram_received
+
+    def spy(data: bytes, addr: tuple) -> None:
+        if addr == pub.addr and classify(data) == KIND_RTP and not captured:
+            captured.append(data)
+        original(data, addr)
+
+    worker.datagram_received = spy
+    attacker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    attacker.bind(("127.0.0.1", 0))
+    attacker.setblocking(False)
+    target = ("127.0.0.1", worker.port)
+    try:
+        await wait_for(lambda: got.video_frames >= 10 and captured, timeout=30)
+        rnd = random.Random(1)
+        bad_check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        bad_check.attributes["USERNAME"] = f"{sub.ice.ufrag}:{sub.remote.ice_ufrag}"
+        bad_check.add_message_integrity(b"not-the-password")
+        hostile = [
+            bytes(rnd.randrange(256) for _ in range(rnd.choice([1, 3, 12, 100, 1400]))) for _ in range(500)
+        ] + [
+            b"\x00\x01\x00",  # truncated STUN
+            b"\x00\x01\x00\x08" + b"\x21\x12\xa4\x42" + b"\0" * 12,  # STUN header claiming attributes it lacks
+            bytes(bad_check),  # wrong MESSAGE-INTEGRITY
+            b"\x16\xfe\xfd\x00",  # truncated DTLS
+            b"\x16\xfe\xfd" + b"\0" * 50,  # DTLS from an address that did no ICE
+            b"\x80\x60\x00",  # truncated RTP
+            b"\x80\xc8" + b"\0" * 30,  # RTCP from nowhere
+            b"\x80\x60" + b"\0" * 2000,  # oversized
+            captured[0],  # a real SRTP packet, replayed from another address
+        ]
+        sent_before = worker.stats["rtp_out"]
+        for i, pkt in enumerate(hostile):
+            attacker.sendto(pkt, target)
+            if i % 20 == 0:
+                await asyncio.sleep(0.002)  # paced, so the kernel's socket buffer does not drop them
+        # The same real packet again from the publisher's own address: a replay (RFC 3711 3.3.2).
+        await _ice_connection(pub_pc).send(captured[0])
+        frames_before = got.video_frames
+        await asyncio.sleep(2)
+        assert got.video_frames > frames_before + 20, "the legitimate stream must keep flowing"
+        assert worker.stats["rtp_out"] > sent_before
+        assert worker.stats["drop_srtp"] >= 1, "the replayed packet fails libsrtp's replay check"
+        received = sum(v for k, v in worker.stats.items() if k.startswith("drop_")) - worker.stats["drop_srtp"]
+        assert received == len(hostile), "every hostile datagram arrived and was dropped, none forwarded"
+        assert worker.stats["drop_not_ready"] >= 3
+        assert worker.stats["drop_stun"] >= 2 and worker.stats["drop_dtls_no_ice"] >= 1
+        assert worker.stats["drop_error"] == 0
+        with pytest.raises(BlockingIOError):
+            attacker.recv(2048)  # nothing was ever sent to the attacker
+    finally:
+        attacker.close()
+        await sub_pc.close()
+        await pub_pc.close()
+
+
+async def test_disallowed_network_gets_no_answer(worker):
+    from mediaserver.media.ice import AllowedNetworks
+
+    worker.allowed = AllowedNetworks(["10.0.0.0/8"])  # loopback clients are now outside the list
+    pc = new_pc()
+    t = worker.create_transport("x", "publish")
+    await accept(pc, worker.publish(t.id, await publisher_offer(pc, audio=False)))
+    await asyncio.sleep(2)
+    assert t.state == "new" and t.addr is None
+    assert worker.stats["drop_stun_not_allowed"] >= 1
+    await pc.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -22,6 +23,7 @@ from mediaserver.media.forwarder import Forwarder, Route
 from mediaserver.media.ice import CONSENT_TIMEOUT, AllowedNetworks, IceCredentials, answer_binding
 
 log = logging.getLogger(__name__)
+SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass
@@ -83,6 +85,11 @@ class MediaWorker:
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(self.bind_host, self.requested_port)
         )
+        sock = self._udp.get_extra_info("socket")
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            # Bursts from many senders overflow the default (~200 KB) buffer and the kernel drops
+            # packets; the kernel caps this at net.core.rmem_max/wmem_max.
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
     @property
     def port(self) -> int:
