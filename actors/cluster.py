@@ -88,7 +88,7 @@ async def call(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         cause = e.cause if isinstance(e.cause, BaseException) else None
         if isinstance(cause, MediaserverError):
             raise MediaserverError(cause.code, cause.message) from None
-        log.error("actor call %s failed: %s", method, e)
+        log.error("actor call %s failed: %r", method, e)
         raise MediaserverError("internal", f"the control plane failed on {method}") from None
     except RayActorError as e:
         raise MediaserverError("unavailable", f"the control plane is restarting ({type(e).__name__}); retry shortly") from None

@@ -18,6 +18,12 @@ def actor_config(settings: Settings) -> dict:
         "grace_seconds": settings.grace_seconds,
         "stale_seconds": settings.stale_seconds,
         "default_max_live_sessions": settings.default_max_live_sessions,
+        "media_workers": settings.media_workers,
+        "media_port": settings.media_port,
+        "media_bind_host": settings.media_bind_host,
+        "media_advertised_host": settings.media_advertised_host
+        or ("127.0.0.1" if settings.media_bind_host in ("0.0.0.0", "::") else settings.media_bind_host),
+        "media_allowed_networks": list(settings.media_allowed_networks),
     }
 
 

@@ -9,3 +9,7 @@ def session(session_id: str) -> str:
 
 def breakout(session_id: str, breakout_id: str) -> str:
     return f"breakout:{session_id}:{breakout_id}"
+
+
+def media_worker(index: int) -> str:
+    return f"media:{index}"

@@ -6,24 +6,45 @@ them when the session ends.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import zlib
 from typing import Any
 
 from actors import cluster, names
 from actors.breakout import BreakoutRoomActor
+from actors.media import MediaWorkerActor
 from mediaserver.control.breakout import BreakoutRoom
+from mediaserver.control.media import MediaSession
 from mediaserver.control.session import SessionCore
+from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id
 from mediaserver.store import Store
+
+
+class RemoteWorker:
+    """The ``mediaserver.control.media.Worker`` calls, made on a MediaWorkerActor."""
+
+    def __init__(self, handle: Any):
+        self._handle = handle
+
+    def __getattr__(self, method: str) -> Any:
+        async def call(*args: Any) -> Any:
+            return await cluster.call(self._handle, method, *args)
+
+        return call
 
 
 class SessionActor:
     def __init__(self, session_id: str, cfg: dict):
         self.session_id = session_id
+        self.cfg = cfg
         self.core = SessionCore(
             Store(cfg["db_url"]), session_id, grace=cfg["grace_seconds"], stale=cfg["stale_seconds"]
         )
         self.breakouts: dict[str, Any] = {}  # breakout id -> its actor
+        self.media: MediaSession | None = None
+        self._media_lock = asyncio.Lock()  # media operations change shared tables across awaits
 
     async def ready(self) -> dict:
         await self.core.ensure_loaded()
@@ -32,12 +53,106 @@ class SessionActor:
     async def join(self, identity: str, name: str, role: str) -> dict:
         await self.core.ensure_loaded()
         participant = await self.core.join(identity=identity, name=name, role=role)
-        return {"participant": participant, **self.core.snapshot()}
+        await self._release_departed()
+        media = await self._media()
+        async with self._media_lock:
+            await media.join(participant["id"])
+        await self.core.notify()
+        return {"participant": participant, **self.core.snapshot(), "tracks": media.track_list()}
 
     async def resume(self, participant_id: str) -> dict:
         await self.core.ensure_loaded()
         participant = await self.core.resume(participant_id)
-        return {"participant": participant, **self.core.snapshot()}
+        media = await self._media()
+        async with self._media_lock:
+            # The old peer connections are gone with the old connection: start media afresh
+            # (the client publishes again; its subscriptions are offered again).
+            gone = await media.leave(participant_id)
+            await media.join(participant_id)
+        await self._record_unpublished(participant_id, gone)
+        await self.core.notify()
+        return {"participant": participant, **self.core.snapshot(), "tracks": media.track_list()}
+
+    # Media -----------------------------------------------------------------------
+
+    async def _media(self) -> MediaSession:
+        if self.media is None:
+            # Deterministic placement: a restarted actor finds the same worker.
+            index = zlib.crc32(self.session_id.encode()) % self.cfg["media_workers"]
+            handle = cluster.get_or_create(MediaWorkerActor, names.media_worker(index), self.cfg, index)
+            await cluster.call(handle, "start")
+            self.media = MediaSession(RemoteWorker(handle))
+        return self.media
+
+    def _publisher(self, participant_id: str) -> dict:
+        p = self.core.participants.get(participant_id)
+        if p is None:
+            raise MediaserverError("not_joined", "this participant is not in the session")
+        return p
+
+    async def publish(self, participant_id: str, offer: str) -> str:
+        await self.core.ensure_loaded()
+        self.core.require_live()
+        p = self._publisher(participant_id)
+        if p["role"] == "subscriber":
+            raise MediaserverError("publish_not_allowed", "your role (subscriber) may not publish")
+        if self.core.room.get("media_mode") == "relayed":
+            raise MediaserverError("media_unavailable", "this room relays media peer to peer, which is not available yet")
+        media = await self._media()
+        async with self._media_lock:
+            answer, added, removed = await media.publish(participant_id, offer)
+        for t in added:
+            await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec=t.codec["name"])
+        await self._record_unpublished(participant_id, removed)
+        await self.core.notify()
+        return answer
+
+    async def subscribe_answer(self, participant_id: str, answer: str) -> None:
+        await self.core.ensure_loaded()
+        self._publisher(participant_id)
+        media = await self._media()
+        async with self._media_lock:
+            await media.subscribe_answer(participant_id, answer)
+            tracks = [s.track_id for s in media.subscribers[participant_id].slots if s.track_id]
+        await self.core.record(participant_id, "subscribed", visibility="log", track_ids=tracks)
+        await self.core.notify()
+
+    async def set_subscribed(self, participant_id: str, track_id: str, subscribed: bool) -> None:
+        await self.core.ensure_loaded()
+        self._publisher(participant_id)
+        media = await self._media()
+        async with self._media_lock:
+            await media.set_subscribed(participant_id, track_id, subscribed)
+        await self.core.record(
+            participant_id, "resubscribed" if subscribed else "unsubscribed", visibility="log", track_id=track_id
+        )
+        await self.core.notify()
+
+    async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> None:
+        await self.core.ensure_loaded()
+        self._publisher(participant_id)
+        media = await self._media()
+        async with self._media_lock:
+            await media.set_muted(participant_id, track_id, muted)
+        await self.core.record(participant_id, "muted" if muted else "unmuted", track_id=track_id)
+
+    async def _record_unpublished(self, participant_id: str, tracks: list) -> None:
+        if self.core.ended:
+            return
+        for t in tracks:
+            await self.core.record(participant_id, "track_unpublished", track_id=t.id)
+
+    async def _release_departed(self) -> None:
+        """Free the media of participants who left (by leaving, grace timeout, replacement or the end)."""
+        if not self.core.departed or self.media is None:
+            self.core.departed.clear()
+            return
+        departed, self.core.departed = self.core.departed, []
+        for pid in departed:
+            async with self._media_lock:
+                gone = await self.media.leave(pid)
+            await self._record_unpublished(pid, gone)
+        await self.core.notify()
 
     async def disconnect(self, participant_id: str, connection_id: str | None = None) -> None:
         await self.core.ensure_loaded()
@@ -46,6 +161,7 @@ class SessionActor:
     async def leave(self, participant_id: str, reason: str = "left") -> None:
         await self.core.ensure_loaded()
         await self.core.leave(participant_id, reason)
+        await self._release_departed()
 
     async def set_role(self, by: str | None, participant_id: str, role: str) -> dict:
         await self.core.ensure_loaded()
@@ -55,11 +171,13 @@ class SessionActor:
         await self.core.ensure_loaded()
         session = await self.core.end(reason=reason, by=by)
         self._retire_breakouts()
+        await self._release_departed()
         return session
 
     async def tick(self) -> str:
         await self.core.ensure_loaded()
         await self.core.tick()
+        await self._release_departed()
         if self.core.ended:
             self._retire_breakouts()
         return self.core.session["status"]
@@ -68,7 +186,14 @@ class SessionActor:
         self, participant_id: str, after_seq: int, timeout: float, connection_id: str | None = None
     ) -> dict:
         await self.core.ensure_loaded()
-        return await self.core.wait_events(participant_id, after_seq, timeout, connection_id)
+        media = self.media
+        result = await self.core.wait_events(
+            participant_id, after_seq, timeout, connection_id,
+            ready=lambda: bool(media is not None and media.outbox.get(participant_id)),
+        )
+        superseded = result.get("superseded")
+        result["messages"] = [] if superseded or media is None else media.take_outbox(participant_id)
+        return result
 
     async def open_breakout(self, name: str) -> dict:
         """Start a breakout room's actor, owned by this session."""

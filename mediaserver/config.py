@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     join_timeout_seconds: float = Field(10.0, gt=0)  # time to send the first WebSocket message
     default_max_live_sessions: int = Field(10, ge=1)  # per team, unless the team says otherwise
 
+    # Media plane
+    media_workers: int = Field(1, ge=1, le=64)  # per node; DESIGN.md says one per core
+    media_port: int = Field(7882, ge=0, le=65535)  # first worker's UDP port (+1 per worker); 0: any free port
+    media_bind_host: str = "127.0.0.1"
+    media_advertised_host: str | None = None  # the address clients send media to; the bind host if unset
+    media_allowed_networks: list[str] = ["0.0.0.0/0", "::/0"]  # ICE answers only these client networks
+
     # Tokens
     token_default_ttl: int = Field(24 * 3600, gt=0)
     token_max_ttl: int = Field(30 * 24 * 3600, gt=0)

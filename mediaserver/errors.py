@@ -34,6 +34,7 @@ STATUS: dict[str, int] = {
     "not_joined": 409,
     "media_unavailable": 501,
     "invalid_sdp": 400,
+    "publish_not_allowed": 403,
     "unsupported_codec": 400,
     "unavailable": 503,
     "internal": 500,

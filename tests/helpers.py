@@ -98,6 +98,8 @@ def server_env(data_dir: Path, **overrides: Any) -> dict:
         "MEDIASERVER_PING_SECONDS": "1",
         "MEDIASERVER_LOG_LEVEL": "warning",
         "MEDIASERVER_RAY_NAMESPACE": f"test-{os.getpid()}-{data_dir.name}",
+        "MEDIASERVER_MEDIA_PORT": "0",
+        "MEDIASERVER_MEDIA_ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]',
     }
     env.update({f"MEDIASERVER_{k.upper()}": str(v) for k, v in overrides.items()})
     return env
@@ -170,7 +172,7 @@ class Participant:
         await self.send({**msg, "id": mid})
         while True:
             reply = await self.recv(timeout)
-            if reply.get("id") == mid and reply["type"] in ("ack", "error", "pong"):
+            if reply.get("id") == mid:
                 return reply
 
     async def wait_event(self, event: str, participant_id: str | None = None, timeout: float = 15) -> dict:

@@ -103,3 +103,99 @@ async def wait_for(check, timeout: float = 20.0, interval: float = 0.1) -> None:
 
 
 __all__ = ["fractions"]
+
+
+class MediaClient:
+    """A participant as a WebRTC app would be: one WebSocket, a publish and a subscribe aiortc
+    peer connection, answering the server's subscribe offers as they come."""
+
+    def __init__(self, ws_url: str):
+        self.ws_url = ws_url
+        self.ws = None
+        self.joined: dict = {}
+        self.events: list[dict] = []
+        self.errors: list[dict] = []
+        self.pub_pc: RTCPeerConnection | None = None
+        self.sub_pc = new_pc()
+        self.got = collect(self.sub_pc)
+        self.offers_answered = 0
+        self._replies: dict[str, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+        self._n = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def id(self) -> str:
+        return self.joined["participant"]["id"]
+
+    async def join(self, token: str, room_id: str) -> dict:
+        import json
+
+        import websockets
+
+        self.ws = await websockets.connect(self.ws_url)
+        await self.ws.send(json.dumps({"type": "join", "token": token, "room_id": room_id}))
+        msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
+        if msg["type"] == "joined":
+            self.joined = msg
+            self._reader = asyncio.ensure_future(self._read())
+        return msg
+
+    async def _read(self) -> None:
+        import json
+
+        try:
+            async for raw in self.ws:
+                msg = json.loads(raw)
+                if msg.get("id") and msg["id"] in self._replies:
+                    self._replies.pop(msg["id"]).set_result(msg)
+                elif msg["type"] == "offer":
+                    try:
+                        answer = await answer_offer(self.sub_pc, msg["sdp"])
+                    except Exception as e:  # keep reading; the test sees what went wrong
+                        self.errors.append({"type": "client_error", "message": repr(e)})
+                        continue
+                    await self.ws.send(json.dumps({"type": "answer", "pc": "subscribe", "sdp": answer}))
+                    self.offers_answered += 1
+                elif msg["type"] == "event":
+                    self.events.append(msg)
+                elif msg["type"] == "ping":
+                    await self.ws.send(json.dumps({"type": "pong"}))
+                elif msg["type"] == "error":
+                    self.errors.append(msg)
+                self._changed.set()
+        except Exception:  # the socket closed: nothing more will come
+            return
+
+    async def command(self, msg: dict, timeout: float = 30) -> dict:
+        import json
+
+        self._n += 1
+        mid = f"m{self._n}"
+        fut = asyncio.get_running_loop().create_future()
+        self._replies[mid] = fut
+        await self.ws.send(json.dumps({**msg, "id": mid}))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def publish(self, *, video: bool = True, audio: bool = True) -> dict:
+        self.pub_pc = new_pc()
+        offer = await publisher_offer(self.pub_pc, video=video, audio=audio)
+        reply = await self.command({"type": "offer", "pc": "publish", "sdp": offer})
+        if reply["type"] == "answer":
+            await accept(self.pub_pc, reply["sdp"])
+        return reply
+
+    def event_seen(self, event: str, **match) -> dict | None:
+        for e in self.events:
+            if e["event"] == event and all(e.get(k) == v or e["data"].get(k) == v for k, v in match.items()):
+                return e
+        return None
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader:
+            self._reader.cancel()
+        for pc in (self.pub_pc, self.sub_pc):
+            if pc is not None:
+                await pc.close()

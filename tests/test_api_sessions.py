@@ -324,7 +324,8 @@ async def test_bad_websocket_input(server):
         cases = [
             ({"type": "set_role", "participant_id": b.id, "role": "subscriber"}, "not_moderator"),
             ({"type": "join", "token": "x", "room_id": room["id"]}, "invalid_request"),
-            ({"type": "offer", "sdp": "v=0"}, "media_unavailable"),
+            ({"type": "offer", "sdp": "v=0"}, "invalid_sdp"),
+            ({"type": "answer", "pc": "subscribe", "sdp": "v=0"}, "invalid_request"),  # no offer is waiting
         ]
         for cmd, code in cases:
             reply = await a.command(cmd)

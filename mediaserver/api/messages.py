@@ -52,7 +52,9 @@ class SetRole(ClientMessage):
     role: Role
 
 
-# Media signaling. The routed media plane fills these in; until then the server refuses them.
+# Media signaling (see mediaserver/media/sdp.py for the model): the client offers on its
+# "publish" peer connection and we answer; we offer on its "subscribe" peer connection and
+# it answers. Candidates need not be sent: our ICE-lite side learns addresses from checks.
 class Offer(ClientMessage):
     type: Literal["offer"]
     sdp: str = Field(..., max_length=65536)
@@ -73,13 +75,28 @@ class Candidate(ClientMessage):
     pc: Literal["publish", "subscribe"] = "publish"
 
 
+class Subscribe(ClientMessage):
+    """Receive (``subscribed: true``, the default for every track) or stop receiving a track."""
+
+    type: Literal["subscribe"]
+    track_id: str = Field(..., max_length=128)
+    subscribed: bool
+
+
+class Mute(ClientMessage):
+    """Tell the others one of your tracks is muted (or not)."""
+
+    type: Literal["mute"]
+    track_id: str = Field(..., max_length=128)
+    muted: bool
+
+
 AnyClientMessage = Annotated[
-    Union[Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate],
+    Union[Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute],
     Field(discriminator="type"),
 ]
 client_message = TypeAdapter(AnyClientMessage)
 
-MEDIA_TYPES = ("offer", "answer", "candidate")
 
 
 # Server -> client ---------------------------------------------------------
@@ -101,6 +118,24 @@ class Joined(ServerMessage):
     last_seq: int
     grace_seconds: float
     ping_seconds: float
+    tracks: list[dict[str, Any]] = []
+
+
+class ServerAnswer(ServerMessage):
+    """Our answer to the client's publish offer."""
+
+    type: Literal["answer"] = "answer"
+    id: str | None = None
+    pc: Literal["publish"] = "publish"
+    sdp: str
+
+
+class ServerOffer(ServerMessage):
+    """Our offer on the client's subscribe peer connection; answer it with ``answer`` (pc=subscribe)."""
+
+    type: Literal["offer"] = "offer"
+    pc: Literal["subscribe"] = "subscribe"
+    sdp: str
 
 
 class Ack(ServerMessage):
@@ -127,7 +162,8 @@ class ServerPong(ServerMessage):
 
 class SessionEvent(ServerMessage):
     """Something that happened in the session: joined, left, disconnected, reconnected,
-    role_changed, session_ended. ``participant_id`` is whom it is about."""
+    role_changed, track_published, track_unpublished, muted, unmuted, session_ended.
+    ``participant_id`` is whom it is about."""
 
     type: Literal["event"] = "event"
     seq: int

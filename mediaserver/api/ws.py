@@ -45,6 +45,7 @@ class Connection:
         self.connection_id: str | None = None
         self.last_seq = 0
         self.finished = False  # left, removed or ended: nothing to disconnect on close
+        self.leaving = False  # a leave command is being carried out
         self._send_lock = asyncio.Lock()
 
     async def send(self, msg: m.ServerMessage) -> None:
@@ -167,6 +168,7 @@ class Connection:
                 last_seq=self.last_seq,
                 grace_seconds=self.settings.grace_seconds,
                 ping_seconds=self.settings.ping_seconds,
+                tracks=result.get("tracks", []),
             )
         )
 
@@ -199,7 +201,12 @@ class Connection:
         elif isinstance(msg, (m.Join, m.Resume)):
             raise MediaserverError("invalid_request", "already joined on this connection")
         elif isinstance(msg, m.Leave):
-            await self.control.call(sid, "leave", pid, "left")
+            self.leaving = True  # our own "left" event is the answer to this, not a removal
+            try:
+                await self.control.call(sid, "leave", pid, "left")
+            except MediaserverError:
+                self.leaving = False
+                raise
             self.finished = True
             await self.send(m.Ack(id=msg.id))
             await self.close(m.CLOSE_LEFT, "left")
@@ -210,8 +217,24 @@ class Connection:
         elif isinstance(msg, m.SetRole):
             await self.control.call(sid, "set_role", pid, msg.participant_id, msg.role)
             await self.send(m.Ack(id=msg.id))
-        elif msg.type in m.MEDIA_TYPES:
-            raise MediaserverError("media_unavailable", "routed media is not available on this server yet")
+        elif isinstance(msg, m.Offer):
+            if msg.pc != "publish":
+                raise MediaserverError("invalid_request", "the server makes the offers on the subscribe connection")
+            answer = await self.control.call(sid, "publish", pid, msg.sdp)
+            await self.send(m.ServerAnswer(id=msg.id, sdp=answer))
+        elif isinstance(msg, m.Answer):
+            if msg.pc != "subscribe":
+                raise MediaserverError("invalid_request", "answers are for the subscribe connection")
+            await self.control.call(sid, "subscribe_answer", pid, msg.sdp)
+            await self.send(m.Ack(id=msg.id))
+        elif isinstance(msg, m.Candidate):
+            await self.send(m.Ack(id=msg.id))  # ICE-lite learns the address from the checks themselves
+        elif isinstance(msg, m.Subscribe):
+            await self.control.call(sid, "set_subscribed", pid, msg.track_id, msg.subscribed)
+            await self.send(m.Ack(id=msg.id))
+        elif isinstance(msg, m.Mute):
+            await self.control.call(sid, "set_muted", pid, msg.track_id, msg.muted)
+            await self.send(m.Ack(id=msg.id))
         return False
 
     async def event_loop(self) -> None:
@@ -230,11 +253,14 @@ class Connection:
                 if session and session["status"] == "ended":
                     self.finished = True
                     return await self.close(m.CLOSE_SESSION_ENDED, "session ended")
+                log.warning("event stream of %s stopped: %s", self.participant_id, e)
                 await self.send(m.Error(code=e.code, message=e.message))
                 return await self.close(m.CLOSE_UNAVAILABLE, e.code)
             if res.get("superseded"):
                 self.finished = True  # the participant lives on in its newer connection
                 return await self.close(m.CLOSE_REMOVED, "superseded")
+            for signal in res.get("messages", []):
+                await self.send(m.ServerOffer(sdp=signal["sdp"]))
             for ev in res["events"]:
                 self.last_seq = max(self.last_seq, ev["seq"])
                 await self.send(
@@ -248,7 +274,7 @@ class Connection:
                 if ev["participant_id"] == self.participant_id:
                     if ev["type"] == "role_changed":
                         self.role = ev["data"]["role"]
-                    elif ev["type"] == "left":
+                    elif ev["type"] == "left" and not self.leaving:
                         self.finished = True
                         return await self.close(m.CLOSE_REMOVED, ev["data"].get("reason", "removed"))
 

@@ -87,6 +87,8 @@ class SessionCore:
         self.last_seen: dict[str, float] = {}  # in memory only: a restart gives everyone a fresh start
         # The current connection of each participant; a stale connection's late calls are ignored.
         self.connections: dict[str, str] = {}
+        # Participants who left since the owner last looked (so it can release their media).
+        self.departed: list[str] = []
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._load_lock = asyncio.Lock()
@@ -268,7 +270,12 @@ class SessionCore:
             self.last_seen[participant_id] = self.clock()
 
     async def wait_events(
-        self, participant_id: str, after_seq: int, timeout: float, connection_id: str | None = None
+        self,
+        participant_id: str,
+        after_seq: int,
+        timeout: float,
+        connection_id: str | None = None,
+        ready: Callable[[], bool] = lambda: False,
     ) -> dict:
         """Long-poll: broadcast events after ``after_seq``; also refreshes the participant's liveness.
 
@@ -279,7 +286,7 @@ class SessionCore:
         self.touch(participant_id)
         deadline = asyncio.get_running_loop().time() + timeout
         async with self._changed:
-            while self.last_seq <= after_seq and not self.ended:
+            while self.last_seq <= after_seq and not self.ended and not ready():
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
@@ -306,6 +313,21 @@ class SessionCore:
         p = self.participants.get(pid)
         if p is None or p["role"] != "moderator":
             raise MediaserverError("not_moderator", "only a moderator may do this")
+
+    async def record(
+        self, participant_id: str | None, type_: str, visibility: str = "broadcast", **data: Any
+    ) -> None:
+        """Record something that happened, e.g. a published track; broadcast unless ``visibility='log'``."""
+        async with self._lock:
+            self.require_live()
+            tx = _Tx(self, self.clock())
+            tx.event(type_, participant_id, visibility, **data)
+            await self._commit(tx)
+
+    async def notify(self) -> None:
+        """Wake long-polls (e.g. a signaling message is waiting for someone)."""
+        async with self._changed:
+            self._changed.notify_all()
 
     def _leave(self, tx: _Tx, pid: str, reason: str) -> None:
         tx.update_participant(pid, state="left", left_at=tx.now, left_reason=reason)
@@ -337,6 +359,8 @@ class SessionCore:
         self.session.update(tx.change.session)
         for pid, row in tx.participants.items():
             if row["state"] == "left":
+                if pid in self.participants:
+                    self.departed.append(pid)
                 self.participants.pop(pid, None)
                 self.last_seen.pop(pid, None)
                 self.connections.pop(pid, None)

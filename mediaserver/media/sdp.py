@@ -198,7 +198,8 @@ def publish_answer(
 
 @dataclass
 class OutgoingTrack:
-    """A track as one subscriber receives it."""
+    """A section of a subscriber's offer: a track it receives, or (``active`` false) a section whose
+    track has gone; those stay, inactive, so m-lines keep their order across renegotiations."""
 
     mid: str
     kind: str
@@ -206,39 +207,25 @@ class OutgoingTrack:
     codec: Codec
     stream_id: str
     track_id: str
+    active: bool = True
 
 
 def subscribe_offer(
-    slots: list[OutgoingTrack | tuple[str, str]], *, version: int, ufrag: str, pwd: str, fingerprint: Fingerprint,
-    host: str, port: int,
+    slots: list[OutgoingTrack], *, version: int, ufrag: str, pwd: str, fingerprint: Fingerprint, host: str, port: int,
 ) -> str:
-    """Our offer to a subscriber. A slot is a track, or (mid, kind) for a section whose track
-    has gone (kept, inactive, so the m-lines keep their order across renegotiations)."""
-    live = [s.mid for s in slots if isinstance(s, OutgoingTrack)]
-    lines = _session_head(version, live)
+    """Our offer to a subscriber."""
+    lines = _session_head(version, [s.mid for s in slots])
     for s in slots:
-        if not isinstance(s, OutgoingTrack):
-            mid, kind = s
-            pt = 111 if kind == "audio" else 96
-            lines += [
-                f"m={kind} 0 UDP/TLS/RTP/SAVPF {pt}",
-                f"c=IN {_ip(host)} {host}",
-                f"a=mid:{mid}",
-                "a=inactive",
-                "a=rtcp-mux",
-                f"a=rtpmap:{pt} {'opus/48000/2' if kind == 'audio' else 'VP8/90000'}",
-            ]
-            continue
         lines += [
             f"m={s.kind} {port} UDP/TLS/RTP/SAVPF {s.codec.payload_type}",
             f"c=IN {_ip(host)} {host}",
             f"a=mid:{s.mid}",
-            "a=sendonly",
+            "a=sendonly" if s.active else "a=inactive",
             "a=rtcp-mux",
-            f"a=msid:{s.stream_id} {s.track_id}",
-            *_transport_lines(ufrag, pwd, fingerprint, "actpass", host, port),
-            *_codec_lines(s.codec),
-            f"a=ssrc:{s.ssrc} cname:mediaserver",
-            f"a=ssrc:{s.ssrc} msid:{s.stream_id} {s.track_id}",
         ]
+        if s.active:
+            lines.append(f"a=msid:{s.stream_id} {s.track_id}")
+        lines += [*_transport_lines(ufrag, pwd, fingerprint, "actpass", host, port), *_codec_lines(s.codec)]
+        if s.active:
+            lines += [f"a=ssrc:{s.ssrc} cname:mediaserver", f"a=ssrc:{s.ssrc} msid:{s.stream_id} {s.track_id}"]
     return "\r\n".join(lines) + "\r\n"

@@ -1,0 +1,223 @@
+"""Who receives what in a session: publications, subscriptions and the routes they imply.
+
+A plain class the SessionActor owns. It talks to the session's media worker
+through ``worker`` (an object with the async methods below: a direct
+MediaWorker in tests, a Ray actor handle in the server) and queues the SDP
+offers each subscriber must receive in ``outbox``.
+
+Every participant subscribes to all published tracks of the session by
+default; ``unsubscribe``/``subscribe`` change that per track.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mediaserver.errors import MediaserverError
+
+
+class Worker(Protocol):
+    async def create_transport(self, participant_id: str, role: str) -> dict: ...
+    async def close_transport(self, transport_id: str) -> None: ...
+    async def publish(self, transport_id: str, offer: str) -> dict: ...
+    async def subscribe_offer(self, transport_id: str, slots: list) -> str: ...
+    async def subscribe_answer(self, transport_id: str, answer: str) -> None: ...
+    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int) -> None: ...
+    async def unroute(self, src: str, src_ssrc: int, dst: str) -> None: ...
+
+
+@dataclass
+class Track:
+    id: str  # "<participant id>/<mid>"
+    participant_id: str
+    kind: str
+    ssrc: int
+    codec: dict
+    muted: bool = False
+
+    def public(self) -> dict:
+        return {"id": self.id, "participant_id": self.participant_id, "kind": self.kind, "codec": self.codec["name"], "muted": self.muted}
+
+
+@dataclass
+class Slot:
+    """One m-section of a subscriber's offer."""
+
+    mid: str
+    kind: str
+    track_id: str | None  # None once the track has gone (the section stays, inactive)
+    ssrc: int
+    codec: dict  # the codec it carries (or last carried)
+    stream_id: str = ""
+
+
+@dataclass
+class Subscriber:
+    transport_id: str | None = None
+    slots: list[Slot] = field(default_factory=list)
+    unsubscribed: set[str] = field(default_factory=set)
+    offer_pending: bool = False  # an offer is out; the next waits for its answer (no glare)
+    dirty: bool = False  # something changed while an offer was out
+
+
+class MediaSession:
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.publish_transport: dict[str, str] = {}  # participant -> transport
+        self.tracks: dict[str, Track] = {}
+        self.subscribers: dict[str, Subscriber] = {}
+        self.outbox: dict[str, list[dict]] = {}  # participant -> signaling messages to deliver
+
+    # Publishing ------------------------------------------------------------------
+
+    async def publish(self, participant_id: str, offer: str) -> tuple[str, list[Track], list[Track]]:
+        """Answer a publish offer. Returns (answer, tracks added, tracks removed)."""
+        tid = self.publish_transport.get(participant_id)
+        if tid is None:
+            tid = (await self.worker.create_transport(participant_id, "publish"))["id"]
+        try:
+            result = await self.worker.publish(tid, offer)
+        except Exception:
+            if participant_id not in self.publish_transport:
+                await self.worker.close_transport(tid)  # nothing half-made
+            raise
+        self.publish_transport[participant_id] = tid
+        offered = {f"{participant_id}/{t['mid']}": t for t in result["tracks"]}
+        mine = {k: v for k, v in self.tracks.items() if v.participant_id == participant_id}
+        removed = [mine[k] for k in mine if k not in offered]
+        added = []
+        for tid_, t in offered.items():
+            if tid_ in mine:
+                continue
+            track = Track(tid_, participant_id, t["kind"], t["ssrc"], t["codec"])
+            self.tracks[tid_] = track
+            added.append(track)
+        for t in removed:
+            await self._drop_track(t)
+        await self._refresh_all(exclude=participant_id)
+        return result["answer"], added, removed
+
+    async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> Track:
+        t = self.tracks.get(track_id)
+        if t is None or t.participant_id != participant_id:
+            raise MediaserverError("not_found", f"you publish no track {track_id!r}")
+        t.muted = muted
+        return t
+
+    async def _drop_track(self, t: Track) -> None:
+        self.tracks.pop(t.id, None)
+        for pid, sub in self.subscribers.items():
+            for slot in sub.slots:
+                if slot.track_id == t.id:
+                    await self.worker.unroute(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id)
+                    slot.track_id = None
+
+    # Subscribing -------------------------------------------------------------------
+
+    def _wanted(self, participant_id: str, sub: Subscriber) -> list[Track]:
+        return [
+            t for t in self.tracks.values()
+            if t.participant_id != participant_id and t.id not in sub.unsubscribed
+        ]
+
+    async def _refresh_all(self, exclude: str | None = None) -> None:
+        for pid in list(self.subscribers):
+            if pid != exclude:
+                await self.refresh(pid)
+
+    async def join(self, participant_id: str) -> None:
+        self.subscribers.setdefault(participant_id, Subscriber())
+        await self.refresh(participant_id)
+
+    async def refresh(self, participant_id: str) -> None:
+        """Bring a subscriber's sections in line with what it should receive; offer if that changed."""
+        sub = self.subscribers.get(participant_id)
+        if sub is None:
+            return
+        if sub.offer_pending:
+            sub.dirty = True
+            return
+        wanted = {t.id: t for t in self._wanted(participant_id, sub)}
+        current = {s.track_id for s in sub.slots if s.track_id}
+        changed = False
+        for slot in sub.slots:
+            if slot.track_id and slot.track_id not in wanted:
+                t = self.tracks.get(slot.track_id)
+                if t is not None and sub.transport_id:
+                    await self.worker.unroute(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id)
+                slot.track_id = None
+                changed = True
+        for tid, t in wanted.items():
+            if tid in current:
+                continue
+            # Reuse an inactive section of the same kind before adding one (keeps the SDP short).
+            free = next((s for s in sub.slots if s.track_id is None and s.kind == t.kind), None)
+            ssrc = random.getrandbits(32)
+            if free is not None:
+                free.track_id, free.ssrc, free.codec, free.stream_id = tid, ssrc, t.codec, t.participant_id
+            else:
+                sub.slots.append(Slot(str(len(sub.slots)), t.kind, tid, ssrc, t.codec, t.participant_id))
+            changed = True
+        if not changed or not any(s.track_id for s in sub.slots) and sub.transport_id is None:
+            return
+        if sub.transport_id is None:
+            sub.transport_id = (await self.worker.create_transport(participant_id, "subscribe"))["id"]
+        offer = await self.worker.subscribe_offer(sub.transport_id, [self._slot_data(s) for s in sub.slots])
+        sub.offer_pending = True
+        self.outbox.setdefault(participant_id, []).append({"type": "offer", "pc": "subscribe", "sdp": offer})
+
+    def _slot_data(self, s: Slot) -> dict:
+        return {
+            "mid": s.mid, "kind": s.kind, "ssrc": s.ssrc, "codec": s.codec, "stream_id": s.stream_id or "-",
+            "track_id": s.track_id or f"inactive-{s.mid}", "active": s.track_id is not None,
+        }
+
+    async def subscribe_answer(self, participant_id: str, answer: str) -> None:
+        sub = self.subscribers.get(participant_id)
+        if sub is None or not sub.offer_pending or sub.transport_id is None:
+            raise MediaserverError("invalid_request", "there is no subscribe offer waiting for an answer")
+        await self.worker.subscribe_answer(sub.transport_id, answer)
+        sub.offer_pending = False
+        for s in sub.slots:
+            if s.track_id:
+                t = self.tracks[s.track_id]
+                await self.worker.route(
+                    self.publish_transport[t.participant_id], t.ssrc, sub.transport_id, s.ssrc, s.codec["payload_type"]
+                )
+        if sub.dirty:
+            sub.dirty = False
+            await self.refresh(participant_id)
+
+    async def set_subscribed(self, participant_id: str, track_id: str, subscribed: bool) -> None:
+        sub = self.subscribers.get(participant_id)
+        if sub is None:
+            raise MediaserverError("not_joined", "join before subscribing")
+        if track_id not in self.tracks:
+            raise MediaserverError("not_found", f"no track {track_id!r} in this session")
+        (sub.unsubscribed.discard if subscribed else sub.unsubscribed.add)(track_id)
+        await self.refresh(participant_id)
+
+    # Leaving -------------------------------------------------------------------------
+
+    async def leave(self, participant_id: str) -> list[Track]:
+        """Close everything of a participant; returns the tracks it had published."""
+        gone = [t for t in self.tracks.values() if t.participant_id == participant_id]
+        for t in gone:
+            await self._drop_track(t)
+        sub = self.subscribers.pop(participant_id, None)
+        if sub and sub.transport_id:
+            await self.worker.close_transport(sub.transport_id)
+        tid = self.publish_transport.pop(participant_id, None)
+        if tid:
+            await self.worker.close_transport(tid)
+        self.outbox.pop(participant_id, None)
+        await self._refresh_all()
+        return gone
+
+    def take_outbox(self, participant_id: str) -> list[dict]:
+        return self.outbox.pop(participant_id, [])
+
+    def track_list(self) -> list[dict[str, Any]]:
+        return [t.public() for t in self.tracks.values()]

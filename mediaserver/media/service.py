@@ -1,0 +1,72 @@
+"""The media worker's control API in plain data (dicts), as the SessionActor calls it.
+
+The Ray actor in ``actors/media.py`` is a shell over this class; tests use it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+from mediaserver.media.sdp import Codec, OutgoingTrack
+from mediaserver.media.worker import MediaWorker
+
+
+class WorkerService:
+    def __init__(
+        self, *, bind_host: str, port: int, advertised_host: str | None, allowed_networks: Iterable[str]
+    ):
+        self.worker = MediaWorker(
+            bind_host=bind_host, port=port, advertised_host=advertised_host, allowed_networks=allowed_networks
+        )
+        self.started = False
+
+    async def start(self) -> dict:
+        if not self.started:
+            await self.worker.start()
+            self.started = True
+        return {"port": self.worker.port, "host": self.worker.advertised_host}
+
+    async def create_transport(self, participant_id: str, role: str) -> dict:
+        t = self.worker.create_transport(participant_id, role)
+        return {"id": t.id}
+
+    async def close_transport(self, transport_id: str) -> None:
+        self.worker.close_transport(transport_id)
+
+    async def publish(self, transport_id: str, offer: str) -> dict:
+        answer = self.worker.publish(transport_id, offer)
+        tracks = self.worker.transports[transport_id].tracks
+        return {
+            "answer": answer,
+            "tracks": [
+                {"mid": t.mid, "kind": t.kind, "ssrc": t.ssrc, "codec": dataclasses.asdict(t.codec)} for t in tracks
+            ],
+        }
+
+    async def subscribe_offer(self, transport_id: str, slots: list[dict]) -> str:
+        out = []
+        for s in slots:
+            codec = {**s["codec"], "feedback": tuple(s["codec"].get("feedback", ()))}
+            out.append(
+                OutgoingTrack(
+                    mid=s["mid"], kind=s["kind"], ssrc=s["ssrc"], codec=Codec(**codec),
+                    stream_id=s["stream_id"], track_id=s["track_id"], active=s["active"],
+                )
+            )
+        return self.worker.subscribe_offer(transport_id, out)
+
+    async def subscribe_answer(self, transport_id: str, answer: str) -> None:
+        self.worker.subscribe_answer(transport_id, answer)
+
+    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int) -> None:
+        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type)
+
+    async def unroute(self, src: str, src_ssrc: int, dst: str) -> None:
+        self.worker.unroute(src, src_ssrc, dst)
+
+    async def transport_states(self, transport_ids: list[str]) -> dict[str, str]:
+        return {tid: t.state for tid in transport_ids if (t := self.worker.transports.get(tid))}
+
+    async def stats(self) -> dict:
+        return {"port": self.worker.port, "transports": len(self.worker.transports), **self.worker.stats}

@@ -1,0 +1,95 @@
+"""Routed sessions end to end: aiortc clients join through the gateway's WebSocket, publish and
+subscribe, and media flows through the server's MediaWorker actor (Ray) over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.helpers import make_room, make_token
+from tests.media_peers import MediaClient, loopback_only_ice, wait_for
+
+
+async def client(server, http, room, identity, role="publisher") -> MediaClient:
+    c = MediaClient(server.ws_url)
+    msg = await c.join(await make_token(http, room["id"], identity, role), room["id"])
+    assert msg["type"] == "joined", msg
+    return c
+
+
+async def test_publisher_reaches_three_subscribers_and_nobody_else(server):
+    loopback_only_ice()
+    async with server.http() as http:
+        room = await make_room(http, name="routed", media_mode="routed")
+        other_room = await make_room(http, name="elsewhere", media_mode="routed")
+        pub = await client(server, http, room, "alice", "moderator")
+        subs = [await client(server, http, room, f"viewer{i}", "subscriber") for i in range(3)]
+        outsider = await client(server, http, other_room, "outsider")
+        try:
+            reply = await pub.publish()
+            assert reply["type"] == "answer", reply
+            assert "a=ice-lite" in reply["sdp"] and "a=setup:passive" in reply["sdp"]
+            await wait_for(lambda: all(s.got.video_frames >= 30 and s.got.audio_frames >= 30 for s in subs), timeout=60)
+            for s in subs:
+                assert len(set(s.got.lumas)) >= 5, "decoded video must change over time"
+                published = [e for e in s.events if e["event"] == "track_published"]
+                assert {e["data"]["kind"] for e in published} == {"audio", "video"}
+                assert all(e["participant_id"] == pub.id for e in published)
+            assert outsider.got.video_frames == 0 and outsider.got.audio_frames == 0 and outsider.offers_answered == 0
+
+            # A viewer that unsubscribes from the video stops receiving it; the others do not.
+            video = next(e["data"]["track_id"] for e in subs[0].events if e["event"] == "track_published" and e["data"]["kind"] == "video")
+            assert (await subs[0].command({"type": "subscribe", "track_id": video, "subscribed": False}))["type"] == "ack"
+            await wait_for(lambda: subs[0].offers_answered >= 2, timeout=20)
+            await asyncio.sleep(1)
+            frozen, others = subs[0].got.video_frames, subs[1].got.video_frames
+            await asyncio.sleep(2)
+            assert subs[0].got.video_frames == frozen
+            assert subs[1].got.video_frames > others + 20
+
+            # A subscriber may not publish; muting is announced to everyone.
+            refused = await subs[2].publish()
+            assert (refused["type"], refused["code"]) == ("error", "publish_not_allowed")
+            assert (await pub.command({"type": "mute", "track_id": video, "muted": True}))["type"] == "ack"
+            await wait_for(lambda: subs[1].event_seen("muted", track_id=video) is not None, timeout=10)
+
+            # The record shows it: published for the publisher, subscribed for a viewer.
+            sid = pub.joined["session"]["id"]
+            log = (await http.get(f"/v1/sessions/{sid}/participants/{pub.id}")).json()["events"]
+            assert [e["type"] for e in log].count("track_published") == 2 and "muted" in [e["type"] for e in log]
+            log = (await http.get(f"/v1/sessions/{sid}/participants/{subs[0].id}")).json()["events"]
+            assert {"subscribed", "unsubscribed"} <= {e["type"] for e in log}
+
+            # When the publisher leaves, its tracks are unpublished for everyone.
+            await pub.command({"type": "leave"})
+            await wait_for(lambda: all(s.event_seen("track_unpublished", participant_id=pub.id) for s in subs), timeout=15)
+        finally:
+            for c in (pub, *subs, outsider):
+                await c.close()
+
+
+async def test_bad_sdp_is_refused_and_changes_nothing(server):
+    loopback_only_ice()
+    async with server.http() as http:
+        room = await make_room(http, name="bad sdp")
+        a = await client(server, http, room, "a")
+        try:
+            for sdp, code in [
+                ("hello", "invalid_sdp"),
+                ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "invalid_sdp"),
+                ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=rtcp-mux\r\n"
+                 "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 AA:BB\r\na=setup:actpass\r\n"
+                 "a=rtpmap:0 PCMU/8000\r\na=ssrc:1 cname:x\r\n", "unsupported_codec"),
+            ]:
+                reply = await a.command({"type": "offer", "pc": "publish", "sdp": sdp})
+                assert (reply["type"], reply["code"]) == ("error", code), reply
+            reply = await a.command({"type": "offer", "pc": "subscribe", "sdp": "v=0"})
+            assert reply["code"] == "invalid_request"
+            reply = await a.command({"type": "subscribe", "track_id": "nope", "subscribed": True})
+            assert reply["code"] == "not_found"
+            sid = a.joined["session"]["id"]
+            log = (await http.get(f"/v1/sessions/{sid}/participants/{a.id}")).json()["events"]
+            assert "track_published" not in [e["type"] for e in log]
+            reply = await a.publish()  # and a good offer still works afterwards
+            assert reply["type"] == "answer"
+        finally:
+            await a.close()
