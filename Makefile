@@ -22,14 +22,16 @@ run: install
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
-# Debian packages the tests use: PostgreSQL (store tests), iproute2 and util-linux
-# (a loopback-only network namespace). Installed only when missing.
+# Debian packages the tests use: PostgreSQL (store tests), Chromium (browser tests, driven by
+# Playwright with executable_path), iproute2 and util-linux (a loopback-only network namespace).
+# Installed only when missing.
 system-test-deps:
 	@need=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v pg_isready >/dev/null 2>&1 || need="$$need postgresql-client"; \
 	command -v ip >/dev/null 2>&1 || need="$$need iproute2"; \
 	command -v unshare >/dev/null 2>&1 || need="$$need util-linux"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

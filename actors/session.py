@@ -45,6 +45,7 @@ class SessionActor:
         self.breakouts: dict[str, Any] = {}  # breakout id -> its actor
         self.media: MediaSession | None = None
         self._media_lock = asyncio.Lock()  # media operations change shared tables across awaits
+        self._media_init_lock = asyncio.Lock()
 
     async def ready(self) -> dict:
         await self.core.ensure_loaded()
@@ -76,12 +77,14 @@ class SessionActor:
     # Media -----------------------------------------------------------------------
 
     async def _media(self) -> MediaSession:
-        if self.media is None:
-            # Deterministic placement: a restarted actor finds the same worker.
-            index = zlib.crc32(self.session_id.encode()) % self.cfg["media_workers"]
-            handle = cluster.get_or_create(MediaWorkerActor, names.media_worker(index), self.cfg, index)
-            await cluster.call(handle, "start")
-            self.media = MediaSession(RemoteWorker(handle))
+        # Under a lock: joins arrive concurrently, and two MediaSessions would split the session.
+        async with self._media_init_lock:
+            if self.media is None:
+                # Deterministic placement: a restarted actor finds the same worker.
+                index = zlib.crc32(self.session_id.encode()) % self.cfg["media_workers"]
+                handle = cluster.get_or_create(MediaWorkerActor, names.media_worker(index), self.cfg, index)
+                await cluster.call(handle, "start")
+                self.media = MediaSession(RemoteWorker(handle))
         return self.media
 
     def _publisher(self, participant_id: str) -> dict:

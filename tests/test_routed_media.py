@@ -93,3 +93,20 @@ async def test_bad_sdp_is_refused_and_changes_nothing(server):
             assert reply["type"] == "answer"
         finally:
             await a.close()
+
+
+async def test_two_publishers_see_each_other(server):
+    """Both join and publish at once (the order the server sees them in is up to chance):
+    each must receive the other."""
+    loopback_only_ice()
+    async with server.http() as http:
+        room = await make_room(http, name="two-way")
+        a, b = await asyncio.gather(client(server, http, room, "a"), client(server, http, room, "b"))
+        try:
+            replies = await asyncio.gather(a.publish(), b.publish())
+            assert [r["type"] for r in replies] == ["answer", "answer"], replies
+            await wait_for(lambda: a.got.video_frames >= 20 and b.got.video_frames >= 20, timeout=60)
+            assert a.errors == [] and b.errors == []
+        finally:
+            await a.close()
+            await b.close()

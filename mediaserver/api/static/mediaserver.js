@@ -1,0 +1,140 @@
+// mediaserver.js: a small browser client for mediaserver's /v1/ws protocol. No build step:
+//   import { Room } from "/static/mediaserver.js";
+//   const room = new Room({ token, roomId });
+//   room.addEventListener("track", (e) => attach(e.detail.track, e.detail.participantId));
+//   await room.connect();
+//   await room.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
+//
+// Media model: a "publish" peer connection where we offer our tracks and the server answers, and a
+// "subscribe" peer connection where the server offers the tracks we receive and we answer.
+
+const PC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
+
+export class MediaserverError extends Error {
+  constructor(code, message) { super(message); this.code = code; }
+}
+
+export class Room extends EventTarget {
+  constructor({ token, roomId, url } = {}) {
+    super();
+    this.token = token;
+    this.roomId = roomId;
+    this.url = url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`;
+    this.participants = new Map();
+    this.tracks = new Map(); // track id -> {id, participant_id, kind, muted}
+    this.me = null;
+    this.session = null;
+    this.roomInfo = null;
+    this.publishPc = null;
+    this.subscribePc = null;
+    this._pending = new Map();
+    this._n = 0;
+    this._signals = Promise.resolve(); // subscribe offers are answered one at a time, in order
+  }
+
+  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+
+  connect() {
+    return new Promise((resolve, reject) => {
+      const ws = (this.ws = new WebSocket(this.url));
+      ws.onopen = () => ws.send(JSON.stringify({ type: "join", token: this.token, room_id: this.roomId }));
+      ws.onerror = () => reject(new MediaserverError("unavailable", "cannot reach the server"));
+      ws.onclose = (e) => { this._emit("closed", { code: e.code, reason: e.reason }); reject(new MediaserverError("closed", e.reason || "connection closed")); };
+      ws.onmessage = (e) => {
+        const msg = JSON.parse(e.data);
+        if (msg.type === "joined") {
+          this.me = msg.participant; this.session = msg.session; this.roomInfo = msg.room;
+          msg.participants.forEach((p) => this.participants.set(p.id, p));
+          msg.tracks.forEach((t) => this.tracks.set(t.id, t));
+          this._emit("joined", msg);
+          resolve(msg);
+        } else if (msg.type === "error" && !this.me) {
+          reject(new MediaserverError(msg.code, msg.message));
+        } else {
+          this._handle(msg);
+        }
+      };
+    });
+  }
+
+  _handle(msg) {
+    if (msg.id && this._pending.has(msg.id)) {
+      const { resolve, reject } = this._pending.get(msg.id);
+      this._pending.delete(msg.id);
+      if (msg.type === "error") reject(new MediaserverError(msg.code, msg.message)); else resolve(msg);
+      return;
+    }
+    if (msg.type === "offer" && msg.pc === "subscribe") {
+      this._signals = this._signals.then(() => this._answer(msg.sdp)).catch((err) => this._emit("error", err));
+    } else if (msg.type === "ping") {
+      this.ws.send(JSON.stringify({ type: "pong" }));
+    } else if (msg.type === "event") {
+      this._event(msg);
+    } else if (msg.type === "error") {
+      this._emit("error", new MediaserverError(msg.code, msg.message));
+    }
+  }
+
+  _event(msg) {
+    const d = msg.data || {};
+    if (msg.event === "joined") this.participants.set(msg.participant_id, { id: msg.participant_id, ...d, state: "connected" });
+    else if (msg.event === "left") this.participants.delete(msg.participant_id);
+    else if (msg.event === "track_published") this.tracks.set(d.track_id, { id: d.track_id, participant_id: msg.participant_id, kind: d.kind, muted: false });
+    else if (msg.event === "track_unpublished") this.tracks.delete(d.track_id);
+    else if ((msg.event === "muted" || msg.event === "unmuted") && this.tracks.has(d.track_id)) this.tracks.get(d.track_id).muted = msg.event === "muted";
+    this._emit("event", msg);
+    this._emit(msg.event, msg);
+  }
+
+  request(msg) {
+    const id = `r${++this._n}`;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      this.ws.send(JSON.stringify({ ...msg, id }));
+    });
+  }
+
+  async publish(stream) {
+    if (!this.publishPc) this.publishPc = new RTCPeerConnection(PC_CONFIG);
+    for (const track of stream.getTracks()) this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
+    const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp });
+    await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+  }
+
+  async _answer(sdp) {
+    if (!this.subscribePc) {
+      this.subscribePc = new RTCPeerConnection(PC_CONFIG);
+      this.subscribePc.ontrack = (e) => {
+        const [stream] = e.streams;
+        this._emit("track", { track: e.track, stream, participantId: stream ? stream.id : null });
+      };
+    }
+    await this.subscribePc.setRemoteDescription({ type: "offer", sdp });
+    await this.subscribePc.setLocalDescription(await this.subscribePc.createAnswer());
+    await this.request({ type: "answer", pc: "subscribe", sdp: this.subscribePc.localDescription.sdp });
+  }
+
+  setSubscribed(trackId, subscribed) { return this.request({ type: "subscribe", track_id: trackId, subscribed }); }
+  setMuted(trackId, muted) { return this.request({ type: "mute", track_id: trackId, muted }); }
+  setRole(participantId, role) { return this.request({ type: "set_role", participant_id: participantId, role }); }
+  endSession() { return this.request({ type: "end_session" }); }
+
+  async leave() {
+    try { await this.request({ type: "leave" }); } finally { this.close(); }
+  }
+
+  close() {
+    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
+    if (this.ws && this.ws.readyState <= 1) this.ws.close();
+  }
+
+  // Decoded video frames per remote track (from getStats), e.g. for a quality indicator or a test.
+  async receivedVideo() {
+    if (!this.subscribePc) return [];
+    const stats = await this.subscribePc.getStats();
+    const out = [];
+    stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0 }); });
+    return out;
+  }
+}

@@ -1,0 +1,80 @@
+"""Two Chromium participants in one routed session see each other, through our SFU.
+
+Debian's chromium driven by Playwright (executable_path), fake camera and microphone,
+loopback only (the suite runs in a network namespace that holds only lo)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, make_room, make_token
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection",
+]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        await b.close()
+
+
+async def frames(page) -> list[int]:
+    return [s["framesDecoded"] for s in await page.evaluate("window.room.receivedVideo()")]
+
+
+async def test_two_browsers_see_each_other(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with server.http() as http:
+        room = await make_room(http, name="Browser call", media_mode="routed", comment="Two browsers")
+        pages, errors = [], []
+        for identity, role in (("ann", "moderator"), ("bob", "publisher")):
+            ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
+            page = await ctx.new_page()
+            page.on("console", lambda m, who=identity: errors.append(f"{who}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e, who=identity: errors.append(f"{who}: {e}"))
+            token = await make_token(http, room["id"], identity, role)
+            await page.goto(f"{server.url}/join/{room['id']}?token={token}")
+            pages.append(page)
+        ann, bob = pages
+
+        async def both_decoding(minimum: int) -> bool:
+            counts = [await frames(p) for p in pages]
+            return all(c and max(c) >= minimum for c in counts)
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await both_decoding(1):
+            if asyncio.get_running_loop().time() > deadline:
+                statuses = [await p.locator("#status").inner_text() for p in pages]
+                raise AssertionError(f"no video decoded: {[await frames(p) for p in pages]} {statuses} {errors}")
+            await asyncio.sleep(0.5)
+        first = [max(await frames(p)) for p in pages]
+        await asyncio.sleep(3)
+        later = [max(await frames(p)) for p in pages]
+        assert all(b > a + 10 for a, b in zip(first, later)), f"decoding must keep going: {first} -> {later}"
+
+        # Each page shows the other's video in a visible element of non-zero size.
+        for page in pages:
+            sizes = await page.evaluate(
+                "[...document.querySelectorAll('#grid video')].filter(v => v.srcObject && v.videoWidth > 0)"
+                ".map(v => [v.videoWidth, v.getBoundingClientRect().width])"
+            )
+            assert len(sizes) >= 2 and all(w > 0 and shown > 0 for w, shown in sizes), sizes
+        assert await ann.locator("#room-comment").inner_text() == "Two browsers"
+        await ann.screenshot(path=str(ARTIFACTS / "meeting-routed.png"))
+        assert errors == [], errors
