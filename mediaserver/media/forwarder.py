@@ -20,6 +20,7 @@ from mediaserver.media.srtp import SrtpKeys
 
 MTU = 1500  # larger datagrams are never forwarded
 PLI_INTERVAL = 0.5  # at most one keyframe request per track per 500 ms
+NACK_CACHE = 512  # recent packets kept per track to answer NACKs (about 1 s of 4 Mbps video)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Forwarder:
     # (subscriber endpoint, SSRC it sees) -> (publisher endpoint, publisher SSRC), for feedback
     reverse: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     last_pli: dict[tuple[str, int], float] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> {sequence number: plaintext packet}, the most recent ones
+    cache: dict[tuple[str, int], dict[int, bytes]] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
 
     # Control -------------------------------------------------------------------
@@ -108,24 +111,32 @@ class Forwarder:
         except pylibsrtp.Error:
             return self._drop("srtp")  # authentication or replay check failed
         self.stats["rtp_in"] += 1
-        ssrc = struct.unpack_from("!I", plain, 8)[0]
+        seq, ssrc = struct.unpack_from("!H", plain, 2)[0], struct.unpack_from("!I", plain, 8)[0]
         routes = self.routes.get((ep.id, ssrc))
         if routes is None:
             return self._drop("unknown_ssrc")
+        cache = self.cache.setdefault((ep.id, ssrc), {})
+        cache[seq] = plain
+        cache.pop((seq - NACK_CACHE) & 0xFFFF, None)
         out = []
         for dst_id, route in routes.items():
-            dst = self.endpoints.get(dst_id)
-            if dst is None or not dst.ready:
-                self.stats["drop_subscriber_not_ready"] += 1
-                continue
-            pkt = bytearray(plain)
-            rewrite_rtp(pkt, route.ssrc, route.seq_delta, route.ts_delta)
-            pkt[1] = (pkt[1] & 0x80) | route.payload_type
-            protected = dst.tx.protect(bytes(pkt))
-            out.append((protected, dst.addr))
-            self.stats["rtp_out"] += 1
-            self.stats["bytes_out"] += len(protected)
+            sent = self._send_to(dst_id, route, plain)
+            if sent:
+                out.append(sent)
         return out
+
+    def _send_to(self, dst_id: str, route: Route, plain: bytes) -> tuple[bytes, tuple] | None:
+        dst = self.endpoints.get(dst_id)
+        if dst is None or not dst.ready:
+            self.stats["drop_subscriber_not_ready"] += 1
+            return None
+        pkt = bytearray(plain)
+        rewrite_rtp(pkt, route.ssrc, route.seq_delta, route.ts_delta)
+        pkt[1] = (pkt[1] & 0x80) | route.payload_type
+        protected = dst.tx.protect(bytes(pkt))
+        self.stats["rtp_out"] += 1
+        self.stats["bytes_out"] += len(protected)
+        return protected, dst.addr
 
     def handle_rtcp(self, data: bytes, addr: tuple, now: float) -> list[tuple[bytes, tuple]]:
         ep = self.by_addr.get(addr)
@@ -140,6 +151,10 @@ class Forwarder:
         self.stats["rtcp_in"] += 1
         out = []
         for pt, fmt, packet in rtcp.packets(plain):
+            lost = rtcp.nack_request(pt, fmt, packet)
+            if lost is not None:
+                out += self._answer_nack(ep.id, *lost)
+                continue
             media_ssrc = rtcp.keyframe_request_ssrc(pt, fmt, packet)
             if media_ssrc is None:
                 continue  # reports and other feedback are consumed here
@@ -155,4 +170,24 @@ class Forwarder:
             self.last_pli[source] = now
             out.append((publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr))
             self.stats["pli_sent"] += 1
+        return out
+
+    def _answer_nack(self, subscriber: str, media_ssrc: int, lost: list[int]) -> list[tuple[bytes, tuple]]:
+        """Resend what a subscriber lost from the cache, rather than asking the publisher (which
+        costs it a round trip and every other subscriber the duplicate)."""
+        source = self.reverse.get((subscriber, media_ssrc))
+        route = self.routes.get(source, {}).get(subscriber) if source else None
+        if route is None:
+            return []
+        cache = self.cache.get(source, {})
+        out = []
+        for out_seq in lost:
+            plain = cache.get((out_seq - route.seq_delta) & 0xFFFF)
+            if plain is None:
+                self.stats["nack_missed"] += 1
+                continue
+            sent = self._send_to(subscriber, route, plain)
+            if sent:
+                out.append(sent)
+                self.stats["nack_served"] += 1
         return out

@@ -6,6 +6,7 @@ import struct
 from typing import Iterator
 
 RTPFB, PSFB = 205, 206
+FMT_NACK = 1  # RFC 4585 section 6.2.1 (a transport-layer feedback message)
 FMT_PLI, FMT_FIR = 1, 4  # RFC 4585 section 6.3.1, RFC 5104 section 4.3.1
 SERVER_SSRC = 0x6D656469  # "medi": the sender SSRC of the feedback we originate
 
@@ -35,3 +36,33 @@ def keyframe_request_ssrc(pt: int, fmt: int, packet: bytes) -> int | None:
 
 def pli(media_ssrc: int, sender_ssrc: int = SERVER_SSRC) -> bytes:
     return struct.pack("!BBHII", 0x80 | FMT_PLI, PSFB, 2, sender_ssrc, media_ssrc)
+
+
+def nack_request(pt: int, fmt: int, packet: bytes) -> tuple[int, list[int]] | None:
+    """(media SSRC, lost sequence numbers) of a Generic NACK (RFC 4585 section 6.2.1), else None."""
+    if pt != RTPFB or fmt != FMT_NACK or len(packet) < 16:
+        return None
+    media_ssrc = struct.unpack_from("!I", packet, 8)[0]
+    lost = []
+    for pos in range(12, len(packet) - 3, 4):
+        pid, blp = struct.unpack_from("!HH", packet, pos)
+        lost.append(pid)
+        lost += [(pid + i + 1) & 0xFFFF for i in range(16) if blp & (1 << i)]
+    return media_ssrc, lost
+
+
+def nack(media_ssrc: int, lost: list[int], sender_ssrc: int = SERVER_SSRC) -> bytes:
+    """A Generic NACK for ``lost`` (packed into PID/BLP pairs)."""
+    fci = b""
+    remaining = sorted(set(lost))
+    while remaining:
+        pid = remaining.pop(0)
+        blp = 0
+        for seq in list(remaining):
+            diff = (seq - pid) & 0xFFFF
+            if 1 <= diff <= 16:
+                blp |= 1 << (diff - 1)
+                remaining.remove(seq)
+        fci += struct.pack("!HH", pid, blp)
+    length = 2 + len(fci) // 4
+    return struct.pack("!BBHII", 0x80 | FMT_NACK, RTPFB, length, sender_ssrc, media_ssrc) + fci

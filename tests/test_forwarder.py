@@ -1,0 +1,158 @@
+"""The reference forwarder packet by packet, with synthetic SRTP endpoints.
+
+``transcript`` runs a recorded input sequence (reordering, loss, replays, NACK, PLI)
+and returns every packet that came out, decrypted, per destination: the form in
+which the Cython fast path is to be compared with this reference.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from pylibsrtp import Policy, Session
+
+from mediaserver.media import rtcp
+from mediaserver.media.forwarder import NACK_CACHE, Forwarder, Route
+from mediaserver.media.srtp import PROFILES, SrtpKeys
+
+PUB, S1, S2 = ("127.0.0.1", 5000), ("127.0.0.1", 5001), ("127.0.0.1", 5002)
+PUB_SSRC = 0x1111
+
+
+class Peer:
+    """The client side of an endpoint: protects what it sends, unprotects what it gets."""
+
+    def __init__(self, profile):
+        k = profile.key_len + profile.salt_len
+        self.server_keys = SrtpKeys(profile, rx=os.urandom(k), tx=os.urandom(k))
+        self.out = Session(Policy(key=self.server_keys.rx, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_id))
+        self.inn = Session(Policy(key=self.server_keys.tx, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_id))
+
+
+def rtp(seq: int, ssrc: int = PUB_SSRC, pt: int = 96, marker: bool = False, payload: bytes | None = None) -> bytes:
+    payload = payload if payload is not None else struct.pack("!H", seq) * 50
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq, seq * 3000, ssrc) + payload
+
+
+@pytest.fixture(params=PROFILES, ids=[p.openssl_name.decode() for p in PROFILES])
+def setup(request):
+    fw = Forwarder()
+    peers = {}
+    for eid, addr in (("pub", PUB), ("s1", S1), ("s2", S2)):
+        peers[eid] = Peer(request.param)
+        fw.add_endpoint(eid)
+        fw.set_address(eid, addr)
+        fw.set_keys(eid, peers[eid].server_keys)
+    fw.set_route("pub", PUB_SSRC, "s1", Route(ssrc=0x2001, payload_type=96))
+    fw.set_route("pub", PUB_SSRC, "s2", Route(ssrc=0x2002, payload_type=100, seq_delta=1000, ts_delta=90000))
+    return fw, peers
+
+
+def transcript(
+    fw: Forwarder, peers: dict, inputs: list[tuple[str, bytes, float]], lose: frozenset = frozenset()
+) -> list[tuple[str, str, bytes]]:
+    """Feed (sender, already protected datagram, time); return (receiver, 'rtp'|'rtcp', plaintext) out.
+
+    ``lose`` holds (receiver, sequence number) pairs lost on the way out (the header is in the clear)."""
+    addr_of = {"pub": PUB, "s1": S1, "s2": S2}
+    who = {v: k for k, v in addr_of.items()}
+    out = []
+    for sender, data, now in inputs:
+        kind = "rtcp" if 192 <= data[1] <= 223 else "rtp"
+        sent = fw.handle_rtcp(data, addr_of[sender], now) if kind == "rtcp" else fw.handle_rtp(data, addr_of[sender])
+        for pkt, to in sent:
+            if kind == "rtp" and (who[to], struct.unpack_from("!H", pkt, 2)[0]) in lose:
+                continue
+            peer = peers[who[to]]
+            plain = peer.inn.unprotect_rtcp(pkt) if 192 <= pkt[1] <= 223 else peer.inn.unprotect(pkt)
+            out.append((who[to], kind, plain))
+    return out
+
+
+def test_forwarding_rewrites_per_subscriber_with_loss_and_reordering(setup):
+    fw, peers = setup
+    order = [1, 2, 3, 4, 5, 6, 8, 10, 9, 11, 12]  # 7 lost, 9 and 10 swapped
+    sent = {s: peers["pub"].out.protect(rtp(s, marker=s == 12)) for s in order}
+    out = transcript(fw, peers, [("pub", sent[s], 0.0) for s in order])
+    for sub, ssrc, pt, dseq, dts in (("s1", 0x2001, 96, 0, 0), ("s2", 0x2002, 100, 1000, 90000)):
+        got = [p for who, _, p in out if who == sub]
+        assert [struct.unpack_from("!H", p, 2)[0] for p in got] == [s + dseq for s in order]
+        for s, p in zip(order, got):
+            assert struct.unpack_from("!I", p, 4)[0] == s * 3000 + dts
+            assert struct.unpack_from("!I", p, 8)[0] == ssrc
+            assert p[1] & 0x7F == pt and bool(p[1] & 0x80) == (s == 12)
+            assert p[12:] == struct.pack("!H", s) * 50
+    assert fw.stats["rtp_out"] == 2 * len(order)
+
+
+def test_drops_and_their_reasons(setup):
+    fw, peers = setup
+    good = peers["pub"].out.protect(rtp(1))
+    transcript(fw, peers, [("pub", good, 0.0)])
+    assert fw.handle_rtp(good, PUB) == [] and fw.stats["drop_srtp"] == 1  # replay (RFC 3711 3.3.2)
+    tampered = bytearray(peers["pub"].out.protect(rtp(2)))
+    tampered[20] ^= 1
+    assert fw.handle_rtp(bytes(tampered), PUB) == [] and fw.stats["drop_srtp"] == 2
+    assert fw.handle_rtp(peers["pub"].out.protect(rtp(3, ssrc=0x9999)), PUB) == []
+    assert fw.stats["drop_unknown_ssrc"] == 1
+    assert fw.handle_rtp(peers["pub"].out.protect(rtp(4)), ("127.0.0.1", 6000)) == []  # unknown address
+    fw.add_endpoint("nokeys")
+    fw.set_address("nokeys", ("127.0.0.1", 6001))
+    assert fw.handle_rtp(rtp(5), ("127.0.0.1", 6001)) == []  # ICE done, DTLS not: never forwarded
+    assert fw.stats["drop_not_ready"] == 2
+    assert fw.handle_rtp(b"\x80\x60" + b"\0" * 1600, PUB) == [] and fw.stats["drop_too_big"] == 1
+
+
+def test_nack_is_answered_from_the_cache(setup):
+    fw, peers = setup
+    pub = peers["pub"]
+    transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 0.0) for s in (1, 2, 3, 5)], lose=frozenset({("s2", 1002)}))
+    # s2 sees sequence numbers shifted by 1000; it lost 1002 (we have it) and 1004 (never came).
+    nack = peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1002, 1004]))
+    out = transcript(fw, peers, [("s2", nack, 1.0)])
+    assert [(who, struct.unpack_from("!H", p, 2)[0]) for who, _, p in out] == [("s2", 1002)]
+    assert out[0][2][12:] == struct.pack("!H", 2) * 50
+    assert fw.stats["nack_served"] == 1 and fw.stats["nack_missed"] == 1
+    # The cache keeps the last NACK_CACHE packets of a track only.
+    transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 0.0) for s in range(6, 6 + NACK_CACHE)])
+    old = peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [2]))
+    assert transcript(fw, peers, [("s1", old, 2.0)]) == []
+
+
+def test_pli_and_fir_reach_the_publisher_throttled(setup):
+    fw, peers = setup
+    transcript(fw, peers, [("pub", peers["pub"].out.protect(rtp(1)), 0.0)])
+
+    def pli(sub, ssrc):
+        return peers[sub].out.protect_rtcp(rtcp.pli(ssrc, sender_ssrc=0x77))
+
+    fir = struct.pack("!BBHIIIBBH", 0x80 | rtcp.FMT_FIR, rtcp.PSFB, 4, 0x77, 0, 0x2002, 1, 0, 0)
+    out = transcript(fw, peers, [
+        ("s1", pli("s1", 0x2001), 10.0),
+        ("s2", pli("s2", 0x2002), 10.2),  # same track, inside 500 ms: throttled
+        ("s2", peers["s2"].out.protect_rtcp(fir), 10.6),  # FIR after 500 ms: forwarded as a PLI
+        ("s1", pli("s1", 0x3333), 11.5),  # an SSRC s1 does not receive: ignored
+    ])
+    assert [(who, kind) for who, kind, _ in out] == [("pub", "rtcp"), ("pub", "rtcp")]
+    for _, _, p in out:
+        assert struct.unpack_from("!BBHII", p) == (0x81, 206, 2, rtcp.SERVER_SSRC, PUB_SSRC)
+    assert fw.stats["pli_sent"] == 2 and fw.stats["pli_throttled"] == 1
+
+
+def test_removing_endpoints_and_routes(setup):
+    fw, peers = setup
+    fw.remove_route("pub", PUB_SSRC, "s1")
+    out = transcript(fw, peers, [("pub", peers["pub"].out.protect(rtp(1)), 0.0)])
+    assert [who for who, _, _ in out] == ["s2"]
+    fw.remove_endpoint("s2")
+    assert transcript(fw, peers, [("pub", peers["pub"].out.protect(rtp(2)), 0.0)]) == []
+    assert ("s2", 0x2002) not in fw.reverse and S2 not in fw.by_addr
+
+
+def test_nack_round_trip():
+    lost = [10, 11, 13, 26, 27, 200]
+    packet = rtcp.nack(42, lost)
+    [(pt, fmt, body)] = list(rtcp.packets(packet))
+    assert rtcp.nack_request(pt, fmt, body) == (42, lost)
