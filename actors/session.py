@@ -46,6 +46,8 @@ class SessionActor:
         self.media: MediaSession | None = None
         self._media_lock = asyncio.Lock()  # media operations change shared tables across awaits
         self._media_init_lock = asyncio.Lock()
+        self._worker: Any = None
+        self._incarnation: str | None = None
 
     async def ready(self) -> dict:
         await self.core.ensure_loaded()
@@ -66,10 +68,9 @@ class SessionActor:
         participant = await self.core.resume(participant_id)
         media = await self._media()
         async with self._media_lock:
-            # The old peer connections are gone with the old connection: start media afresh
+            # The old peer connections went with the old connection: start media afresh
             # (the client publishes again; its subscriptions are offered again).
-            gone = await media.leave(participant_id)
-            await media.join(participant_id)
+            gone = await media.restart(participant_id, "reconnected")
         await self._record_unpublished(participant_id, gone)
         await self.core.notify()
         return {"participant": participant, **self.core.snapshot(), "tracks": media.track_list()}
@@ -83,9 +84,27 @@ class SessionActor:
                 # Deterministic placement: a restarted actor finds the same worker.
                 index = zlib.crc32(self.session_id.encode()) % self.cfg["media_workers"]
                 handle = cluster.get_or_create(MediaWorkerActor, names.media_worker(index), self.cfg, index)
-                await cluster.call(handle, "start")
+                self._incarnation = (await cluster.call(handle, "start"))["incarnation"]
+                self._worker = handle
                 self.media = MediaSession(RemoteWorker(handle))
         return self.media
+
+    async def _check_worker(self) -> None:
+        """If the media worker restarted, every transport went with it: start media over."""
+        if self._worker is None or self.core.ended:
+            return
+        try:
+            incarnation = (await cluster.call(self._worker, "start"))["incarnation"]
+        except MediaserverError:
+            return  # restarting right now; the next tick looks again
+        if incarnation == self._incarnation:
+            return
+        self._incarnation = incarnation
+        async with self._media_lock:
+            gone = self.media.reset("the media server restarted")
+        for t in gone:
+            await self.core.record(t.participant_id, "track_unpublished", track_id=t.id, reason="media_reset")
+        await self.core.notify()
 
     def _publisher(self, participant_id: str) -> dict:
         p = self.core.participants.get(participant_id)
@@ -181,6 +200,7 @@ class SessionActor:
         await self.core.ensure_loaded()
         await self.core.tick()
         await self._release_departed()
+        await self._check_worker()
         if self.core.ended:
             self._retire_breakouts()
         return self.core.session["status"]

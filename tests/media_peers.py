@@ -119,6 +119,8 @@ class MediaClient:
         self.sub_pc = new_pc()
         self.got = collect(self.sub_pc)
         self.offers_answered = 0
+        self.resets = 0
+        self.published: dict | None = None  # what publish() was asked for, to publish again after a reset
         self._replies: dict[str, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
         self._n = 0
@@ -129,17 +131,42 @@ class MediaClient:
         return self.joined["participant"]["id"]
 
     async def join(self, token: str, room_id: str) -> dict:
+        return await self._open({"type": "join", "token": token, "room_id": room_id})
+
+    async def resume(self) -> dict:
+        """Come back after losing the connection, as the same participant."""
+        return await self._open({"type": "resume", "reconnect_token": self.joined["reconnect_token"]})
+
+    async def _open(self, first: dict) -> dict:
         import json
 
         import websockets
 
         self.ws = await websockets.connect(self.ws_url)
-        await self.ws.send(json.dumps({"type": "join", "token": token, "room_id": room_id}))
+        await self.ws.send(json.dumps(first))
         msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
         if msg["type"] == "joined":
             self.joined = msg
             self._reader = asyncio.ensure_future(self._read())
         return msg
+
+    async def drop(self) -> None:
+        """Lose everything at once, as when the network goes: socket and peer connections."""
+        self.ws.transport.abort()
+        if self._reader:
+            self._reader.cancel()
+        await self._reset_pcs()
+
+    async def _reset_pcs(self) -> None:
+        for pc in (self.pub_pc, self.sub_pc):
+            if pc is not None:
+                await pc.close()
+        self.pub_pc = None
+        self.sub_pc = new_pc()
+        self.got_before_reset = self.got
+        self.got = collect(self.sub_pc)
+
+
 
     async def _read(self) -> None:
         import json
@@ -157,6 +184,11 @@ class MediaClient:
                         continue
                     await self.ws.send(json.dumps({"type": "answer", "pc": "subscribe", "sdp": answer}))
                     self.offers_answered += 1
+                elif msg["type"] == "media_reset":
+                    self.resets += 1
+                    await self._reset_pcs()
+                    if self.published is not None:  # from a task: this reader must read the answer
+                        asyncio.ensure_future(self.publish(**self.published))
                 elif msg["type"] == "event":
                     self.events.append(msg)
                 elif msg["type"] == "ping":
@@ -178,6 +210,7 @@ class MediaClient:
         return await asyncio.wait_for(fut, timeout)
 
     async def publish(self, *, video: bool = True, audio: bool = True) -> dict:
+        self.published = {"video": video, "audio": audio}
         self.pub_pc = new_pc()
         offer = await publisher_offer(self.pub_pc, video=video, audio=audio)
         reply = await self.command({"type": "offer", "pc": "publish", "sdp": offer})

@@ -77,4 +77,16 @@ async def test_two_browsers_see_each_other(server, browser):
             assert len(sizes) >= 2 and all(w > 0 and shown > 0 for w, shown in sizes), sizes
         assert await ann.locator("#room-comment").inner_text() == "Two browsers"
         await ann.screenshot(path=str(ARTIFACTS / "meeting-routed.png"))
+
+        # Ann's connection drops: her page reconnects by itself as the same participant,
+        # publishes again, and both see each other again.
+        me = await ann.evaluate("window.room.me.id")
+        await ann.evaluate("window.room.ws.close(4999, 'network gone')")
+        await ann.locator("#status", has_text="Reconnected.").wait_for(timeout=30000)
+        assert await ann.evaluate("window.room.me.id") == me
+        bob_before = max(await frames(bob))
+        deadline = asyncio.get_running_loop().time() + 60
+        while not ((await frames(ann)) and max(await frames(ann)) > 10 and max(await frames(bob)) > bob_before + 10):
+            assert asyncio.get_running_loop().time() < deadline, (await frames(ann), await frames(bob), bob_before)
+            await asyncio.sleep(0.5)
         assert errors == [], errors

@@ -6,6 +6,7 @@ WebSockets carry on, and the session goes on taking commands and joins.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -18,6 +19,7 @@ from tests.helpers import (
     free_port,
     join_room,
     make_room,
+    make_token,
     server_env,
 )
 
@@ -146,3 +148,70 @@ async def test_session_owns_its_breakout_room_actors(fault_server, ray_client):
             return ray_client.find(names.breakout(sid, info["id"])) is None
 
         await eventually(retired, timeout=20)
+
+
+async def media_client(server, http, room, identity, role="publisher"):
+    from tests.media_peers import MediaClient
+
+    c = MediaClient(server.ws_url)
+    msg = await c.join(await make_token(http, room["id"], identity, role), room["id"])
+    assert msg["type"] == "joined", msg
+    return c
+
+
+async def test_media_worker_killed_mid_session(fault_server, ray_client):
+    """Ray restarts the media worker; the session tells its participants to start media over, and
+    media flows again without anyone joining again by hand."""
+    from actors import names
+    from tests.media_peers import loopback_only_ice, wait_for
+
+    loopback_only_ice()
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="worker crash")
+        pub = await media_client(server, http, room, "pub")
+        sub = await media_client(server, http, room, "sub", "subscriber")
+        try:
+            await pub.publish()
+            await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
+            worker = ray_client.find(names.media_worker(0))
+            os.kill(await ray_client.call(worker, "pid"), signal.SIGKILL)
+            await wait_for(lambda: pub.resets >= 1 and sub.resets >= 1, timeout=60)
+            await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)  # counted afresh after the reset
+            assert len(set(sub.got.lumas)) >= 5
+            assert pub.id == pub.joined["participant"]["id"] and sub.event_seen("track_published") is not None
+            sid = pub.joined["session"]["id"]
+            log = (await http.get(f"/v1/sessions/{sid}/participants/{pub.id}")).json()["events"]
+            assert [e["type"] for e in log].count("track_published") == 4  # audio and video, twice
+            assert any(e["type"] == "track_unpublished" and e["data"].get("reason") == "media_reset" for e in log)
+        finally:
+            await pub.close()
+            await sub.close()
+
+
+async def test_participant_reconnects_and_media_resumes(fault_server):
+    """A publisher loses its connection (socket and peer connections) and comes back inside the
+    grace period: same participant, and its viewers get its media again."""
+    from tests.media_peers import loopback_only_ice, wait_for
+
+    loopback_only_ice()
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="flaky network")
+        pub = await media_client(server, http, room, "pub")
+        sub = await media_client(server, http, room, "sub", "subscriber")
+        try:
+            await pub.publish()
+            await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
+            before = pub.id
+            await pub.drop()
+            await asyncio.sleep(0.5)
+            msg = await pub.resume()
+            assert msg["type"] == "joined" and msg["resumed"] is True and msg["participant"]["id"] == before
+            await wait_for(lambda: pub.resets >= 1, timeout=20)
+            seen = sub.got.video_frames
+            await wait_for(lambda: sub.got.video_frames >= seen + 30, timeout=60)
+            assert sub.event_seen("reconnected", participant_id=before) is not None
+        finally:
+            await pub.close()
+            await sub.close()

@@ -138,6 +138,14 @@ class ServerOffer(ServerMessage):
     sdp: str
 
 
+class MediaReset(ServerMessage):
+    """Your peer connections are gone (e.g. the media server restarted): close both, publish
+    again; a new subscribe offer follows."""
+
+    type: Literal["media_reset"] = "media_reset"
+    reason: str
+
+
 class Ack(ServerMessage):
     type: Literal["ack"] = "ack"
     id: str | None = None

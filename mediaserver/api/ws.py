@@ -260,7 +260,10 @@ class Connection:
                 self.finished = True  # the participant lives on in its newer connection
                 return await self.close(m.CLOSE_REMOVED, "superseded")
             for signal in res.get("messages", []):
-                await self.send(m.ServerOffer(sdp=signal["sdp"]))
+                if signal["type"] == "media_reset":
+                    await self.send(m.MediaReset(reason=signal["reason"]))
+                else:
+                    await self.send(m.ServerOffer(sdp=signal["sdp"]))
             for ev in res["events"]:
                 self.last_seq = max(self.last_seq, ev["seq"])
                 await self.send(

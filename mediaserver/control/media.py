@@ -216,6 +216,24 @@ class MediaSession:
         await self._refresh_all()
         return gone
 
+    async def restart(self, participant_id: str, reason: str) -> list[Track]:
+        """Start one participant's media over (it reconnected: its peer connections are new)."""
+        gone = await self.leave(participant_id)
+        self.outbox[participant_id] = [{"type": "media_reset", "reason": reason}]
+        await self.join(participant_id)  # queues a new subscribe offer after the reset
+        return gone
+
+    def reset(self, reason: str) -> list[Track]:
+        """The worker lost every transport (it restarted): forget them, keep who is here and what
+        they chose not to receive, and tell everyone to start their media again."""
+        gone = list(self.tracks.values())
+        self.tracks.clear()
+        self.publish_transport.clear()
+        for pid, sub in list(self.subscribers.items()):
+            self.subscribers[pid] = Subscriber(unsubscribed=set(sub.unsubscribed))
+            self.outbox[pid] = [{"type": "media_reset", "reason": reason}]
+        return gone
+
     def take_outbox(self, participant_id: str) -> list[dict]:
         return self.outbox.pop(participant_id, [])
 

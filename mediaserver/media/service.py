@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
+from mediaserver.ids import new_id
 from mediaserver.media.sdp import Codec, OutgoingTrack
 from mediaserver.media.worker import MediaWorker
 
@@ -20,12 +21,14 @@ class WorkerService:
             bind_host=bind_host, port=port, advertised_host=advertised_host, allowed_networks=allowed_networks
         )
         self.started = False
+        # Changes when the process restarts (and with it every transport): owners compare it.
+        self.incarnation = new_id("inc")
 
     async def start(self) -> dict:
         if not self.started:
             await self.worker.start()
             self.started = True
-        return {"port": self.worker.port, "host": self.worker.advertised_host}
+        return {"port": self.worker.port, "host": self.worker.advertised_host, "incarnation": self.incarnation}
 
     async def create_transport(self, participant_id: str, role: str) -> dict:
         t = self.worker.create_transport(participant_id, role)

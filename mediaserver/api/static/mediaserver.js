@@ -7,6 +7,8 @@
 //
 // Media model: a "publish" peer connection where we offer our tracks and the server answers, and a
 // "subscribe" peer connection where the server offers the tracks we receive and we answer.
+// If the connection drops, the room reconnects by itself inside the session's grace period (as the
+// same participant) and publishes again; events "reconnecting" and "reconnected" tell the page.
 
 const PC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
 
@@ -30,31 +32,68 @@ export class Room extends EventTarget {
     this._pending = new Map();
     this._n = 0;
     this._signals = Promise.resolve(); // subscribe offers are answered one at a time, in order
+    this._stream = null; // what we publish, to publish again after a reconnect or a media reset
+    this._reconnectToken = null;
+    this._closing = false;
   }
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
   connect() {
+    return this._open({ type: "join", token: this.token, room_id: this.roomId });
+  }
+
+  _open(first) {
     return new Promise((resolve, reject) => {
+      let joined = false;
       const ws = (this.ws = new WebSocket(this.url));
-      ws.onopen = () => ws.send(JSON.stringify({ type: "join", token: this.token, room_id: this.roomId }));
-      ws.onerror = () => reject(new MediaserverError("unavailable", "cannot reach the server"));
-      ws.onclose = (e) => { this._emit("closed", { code: e.code, reason: e.reason }); reject(new MediaserverError("closed", e.reason || "connection closed")); };
+      ws.onopen = () => ws.send(JSON.stringify(first));
+      ws.onerror = () => { if (!joined) reject(new MediaserverError("unavailable", "cannot reach the server")); };
+      ws.onclose = (e) => {
+        if (!joined) return reject(new MediaserverError("closed", e.reason || "connection closed"));
+        // 1000 left, 4001 refused, 4002 session ended, 4003 removed or replaced: nothing to come back to.
+        if (this._closing || [1000, 4001, 4002, 4003].includes(e.code)) return this._emit("closed", { code: e.code, reason: e.reason });
+        this._reconnect();
+      };
       ws.onmessage = (e) => {
         const msg = JSON.parse(e.data);
         if (msg.type === "joined") {
+          joined = true;
           this.me = msg.participant; this.session = msg.session; this.roomInfo = msg.room;
-          msg.participants.forEach((p) => this.participants.set(p.id, p));
-          msg.tracks.forEach((t) => this.tracks.set(t.id, t));
-          this._emit("joined", msg);
+          this._reconnectToken = msg.reconnect_token; this._grace = msg.grace_seconds;
+          this.participants.clear(); msg.participants.forEach((p) => this.participants.set(p.id, p));
+          this.tracks.clear(); msg.tracks.forEach((t) => this.tracks.set(t.id, t));
+          this._emit(msg.resumed ? "reconnected" : "joined", msg);
           resolve(msg);
-        } else if (msg.type === "error" && !this.me) {
+        } else if (msg.type === "error" && !joined) {
           reject(new MediaserverError(msg.code, msg.message));
         } else {
           this._handle(msg);
         }
       };
     });
+  }
+
+  async _reconnect() {
+    this._emit("reconnecting", {});
+    const until = Date.now() + (this._grace || 60) * 1000;
+    while (Date.now() < until && !this._closing) {
+      await new Promise((r) => setTimeout(r, 1000));
+      try {
+        await this._open({ type: "resume", reconnect_token: this._reconnectToken });
+        return; // the server follows with media_reset: media starts over
+      } catch (err) {
+        if (["reconnect_expired", "session_ended", "token_malformed"].includes(err.code)) break;
+      }
+    }
+    this._emit("closed", { code: 4000, reason: "could not reconnect" });
+  }
+
+  async _resetMedia() {
+    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
+    this.publishPc = this.subscribePc = null;
+    this._emit("media_reset", {});
+    if (this._stream) await this.publish(this._stream);
   }
 
   _handle(msg) {
@@ -66,6 +105,8 @@ export class Room extends EventTarget {
     }
     if (msg.type === "offer" && msg.pc === "subscribe") {
       this._signals = this._signals.then(() => this._answer(msg.sdp)).catch((err) => this._emit("error", err));
+    } else if (msg.type === "media_reset") {
+      this._signals = this._signals.then(() => this._resetMedia()).catch((err) => this._emit("error", err));
     } else if (msg.type === "ping") {
       this.ws.send(JSON.stringify({ type: "pong" }));
     } else if (msg.type === "event") {
@@ -95,6 +136,7 @@ export class Room extends EventTarget {
   }
 
   async publish(stream) {
+    this._stream = stream;
     if (!this.publishPc) this.publishPc = new RTCPeerConnection(PC_CONFIG);
     for (const track of stream.getTracks()) this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
     await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
@@ -125,6 +167,7 @@ export class Room extends EventTarget {
   }
 
   close() {
+    this._closing = true;
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
     if (this.ws && this.ws.readyState <= 1) this.ws.close();
   }
