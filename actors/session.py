@@ -48,6 +48,7 @@ class SessionActor:
         self._media_init_lock = asyncio.Lock()
         self._worker: Any = None
         self._incarnation: str | None = None
+        self._states: dict[str, str] = {}  # transport -> the last connection state recorded
 
     async def ready(self) -> dict:
         await self.core.ensure_loaded()
@@ -158,6 +159,26 @@ class SessionActor:
             await media.set_muted(participant_id, track_id, muted)
         await self.core.record(participant_id, "muted" if muted else "unmuted", track_id=track_id)
 
+    async def _record_connection_states(self) -> None:
+        """Put media connection changes (checking, connected, failed) in the participants' logs."""
+        if self.media is None or self.core.ended:
+            return
+        owners = self.media.transports()
+        if not owners:
+            self._states.clear()
+            return
+        try:
+            states = await cluster.call(self._worker, "transport_states", list(owners))
+        except MediaserverError:
+            return
+        for tid, state in states.items():
+            if self._states.get(tid) != state and tid in owners:
+                pid, role = owners[tid]
+                if pid in self.core.participants:
+                    await self.core.record(pid, "connection_state", visibility="log", pc=role, state=state)
+                self._states[tid] = state
+        self._states = {tid: st for tid, st in self._states.items() if tid in owners}
+
     async def _record_unpublished(self, participant_id: str, tracks: list) -> None:
         if self.core.ended:
             return
@@ -201,6 +222,7 @@ class SessionActor:
         await self.core.tick()
         await self._release_departed()
         await self._check_worker()
+        await self._record_connection_states()
         if self.core.ended:
             self._retire_breakouts()
         return self.core.session["status"]

@@ -58,6 +58,10 @@ async def test_publisher_reaches_three_subscribers_and_nobody_else(server):
             assert [e["type"] for e in log].count("track_published") == 2 and "muted" in [e["type"] for e in log]
             log = (await http.get(f"/v1/sessions/{sid}/participants/{subs[0].id}")).json()["events"]
             assert {"subscribed", "unsubscribed"} <= {e["type"] for e in log}
+            states = [(e["data"]["pc"], e["data"]["state"]) for e in log if e["type"] == "connection_state"]
+            assert ("subscribe", "connected") in states, states
+            log = (await http.get(f"/v1/sessions/{sid}/participants/{pub.id}")).json()["events"]
+            assert ("publish", "connected") in [(e["data"]["pc"], e["data"]["state"]) for e in log if e["type"] == "connection_state"]
 
             # When the publisher leaves, its tracks are unpublished for everyone.
             await pub.command({"type": "leave"})

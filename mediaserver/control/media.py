@@ -234,6 +234,12 @@ class MediaSession:
             self.outbox[pid] = [{"type": "media_reset", "reason": reason}]
         return gone
 
+    def transports(self) -> dict[str, tuple[str, str]]:
+        """transport id -> (participant, "publish" | "subscribe"), for every open transport."""
+        out = {tid: (pid, "publish") for pid, tid in self.publish_transport.items()}
+        out.update({s.transport_id: (pid, "subscribe") for pid, s in self.subscribers.items() if s.transport_id})
+        return out
+
     def take_outbox(self, participant_id: str) -> list[dict]:
         return self.outbox.pop(participant_id, [])
 
