@@ -156,3 +156,27 @@ def test_nack_round_trip():
     packet = rtcp.nack(42, lost)
     [(pt, fmt, body)] = list(rtcp.packets(packet))
     assert rtcp.nack_request(pt, fmt, body) == (42, lost)
+
+
+def test_sender_reports_are_translated_per_subscriber(setup):
+    fw, peers = setup
+    sr = struct.pack("!BBHIIIIII", 0x80, rtcp.SR, 6, PUB_SSRC, 0xAAAA, 0xBBBB, 4000, 77, 9999)
+    out = transcript(fw, peers, [("pub", peers["pub"].out.protect_rtcp(sr), 1.0)])
+    got = {who: struct.unpack("!BBHIIIIII", p) for who, _, p in out}
+    assert got == {
+        "s1": (0x80, rtcp.SR, 6, 0x2001, 0xAAAA, 0xBBBB, 4000, 77, 9999),
+        "s2": (0x80, rtcp.SR, 6, 0x2002, 0xAAAA, 0xBBBB, 4000 + 90000, 77, 9999),
+    }
+
+
+def test_receiver_reports_give_per_subscriber_quality(setup):
+    fw, peers = setup
+    block = struct.pack("!IIIIII", 0x2001, (64 << 24) | 12, 1500, 33, 0, 0)
+    rr = struct.pack("!BBHI", 0x81, rtcp.RR, 7, 0x77) + block
+    assert transcript(fw, peers, [("s1", peers["s1"].out.protect_rtcp(rr), 1.0)]) == []  # consumed, not forwarded
+    q = fw.quality[("s1", 0x2001)]
+    assert (q["fraction_lost"], q["lost"], q["jitter"], q["highest_seq"]) == (0.25, 12, 33, 1500)
+    # A report about an SSRC s1 does not receive is ignored.
+    other = struct.pack("!BBHI", 0x81, rtcp.RR, 7, 0x77) + struct.pack("!IIIIII", 0x5555, 0, 0, 0, 0, 0)
+    transcript(fw, peers, [("s1", peers["s1"].out.protect_rtcp(other), 1.1)])
+    assert ("s1", 0x5555) not in fw.quality

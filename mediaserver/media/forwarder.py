@@ -54,6 +54,8 @@ class Forwarder:
     last_pli: dict[tuple[str, int], float] = field(default_factory=dict)
     # (publisher endpoint, publisher SSRC) -> {sequence number: plaintext packet}, the most recent ones
     cache: dict[tuple[str, int], dict[int, bytes]] = field(default_factory=dict)
+    # (subscriber endpoint, SSRC it sees) -> its latest reception report (loss, jitter)
+    quality: dict[tuple[str, int], dict] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
 
     # Control -------------------------------------------------------------------
@@ -151,6 +153,12 @@ class Forwarder:
         self.stats["rtcp_in"] += 1
         out = []
         for pt, fmt, packet in rtcp.packets(plain):
+            for block in rtcp.report_blocks(pt, fmt, packet):
+                if (ep.id, block["ssrc"]) in self.reverse:  # what a subscriber says of what we send it
+                    self.quality[(ep.id, block["ssrc"])] = block
+            if pt == rtcp.SR and len(packet) >= 28:
+                out += self._forward_sr(ep.id, packet)
+                continue
             lost = rtcp.nack_request(pt, fmt, packet)
             if lost is not None:
                 out += self._answer_nack(ep.id, *lost)
@@ -170,6 +178,18 @@ class Forwarder:
             self.last_pli[source] = now
             out.append((publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr))
             self.stats["pli_sent"] += 1
+        return out
+
+    def _forward_sr(self, publisher: str, packet: bytes) -> list[tuple[bytes, tuple]]:
+        """Each subscriber of the stream gets the publisher's sender report as its own (lip sync, RTT)."""
+        ssrc = struct.unpack_from("!I", packet, 4)[0]
+        out = []
+        for dst_id, route in self.routes.get((publisher, ssrc), {}).items():
+            dst = self.endpoints.get(dst_id)
+            if dst is None or not dst.ready:
+                continue
+            out.append((dst.tx.protect_rtcp(rtcp.translate_sr(packet, route.ssrc, route.ts_delta)), dst.addr))
+            self.stats["sr_forwarded"] += 1
         return out
 
     def _answer_nack(self, subscriber: str, media_ssrc: int, lost: list[int]) -> list[tuple[bytes, tuple]]:

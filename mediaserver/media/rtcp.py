@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Iterator
 
+SR, RR = 200, 201
 RTPFB, PSFB = 205, 206
 FMT_NACK = 1  # RFC 4585 section 6.2.1 (a transport-layer feedback message)
 FMT_PLI, FMT_FIR = 1, 4  # RFC 4585 section 6.3.1, RFC 5104 section 4.3.1
@@ -66,3 +67,33 @@ def nack(media_ssrc: int, lost: list[int], sender_ssrc: int = SERVER_SSRC) -> by
         fci += struct.pack("!HH", pid, blp)
     length = 2 + len(fci) // 4
     return struct.pack("!BBHII", 0x80 | FMT_NACK, RTPFB, length, sender_ssrc, media_ssrc) + fci
+
+
+def translate_sr(packet: bytes, ssrc: int, ts_delta: int) -> bytes:
+    """A sender report (RFC 3550 section 6.4.1) as one subscriber's stream: its SSRC, its RTP
+    timestamps, and no report blocks (those describe what the publisher receives)."""
+    ntp_hi, ntp_lo, rtp_ts, packets_sent, octets_sent = struct.unpack_from("!IIIII", packet, 8)
+    return struct.pack(
+        "!BBHIIIIII", 0x80, SR, 6, ssrc, ntp_hi, ntp_lo, (rtp_ts + ts_delta) & 0xFFFFFFFF, packets_sent, octets_sent
+    )
+
+
+def report_blocks(pt: int, count: int, packet: bytes) -> list[dict]:
+    """The reception report blocks of an SR or RR (RFC 3550 section 6.4)."""
+    if pt not in (SR, RR):
+        return []
+    start = 28 if pt == SR else 8
+    blocks = []
+    for i in range(count):
+        pos = start + 24 * i
+        if pos + 24 > len(packet):
+            break
+        ssrc, lost_word, highest, jitter, lsr, dlsr = struct.unpack_from("!IIIIII", packet, pos)
+        cumulative = lost_word & 0xFFFFFF
+        if cumulative & 0x800000:  # a signed 24-bit count
+            cumulative -= 1 << 24
+        blocks.append({
+            "ssrc": ssrc, "fraction_lost": (lost_word >> 24) / 256, "lost": cumulative,
+            "highest_seq": highest, "jitter": jitter, "lsr": lsr, "dlsr": dlsr,
+        })
+    return blocks
