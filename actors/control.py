@@ -69,6 +69,19 @@ class ControlPlane:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    async def media_stats(self) -> dict[str, dict]:
+        """Counters of every running media worker, by index."""
+        out = {}
+        for i in range(self.cfg["media_workers"]):
+            handle = cluster.find(names.media_worker(i))
+            if handle is None:
+                continue
+            try:
+                out[str(i)] = await cluster.call(handle, "stats")
+            except MediaserverError:
+                continue  # restarting: it shows again on the next scrape
+        return out
+
     async def tick(self) -> None:
         if self._directory is not None:
             await cluster.call(self._directory, "tick")

@@ -9,6 +9,16 @@ from tests.helpers import make_room, make_token
 from tests.media_peers import MediaClient, loopback_only_ice, wait_for
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format -> {'name{labels}': value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
 async def client(server, http, room, identity, role="publisher") -> MediaClient:
     c = MediaClient(server.ws_url)
     msg = await c.join(await make_token(http, room["id"], identity, role), room["id"])
@@ -62,6 +72,17 @@ async def test_publisher_reaches_three_subscribers_and_nobody_else(server):
             assert ("subscribe", "connected") in states, states
             log = (await http.get(f"/v1/sessions/{sid}/participants/{pub.id}")).json()["events"]
             assert ("publish", "connected") in [(e["data"]["pc"], e["data"]["state"]) for e in log if e["type"] == "connection_state"]
+
+            # One scrape shows the whole server: live figures from the store, forwarding from the worker.
+            metrics = (await http.get("/metrics")).text
+            figures = parse_metrics(metrics)
+            assert figures['mediaserver_participants'] >= 5
+            assert figures['mediaserver_sessions{status="live"}'] >= 2
+            assert figures['mediaserver_media_rtp_out_total{worker="0"}'] > 3 * 60
+            assert figures['mediaserver_media_bytes_out_total{worker="0"}'] > 0
+            assert figures['mediaserver_media_worker_cpu_seconds_total{worker="0"}'] > 0
+            assert figures['mediaserver_joins_total{result="joined"}'] >= 5
+            assert figures['mediaserver_ws_connections'] >= 5
 
             # When the publisher leaves, its tracks are unpublished for everyone.
             await pub.command({"type": "leave"})

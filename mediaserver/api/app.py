@@ -10,11 +10,13 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediaserver import __version__
 from mediaserver.api import rest, ws
+from mediaserver.api.metrics import GatewayMetrics
 from mediaserver.config import Settings
 from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
@@ -49,6 +51,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.store = store
     app.state.control = control
     app.state.reconnect_secret = reconnect_secret
+    app.state.metrics = GatewayMetrics()
     app.include_router(rest.router)
     app.add_api_websocket_route("/v1/ws", ws.websocket_endpoint)
 
@@ -72,6 +75,11 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return _error(500, "internal", "the server failed on this request; it has been logged")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        snapshot = {**await store.live_figures(), "workers": await control.media_stats()}
+        return Response(app.state.metrics.render(snapshot), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -47,6 +47,7 @@ class Connection:
         self.finished = False  # left, removed or ended: nothing to disconnect on close
         self.leaving = False  # a leave command is being carried out
         self._send_lock = asyncio.Lock()
+        self.metrics = state.metrics
 
     async def send(self, msg: m.ServerMessage) -> None:
         async with self._send_lock:
@@ -93,16 +94,20 @@ class Connection:
             else:
                 raise MediaserverError("not_joined", "the first message must be join or resume")
         except MediaserverError as e:
+            self.metrics.joins.labels(e.code).inc()
             await self.send(m.Error(id=first.id, code=e.code, message=e.message))
             code = m.CLOSE_SESSION_ENDED if e.code == "session_ended" else m.CLOSE_AUTH_FAILED
             return await self.close(code, e.code)
         except WebSocketDisconnect:
             await self._disconnected()
             return
+        self.metrics.joins.labels("resumed" if isinstance(first, m.Resume) else "joined").inc()
+        self.metrics.connections.inc()
         tasks = [asyncio.create_task(t) for t in (self.read_loop(), self.event_loop(), self.ping_loop())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.metrics.connections.dec()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

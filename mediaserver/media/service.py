@@ -6,6 +6,7 @@ The Ray actor in ``actors/media.py`` is a shell over this class; tests use it di
 from __future__ import annotations
 
 import dataclasses
+import resource
 from typing import Iterable
 
 from mediaserver.ids import new_id
@@ -72,4 +73,10 @@ class WorkerService:
         return {tid: t.state for tid in transport_ids if (t := self.worker.transports.get(tid))}
 
     async def stats(self) -> dict:
-        return {"port": self.worker.port, "transports": len(self.worker.transports), **self.worker.stats}
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "port": self.worker.port,
+            "transports": len(self.worker.transports),
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            **self.worker.stats,
+        }

@@ -301,6 +301,22 @@ class Store:
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(stmt)).mappings()]
 
+    async def live_figures(self) -> dict:
+        """Unended sessions by status, and connected participants, across all teams (for metrics)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(sessions.c.status, sa.func.count()).where(sessions.c.status != "ended").group_by(sessions.c.status)
+            )
+            by_status = {status: n for status, n in rows}
+            connected = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(participants.join(sessions, sessions.c.id == participants.c.session_id))
+                    .where(participants.c.state == "connected", sessions.c.status != "ended")
+                )
+            ).scalar_one()
+        return {"sessions": {s: by_status.get(s, 0) for s in ("live", "ending_soon")}, "participants": int(connected)}
+
     async def list_participants(self, session_id: str) -> list[dict]:
         q = sa.select(participants).where(participants.c.session_id == session_id).order_by(participants.c.joined_at)
         async with self.engine.connect() as conn:
