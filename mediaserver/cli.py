@@ -20,7 +20,7 @@ from mediaserver.errors import MediaserverError
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         k: getattr(args, k, None)
-        for k in ("host", "port", "data_dir", "database_url", "ray_address", "grace_seconds", "log_level")
+        for k in ("host", "port", "public_url", "data_dir", "database_url", "ray_address", "grace_seconds", "log_level")
     }
     return load_settings(args.config, **overrides)
 
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="publisher", choices=list(tokens.ROLES))
     p.add_argument("--ttl", type=int, help="seconds (default 24 h, at most 30 days)")
     p.add_argument("--api-key", help="key id to sign with (default: the team's first key)")
+    p.add_argument("--public-url", help="the server's address for the join link (default: from the config, http://127.0.0.1:8080)")
     p.set_defaults(func=cmd_token_create)
 
     apikey = sub.add_parser("apikey", help="API keys").add_subparsers(dest="action", required=True)
