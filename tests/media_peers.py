@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fractions
 from dataclasses import dataclass, field
 
 import av
@@ -102,7 +101,6 @@ async def wait_for(check, timeout: float = 20.0, interval: float = 0.1) -> None:
         await asyncio.sleep(interval)
 
 
-__all__ = ["fractions"]
 
 
 class MediaClient:
@@ -232,3 +230,13 @@ class MediaClient:
         for pc in (self.pub_pc, self.sub_pc):
             if pc is not None:
                 await pc.close()
+
+
+async def join_media(server, http, room: dict, identity: str, role: str = "publisher") -> MediaClient:
+    """A MediaClient that has joined ``room`` through ``server``."""
+    from tests.helpers import make_token
+
+    c = MediaClient(server.ws_url)
+    msg = await c.join(await make_token(http, room["id"], identity, role), room["id"])
+    assert msg["type"] == "joined", msg
+    return c

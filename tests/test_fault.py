@@ -19,7 +19,6 @@ from tests.helpers import (
     free_port,
     join_room,
     make_room,
-    make_token,
     server_env,
 )
 
@@ -150,27 +149,18 @@ async def test_session_owns_its_breakout_room_actors(fault_server, ray_client):
         await eventually(retired, timeout=20)
 
 
-async def media_client(server, http, room, identity, role="publisher"):
-    from tests.media_peers import MediaClient
-
-    c = MediaClient(server.ws_url)
-    msg = await c.join(await make_token(http, room["id"], identity, role), room["id"])
-    assert msg["type"] == "joined", msg
-    return c
-
-
 async def test_media_worker_killed_mid_session(fault_server, ray_client):
     """Ray restarts the media worker; the session tells its participants to start media over, and
     media flows again without anyone joining again by hand."""
     from actors import names
-    from tests.media_peers import loopback_only_ice, wait_for
+    from tests.media_peers import join_media, loopback_only_ice, wait_for
 
     loopback_only_ice()
     server = fault_server
     async with server.http() as http:
         room = await make_room(http, name="worker crash")
-        pub = await media_client(server, http, room, "pub")
-        sub = await media_client(server, http, room, "sub", "subscriber")
+        pub = await join_media(server, http, room, "pub")
+        sub = await join_media(server, http, room, "sub", "subscriber")
         try:
             await pub.publish()
             await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
@@ -192,14 +182,14 @@ async def test_media_worker_killed_mid_session(fault_server, ray_client):
 async def test_participant_reconnects_and_media_resumes(fault_server):
     """A publisher loses its connection (socket and peer connections) and comes back inside the
     grace period: same participant, and its viewers get its media again."""
-    from tests.media_peers import loopback_only_ice, wait_for
+    from tests.media_peers import join_media, loopback_only_ice, wait_for
 
     loopback_only_ice()
     server = fault_server
     async with server.http() as http:
         room = await make_room(http, name="flaky network")
-        pub = await media_client(server, http, room, "pub")
-        sub = await media_client(server, http, room, "sub", "subscriber")
+        pub = await join_media(server, http, room, "pub")
+        sub = await join_media(server, http, room, "sub", "subscriber")
         try:
             await pub.publish()
             await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)

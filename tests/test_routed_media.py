@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.helpers import make_room, make_token
-from tests.media_peers import MediaClient, loopback_only_ice, wait_for
+from tests.helpers import make_room
+from tests.media_peers import join_media, loopback_only_ice, wait_for
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -19,21 +19,14 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-async def client(server, http, room, identity, role="publisher") -> MediaClient:
-    c = MediaClient(server.ws_url)
-    msg = await c.join(await make_token(http, room["id"], identity, role), room["id"])
-    assert msg["type"] == "joined", msg
-    return c
-
-
 async def test_publisher_reaches_three_subscribers_and_nobody_else(server):
     loopback_only_ice()
     async with server.http() as http:
         room = await make_room(http, name="routed", media_mode="routed")
         other_room = await make_room(http, name="elsewhere", media_mode="routed")
-        pub = await client(server, http, room, "alice", "moderator")
-        subs = [await client(server, http, room, f"viewer{i}", "subscriber") for i in range(3)]
-        outsider = await client(server, http, other_room, "outsider")
+        pub = await join_media(server, http, room, "alice", "moderator")
+        subs = [await join_media(server, http, room, f"viewer{i}", "subscriber") for i in range(3)]
+        outsider = await join_media(server, http, other_room, "outsider")
         try:
             reply = await pub.publish()
             assert reply["type"] == "answer", reply
@@ -96,7 +89,7 @@ async def test_bad_sdp_is_refused_and_changes_nothing(server):
     loopback_only_ice()
     async with server.http() as http:
         room = await make_room(http, name="bad sdp")
-        a = await client(server, http, room, "a")
+        a = await join_media(server, http, room, "a")
         try:
             for sdp, code in [
                 ("hello", "invalid_sdp"),
@@ -126,7 +119,7 @@ async def test_two_publishers_see_each_other(server):
     loopback_only_ice()
     async with server.http() as http:
         room = await make_room(http, name="two-way")
-        a, b = await asyncio.gather(client(server, http, room, "a"), client(server, http, room, "b"))
+        a, b = await asyncio.gather(join_media(server, http, room, "a"), join_media(server, http, room, "b"))
         try:
             replies = await asyncio.gather(a.publish(), b.publish())
             assert [r["type"] for r in replies] == ["answer", "answer"], replies
