@@ -90,6 +90,18 @@ class SessionActor:
                 self.media = MediaSession(RemoteWorker(handle))
         return self.media
 
+    async def _adopt_media(self) -> None:
+        """A restarted actor knows the participants (from the store) but not their peer connections:
+        close what the worker still has of them and have everyone start media over."""
+        media = await self._media()
+        pids = list(self.core.participants)
+        await cluster.call(self._worker, "close_participants", pids)
+        async with self._media_lock:
+            for pid in pids:
+                await media.join(pid)
+            media.reset("the session was restored after a fault")
+        await self.core.notify()
+
     async def _check_worker(self) -> None:
         """If the media worker restarted, every transport went with it: start media over."""
         if self._worker is None or self.core.ended:
@@ -220,6 +232,8 @@ class SessionActor:
     async def tick(self) -> str:
         await self.core.ensure_loaded()
         await self.core.tick()
+        if self.media is None and self.core.participants and not self.core.ended:
+            await self._adopt_media()
         await self._release_departed()
         await self._check_worker()
         await self._record_connection_states()

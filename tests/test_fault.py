@@ -205,3 +205,32 @@ async def test_participant_reconnects_and_media_resumes(fault_server):
         finally:
             await pub.close()
             await sub.close()
+
+
+async def test_session_actor_restart_restores_media(fault_server, ray_client):
+    """After a SessionActor restart, participants start media over and newcomers see the
+    tracks that were already published."""
+    from actors import names
+    from tests.media_peers import join_media, loopback_only_ice, wait_for
+
+    loopback_only_ice()
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="actor crash with media")
+        pub = await join_media(server, http, room, "pub")
+        sub = await join_media(server, http, room, "sub", "subscriber")
+        late = None
+        try:
+            await pub.publish()
+            await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
+            sid = pub.joined["session"]["id"]
+            os.kill(await ray_client.call(ray_client.find(names.session(sid)), "pid"), signal.SIGKILL)
+            await wait_for(lambda: pub.resets >= 1 and sub.resets >= 1, timeout=60)
+            await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
+            late = await join_media(server, http, room, "late", "subscriber")
+            assert {t["participant_id"] for t in late.joined["tracks"]} == {pub.id}
+            await wait_for(lambda: late.got.video_frames >= 20, timeout=60)
+        finally:
+            for c in (pub, sub, late):
+                if c is not None:
+                    await c.close()

@@ -38,6 +38,13 @@ class WorkerService:
     async def close_transport(self, transport_id: str) -> None:
         self.worker.close_transport(transport_id)
 
+    async def close_participants(self, participant_ids: list[str]) -> int:
+        """Close every transport of these participants (their session lost track of them)."""
+        gone = [t.id for t in self.worker.transports.values() if t.participant_id in set(participant_ids)]
+        for tid in gone:
+            self.worker.close_transport(tid)
+        return len(gone)
+
     async def publish(self, transport_id: str, offer: str) -> dict:
         answer = self.worker.publish(transport_id, offer)
         tracks = self.worker.transports[transport_id].tracks
