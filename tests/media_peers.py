@@ -74,9 +74,16 @@ def collect(pc: RTCPeerConnection) -> Received:
     return got
 
 
-async def publisher_offer(pc: RTCPeerConnection, *, video: bool = True, audio: bool = True) -> str:
+async def publisher_offer(
+    pc: RTCPeerConnection, *, video: bool = True, audio: bool = True, video_codec: str | None = None
+) -> str:
     if video:
-        pc.addTrack(ChangingVideo())
+        sender = pc.addTrack(ChangingVideo())
+        if video_codec:  # offer only this codec, as an app that insists on it would
+            from aiortc import RTCRtpSender
+
+            codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == f"video/{video_codec.lower()}"]
+            next(t for t in pc.getTransceivers() if t.sender is sender).setCodecPreferences(codecs)
     if audio:
         pc.addTrack(AudioStreamTrack())
     await pc.setLocalDescription(await pc.createOffer())

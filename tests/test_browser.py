@@ -90,3 +90,22 @@ async def test_two_browsers_see_each_other(server, browser):
             assert asyncio.get_running_loop().time() < deadline, (await frames(ann), await frames(bob), bob_before)
             await asyncio.sleep(0.5)
         assert errors == [], errors
+
+
+async def test_vp9_from_the_browser_is_received_as_vp9(server, browser):
+    async with server.http() as http:
+        room = await make_room(http, name="VP9 call", media_mode="routed")
+        pages = []
+        for identity in ("vp9-a", "vp9-b"):
+            page = await (await browser.new_context()).new_page()
+            token = await make_token(http, room["id"], identity)
+            await page.goto(f"{server.url}/join/{room['id']}?token={token}&codec=VP9")
+            pages.append(page)
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            got = [await p.evaluate("window.room.receivedVideo()") for p in pages]
+            if all(g and g[0]["framesDecoded"] > 10 for g in got):
+                break
+            assert asyncio.get_running_loop().time() < deadline, got
+            await asyncio.sleep(0.5)
+        assert all(g[0]["codec"] == "video/VP9" for g in got), got

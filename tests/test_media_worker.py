@@ -182,3 +182,20 @@ async def test_disallowed_network_gets_no_answer(worker):
     assert t.state == "new" and t.addr is None
     assert worker.stats["drop_stun_not_allowed"] >= 1
     await pc.close()
+
+
+async def test_h264_publisher_reaches_subscribers_as_h264(worker):
+    pc = new_pc()
+    pub = worker.create_transport("alice", "publish")
+    answer = worker.publish(pub.id, await publisher_offer(pc, audio=False, video_codec="H264"))
+    assert "H264/90000" in answer and "packetization-mode=1" in answer
+    await accept(pc, answer)
+    assert [t.codec.name for t in pub.tracks] == ["H264"]
+    sub_pc, _, got, outs = await subscribe(worker, "bob", pub)
+    try:
+        assert outs[0].codec.name == "H264"  # a subscriber gets the publisher's codec
+        await wait_for(lambda: got.video_frames >= 20, timeout=30)
+        assert len(set(got.lumas)) >= 5
+    finally:
+        await sub_pc.close()
+        await pc.close()

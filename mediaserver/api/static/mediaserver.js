@@ -93,7 +93,7 @@ export class Room extends EventTarget {
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
     this.publishPc = this.subscribePc = null;
     this._emit("media_reset", {});
-    if (this._stream) await this.publish(this._stream);
+    if (this._stream) await this.publish(this._stream, this._publishOptions);
   }
 
   _handle(msg) {
@@ -135,10 +135,19 @@ export class Room extends EventTarget {
     });
   }
 
-  async publish(stream) {
+  // options.videoCodec ("VP8", "H264", "VP9") offers only that codec; subscribers receive it as sent.
+  async publish(stream, options = {}) {
     this._stream = stream;
+    this._publishOptions = options;
     if (!this.publishPc) this.publishPc = new RTCPeerConnection(PC_CONFIG);
-    for (const track of stream.getTracks()) this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    for (const track of stream.getTracks()) {
+      const transceiver = this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+      if (track.kind === "video" && options.videoCodec && transceiver.setCodecPreferences) {
+        const wanted = RTCRtpSender.getCapabilities("video").codecs.filter((c) => c.mimeType.toLowerCase() === `video/${options.videoCodec.toLowerCase()}`);
+        if (!wanted.length) throw new MediaserverError("unsupported_codec", `this browser cannot send ${options.videoCodec}`);
+        transceiver.setCodecPreferences(wanted);
+      }
+    }
     await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
     const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp });
     await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
@@ -177,7 +186,11 @@ export class Room extends EventTarget {
     if (!this.subscribePc) return [];
     const stats = await this.subscribePc.getStats();
     const out = [];
-    stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0 }); });
+    stats.forEach((s) => {
+      if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+      const codec = s.codecId && stats.get(s.codecId);
+      out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0, codec: codec ? codec.mimeType : null });
+    });
     return out;
   }
 }
