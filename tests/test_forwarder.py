@@ -180,3 +180,30 @@ def test_receiver_reports_give_per_subscriber_quality(setup):
     other = struct.pack("!BBHI", 0x81, rtcp.RR, 7, 0x77) + struct.pack("!IIIIII", 0x5555, 0, 0, 0, 0, 0)
     transcript(fw, peers, [("s1", peers["s1"].out.protect_rtcp(other), 1.1)])
     assert ("s1", 0x5555) not in fw.quality
+
+
+def test_remb_passes_the_lowest_estimate_to_the_publisher(setup):
+    fw, peers = setup
+
+    def remb(sub, ssrc, bitrate):
+        return peers[sub].out.protect_rtcp(rtcp.remb(bitrate, [ssrc], sender_ssrc=0x77))
+
+    out = transcript(fw, peers, [
+        ("s1", remb("s1", 0x2001, 1_500_000), 1.0),
+        ("s2", remb("s2", 0x2002, 600_000), 1.2),  # inside 500 ms: remembered, not sent
+        ("s1", remb("s1", 0x2001, 2_000_000), 1.6),  # sent: the lowest is still s2's
+        ("s1", remb("s1", 0x9999, 100), 2.5),  # an SSRC s1 does not receive: ignored
+    ])
+    sent = [rtcp.remb_request(p[1], p[0] & 0x1F, p) for who, _, p in out if who == "pub"]
+    assert sent == [(1_500_000, [PUB_SSRC]), (600_000, [PUB_SSRC])]
+    # Once s2 stops receiving the track, its low estimate no longer holds the publisher back.
+    fw.remove_route("pub", PUB_SSRC, "s2")
+    out = transcript(fw, peers, [("s1", remb("s1", 0x2001, 2_000_000), 3.0)])
+    assert [rtcp.remb_request(p[1], p[0] & 0x1F, p) for _, _, p in out] == [(2_000_000, [PUB_SSRC])]
+
+
+def test_remb_round_trip():
+    for bitrate in (0, 1, 300_000, 2_500_000, 10**9):
+        packet = rtcp.remb(bitrate, [1, 2])
+        got, ssrcs = rtcp.remb_request(packet[1], packet[0] & 0x1F, packet)
+        assert ssrcs == [1, 2] and got <= bitrate and got >= bitrate * (1 - 2**-17)

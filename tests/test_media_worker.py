@@ -199,3 +199,24 @@ async def test_h264_publisher_reaches_subscribers_as_h264(worker):
     finally:
         await sub_pc.close()
         await pc.close()
+
+
+async def test_consent_lapses_after_30_seconds_without_checks(worker):
+    """RFC 7675: stop sending to an address whose consent was not refreshed for 30 s; the
+    client's next consent check (aioice sends one every few seconds) restores it."""
+    import time
+
+    offset = [0.0]
+    worker.clock = lambda: time.monotonic() + offset[0]
+    pub_pc, pub = await publish(worker, "alice")
+    sub_pc, sub, got, _ = await subscribe(worker, "bob", pub)
+    try:
+        await wait_for(lambda: got.video_frames >= 10, timeout=30)
+        offset[0] += 31  # as if the subscriber had not answered anything for 31 s
+        await wait_for(lambda: worker.stats["drop_no_consent"] > 0, timeout=5)
+        await wait_for(lambda: worker.clock() - sub.consent_at < 10, timeout=20)  # a fresh check arrived
+        resumed = got.video_frames
+        await wait_for(lambda: got.video_frames > resumed + 10, timeout=20)
+    finally:
+        await sub_pc.close()
+        await pub_pc.close()

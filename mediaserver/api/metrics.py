@@ -21,6 +21,7 @@ WORKER_COUNTERS = {
     "pli_sent": "keyframe requests passed to publishers",
     "pli_throttled": "keyframe requests held back by the 500 ms limit",
     "sr_forwarded": "sender reports translated for subscribers",
+    "remb_sent": "bandwidth estimates (the lowest of the subscribers') passed to publishers",
 }
 
 

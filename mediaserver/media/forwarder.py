@@ -21,6 +21,7 @@ from mediaserver.media.srtp import SrtpKeys
 MTU = 1500  # larger datagrams are never forwarded
 PLI_INTERVAL = 0.5  # at most one keyframe request per track per 500 ms
 NACK_CACHE = 512  # recent packets kept per track to answer NACKs (about 1 s of 4 Mbps video)
+REMB_INTERVAL = 0.5  # the publisher hears the lowest subscriber estimate at most this often per track
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Forwarder:
     cache: dict[tuple[str, int], dict[int, bytes]] = field(default_factory=dict)
     # (subscriber endpoint, SSRC it sees) -> its latest reception report (loss, jitter)
     quality: dict[tuple[str, int], dict] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> {subscriber: its latest bandwidth estimate in bit/s}
+    estimates: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+    last_remb: dict[tuple[str, int], float] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
 
     # Control -------------------------------------------------------------------
@@ -159,6 +163,10 @@ class Forwarder:
             if pt == rtcp.SR and len(packet) >= 28:
                 out += self._forward_sr(ep.id, packet)
                 continue
+            estimate = rtcp.remb_request(pt, fmt, packet)
+            if estimate is not None:
+                out += self._pass_remb(ep.id, *estimate, now)
+                continue
             lost = rtcp.nack_request(pt, fmt, packet)
             if lost is not None:
                 out += self._answer_nack(ep.id, *lost)
@@ -178,6 +186,27 @@ class Forwarder:
             self.last_pli[source] = now
             out.append((publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr))
             self.stats["pli_sent"] += 1
+        return out
+
+    def _pass_remb(self, subscriber: str, bitrate: int, ssrcs: list[int], now: float) -> list[tuple[bytes, tuple]]:
+        """Without simulcast one stream serves everyone, so the publisher is told the lowest
+        estimate among its subscribers (the slowest sets the pace)."""
+        out = []
+        for ssrc in ssrcs:
+            source = self.reverse.get((subscriber, ssrc))
+            if source is None:
+                continue
+            estimates = self.estimates.setdefault(source, {})
+            estimates[subscriber] = bitrate
+            # Forget the estimates of subscribers that no longer receive this track.
+            for gone in [s for s in estimates if s not in self.routes.get(source, {})]:
+                del estimates[gone]
+            publisher = self.endpoints.get(source[0])
+            if publisher is None or not publisher.ready or now - self.last_remb.get(source, float("-inf")) < REMB_INTERVAL:
+                continue
+            self.last_remb[source] = now
+            out.append((publisher.tx.protect_rtcp(rtcp.remb(min(estimates.values()), [source[1]])), publisher.addr))
+            self.stats["remb_sent"] += 1
         return out
 
     def _forward_sr(self, publisher: str, packet: bytes) -> list[tuple[bytes, tuple]]:

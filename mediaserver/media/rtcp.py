@@ -9,6 +9,7 @@ SR, RR = 200, 201
 RTPFB, PSFB = 205, 206
 FMT_NACK = 1  # RFC 4585 section 6.2.1 (a transport-layer feedback message)
 FMT_PLI, FMT_FIR = 1, 4  # RFC 4585 section 6.3.1, RFC 5104 section 4.3.1
+FMT_AFB = 15  # application-layer feedback; REMB (draft-alvestrand-rmcat-remb) is one
 SERVER_SSRC = 0x6D656469  # "medi": the sender SSRC of the feedback we originate
 
 
@@ -97,3 +98,23 @@ def report_blocks(pt: int, count: int, packet: bytes) -> list[dict]:
             "highest_seq": highest, "jitter": jitter, "lsr": lsr, "dlsr": dlsr,
         })
     return blocks
+
+
+def remb_request(pt: int, fmt: int, packet: bytes) -> tuple[int, list[int]] | None:
+    """(bitrate in bit/s, SSRCs it applies to) of a REMB message, else None."""
+    if pt != PSFB or fmt != FMT_AFB or len(packet) < 20 or packet[12:16] != b"REMB":
+        return None
+    count = packet[16]
+    exp, mantissa = packet[17] >> 2, ((packet[17] & 3) << 16) | (packet[18] << 8) | packet[19]
+    ssrcs = [struct.unpack_from("!I", packet, 20 + 4 * i)[0] for i in range(count) if 24 + 4 * i <= len(packet)]
+    return mantissa << exp, ssrcs
+
+
+def remb(bitrate: int, ssrcs: list[int], sender_ssrc: int = SERVER_SSRC) -> bytes:
+    exp = 0
+    while bitrate >> exp > 0x3FFFF:  # an 18-bit mantissa
+        exp += 1
+    mantissa = bitrate >> exp
+    body = b"REMB" + bytes([len(ssrcs), (exp << 2) | (mantissa >> 16), (mantissa >> 8) & 0xFF, mantissa & 0xFF])
+    body += b"".join(struct.pack("!I", s) for s in ssrcs)
+    return struct.pack("!BBHII", 0x80 | FMT_AFB, PSFB, 2 + len(body) // 4, sender_ssrc, 0) + body

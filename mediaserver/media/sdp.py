@@ -22,7 +22,7 @@ from mediaserver.media.dtls import Fingerprint
 # What we route, in preference order: a subscriber gets the publisher's codec.
 AUDIO_CODECS = ("opus",)
 VIDEO_CODECS = ("VP8", "H264", "VP9")
-VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir")
+VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
 
 
 @dataclass(frozen=True)
