@@ -220,3 +220,28 @@ async def test_consent_lapses_after_30_seconds_without_checks(worker):
     finally:
         await sub_pc.close()
         await pub_pc.close()
+
+
+async def test_checks_before_the_answer_arrives_are_answered(worker):
+    """A subscriber's ICE checks may reach us before its SDP answer does (the answer travels
+    through the gateway and the session): they must be answered, and media must then flow."""
+    pub_pc, pub = await publish(worker, "alice")
+    pc = new_pc()
+    got = collect(pc)
+    t = worker.create_transport("late-answer", "subscribe")
+    outs = [
+        OutgoingTrack(mid=str(i), kind=tr.kind, ssrc=random.getrandbits(32), codec=tr.codec, stream_id="s", track_id=f"t{i}")
+        for i, tr in enumerate(pub.tracks)
+    ]
+    answer = await answer_offer(pc, worker.subscribe_offer(t.id, outs))
+    try:
+        await wait_for(lambda: t.addr is not None, timeout=10)  # checked and answered, no answer yet
+        assert t.remote is None
+        await asyncio.sleep(1.5)  # the answer is slow to arrive
+        worker.subscribe_answer(t.id, answer)
+        for tr, out in zip(pub.tracks, outs):
+            worker.route(pub.id, tr.ssrc, t.id, out.ssrc, out.codec.payload_type)
+        await wait_for(lambda: got.video_frames >= 10, timeout=30)
+    finally:
+        await pc.close()
+        await pub_pc.close()

@@ -196,8 +196,11 @@ class MediaWorker:
             return
 
         def password_for(ufrag: str) -> str | None:
+            # Checks can beat the client's SDP answer to us (it starts ICE as soon as it has
+            # answered): answer them anyway, as RFC 8445 section 7.3 requires; MESSAGE-INTEGRITY
+            # needs only our password. DTLS waits for the answer's fingerprint.
             t = self._by_ufrag.get(ufrag)
-            return t.ice.pwd if t is not None and t.remote is not None else None
+            return t.ice.pwd if t is not None else None
 
         result = answer_binding(data, addr, password_for)
         if result is None:
