@@ -207,3 +207,16 @@ def test_remb_round_trip():
         packet = rtcp.remb(bitrate, [1, 2])
         got, ssrcs = rtcp.remb_request(packet[1], packet[0] & 0x1F, packet)
         assert ssrcs == [1, 2] and got <= bitrate and got >= bitrate * (1 - 2**-17)
+
+
+def test_a_subscriber_that_becomes_ready_gets_keyframes_requested(setup):
+    fw, peers = setup
+    fw.set_route("pub", 0x4444, "s1", Route(ssrc=0x2004, payload_type=96, video=True))  # a video track
+    fw.set_route("pub", 0x5555, "s1", Route(ssrc=0x2005, payload_type=111))  # audio: no keyframes
+    out = fw.keyframes_for("s1", 5.0)
+    [(pkt, to)] = out
+    assert to == PUB
+    assert struct.unpack_from("!BBHII", peers["pub"].inn.unprotect_rtcp(pkt)) == (0x81, 206, 2, rtcp.SERVER_SSRC, 0x4444)
+    assert fw.keyframes_for("s1", 5.1) == []  # throttled like any PLI
+    fw.add_endpoint("s3")
+    assert fw.keyframes_for("s3", 9.0) == []  # not ready: nothing to ask for yet

@@ -41,7 +41,7 @@ async def subscribe(worker: MediaWorker, pid: str, publisher_transport):
     ]
     worker.subscribe_answer(t.id, await answer_offer(pc, worker.subscribe_offer(t.id, outs)))
     for tr, out in zip(publisher_transport.tracks, outs):
-        worker.route(publisher_transport.id, tr.ssrc, t.id, out.ssrc, out.codec.payload_type)
+        worker.route(publisher_transport.id, tr.ssrc, t.id, out.ssrc, out.codec.payload_type, tr.kind == "video")
     return pc, t, got, outs
 
 
@@ -240,7 +240,7 @@ async def test_checks_before_the_answer_arrives_are_answered(worker):
         await asyncio.sleep(1.5)  # the answer is slow to arrive
         worker.subscribe_answer(t.id, answer)
         for tr, out in zip(pub.tracks, outs):
-            worker.route(pub.id, tr.ssrc, t.id, out.ssrc, out.codec.payload_type)
+            worker.route(pub.id, tr.ssrc, t.id, out.ssrc, out.codec.payload_type, tr.kind == "video")
         await wait_for(lambda: got.video_frames >= 10, timeout=30)
     finally:
         await pc.close()

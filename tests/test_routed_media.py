@@ -123,7 +123,15 @@ async def test_two_publishers_see_each_other(server):
         try:
             replies = await asyncio.gather(a.publish(), b.publish())
             assert [r["type"] for r in replies] == ["answer", "answer"], replies
-            await wait_for(lambda: a.got.video_frames >= 20 and b.got.video_frames >= 20, timeout=60)
+            try:
+                await wait_for(lambda: a.got.video_frames >= 20 and b.got.video_frames >= 20, timeout=60)
+            except AssertionError:
+                worker = {k: v for k, v in parse_metrics((await http.get("/metrics")).text).items() if "media_" in k and v}
+                raise AssertionError(
+                    f"a: {a.got.video_frames} frames, {a.offers_answered} offers, {a.errors}, pcs {a.pub_pc.connectionState}/{a.sub_pc.connectionState}; "
+                    f"b: {b.got.video_frames} frames, {b.offers_answered} offers, {b.errors}, pcs {b.pub_pc.connectionState}/{b.sub_pc.connectionState}; "
+                    f"worker: {worker}"
+                ) from None
             assert a.errors == [] and b.errors == []
         finally:
             await a.close()

@@ -30,6 +30,7 @@ class Route:
     payload_type: int
     seq_delta: int = 0
     ts_delta: int = 0
+    video: bool = False  # a new subscriber of a video track needs a keyframe
 
 
 @dataclass
@@ -177,15 +178,31 @@ class Forwarder:
             source = self.reverse.get((ep.id, media_ssrc))
             if source is None:
                 continue
-            if now - self.last_pli.get(source, float("-inf")) < PLI_INTERVAL:
-                self.stats["pli_throttled"] += 1
-                continue
-            publisher = self.endpoints.get(source[0])
-            if publisher is None or not publisher.ready:
-                continue
-            self.last_pli[source] = now
-            out.append((publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr))
-            self.stats["pli_sent"] += 1
+            out += self._request_keyframe(source, now)
+        return out
+
+    def _request_keyframe(self, source: tuple[str, int], now: float) -> list[tuple[bytes, tuple]]:
+        if now - self.last_pli.get(source, float("-inf")) < PLI_INTERVAL:
+            self.stats["pli_throttled"] += 1
+            return []
+        publisher = self.endpoints.get(source[0])
+        if publisher is None or not publisher.ready:
+            return []
+        self.last_pli[source] = now
+        self.stats["pli_sent"] += 1
+        return [(publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr)]
+
+    def keyframes_for(self, subscriber: str, now: float) -> list[tuple[bytes, tuple]]:
+        """Keyframe requests for every video track routed to a subscriber that just became able
+        to receive: a decoder can start only on a keyframe, and encoders send them on request."""
+        sub = self.endpoints.get(subscriber)
+        if sub is None or not sub.ready:
+            return []
+        out = []
+        for source, routes in self.routes.items():
+            route = routes.get(subscriber)
+            if route is not None and route.video:
+                out += self._request_keyframe(source, now)
         return out
 
     def _pass_remb(self, subscriber: str, bitrate: int, ssrcs: list[int], now: float) -> list[tuple[bytes, tuple]]:

@@ -70,8 +70,8 @@ class WorkerService:
     async def subscribe_answer(self, transport_id: str, answer: str) -> None:
         self.worker.subscribe_answer(transport_id, answer)
 
-    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int) -> None:
-        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type)
+    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool = False) -> None:
+        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type, video)
 
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None:
         self.worker.unroute(src, src_ssrc, dst)

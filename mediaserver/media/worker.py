@@ -156,8 +156,10 @@ class MediaWorker:
             raise MediaserverError("invalid_sdp", "ICE restarts take a new transport")
         t.remote = remote
 
-    def route(self, src_tid: str, src_ssrc: int, dst_tid: str, out_ssrc: int, payload_type: int) -> None:
-        self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type))
+    def route(self, src_tid: str, src_ssrc: int, dst_tid: str, out_ssrc: int, payload_type: int, video: bool = False) -> None:
+        self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type, video=video))
+        for pkt, to in self.forwarder.keyframes_for(dst_tid, self.clock()):
+            self._send_consented(pkt, to)
 
     def unroute(self, src_tid: str, src_ssrc: int, dst_tid: str) -> None:
         self.forwarder.remove_route(src_tid, src_ssrc, dst_tid)
@@ -236,6 +238,8 @@ class MediaWorker:
         elif t.dtls.done and not was_done:
             self.forwarder.set_keys(t.id, t.dtls.keys)
             self._set_state(t, "connected")
+            for pkt, to in self.forwarder.keyframes_for(t.id, self.clock()):
+                self._send_consented(pkt, to)
 
     def _set_state(self, t: Transport, state: str) -> None:
         t.state = state
