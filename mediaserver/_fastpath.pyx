@@ -1,23 +1,152 @@
 # cython: language_level=3
-"""The routed media fast path (C level, GIL released).
+# distutils: language = c++
+"""The routed media fast path: SRTP/SRTCP forwarding in C, with the GIL released.
 
-This first part holds the per-packet primitives the forwarding loop is built
-from: demultiplexing by first byte (RFC 7983) and rewriting an RTP header for a
-subscriber (RFC 3550 section 5.1). ``mediaserver.fastpath_ref`` is the
-pure-Python reference; tests check the two agree packet for packet.
+``FastPath`` owns a worker's UDP socket once ``run()`` is called from a thread: a
+batch loop over ``recvmmsg``/``sendmmsg`` demultiplexes by first byte (RFC 7983),
+forwards RTP and answers or forwards RTCP itself, and queues STUN and DTLS for
+the Python slow path (an eventfd tells the asyncio loop). Without a socket the
+same code runs one packet at a time (``handle_rtp``/``handle_rtcp``), which is how
+tests compare it packet for packet with the pure-Python reference,
+``mediaserver.media.forwarder.Forwarder``, whose behaviour it must match.
+
+Crypto is libsrtp as pylibsrtp ships it: its cffi module gives the addresses of
+``srtp_protect`` and friends and of each session's ``srtp_t``, which C calls
+directly. All state sits behind one mutex: the loop holds it per received batch,
+control calls from Python hold it briefly.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+import socket as _socket
+import struct as _struct
+from collections import Counter
+
+from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
+
+from cython.operator cimport dereference as deref, preincrement as inc
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memset
+from libcpp.string cimport string
+from libcpp.unordered_map cimport unordered_map
+from libcpp.vector cimport vector
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport close, read, write
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t*, void*)
+    int pthread_mutex_lock(pthread_mutex_t*)
+    int pthread_mutex_unlock(pthread_mutex_t*)
+    int pthread_mutex_destroy(pthread_mutex_t*)
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+    uint32_t htonl(uint32_t)
+    uint32_t ntohl(uint32_t)
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int, mmsghdr*, unsigned int, int, timespec*)
+    int sendmmsg(int, mmsghdr*, unsigned int, int)
+    int AF_INET
+    int MSG_DONTWAIT
+    int MSG_TRUNC
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd*, unsigned long, int)
+    short POLLIN
+    short POLLOUT
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int, int)
+    int EFD_NONBLOCK
+    int EFD_CLOEXEC
+
+from libc.errno cimport EAGAIN, errno  # EWOULDBLOCK is EAGAIN on Linux
+
+ctypedef int (*srtp_fn)(void* ctx, void* hdr, int* len_ptr) noexcept nogil
+
 
 # Packet kinds, same values as fastpath_ref.
-DEF KIND_DROP = 0
-DEF KIND_STUN = 1
-DEF KIND_DTLS = 2
-DEF KIND_RTP = 3
-DEF KIND_RTCP = 4
+cdef enum:
+    KIND_DROP = 0
+    KIND_STUN = 1
+    KIND_DTLS = 2
+    KIND_RTP = 3
+    KIND_RTCP = 4
 
 KIND_NAMES = ("drop", "stun", "dtls", "rtp", "rtcp")
 
+cdef enum:
+    MTU = 1500  # larger datagrams are never forwarded (the reference's MTU)
+    BUF = 2048  # room for a datagram over the MTU (to count it) and for SRTP trailers
+    BATCH = 64  # datagrams per recvmmsg
+    OUT_MAX = 256  # datagrams per sendmmsg
+    SLOW_MAX = 512  # STUN/DTLS datagrams waiting for Python
+    NACK_CACHE = 512  # packets kept per track to answer NACKs
+    SR = 200
+    RR = 201
+    RTPFB = 205
+    PSFB = 206
+
+cdef uint32_t SERVER_SSRC = 0x6D656469  # "medi", as mediaserver.media.rtcp
+cdef double PLI_INTERVAL = 0.5
+cdef double REMB_INTERVAL = 0.5
+cdef double CONSENT_TIMEOUT = 30.0  # RFC 7675
+
+# Counters; the names match the reference Forwarder's and the worker's.
+cdef enum Stat:
+    S_RTP_IN, S_RTP_OUT, S_BYTES_OUT, S_RTCP_IN
+    S_DROP_NOT_READY, S_DROP_TOO_BIG, S_DROP_SRTP, S_DROP_SRTCP, S_DROP_UNKNOWN_SSRC
+    S_DROP_SUBSCRIBER_NOT_READY, S_DROP_PROTECT, S_DROP_NO_CONSENT, S_DROP_UNKNOWN, S_DROP_SEND
+    S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
+    S_NACK_SERVED, S_NACK_MISSED, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
+    S_COUNT
+
+STAT_NAMES = (
+    "rtp_in", "rtp_out", "bytes_out", "rtcp_in",
+    "drop_not_ready", "drop_too_big", "drop_srtp", "drop_srtcp", "drop_unknown_ssrc",
+    "drop_subscriber_not_ready", "drop_protect", "drop_no_consent", "drop_unknown", "drop_send",
+    "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
+    "nack_served", "nack_missed", "rx_packets", "rx_batches", "tx_batches",
+)
+
+cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
+cdef srtp_fn f_unprotect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect")))
+cdef srtp_fn f_protect_rtcp = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect_rtcp")))
+cdef srtp_fn f_unprotect_rtcp = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect_rtcp")))
+
+
+# Primitives ------------------------------------------------------------------------
 
 cdef inline int classify_c(const uint8_t* p, Py_ssize_t n) noexcept nogil:
     cdef uint8_t b, pt
@@ -51,21 +180,31 @@ def classify(const uint8_t[:] packet):
     return kind
 
 
+cdef inline uint16_t u16(const uint8_t* p) noexcept nogil:
+    return ((<uint16_t>p[0]) << 8) | p[1]
+
+
+cdef inline uint32_t u32(const uint8_t* p) noexcept nogil:
+    return ((<uint32_t>p[0]) << 24) | ((<uint32_t>p[1]) << 16) | ((<uint32_t>p[2]) << 8) | p[3]
+
+
+cdef inline void put16(uint8_t* p, uint16_t v) noexcept nogil:
+    p[0] = v >> 8
+    p[1] = v & 0xFF
+
+
+cdef inline void put32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = v >> 24
+    p[1] = (v >> 16) & 0xFF
+    p[2] = (v >> 8) & 0xFF
+    p[3] = v & 0xFF
+
+
 cdef inline void rewrite_rtp_c(uint8_t* p, uint32_t ssrc, uint16_t seq_delta, uint32_t ts_delta) noexcept nogil:
-    cdef uint16_t seq = ((<uint16_t>p[2]) << 8) | p[3]
-    cdef uint32_t ts = ((<uint32_t>p[4]) << 24) | ((<uint32_t>p[5]) << 16) | ((<uint32_t>p[6]) << 8) | p[7]
-    seq = <uint16_t>(seq + seq_delta)  # modulo 2^16, as RTP sequence numbers wrap
-    ts = <uint32_t>(ts + ts_delta)  # modulo 2^32
-    p[2] = seq >> 8
-    p[3] = seq & 0xFF
-    p[4] = ts >> 24
-    p[5] = (ts >> 16) & 0xFF
-    p[6] = (ts >> 8) & 0xFF
-    p[7] = ts & 0xFF
-    p[8] = ssrc >> 24
-    p[9] = (ssrc >> 16) & 0xFF
-    p[10] = (ssrc >> 8) & 0xFF
-    p[11] = ssrc & 0xFF
+    # RFC 3550 section 5.1; sequence numbers wrap modulo 2^16 and timestamps modulo 2^32.
+    put16(p + 2, <uint16_t>(u16(p + 2) + seq_delta))
+    put32(p + 4, <uint32_t>(u32(p + 4) + ts_delta))
+    put32(p + 8, ssrc)
 
 
 def rewrite_rtp(uint8_t[:] packet, uint32_t ssrc, uint16_t seq_delta, uint32_t ts_delta):
@@ -74,3 +213,884 @@ def rewrite_rtp(uint8_t[:] packet, uint32_t ssrc, uint16_t seq_delta, uint32_t t
         raise ValueError("an RTP header has at least 12 bytes")
     with nogil:
         rewrite_rtp_c(&packet[0], ssrc, seq_delta, ts_delta)
+
+
+cdef inline double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)  # the clock of Python's time.monotonic()
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline uint64_t pair(uint64_t a, uint32_t b) noexcept nogil:
+    return (a << 32) | b
+
+
+def address_key(tuple addr):
+    """An IPv4 (host, port) as the integer the fast path keys endpoints by."""
+    return (_struct.unpack("!I", _socket.inet_aton(addr[0]))[0] << 16) | addr[1]
+
+
+def address_of(uint64_t key):
+    return (_socket.inet_ntoa(_struct.pack("!I", key >> 16)), key & 0xFFFF)
+
+
+# State -----------------------------------------------------------------------------
+
+cdef struct Endpoint:
+    bint used
+    uint64_t addr  # 0 until ICE gives it one
+    void* rx  # srtp_t for what it sends us; NULL until DTLS is done
+    void* tx
+    double consent_at
+
+cdef struct Route:
+    int dst
+    uint32_t ssrc  # the SSRC the subscriber sees
+    uint8_t pt
+    uint16_t seq_delta
+    uint32_t ts_delta
+    bint video
+    bint has_estimate
+    uint64_t estimate  # the subscriber's latest REMB, bit/s
+
+cdef struct Slot:
+    int len  # 0: empty
+    uint16_t seq
+    uint8_t data[MTU]
+
+cdef struct Track:
+    bint used
+    int src
+    uint32_t ssrc
+    Route* routes
+    int nroutes
+    int cap
+    Slot* cache  # NACK_CACHE slots, allocated with the first packet
+    double last_pli
+    double last_remb
+
+cdef struct Quality:
+    uint8_t fraction
+    int32_t lost
+    uint32_t highest
+    uint32_t jitter
+    uint32_t lsr
+    uint32_t dlsr
+
+cdef struct OutBatch:
+    int n
+    uint8_t* bufs  # OUT_MAX * BUF
+    int* lens
+    uint64_t* addrs
+    bint collect  # keep the datagrams for Python instead of sending them
+    mmsghdr* msgs
+    iovec* iov
+    sockaddr_in* names
+
+
+cdef bint out_init(OutBatch* b, bint collect) noexcept nogil:
+    memset(b, 0, sizeof(OutBatch))
+    b.collect = collect
+    b.bufs = <uint8_t*>malloc(OUT_MAX * BUF)
+    b.lens = <int*>malloc(OUT_MAX * sizeof(int))
+    b.addrs = <uint64_t*>malloc(OUT_MAX * sizeof(uint64_t))
+    b.msgs = <mmsghdr*>calloc(OUT_MAX, sizeof(mmsghdr))
+    b.iov = <iovec*>calloc(OUT_MAX, sizeof(iovec))
+    b.names = <sockaddr_in*>calloc(OUT_MAX, sizeof(sockaddr_in))
+    return b.bufs != NULL and b.lens != NULL and b.addrs != NULL and b.msgs != NULL and b.iov != NULL and b.names != NULL
+
+
+cdef void out_free(OutBatch* b) noexcept nogil:
+    free(b.bufs)
+    free(b.lens)
+    free(b.addrs)
+    free(b.msgs)
+    free(b.iov)
+    free(b.names)
+
+
+cdef class FastPath:
+    """Forwarding state and the batch loop. The control API mirrors the reference Forwarder."""
+
+    cdef pthread_mutex_t mu
+    cdef vector[Endpoint] eps
+    cdef vector[Track] tracks
+    cdef unordered_map[uint64_t, int] by_addr
+    cdef unordered_map[uint64_t, int] by_track  # (publisher endpoint, publisher SSRC) -> track
+    cdef unordered_map[uint64_t, uint64_t] reverse  # (subscriber, SSRC it sees) -> (track, route index)
+    cdef unordered_map[uint64_t, Quality] quality_map  # (subscriber, SSRC it sees) -> its latest report
+    cdef uint64_t counts[<int>S_COUNT]
+    cdef OutBatch ctl  # for calls from Python: collected, returned to the caller
+    cdef OutBatch net  # for the loop: sent with sendmmsg
+    cdef vector[string] got
+    cdef vector[uint64_t] got_addr
+    cdef int fd
+    cdef int efd
+    cdef bint stopping
+    cdef public bint check_consent
+    # STUN and DTLS datagrams on their way to Python
+    cdef uint8_t* slow_bufs
+    cdef int* slow_lens
+    cdef uint64_t* slow_addrs
+    cdef int slow_head
+    cdef int slow_count
+    cdef dict ids  # endpoint id -> index
+    cdef list names  # index -> endpoint id
+    cdef dict sessions  # index -> (rx, tx) pylibsrtp sessions, kept alive while C uses them
+    cdef list free_eps
+
+    def __cinit__(self):
+        pthread_mutex_init(&self.mu, NULL)
+        memset(self.counts, 0, sizeof(self.counts))
+        if not (out_init(&self.ctl, True) and out_init(&self.net, False)):
+            raise MemoryError()
+        self.slow_bufs = <uint8_t*>malloc(SLOW_MAX * BUF)
+        self.slow_lens = <int*>malloc(SLOW_MAX * sizeof(int))
+        self.slow_addrs = <uint64_t*>malloc(SLOW_MAX * sizeof(uint64_t))
+        if self.slow_bufs == NULL or self.slow_lens == NULL or self.slow_addrs == NULL:
+            raise MemoryError()
+        self.fd = -1
+        self.efd = -1
+        self.ids = {}
+        self.names = []
+        self.sessions = {}
+        self.free_eps = []
+
+    def __dealloc__(self):
+        cdef size_t i
+        for i in range(self.tracks.size()):
+            if self.tracks[i].used:
+                free(self.tracks[i].routes)
+                free(self.tracks[i].cache)
+        out_free(&self.ctl)
+        out_free(&self.net)
+        free(self.slow_bufs)
+        free(self.slow_lens)
+        free(self.slow_addrs)
+        if self.efd >= 0:
+            close(self.efd)
+        pthread_mutex_destroy(&self.mu)
+
+    cdef inline void lock(self) noexcept nogil:
+        pthread_mutex_lock(&self.mu)
+
+    cdef inline void unlock(self) noexcept nogil:
+        pthread_mutex_unlock(&self.mu)
+
+    # Control (from Python) -------------------------------------------------------
+
+    cdef int _ep(self, str eid) except -1:
+        idx = self.ids.get(eid)
+        if idx is None:
+            raise KeyError(eid)
+        return idx
+
+    def add_endpoint(self, str eid):
+        cdef int idx
+        if eid in self.ids:
+            return
+        with nogil:
+            self.lock()
+        try:
+            if self.free_eps:
+                idx = self.free_eps.pop()
+                self.names[idx] = eid
+            else:
+                idx = self.eps.size()
+                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0))
+                self.names.append(eid)
+            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18)
+            self.ids[eid] = idx
+        finally:
+            self.unlock()
+
+    def set_address(self, str eid, tuple addr):
+        cdef int idx = self._ep(eid)
+        cdef uint64_t key = address_key(addr)
+        with nogil:
+            self.lock()
+            self._unmap_address(idx)
+            self.eps[idx].addr = key
+            self.by_addr[key] = idx
+            self.unlock()
+
+    cdef void _unmap_address(self, int idx) noexcept nogil:
+        cdef uint64_t old = self.eps[idx].addr
+        cdef unordered_map[uint64_t, int].iterator it
+        if old != 0:
+            it = self.by_addr.find(old)
+            if it != self.by_addr.end() and deref(it).second == idx:
+                self.by_addr.erase(it)
+
+    def set_keys(self, str eid, keys):
+        """Install the DTLS-SRTP keys (a ``SrtpKeys``): from now on the endpoint is ready."""
+        cdef int idx = self._ep(eid)
+        rx, tx = keys.sessions()
+        cdef uintptr_t rxp = int(_srtp_ffi.cast("uintptr_t", rx._srtp[0]))
+        cdef uintptr_t txp = int(_srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+        old = self.sessions.get(idx)
+        with nogil:
+            self.lock()
+            self.eps[idx].rx = <void*>rxp
+            self.eps[idx].tx = <void*>txp
+            self.unlock()
+        self.sessions[idx] = (rx, tx)
+        del old  # freed only once C no longer points at it
+
+    def set_consent(self, str eid, double now):
+        """The endpoint's latest valid ICE check (RFC 7675 consent freshness)."""
+        cdef int idx = self._ep(eid)
+        with nogil:
+            self.lock()
+            self.eps[idx].consent_at = now
+            self.unlock()
+
+    def remove_endpoint(self, str eid):
+        found = self.ids.pop(eid, None)
+        if found is None:
+            return
+        cdef int idx = found
+        with nogil:
+            self.lock()
+            self._remove_endpoint(idx)
+            self.unlock()
+        self.names[idx] = None
+        self.free_eps.append(idx)
+        self.sessions.pop(idx, None)
+
+    cdef void _remove_endpoint(self, int idx) noexcept nogil:
+        cdef size_t t
+        cdef int r
+        cdef uint64_t key
+        cdef vector[uint64_t] stale
+        cdef unordered_map[uint64_t, Quality].iterator it
+        self._unmap_address(idx)
+        for t in range(self.tracks.size()):
+            if not self.tracks[t].used:
+                continue
+            if self.tracks[t].src == idx:
+                self._free_track(t)
+                continue
+            r = 0
+            while r < self.tracks[t].nroutes:
+                if self.tracks[t].routes[r].dst == idx:
+                    self._remove_route_at(t, r)
+                else:
+                    r += 1
+        it = self.quality_map.begin()
+        while it != self.quality_map.end():
+            if (deref(it).first >> 32) == <uint64_t>idx:
+                stale.push_back(deref(it).first)
+            inc(it)
+        for key in stale:
+            self.quality_map.erase(key)
+        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0)
+
+    cdef void _free_track(self, size_t t) noexcept nogil:
+        cdef Track* tr = &self.tracks[t]
+        cdef int r
+        for r in range(tr.nroutes):
+            self.reverse.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
+        self.by_track.erase(pair(tr.src, tr.ssrc))
+        free(tr.routes)
+        free(tr.cache)
+        memset(tr, 0, sizeof(Track))
+
+    cdef void _remove_route_at(self, size_t t, int r) noexcept nogil:
+        # Keep the order of the others (the order subscribers are served in, as the reference's).
+        cdef Track* tr = &self.tracks[t]
+        cdef int i
+        self.reverse.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
+        tr.nroutes -= 1
+        for i in range(r, tr.nroutes):
+            tr.routes[i] = tr.routes[i + 1]
+            self.reverse[pair(tr.routes[i].dst, tr.routes[i].ssrc)] = pair(t, i)
+
+    def set_route(self, str src, uint32_t src_ssrc, str dst, route):
+        """Forward the publisher's ``src_ssrc`` to ``dst`` as described by ``route`` (a forwarder.Route)."""
+        cdef int s = self._ep(src)
+        cdef int d = self._ep(dst)
+        cdef Route rt
+        memset(&rt, 0, sizeof(Route))
+        rt.dst = d
+        rt.ssrc = route.ssrc
+        rt.pt = route.payload_type
+        rt.seq_delta = route.seq_delta & 0xFFFF
+        rt.ts_delta = route.ts_delta & 0xFFFFFFFF
+        rt.video = route.video
+        with nogil:
+            self.lock()
+            ok = self._set_route(s, src_ssrc, rt)
+            self.unlock()
+        if not ok:
+            raise MemoryError()
+
+    cdef bint _set_route(self, int s, uint32_t src_ssrc, Route rt) noexcept nogil:
+        cdef size_t t = 0
+        cdef Track* tr
+        cdef int r
+        cdef Route* grown
+        cdef unordered_map[uint64_t, int].iterator it = self.by_track.find(pair(s, src_ssrc))
+        if it != self.by_track.end():
+            t = deref(it).second
+        else:
+            for t in range(self.tracks.size() + 1):
+                if t == self.tracks.size():
+                    self.tracks.push_back(Track(False, 0, 0, NULL, 0, 0, NULL, 0.0, 0.0))
+                    break
+                if not self.tracks[t].used:
+                    break
+            self.tracks[t] = Track(True, s, src_ssrc, NULL, 0, 0, NULL, -1e18, -1e18)
+            self.by_track[pair(s, src_ssrc)] = t
+        tr = &self.tracks[t]
+        for r in range(tr.nroutes):
+            if tr.routes[r].dst == rt.dst:
+                rt.has_estimate = tr.routes[r].has_estimate
+                rt.estimate = tr.routes[r].estimate
+                tr.routes[r] = rt
+                self.reverse[pair(rt.dst, rt.ssrc)] = pair(t, r)
+                return True
+        if tr.nroutes == tr.cap:
+            grown = <Route*>realloc(tr.routes, (tr.cap * 2 + 4) * sizeof(Route))
+            if grown == NULL:
+                return False
+            tr.routes = grown
+            tr.cap = tr.cap * 2 + 4
+        tr.routes[tr.nroutes] = rt
+        self.reverse[pair(rt.dst, rt.ssrc)] = pair(t, tr.nroutes)
+        tr.nroutes += 1
+        return True
+
+    def remove_route(self, str src, uint32_t src_ssrc, str dst):
+        s, d = self.ids.get(src), self.ids.get(dst)
+        if s is None or d is None:
+            return
+        cdef int si = s, di = d, r
+        cdef size_t t
+        cdef unordered_map[uint64_t, int].iterator it
+        with nogil:
+            self.lock()
+            it = self.by_track.find(pair(si, src_ssrc))
+            if it != self.by_track.end():
+                t = deref(it).second
+                for r in range(self.tracks[t].nroutes):
+                    if self.tracks[t].routes[r].dst == di:
+                        self._remove_route_at(t, r)
+                        break
+            self.unlock()
+
+    # Packets from Python (tests, and what the control path sends) -------------------
+
+    def handle_rtp(self, bytes data, tuple addr):
+        return self._handle(data, addr, 0.0, False)
+
+    def handle_rtcp(self, bytes data, tuple addr, double now):
+        return self._handle(data, addr, now, True)
+
+    def keyframes_for(self, str subscriber, double now):
+        """PLIs for every video track routed to a subscriber that just became able to receive."""
+        idx = self.ids.get(subscriber)
+        if idx is None:
+            return []
+        cdef int sub = idx
+        with nogil:
+            self.lock()
+            self._keyframes_for(sub, now, &self.ctl)
+            self._flush(&self.ctl)
+            self.unlock()
+        return self._collected()
+
+    cdef list _handle(self, bytes data, tuple addr, double now, bint is_rtcp):
+        cdef uint64_t key = address_key(addr)
+        cdef int n = len(data)
+        cdef bytearray buf = bytearray(data) + bytearray(256)  # room for trailers
+        cdef uint8_t* p = <uint8_t*><char*>buf
+        with nogil:
+            self.lock()
+            if is_rtcp:
+                self._rtcp(p, n, key, now, &self.ctl)
+            else:
+                self._rtp(p, n, key, now, &self.ctl)
+            self._flush(&self.ctl)
+            self.unlock()
+        return self._collected()
+
+    cdef list _collected(self):
+        cdef bytes data
+        out = []
+        for i in range(self.got.size()):
+            data = self.got[i]
+            out.append((data, address_of(self.got_addr[i])))
+        self.got.clear()
+        self.got_addr.clear()
+        return out
+
+    # The data path (nogil, mutex held) ------------------------------------------
+
+    cdef inline int _ready(self, int idx) noexcept nogil:
+        return self.eps[idx].addr != 0 and self.eps[idx].rx != NULL
+
+    cdef inline int _source(self, uint64_t addr) noexcept nogil:
+        """The ready endpoint at this address, else -1."""
+        cdef unordered_map[uint64_t, int].iterator it = self.by_addr.find(addr)
+        if it == self.by_addr.end() or not self._ready(deref(it).second):
+            return -1
+        return deref(it).second
+
+    cdef inline bint _consented(self, int idx, double now) noexcept nogil:
+        if self.check_consent and now - self.eps[idx].consent_at > CONSENT_TIMEOUT:
+            self.counts[<int>S_DROP_NO_CONSENT] += 1  # RFC 7675: stop sending when consent lapses
+            return False
+        return True
+
+    cdef inline void _commit(self, OutBatch* out, int n, int dst) noexcept nogil:
+        out.lens[out.n] = n
+        out.addrs[out.n] = self.eps[dst].addr
+        out.n += 1
+        if out.n == OUT_MAX:
+            self._flush(out)
+
+    cdef void _flush(self, OutBatch* out) noexcept nogil:
+        cdef int i, sent, done = 0
+        cdef bint waited = False
+        cdef pollfd pfd
+        if out.n == 0:
+            return
+        if out.collect:
+            for i in range(out.n):
+                self.got.push_back(string(<char*>(out.bufs + i * BUF), out.lens[i]))
+                self.got_addr.push_back(out.addrs[i])
+            out.n = 0
+            return
+        for i in range(out.n):
+            out.names[i].sin_family = AF_INET
+            out.names[i].sin_addr.s_addr = htonl(<uint32_t>(out.addrs[i] >> 16))
+            out.names[i].sin_port = htons(<uint16_t>(out.addrs[i] & 0xFFFF))
+            out.iov[i].iov_base = out.bufs + i * BUF
+            out.iov[i].iov_len = out.lens[i]
+            out.msgs[i].msg_hdr.msg_name = &out.names[i]
+            out.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+            out.msgs[i].msg_hdr.msg_iov = &out.iov[i]
+            out.msgs[i].msg_hdr.msg_iovlen = 1
+        self.counts[<int>S_TX_BATCHES] += 1
+        while done < out.n:
+            sent = sendmmsg(self.fd, out.msgs + done, out.n - done, MSG_DONTWAIT)
+            if sent > 0:
+                done += sent
+            elif sent < 0 and errno == EAGAIN:
+                # The send buffer is full: wait a moment for room once, then drop the rest.
+                pfd.fd = self.fd
+                pfd.events = POLLOUT
+                if waited or poll(&pfd, 1, 2) <= 0:
+                    self.counts[<int>S_DROP_SEND] += out.n - done
+                    break
+                waited = True
+            else:
+                # The kernel refused this one datagram (e.g. a pending ICMP error): skip it.
+                self.counts[<int>S_DROP_SEND] += 1
+                done += 1
+        out.n = 0
+
+    cdef void _rtp(self, uint8_t* p, int n, uint64_t addr, double now, OutBatch* out) noexcept nogil:
+        cdef int src = self._source(addr)
+        cdef int r, length = n
+        cdef uint32_t ssrc
+        cdef uint16_t seq
+        cdef Track* tr
+        cdef Slot* slot
+        cdef unordered_map[uint64_t, int].iterator it
+        if src < 0:
+            self.counts[<int>S_DROP_NOT_READY] += 1  # no ICE and DTLS from this address: never forwarded
+            return
+        if n > MTU:
+            self.counts[<int>S_DROP_TOO_BIG] += 1
+            return
+        if f_unprotect(self.eps[src].rx, p, &length) != 0:
+            self.counts[<int>S_DROP_SRTP] += 1  # authentication or replay check failed (RFC 3711 3.3)
+            return
+        self.counts[<int>S_RTP_IN] += 1
+        seq = u16(p + 2)
+        ssrc = u32(p + 8)
+        it = self.by_track.find(pair(src, ssrc))
+        if it == self.by_track.end():
+            self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1
+            return
+        tr = &self.tracks[deref(it).second]
+        if tr.cache == NULL:
+            tr.cache = <Slot*>calloc(NACK_CACHE, sizeof(Slot))
+        if tr.cache != NULL:
+            slot = &tr.cache[seq % NACK_CACHE]
+            slot.seq = seq
+            slot.len = length
+            memcpy(slot.data, p, length)
+        for r in range(tr.nroutes):
+            self._send_rtp(&tr.routes[r], p, length, now, out)
+
+    cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out) noexcept nogil:
+        cdef int length = n
+        cdef uint8_t* b
+        if not self._ready(rt.dst):
+            self.counts[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
+            return False
+        if not self._consented(rt.dst, now):
+            return False
+        b = out.bufs + out.n * BUF
+        memcpy(b, plain, n)
+        rewrite_rtp_c(b, rt.ssrc, rt.seq_delta, rt.ts_delta)
+        b[1] = (b[1] & 0x80) | rt.pt
+        if f_protect(self.eps[rt.dst].tx, b, &length) != 0:
+            self.counts[<int>S_DROP_PROTECT] += 1
+            return False
+        self.counts[<int>S_RTP_OUT] += 1
+        self.counts[<int>S_BYTES_OUT] += length
+        self._commit(out, length, rt.dst)
+        return True
+
+    cdef bint _send_rtcp(self, int dst, const uint8_t* plain, int n, double now, OutBatch* out) noexcept nogil:
+        cdef int length = n
+        cdef uint8_t* b
+        if not self._consented(dst, now):
+            return False
+        b = out.bufs + out.n * BUF
+        memcpy(b, plain, n)
+        if f_protect_rtcp(self.eps[dst].tx, b, &length) != 0:
+            self.counts[<int>S_DROP_PROTECT] += 1
+            return False
+        self._commit(out, length, dst)
+        return True
+
+    cdef void _rtcp(self, uint8_t* p, int n, uint64_t addr, double now, OutBatch* out) noexcept nogil:
+        cdef int src = self._source(addr)
+        cdef int length = n, pos = 0, end, plen, pt, fmt
+        cdef uint8_t* pk
+        cdef unordered_map[uint64_t, uint64_t].iterator rev
+        if src < 0:
+            self.counts[<int>S_DROP_NOT_READY] += 1
+            return
+        if n > MTU:
+            self.counts[<int>S_DROP_TOO_BIG] += 1
+            return
+        if f_unprotect_rtcp(self.eps[src].rx, p, &length) != 0:
+            self.counts[<int>S_DROP_SRTCP] += 1
+            return
+        self.counts[<int>S_RTCP_IN] += 1
+        # A compound packet (RFC 3550 section 6.1); stop at the first header we cannot trust.
+        while pos + 4 <= length:
+            end = pos + 4 * (u16(p + pos + 2) + 1)
+            if (p[pos] >> 6) != 2 or end > length:
+                return
+            pk = p + pos
+            plen = end - pos
+            pt = pk[1]
+            fmt = pk[0] & 0x1F
+            pos = end
+            self._report_blocks(src, pt, fmt, pk, plen)
+            if pt == SR and plen >= 28:
+                self._forward_sr(src, pk, now, out)
+            elif pt == PSFB and fmt == 15 and plen >= 20 and pk[12] == b'R' and pk[13] == b'E' and pk[14] == b'M' and pk[15] == b'B':
+                self._pass_remb(src, pk, plen, now, out)
+            elif pt == RTPFB and fmt == 1 and plen >= 16:
+                self._answer_nack(src, pk, plen, now, out)
+            elif pt == PSFB and plen >= 12 and (fmt == 1 or (fmt == 4 and plen >= 20)):
+                # PLI (RFC 4585 6.3.1) names the media SSRC at 8; FIR (RFC 5104 4.3.1) in its first FCI entry.
+                rev = self.reverse.find(pair(src, u32(pk + 8) if fmt == 1 else u32(pk + 12)))
+                if rev != self.reverse.end():
+                    self._request_keyframe(deref(rev).second >> 32, now, out)
+
+    cdef void _report_blocks(self, int src, int pt, int count, const uint8_t* pk, int plen) noexcept nogil:
+        cdef int i, pos, start
+        cdef uint32_t word
+        cdef Quality q
+        if pt == SR:
+            start = 28
+        elif pt == RR:
+            start = 8
+        else:
+            return
+        for i in range(count):
+            pos = start + 24 * i
+            if pos + 24 > plen:
+                return
+            if self.reverse.find(pair(src, u32(pk + pos))) == self.reverse.end():
+                continue  # only what a subscriber says of what we send it
+            word = u32(pk + pos + 4)
+            q.fraction = word >> 24
+            q.lost = <int32_t>(word & 0xFFFFFF)
+            if q.lost & 0x800000:  # a signed 24-bit count
+                q.lost -= 1 << 24
+            q.highest = u32(pk + pos + 8)
+            q.jitter = u32(pk + pos + 12)
+            q.lsr = u32(pk + pos + 16)
+            q.dlsr = u32(pk + pos + 20)
+            self.quality_map[pair(src, u32(pk + pos))] = q
+
+    cdef void _forward_sr(self, int src, const uint8_t* pk, double now, OutBatch* out) noexcept nogil:
+        # Each subscriber gets the publisher's sender report as its own stream's (RFC 3550
+        # section 6.4.1): its SSRC, its timestamps, no report blocks.
+        cdef uint8_t sr[28]
+        cdef int r
+        cdef Track* tr
+        cdef unordered_map[uint64_t, int].iterator it = self.by_track.find(pair(src, u32(pk + 4)))
+        if it == self.by_track.end():
+            return
+        tr = &self.tracks[deref(it).second]
+        memcpy(sr, pk, 28)
+        sr[0] = 0x80
+        sr[1] = SR
+        put16(sr + 2, 6)
+        for r in range(tr.nroutes):
+            if not self._ready(tr.routes[r].dst):
+                continue
+            put32(sr + 4, tr.routes[r].ssrc)
+            put32(sr + 16, <uint32_t>(u32(pk + 16) + tr.routes[r].ts_delta))
+            self.counts[<int>S_SR_FORWARDED] += 1
+            self._send_rtcp(tr.routes[r].dst, sr, 28, now, out)
+
+    cdef void _pass_remb(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
+        # Without simulcast one stream serves everyone: the publisher hears the lowest estimate.
+        cdef int count = pk[16], i, r, exp = pk[17] >> 2
+        cdef uint64_t mantissa = ((<uint64_t>(pk[17] & 3)) << 16) | (<uint64_t>pk[18] << 8) | pk[19]
+        cdef uint64_t bitrate = mantissa << exp if exp < 46 else <uint64_t>0xFFFFFFFFFFFFFFFF
+        cdef uint64_t low
+        cdef unordered_map[uint64_t, uint64_t].iterator rev
+        cdef Track* tr
+        cdef uint8_t msg[24]
+        for i in range(count):
+            if 24 + 4 * i > plen:
+                break
+            rev = self.reverse.find(pair(sub, u32(pk + 20 + 4 * i)))
+            if rev == self.reverse.end():
+                continue
+            tr = &self.tracks[deref(rev).second >> 32]
+            r = <uint32_t>deref(rev).second
+            tr.routes[r].has_estimate = True
+            tr.routes[r].estimate = bitrate
+            if not self._ready(tr.src) or now - tr.last_remb < REMB_INTERVAL:
+                continue
+            tr.last_remb = now
+            low = <uint64_t>0xFFFFFFFFFFFFFFFF
+            for r in range(tr.nroutes):
+                if tr.routes[r].has_estimate and tr.routes[r].estimate < low:
+                    low = tr.routes[r].estimate
+            exp = 0
+            while (low >> exp) > 0x3FFFF:  # an 18-bit mantissa
+                exp += 1
+            mantissa = low >> exp
+            msg[0] = 0x80 | 15
+            msg[1] = PSFB
+            put16(msg + 2, 5)
+            put32(msg + 4, SERVER_SSRC)
+            put32(msg + 8, 0)
+            msg[12] = b'R'
+            msg[13] = b'E'
+            msg[14] = b'M'
+            msg[15] = b'B'
+            msg[16] = 1
+            msg[17] = (exp << 2) | (mantissa >> 16)
+            msg[18] = (mantissa >> 8) & 0xFF
+            msg[19] = mantissa & 0xFF
+            put32(msg + 20, tr.ssrc)
+            self.counts[<int>S_REMB_SENT] += 1
+            self._send_rtcp(tr.src, msg, 24, now, out)
+
+    cdef void _answer_nack(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
+        # Resend from the cache (RFC 4585 6.2.1 Generic NACK) rather than ask the publisher.
+        cdef unordered_map[uint64_t, uint64_t].iterator rev = self.reverse.find(pair(sub, u32(pk + 8)))
+        cdef Track* tr
+        cdef Route* rt
+        cdef int pos, i
+        cdef uint16_t pid, blp
+        if rev == self.reverse.end():
+            return
+        tr = &self.tracks[deref(rev).second >> 32]
+        rt = &tr.routes[<uint32_t>deref(rev).second]
+        pos = 12
+        while pos < plen - 3:
+            pid = u16(pk + pos)
+            blp = u16(pk + pos + 2)
+            self._resend(tr, rt, pid, now, out)
+            for i in range(16):
+                if blp & (1 << i):
+                    self._resend(tr, rt, <uint16_t>(pid + i + 1), now, out)
+            pos += 4
+
+    cdef void _resend(self, Track* tr, Route* rt, uint16_t out_seq, double now, OutBatch* out) noexcept nogil:
+        cdef uint16_t seq = <uint16_t>(out_seq - rt.seq_delta)
+        cdef Slot* slot
+        if tr.cache == NULL or tr.cache[seq % NACK_CACHE].len == 0 or tr.cache[seq % NACK_CACHE].seq != seq:
+            self.counts[<int>S_NACK_MISSED] += 1
+            return
+        slot = &tr.cache[seq % NACK_CACHE]
+        if self._send_rtp(rt, slot.data, slot.len, now, out):
+            self.counts[<int>S_NACK_SERVED] += 1
+
+    cdef void _request_keyframe(self, size_t t, double now, OutBatch* out) noexcept nogil:
+        cdef Track* tr = &self.tracks[t]
+        cdef uint8_t msg[12]
+        if now - tr.last_pli < PLI_INTERVAL:
+            self.counts[<int>S_PLI_THROTTLED] += 1  # at most one per track per 500 ms
+            return
+        if not self._ready(tr.src):
+            return
+        tr.last_pli = now
+        self.counts[<int>S_PLI_SENT] += 1
+        msg[0] = 0x81
+        msg[1] = PSFB
+        put16(msg + 2, 2)
+        put32(msg + 4, SERVER_SSRC)
+        put32(msg + 8, tr.ssrc)
+        self._send_rtcp(tr.src, msg, 12, now, out)
+
+    cdef void _keyframes_for(self, int sub, double now, OutBatch* out) noexcept nogil:
+        cdef size_t t
+        cdef int r
+        if not self._ready(sub):
+            return
+        for t in range(self.tracks.size()):
+            if not self.tracks[t].used:
+                continue
+            for r in range(self.tracks[t].nroutes):
+                if self.tracks[t].routes[r].dst == sub and self.tracks[t].routes[r].video:
+                    self._request_keyframe(t, now, out)
+                    break
+
+    # The socket loop ----------------------------------------------------------------
+
+    def attach(self, int fd):
+        """Take over reception on this (non-blocking, IPv4 UDP) socket; returns the eventfd that
+        becomes readable when STUN or DTLS datagrams wait in ``take_slow()``."""
+        self.fd = fd
+        if self.efd < 0:
+            self.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.efd < 0:
+                raise OSError(errno, "eventfd failed")
+        return self.efd
+
+    def run(self):
+        """The batch loop; returns after ``stop()``. Call it from a thread of its own."""
+        if self.fd < 0:
+            raise RuntimeError("attach() a socket first")
+        self.stopping = False
+        with nogil:
+            self._loop()
+
+    def stop(self):
+        self.stopping = True
+
+    def take_slow(self):
+        """The STUN and DTLS datagrams received since the last call: [(bytes, (host, port))]."""
+        cdef uint64_t value
+        cdef int i, slot
+        if self.efd >= 0:
+            read(self.efd, &value, 8)
+        out = []
+        with nogil:
+            self.lock()
+        try:
+            for i in range(self.slow_count):
+                slot = (self.slow_head + i) % SLOW_MAX
+                out.append(((<char*>self.slow_bufs + slot * BUF)[:self.slow_lens[slot]], address_of(self.slow_addrs[slot])))
+            self.slow_head = (self.slow_head + self.slow_count) % SLOW_MAX
+            self.slow_count = 0
+        finally:
+            self.unlock()
+        return out
+
+    cdef void _loop(self) noexcept nogil:
+        cdef mmsghdr* msgs = <mmsghdr*>calloc(BATCH, sizeof(mmsghdr))
+        cdef iovec* iov = <iovec*>calloc(BATCH, sizeof(iovec))
+        cdef sockaddr_in* names = <sockaddr_in*>calloc(BATCH, sizeof(sockaddr_in))
+        cdef uint8_t* bufs = <uint8_t*>malloc(BATCH * BUF)
+        cdef pollfd pfd
+        cdef int i, n, length, kind, slot
+        cdef bint woke
+        cdef uint64_t addr, one = 1
+        cdef uint8_t* p
+        cdef double now
+        if msgs == NULL or iov == NULL or names == NULL or bufs == NULL:
+            free(msgs)
+            free(iov)
+            free(names)
+            free(bufs)
+            return
+        pfd.fd = self.fd
+        pfd.events = POLLIN
+        while not self.stopping:
+            if poll(&pfd, 1, 100) <= 0:  # wake up now and then to notice stop()
+                continue
+            while not self.stopping:
+                for i in range(BATCH):
+                    iov[i].iov_base = bufs + i * BUF
+                    iov[i].iov_len = BUF
+                    msgs[i].msg_hdr.msg_name = &names[i]
+                    msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+                    msgs[i].msg_hdr.msg_iov = &iov[i]
+                    msgs[i].msg_hdr.msg_iovlen = 1
+                    msgs[i].msg_hdr.msg_flags = 0
+                n = recvmmsg(self.fd, msgs, BATCH, MSG_DONTWAIT, NULL)
+                if n <= 0:
+                    break
+                now = monotonic()
+                woke = False
+                self.lock()
+                self.counts[<int>S_RX_PACKETS] += n
+                self.counts[<int>S_RX_BATCHES] += 1
+                for i in range(n):
+                    p = bufs + i * BUF
+                    length = msgs[i].msg_len
+                    if msgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                        length = BUF  # over the MTU whatever its real size
+                    if names[i].sin_family != AF_INET:
+                        self.counts[<int>S_DROP_UNKNOWN] += 1
+                        continue
+                    addr = ((<uint64_t>ntohl(names[i].sin_addr.s_addr)) << 16) | ntohs(names[i].sin_port)
+                    kind = classify_c(p, length)
+                    if kind == KIND_RTP:
+                        self._rtp(p, length, addr, now, &self.net)
+                    elif kind == KIND_RTCP:
+                        self._rtcp(p, length, addr, now, &self.net)
+                    elif kind == KIND_STUN or kind == KIND_DTLS:
+                        if self.slow_count == SLOW_MAX or length > BUF - 1:
+                            self.counts[<int>S_DROP_SLOW_QUEUE_FULL] += 1
+                            continue
+                        slot = (self.slow_head + self.slow_count) % SLOW_MAX
+                        memcpy(self.slow_bufs + slot * BUF, p, length)
+                        self.slow_lens[slot] = length
+                        self.slow_addrs[slot] = addr
+                        self.slow_count += 1
+                        woke = True
+                    else:
+                        self.counts[<int>S_DROP_UNKNOWN] += 1
+                self._flush(&self.net)
+                self.unlock()
+                if woke:
+                    write(self.efd, &one, 8)
+                if n < BATCH:
+                    break
+        free(msgs)
+        free(iov)
+        free(names)
+        free(bufs)
+
+    # Figures -------------------------------------------------------------------------
+
+    @property
+    def stats(self):
+        return Counter({name: self.counts[i] for i, name in enumerate(STAT_NAMES) if self.counts[i]})
+
+    @property
+    def quality(self):
+        """{(subscriber endpoint, SSRC it sees): its latest reception report}, as the reference's."""
+        out = {}
+        with nogil:
+            self.lock()
+        try:
+            for item in self.quality_map:
+                q = item.second
+                out[(self.names[item.first >> 32], item.first & 0xFFFFFFFF)] = {
+                    "ssrc": item.first & 0xFFFFFFFF, "fraction_lost": q.fraction / 256, "lost": q.lost,
+                    "highest_seq": q.highest, "jitter": q.jitter, "lsr": q.lsr, "dlsr": q.dlsr,
+                }
+        finally:
+            self.unlock()
+        return out

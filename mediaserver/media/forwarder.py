@@ -54,8 +54,8 @@ class Forwarder:
     # (subscriber endpoint, SSRC it sees) -> (publisher endpoint, publisher SSRC), for feedback
     reverse: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     last_pli: dict[tuple[str, int], float] = field(default_factory=dict)
-    # (publisher endpoint, publisher SSRC) -> {sequence number: plaintext packet}, the most recent ones
-    cache: dict[tuple[str, int], dict[int, bytes]] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> ring of (sequence number, plaintext packet), slot seq % NACK_CACHE
+    cache: dict[tuple[str, int], list] = field(default_factory=dict)
     # (subscriber endpoint, SSRC it sees) -> its latest reception report (loss, jitter)
     quality: dict[tuple[str, int], dict] = field(default_factory=dict)
     # (publisher endpoint, publisher SSRC) -> {subscriber: its latest bandwidth estimate in bit/s}
@@ -122,9 +122,7 @@ class Forwarder:
         routes = self.routes.get((ep.id, ssrc))
         if routes is None:
             return self._drop("unknown_ssrc")
-        cache = self.cache.setdefault((ep.id, ssrc), {})
-        cache[seq] = plain
-        cache.pop((seq - NACK_CACHE) & 0xFFFF, None)
+        self.cache.setdefault((ep.id, ssrc), [None] * NACK_CACHE)[seq % NACK_CACHE] = (seq, plain)
         out = []
         for dst_id, route in routes.items():
             sent = self._send_to(dst_id, route, plain)
@@ -245,14 +243,15 @@ class Forwarder:
         route = self.routes.get(source, {}).get(subscriber) if source else None
         if route is None:
             return []
-        cache = self.cache.get(source, {})
+        ring = self.cache.get(source, [None] * NACK_CACHE)
         out = []
         for out_seq in lost:
-            plain = cache.get((out_seq - route.seq_delta) & 0xFFFF)
-            if plain is None:
+            seq = (out_seq - route.seq_delta) & 0xFFFF
+            cached = ring[seq % NACK_CACHE]
+            if cached is None or cached[0] != seq:
                 self.stats["nack_missed"] += 1
                 continue
-            sent = self._send_to(subscriber, route, plain)
+            sent = self._send_to(subscriber, route, cached[1])
             if sent:
                 out.append(sent)
                 self.stats["nack_served"] += 1
