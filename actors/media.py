@@ -15,6 +15,7 @@ class MediaWorkerActor(WorkerService):
             port=port,
             advertised_host=cfg["media_advertised_host"],
             allowed_networks=cfg["media_allowed_networks"],
+            fastpath=cfg.get("media_fastpath", True),
         )
 
     def pid(self) -> int:

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     media_bind_host: str = "127.0.0.1"
     media_advertised_host: str | None = None  # the address clients send media to; the bind host if unset
     media_allowed_networks: list[str] = ["0.0.0.0/0", "::/0"]  # ICE answers only these client networks
+    media_fastpath: bool = True  # forward in C (IPv4); false: the pure-Python reference path
 
     # Tokens
     token_default_ttl: int = Field(24 * 3600, gt=0)

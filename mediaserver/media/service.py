@@ -16,10 +16,12 @@ from mediaserver.media.worker import MediaWorker
 
 class WorkerService:
     def __init__(
-        self, *, bind_host: str, port: int, advertised_host: str | None, allowed_networks: Iterable[str]
+        self, *, bind_host: str, port: int, advertised_host: str | None, allowed_networks: Iterable[str],
+        fastpath: bool = True,
     ):
         self.worker = MediaWorker(
-            bind_host=bind_host, port=port, advertised_host=advertised_host, allowed_networks=allowed_networks
+            bind_host=bind_host, port=port, advertised_host=advertised_host, allowed_networks=allowed_networks,
+            fastpath=fastpath,
         )
         self.started = False
         # Changes when the process restarts (and with it every transport): owners compare it.
@@ -84,6 +86,7 @@ class WorkerService:
         return {
             "port": self.worker.port,
             "transports": len(self.worker.transports),
+            "fastpath": self.worker.fast,
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             **self.worker.stats,
         }

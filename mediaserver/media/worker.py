@@ -1,19 +1,26 @@
 """MediaWorker: one UDP port carrying ICE-lite, DTLS-SRTP and forwarded media for its sessions.
 
 Packets are demultiplexed by first byte (RFC 7983): STUN and DTLS are handled
-here in Python; RTP/RTCP go to the forwarder. A transport is one peer
-connection of one participant (its publish or its subscribe side).
+here in Python; RTP/RTCP go to the forwarder. With the fast path (the default on
+IPv4) a C thread owns the socket, forwards RTP/RTCP itself and hands STUN and
+DTLS up through an eventfd; otherwise the asyncio loop receives everything and
+the pure-Python reference forwards. A transport is one peer connection of one
+participant (its publish or its subscribe side).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from mediaserver._fastpath import FastPath
 from mediaserver.errors import MediaserverError
 from mediaserver.fastpath_ref import KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, classify
 from mediaserver.ids import new_id
@@ -49,7 +56,7 @@ class _Protocol(asyncio.DatagramProtocol):
         try:
             self.worker.datagram_received(data, addr)
         except Exception:  # one bad packet must never stop the port
-            self.worker.stats["drop_error"] += 1
+            self.worker.counts["drop_error"] += 1
             log.exception("packet from %s not handled", addr)
 
 
@@ -63,6 +70,7 @@ class MediaWorker:
         allowed_networks: Iterable[str] = ("127.0.0.0/8", "::1/128"),
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[Transport], None] | None = None,
+        fastpath: bool = True,
     ):
         self.bind_host = bind_host
         self.requested_port = port
@@ -71,34 +79,81 @@ class MediaWorker:
         self.clock = clock
         self.on_state = on_state
         self.cert = ServerCertificate()
-        self.forwarder = Forwarder()
-        self.stats = self.forwarder.stats
+        # The fast path speaks IPv4 (its endpoint keys are address:port in 48 bits).
+        self.fast = fastpath and ipaddress.ip_address(socket.gethostbyname(bind_host)).version == 4
+        self.forwarder: Forwarder | FastPath = FastPath() if self.fast else Forwarder()
+        self.counts: Counter = Counter()  # the slow path's own (STUN, DTLS, errors)
         self.transports: dict[str, Transport] = {}
         self._by_ufrag: dict[str, Transport] = {}
         self._by_addr: dict[tuple, Transport] = {}
         self._udp: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._efd: int | None = None
 
     # Lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.fast:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._tune(sock)
+            sock.bind((self.bind_host, self.requested_port))
+            sock.setblocking(False)
+            self._sock = sock
+            self._efd = self.forwarder.attach(sock.fileno())
+            self.forwarder.check_consent = True
+            self._thread = threading.Thread(target=self.forwarder.run, name="mediaserver-fastpath", daemon=True)
+            self._thread.start()
+            loop.add_reader(self._efd, self._slow_path)
+            return
         self._udp, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(self.bind_host, self.requested_port)
         )
-        sock = self._udp.get_extra_info("socket")
+        self._tune(self._udp.get_extra_info("socket"))
+
+    @staticmethod
+    def _tune(sock) -> None:
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             # Bursts from many senders overflow the default (~200 KB) buffer and the kernel drops
             # packets; the kernel caps this at net.core.rmem_max/wmem_max.
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
+    def _slow_path(self) -> None:
+        """STUN and DTLS the fast path handed up."""
+        for data, addr in self.forwarder.take_slow():
+            try:
+                self.datagram_received(data, addr)
+            except Exception:  # one bad packet must never stop the port
+                self.counts["drop_error"] += 1
+                log.exception("packet from %s not handled", addr)
+
     @property
     def port(self) -> int:
+        if self._sock is not None:
+            return self._sock.getsockname()[1]
         assert self._udp is not None, "start() first"
         return self._udp.get_extra_info("sockname")[1]
+
+    @property
+    def stats(self) -> Counter:
+        """Every counter: the forwarder's and the slow path's."""
+        return self.forwarder.stats + self.counts
 
     def close(self) -> None:
         if self._udp is not None:
             self._udp.close()
+        if self._thread is not None:
+            self.forwarder.stop()
+            try:
+                asyncio.get_running_loop().remove_reader(self._efd)
+            except RuntimeError:
+                pass  # no loop running any more
+            self._thread.join(timeout=2)
+            self._thread = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     # Transports --------------------------------------------------------------------
 
@@ -167,6 +222,12 @@ class MediaWorker:
     # Packets -------------------------------------------------------------------------
 
     def _send(self, data: bytes, addr: tuple) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.sendto(data, addr)
+            except OSError:  # a full buffer, or an ICMP error pending from a gone client
+                self.counts["drop_send"] += 1
+            return
         assert self._udp is not None
         self._udp.sendto(data, addr)
 
@@ -183,18 +244,18 @@ class MediaWorker:
         elif kind == KIND_DTLS:
             self._dtls(data, addr)
         else:
-            self.stats["drop_unknown"] += 1
+            self.counts["drop_unknown"] += 1
 
     def _send_consented(self, pkt: bytes, to: tuple) -> None:
         t = self._by_addr.get(to)
         if t is None or self.clock() - t.consent_at > CONSENT_TIMEOUT:
-            self.stats["drop_no_consent"] += 1  # RFC 7675: stop sending when consent lapses
+            self.counts["drop_no_consent"] += 1  # RFC 7675: stop sending when consent lapses
             return
         self._send(pkt, to)
 
     def _stun(self, data: bytes, addr: tuple) -> None:
         if addr[0] not in self.allowed:
-            self.stats["drop_stun_not_allowed"] += 1
+            self.counts["drop_stun_not_allowed"] += 1
             return
 
         def password_for(ufrag: str) -> str | None:
@@ -206,11 +267,13 @@ class MediaWorker:
 
         result = answer_binding(data, addr, password_for)
         if result is None:
-            self.stats["drop_stun"] += 1
+            self.counts["drop_stun"] += 1
             return
         t = self._by_ufrag[result.ufrag]
         self._send(result.response, addr)
         t.consent_at = self.clock()
+        if self.fast:
+            self.forwarder.set_consent(t.id, t.consent_at)
         # Follow the latest authenticated address (RFC 8445 section 7.3.1.4: lite agents
         # use the pair of the latest valid check; a change is how clients move networks).
         if t.addr != addr:
@@ -225,7 +288,7 @@ class MediaWorker:
     def _dtls(self, data: bytes, addr: tuple) -> None:
         t = self._by_addr.get(addr)
         if t is None or t.remote is None:
-            self.stats["drop_dtls_no_ice"] += 1  # DTLS only after a valid ICE check from that address
+            self.counts["drop_dtls_no_ice"] += 1  # DTLS only after a valid ICE check from that address
             return
         if t.dtls is None:
             t.dtls = DtlsServer(self.cert, t.remote.fingerprints)
