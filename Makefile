@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test system-test-deps clean
+.PHONY: run test bench install install-test system-test-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,5 +46,10 @@ test: install-test system-test-deps
 	else echo "error: cannot create a network namespace (unshare -n); run as root or enable user namespaces" >&2; exit 1; fi; \
 	$$NS sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'
 
+# Benchmarks 1 and 3 (loadtest/bench_fastpath.py): tables on stdout, loopback only.
+bench: install
+	@if unshare -n true 2>/dev/null; then NS="unshare -n"; else NS="unshare -rn"; fi; \
+	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS)'
+
 clean:
-	rm -rf build *.egg-info mediaserver/_fastpath.c mediaserver/_fastpath*.so
+	rm -rf build *.egg-info mediaserver/_fastpath.c* mediaserver/_fastpath*.so loadtest/_wire.c* loadtest/_wire*.so

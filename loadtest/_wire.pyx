@@ -1,0 +1,334 @@
+# cython: language_level=3
+# distutils: language = c++
+"""The load client's packet engine: paced RTP/SRTP sending and counting reception, in C.
+
+A ``Stream`` turns one RTP template into a paced stream (sequence numbers and
+timestamps advancing, frames of several packets with the marker bit on the last,
+SRTP-protected through libsrtp's function pointers as the server's fast path does)
+and remembers when each sequence number left. A ``Sink`` receives on many sockets
+with ``epoll`` and ``recvmmsg``, never decrypting: the RTP header is in the clear
+(RFC 3711 section 3.1), so the sequence number says which packet arrived and the
+sender's clock says how long it took: the kernel stamps each datagram as it reaches
+the subscriber's socket (SO_TIMESTAMPNS, the real-time clock), so how fast the sink
+drains its sockets does not count. ``run`` drives both without the GIL.
+"""
+
+from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, memset
+from libcpp.vector cimport vector
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    uint16_t htons(uint16_t)
+    uint32_t htonl(uint32_t)
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr* CMSG_FIRSTHDR(msghdr*)
+    cmsghdr* CMSG_NXTHDR(msghdr*, cmsghdr*)
+    unsigned char* CMSG_DATA(cmsghdr*)
+    int recvmmsg(int, mmsghdr*, unsigned int, int, timespec*)
+    int sendmmsg(int, mmsghdr*, unsigned int, int)
+    int setsockopt(int, int, int, const void*, socklen_t)
+    int AF_INET
+    int MSG_DONTWAIT
+    int SOL_SOCKET
+    int SO_TIMESTAMPNS
+    int SCM_TIMESTAMPNS
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int)
+    int epoll_ctl(int, int, int, epoll_event*)
+    int epoll_wait(int, epoll_event*, int, int)
+    int EPOLLIN
+    int EPOLL_CTL_ADD
+
+from posix.unistd cimport close
+
+ctypedef int (*srtp_fn)(void* ctx, void* hdr, int* len_ptr) noexcept nogil
+
+cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
+
+cdef enum:
+    BUF = 2048
+    BATCH = 64
+    HIST = 200000  # latency buckets of 1 us: up to 200 ms
+
+
+cdef inline uint64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)  # the clock of kernel receive timestamps
+    return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline uint64_t mono_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)  # pacing does not follow clock adjustments
+    return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef class Stream:
+    """One outgoing RTP stream to one address."""
+
+    cdef int fd
+    cdef sockaddr_in dst
+    cdef uint8_t tmpl[BUF]
+    cdef int size  # plaintext packet size
+    cdef uint16_t seq
+    cdef uint32_t ts
+    cdef uint32_t ts_step
+    cdef int frame_packets
+    cdef int in_frame
+    cdef void* srtp
+    cdef object session  # keeps the pylibsrtp session alive
+    cdef uint64_t sent_at[65536]  # send time (ns) by sequence number
+    cdef readonly uint64_t sent
+    cdef mmsghdr msgs[BATCH]
+    cdef iovec iov[BATCH]
+    cdef uint8_t* bufs
+
+    def __cinit__(self, int fd, tuple dst, uint32_t ssrc, int size=1200, int payload_type=96, session=None,
+                  uint32_t clock_rate=90000, double fps=30.0, int frame_packets=1):
+        import socket
+        import struct
+        if not 12 <= size <= 1400:
+            raise ValueError("packet size must be 12..1400 bytes")
+        self.fd = fd
+        memset(&self.dst, 0, sizeof(sockaddr_in))
+        self.dst.sin_family = AF_INET
+        self.dst.sin_addr.s_addr = htonl(struct.unpack("!I", socket.inet_aton(dst[0]))[0])
+        self.dst.sin_port = htons(dst[1])
+        self.size = size - (16 if session is not None else 0)  # room for the SRTP tag
+        memset(self.tmpl, 0, BUF)
+        self.tmpl[0] = 0x80
+        self.tmpl[1] = payload_type & 0x7F
+        self.tmpl[8] = ssrc >> 24
+        self.tmpl[9] = (ssrc >> 16) & 0xFF
+        self.tmpl[10] = (ssrc >> 8) & 0xFF
+        self.tmpl[11] = ssrc & 0xFF
+        cdef int i
+        for i in range(12, self.size):
+            self.tmpl[i] = (i * 7) & 0xFF
+        self.seq = 1
+        self.ts = 0
+        self.ts_step = <uint32_t>(clock_rate / fps)
+        self.frame_packets = frame_packets
+        self.session = session
+        self.srtp = NULL if session is None else <void*><uintptr_t>int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+        self.bufs = <uint8_t*>malloc(BATCH * BUF)
+        if self.bufs == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.bufs)
+
+    cdef int send(self, int count) noexcept nogil:
+        """Send ``count`` packets now; returns how many the kernel took."""
+        cdef int i, n, length, done = 0, sent
+        cdef uint8_t* b
+        cdef uint64_t t
+        while count > 0:
+            n = count if count < BATCH else BATCH
+            t = now_ns()
+            for i in range(n):
+                b = self.bufs + i * BUF
+                memcpy(b, self.tmpl, self.size)
+                self.in_frame += 1
+                if self.in_frame == self.frame_packets:
+                    b[1] |= 0x80  # the marker bit ends a frame
+                b[2] = self.seq >> 8
+                b[3] = self.seq & 0xFF
+                b[4] = self.ts >> 24
+                b[5] = (self.ts >> 16) & 0xFF
+                b[6] = (self.ts >> 8) & 0xFF
+                b[7] = self.ts & 0xFF
+                length = self.size
+                if self.srtp != NULL:
+                    f_protect(self.srtp, b, &length)
+                self.sent_at[self.seq] = t
+                self.seq += 1
+                if self.in_frame == self.frame_packets:
+                    self.in_frame = 0
+                    self.ts += self.ts_step
+                self.iov[i].iov_base = b
+                self.iov[i].iov_len = length
+                self.msgs[i].msg_hdr.msg_name = &self.dst
+                self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+                self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+                self.msgs[i].msg_hdr.msg_iovlen = 1
+                self.msgs[i].msg_hdr.msg_control = NULL
+                self.msgs[i].msg_hdr.msg_controllen = 0
+            sent = sendmmsg(self.fd, self.msgs, n, 0)
+            if sent > 0:
+                done += sent
+                self.sent += sent
+            count -= n
+        return done
+
+
+cdef class Sink:
+    """Receives on many sockets; counts packets and their latency against one Stream's clock."""
+
+    cdef int ep
+    cdef vector[int] fds
+    cdef uint64_t* hist
+    cdef readonly uint64_t received
+    cdef readonly uint64_t late  # beyond the histogram
+    cdef readonly uint64_t bytes
+    cdef Stream clock
+    cdef bint measuring
+
+    def __cinit__(self, list fds, Stream clock):
+        cdef epoll_event ev
+        cdef int fd, one = 1
+        self.ep = epoll_create1(0)
+        if self.ep < 0:
+            raise OSError("epoll_create1 failed")
+        self.clock = clock
+        self.hist = <uint64_t*>calloc(HIST, sizeof(uint64_t))
+        if self.hist == NULL:
+            raise MemoryError()
+        for fd in fds:
+            memset(&ev, 0, sizeof(ev))
+            ev.events = EPOLLIN
+            ev.data.fd = fd
+            if epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev) != 0:
+                raise OSError("epoll_ctl failed")
+            setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(int))
+            self.fds.push_back(fd)
+        self.measuring = True
+
+    def __dealloc__(self):
+        free(self.hist)
+        if self.ep >= 0:
+            close(self.ep)
+
+    def reset(self):
+        memset(self.hist, 0, HIST * sizeof(uint64_t))
+        self.received = 0
+        self.late = 0
+        self.bytes = 0
+
+    cdef void drain(self, int timeout_ms) noexcept nogil:
+        cdef epoll_event events[64]
+        cdef mmsghdr msgs[BATCH]
+        cdef iovec iov[BATCH]
+        cdef uint8_t bufs[BATCH][256]  # headers are enough: the rest is truncated
+        cdef uint8_t control[BATCH][64]
+        cdef int n, i, k, got
+        cdef uint64_t t, lat, arrived
+        cdef uint16_t seq
+        cdef cmsghdr* cm
+        cdef timespec* stamp
+        n = epoll_wait(self.ep, events, 64, timeout_ms)
+        for i in range(n):
+            while True:
+                for k in range(BATCH):
+                    iov[k].iov_base = bufs[k]
+                    iov[k].iov_len = 256
+                    memset(&msgs[k].msg_hdr, 0, sizeof(msghdr))
+                    msgs[k].msg_hdr.msg_iov = &iov[k]
+                    msgs[k].msg_hdr.msg_iovlen = 1
+                    msgs[k].msg_hdr.msg_control = control[k]
+                    msgs[k].msg_hdr.msg_controllen = 64
+                got = recvmmsg(events[i].data.fd, msgs, BATCH, MSG_DONTWAIT, NULL)
+                if got <= 0:
+                    break
+                t = now_ns()
+                for k in range(got):
+                    if msgs[k].msg_len < 12 or (bufs[k][1] & 0x7F) >= 64 and (bufs[k][1] & 0x7F) <= 95:
+                        continue  # not RTP (RTCP under rtcp-mux)
+                    self.received += 1
+                    self.bytes += msgs[k].msg_len
+                    seq = (<uint16_t>bufs[k][2] << 8) | bufs[k][3]
+                    arrived = t
+                    cm = CMSG_FIRSTHDR(&msgs[k].msg_hdr)
+                    while cm != NULL:
+                        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+                            stamp = <timespec*>CMSG_DATA(cm)
+                            arrived = <uint64_t>stamp.tv_sec * 1000000000 + stamp.tv_nsec
+                            break
+                        cm = CMSG_NXTHDR(&msgs[k].msg_hdr, cm)
+                    lat = (arrived - self.clock.sent_at[seq]) // 1000 if arrived > self.clock.sent_at[seq] else 0
+                    if lat < HIST:
+                        self.hist[lat] += 1
+                    else:
+                        self.late += 1
+                if got < BATCH:
+                    break
+
+    def percentile(self, double q):
+        """The q-th percentile of latency in microseconds (1 us resolution)."""
+        cdef uint64_t total = 0, acc = 0
+        cdef int i
+        for i in range(HIST):
+            total += self.hist[i]
+        total += self.late
+        if total == 0:
+            return float("nan")
+        for i in range(HIST):
+            acc += self.hist[i]
+            if acc >= q / 100.0 * total:
+                return float(i)
+        return float(HIST)
+
+
+def run(Stream stream, Sink sink, double rate, double duration, double drain_after=0.2):
+    """Send ``stream`` at ``rate`` packets/s for ``duration`` seconds while ``sink`` receives;
+    then keep receiving for ``drain_after`` seconds. Returns the packets sent."""
+    cdef uint64_t start = mono_ns(), t, end = start + <uint64_t>(duration * 1e9)
+    cdef uint64_t stop = end + <uint64_t>(drain_after * 1e9)
+    cdef uint64_t due, sent = 0
+    with nogil:
+        t = start
+        while t < stop:
+            if t < end:
+                due = <uint64_t>((t - start) * 1e-9 * rate)
+                if due > sent:
+                    stream.send(<int>(due - sent))  # stream.sent counts what the kernel took
+                    sent = due
+                    sink.drain(0)
+                else:
+                    sink.drain(1)  # 1 ms: the pacing granularity
+            else:
+                sink.drain(10)
+            t = mono_ns()
+    return sent
