@@ -9,5 +9,8 @@ class BreakoutRoomActor:
     def __init__(self, session_id: str, breakout_id: str, name: str):
         self.room = BreakoutRoom(session_id, breakout_id, name)
 
+    def update(self, name: str, members: list[str]) -> dict:
+        return self.room.update(name, members)
+
     def info(self) -> dict:
         return self.room.info()

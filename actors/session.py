@@ -14,12 +14,15 @@ from typing import Any
 from actors import cluster, names
 from actors.breakout import BreakoutRoomActor
 from actors.media import MediaWorkerActor
-from mediaserver.control.breakout import BreakoutRoom
 from mediaserver.control.media import MediaSession
 from mediaserver.control.session import SessionCore
 from mediaserver.errors import MediaserverError
-from mediaserver.ids import new_id
 from mediaserver.store import Store
+
+BREAKOUT_OPERATIONS = {
+    "create_breakouts", "rename_breakout", "delete_breakout", "assign_breakout", "auto_assign_breakouts",
+    "open_breakouts", "close_breakouts", "visit_breakout",
+}
 
 
 class RemoteWorker:
@@ -62,7 +65,16 @@ class SessionActor:
         async with self._media_lock:
             await media.join(participant["id"])
         await self.core.notify()
-        return {"participant": participant, **self.core.snapshot(), "tracks": media.track_list()}
+        return await self._welcome(participant, media)
+
+    async def _welcome(self, participant: dict, media: MediaSession) -> dict:
+        """What a (re)joining participant needs: the session, who is here, tracks, chat, Q&A, rooms."""
+        return {
+            "participant": participant, **self.core.snapshot(), "tracks": media.track_list(),
+            "chat": await self.core.chat_history(participant["id"]),
+            "questions": self.core.question_list(),
+            "breakouts": self.core.breakout_view(),
+        }
 
     async def resume(self, participant_id: str) -> dict:
         await self.core.ensure_loaded()
@@ -74,7 +86,7 @@ class SessionActor:
             gone = await media.restart(participant_id, "reconnected")
         await self._record_unpublished(participant_id, gone)
         await self.core.notify()
-        return {"participant": participant, **self.core.snapshot(), "tracks": media.track_list()}
+        return await self._welcome(participant, media)
 
     # Media -----------------------------------------------------------------------
 
@@ -87,7 +99,7 @@ class SessionActor:
                 handle = cluster.get_or_create(MediaWorkerActor, names.media_worker(index), self.cfg, index)
                 self._incarnation = (await cluster.call(handle, "start"))["incarnation"]
                 self._worker = handle
-                self.media = MediaSession(RemoteWorker(handle))
+                self.media = MediaSession(RemoteWorker(handle), room_of=self.core.room_of)
         return self.media
 
     async def _adopt_media(self) -> None:
@@ -130,12 +142,20 @@ class SessionActor:
         self.core.require_live()
         p = self._publisher(participant_id)
         if p["role"] == "subscriber":
-            raise MediaserverError("publish_not_allowed", "your role (subscriber) may not publish")
+            raise MediaserverError(
+                "publish_not_allowed", "your role (subscriber) may not publish: ask to enable mic & camera first"
+            )
         if self.core.room.get("media_mode") == "relayed":
             raise MediaserverError("media_unavailable", "this room relays media peer to peer, which is not available yet")
         media = await self._media()
         async with self._media_lock:
-            answer, added, removed = await media.publish(participant_id, offer)
+            seated = await self.core.take_stage(participant_id)  # on screen: 4 speakers, 6 others at most
+            try:
+                answer, added, removed = await media.publish(participant_id, offer)
+            except Exception:
+                if seated:  # the publication failed: give the seat back
+                    await self.core.leave_stage(participant_id)
+                raise
         for t in added:
             await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec=t.codec["name"])
         await self._record_unpublished(participant_id, removed)
@@ -220,8 +240,89 @@ class SessionActor:
 
     async def set_role(self, by: str | None, participant_id: str, role: str) -> dict:
         await self.core.ensure_loaded()
-        return await self.core.set_role(by, participant_id, role)
+        before = self.core.participants.get(participant_id, {}).get("on_stage")
+        row = await self.core.set_role(by, participant_id, role)
+        if before and not row.get("on_stage"):
+            await self._unpublish(participant_id)
+        return row
 
+    # Stage, chat, Q&A (rules in mediaserver.control.meeting) -------------------------
+
+    async def _unpublish(self, participant_id: str) -> None:
+        """Off the stage: stop forwarding its media now; its client closes its publish connection."""
+        if self.media is None:
+            return
+        async with self._media_lock:
+            gone = await self.media.unpublish(participant_id)
+        for t in gone:
+            await self.core.record(participant_id, "track_unpublished", track_id=t.id, reason="off_stage")
+        await self.core.notify()
+
+    async def request_stage(self, participant_id: str) -> None:
+        await self.core.ensure_loaded()
+        await self.core.request_stage(participant_id)
+
+    async def cancel_stage_request(self, participant_id: str) -> None:
+        await self.core.ensure_loaded()
+        await self.core.cancel_stage_request(participant_id)
+
+    async def answer_stage_request(self, by: str, participant_id: str, approve: bool) -> None:
+        await self.core.ensure_loaded()
+        await self.core.answer_stage_request(by, participant_id, approve)
+
+    async def leave_stage(self, participant_id: str) -> None:
+        await self.core.ensure_loaded()
+        await self.core.leave_stage(participant_id)
+        await self._unpublish(participant_id)
+
+    async def remove_from_stage(self, by: str, participant_id: str) -> None:
+        await self.core.ensure_loaded()
+        await self.core.remove_from_stage(by, participant_id)
+        await self._unpublish(participant_id)
+
+    async def remove(self, by: str, participant_id: str) -> None:
+        await self.core.ensure_loaded()
+        await self.core.remove(by, participant_id)
+        await self._release_departed()
+
+    async def chat(self, participant_id: str, text: str, all_rooms: bool = False) -> dict:
+        await self.core.ensure_loaded()
+        return await self.core.chat(participant_id, text, all_rooms=all_rooms)
+
+    async def chat_history(self, participant_id: str, limit: int = 100) -> list[dict]:
+        await self.core.ensure_loaded()
+        self._publisher(participant_id)
+        return await self.core.chat_history(participant_id, limit)
+
+    async def ask(self, participant_id: str, text: str) -> dict:
+        await self.core.ensure_loaded()
+        return await self.core.ask(participant_id, text)
+
+    async def upvote(self, participant_id: str, question_id: str) -> dict:
+        await self.core.ensure_loaded()
+        return await self.core.upvote(participant_id, question_id)
+
+    async def settle_question(self, by: str, question_id: str, status: str, answer: str | None = None) -> dict:
+        await self.core.ensure_loaded()
+        return await self.core.settle_question(by, question_id, status, answer)
+
+    async def questions(self, participant_id: str) -> list[dict]:
+        await self.core.ensure_loaded()
+        p = self._publisher(participant_id)
+        return self.core.question_list(include_dismissed=p["role"] == "moderator")
+
+    # Breakout rooms -------------------------------------------------------------------
+
+    async def breakouts(self, method: str, by: str, *args: Any) -> dict:
+        """Run one breakout-room operation of ``SessionCore`` (create_breakouts, rename_breakout,
+        delete_breakout, assign_breakout, auto_assign_breakouts, open_breakouts, close_breakouts,
+        visit_breakout), then bring the rooms' actors and everyone's media in line."""
+        if method not in BREAKOUT_OPERATIONS:
+            raise MediaserverError("invalid_request", f"no breakout operation {method!r}")
+        await self.core.ensure_loaded()
+        view = await getattr(self.core, method)(by, *args)
+        await self._sync_breakouts()
+        return view
     async def end(self, reason: str, by: str | None = None) -> dict:
         await self.core.ensure_loaded()
         session = await self.core.end(reason=reason, by=by)
@@ -254,18 +355,31 @@ class SessionActor:
         result["messages"] = [] if superseded or media is None else media.take_outbox(participant_id)
         return result
 
-    async def open_breakout(self, name: str) -> dict:
-        """Start a breakout room's actor, owned by this session."""
-        await self.core.ensure_loaded()
-        self.core.require_live()
-        breakout_id = new_id("brk")
-        BreakoutRoom(self.session_id, breakout_id, name)  # validates before an actor exists
-        handle = cluster.get_or_create(
-            BreakoutRoomActor, names.breakout(self.session_id, breakout_id), self.session_id, breakout_id, name
-        )
-        info = await cluster.call(handle, "info")
-        self.breakouts[breakout_id] = handle
-        return info
+    async def _sync_breakouts(self) -> None:
+        """One BreakoutRoomActor per open room, knowing its name and members; none while closed.
+        Media follows the rooms: a participant receives only its own room's tracks."""
+        view = self.core.breakout_view()
+        wanted = {r["id"]: r["name"] for r in view["rooms"]} if view["open"] and not self.core.ended else {}
+        for breakout_id in [b for b in self.breakouts if b not in wanted]:
+            cluster.kill(names.breakout(self.session_id, breakout_id), restart=False)
+            del self.breakouts[breakout_id]
+        for breakout_id, name in wanted.items():
+            handle = self.breakouts.get(breakout_id)
+            if handle is None:
+                handle = cluster.get_or_create(
+                    BreakoutRoomActor, names.breakout(self.session_id, breakout_id), self.session_id, breakout_id, name
+                )
+                self.breakouts[breakout_id] = handle
+            members = sorted(pid for pid, p in self.core.participants.items() if p.get("breakout_id") == breakout_id)
+            await cluster.call(handle, "update", name, members)
+        if self.media is not None:
+            async with self._media_lock:
+                await self.media.refresh_all()
+        await self.core.notify()
+
+    async def breakout_info(self) -> list[dict]:
+        """What each open room's actor holds (its name and members)."""
+        return [await cluster.call(h, "info") for h in self.breakouts.values()]
 
     def _retire_breakouts(self) -> None:
         for breakout_id in list(self.breakouts):

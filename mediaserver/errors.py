@@ -36,6 +36,29 @@ STATUS: dict[str, int] = {
     "invalid_sdp": 400,
     "publish_not_allowed": 403,
     "unsupported_codec": 400,
+    # stage and media permissions
+    "stage_full": 409,  # 6 participants are on screen already
+    "speakers_full": 409,  # 4 speakers are on screen already
+    "already_on_stage": 409,
+    "not_on_stage": 409,
+    "stage_request_pending": 409,
+    "no_stage_request": 404,
+    # chat and Q&A
+    "message_empty": 422,
+    "message_too_long": 422,
+    "rate_limited": 429,
+    "question_not_found": 404,
+    "already_voted": 409,
+    "question_closed": 409,
+    # breakout rooms
+    "too_many_breakouts": 409,
+    "breakout_name_too_long": 422,
+    "breakout_name_empty": 422,
+    "breakout_name_taken": 409,
+    "breakout_not_found": 404,
+    "breakouts_open": 409,
+    "breakouts_closed": 409,
+    "no_breakouts": 409,
     "unavailable": 503,
     "internal": 500,
 }

@@ -132,15 +132,18 @@ async def test_session_owns_its_breakout_room_actors(fault_server, ray_client):
         a = await join_room(server, http, room, "a", "moderator")
         sid = a.joined["session"]["id"]
         session = ray_client.find(names.session(sid))
-        info = await ray_client.call(session, "open_breakout", "Team blue")
+        view = await ray_client.call(session, "breakouts", "create_breakouts", a.id, ["Team blue"])
+        assert ray_client.find(names.breakout(sid, view["rooms"][0]["id"])) is None  # not open yet
+        await ray_client.call(session, "breakouts", "open_breakouts", a.id)
+        [info] = await ray_client.call(session, "breakout_info")
         assert info["name"] == "Team blue" and info["session_id"] == sid
         breakout = ray_client.find(names.breakout(sid, info["id"]))
         assert breakout is not None and (await ray_client.call(breakout, "info"))["id"] == info["id"]
         try:
-            await ray_client.call(session, "open_breakout", "x" * 31)
+            await ray_client.call(session, "breakouts", "rename_breakout", a.id, info["id"], "x" * 31)
             raise AssertionError("a 31-character name must be refused")
         except MediaserverError as e:
-            assert e.code == "invalid_request"
+            assert e.code == "breakout_name_too_long"
         await http.post(f"/v1/sessions/{sid}/end")
 
         async def retired():

@@ -91,8 +91,128 @@ class Mute(ClientMessage):
     muted: bool
 
 
+# Stage: subscribers ask to "enable mic & camera"; speakers (moderators) approve or decline.
+# Publishing takes a seat on screen (4 speakers, 6 others at most).
+class RequestStage(ClientMessage):
+    type: Literal["request_stage"]
+
+
+class CancelStageRequest(ClientMessage):
+    type: Literal["cancel_stage_request"]
+
+
+class AnswerStageRequest(ClientMessage):
+    type: Literal["answer_stage_request"]
+    participant_id: str = Field(..., max_length=64)
+    approve: bool
+
+
+class LeaveStage(ClientMessage):
+    """Step off screen: your publications end (close your publish connection)."""
+
+    type: Literal["leave_stage"]
+
+
+class RemoveFromStage(ClientMessage):
+    type: Literal["remove_from_stage"]
+    participant_id: str = Field(..., max_length=64)
+
+
+class RemoveParticipant(ClientMessage):
+    type: Literal["remove_participant"]
+    participant_id: str = Field(..., max_length=64)
+
+
+# Chat and Q&A. Length limits are the server's rules (with their own error codes); the
+# schema only bounds what it reads.
+class Chat(ClientMessage):
+    """Say something to your room (the main room or your breakout room); ``all_rooms`` (speakers)
+    writes to every room at once."""
+
+    type: Literal["chat"]
+    text: str = Field(..., max_length=8192)
+    all_rooms: bool = False
+
+
+class ChatHistory(ClientMessage):
+    type: Literal["chat_history"]
+    limit: int = Field(100, ge=1, le=500)
+
+
+class Ask(ClientMessage):
+    type: Literal["ask"]
+    text: str = Field(..., max_length=8192)
+
+
+class Upvote(ClientMessage):
+    type: Literal["upvote"]
+    question_id: str = Field(..., max_length=64)
+
+
+class AnswerQuestion(ClientMessage):
+    """Speakers: answer (optionally in writing), mark answered, or dismiss a question."""
+
+    type: Literal["answer_question"]
+    question_id: str = Field(..., max_length=64)
+    status: Literal["answered", "dismissed"] = "answered"
+    answer: str | None = Field(None, max_length=8192)
+
+
+class Questions(ClientMessage):
+    type: Literal["questions"]
+
+
+# Breakout rooms (speakers): create up to 10, rename, assign, open, visit, close.
+class BreakoutCreate(ClientMessage):
+    type: Literal["breakout_create"]
+    names: list[Annotated[str, Field(max_length=256)]] = Field(..., min_length=1, max_length=32)
+
+
+class BreakoutRename(ClientMessage):
+    type: Literal["breakout_rename"]
+    breakout_id: str = Field(..., max_length=64)
+    name: str = Field(..., max_length=256)
+
+
+class BreakoutDelete(ClientMessage):
+    type: Literal["breakout_delete"]
+    breakout_id: str = Field(..., max_length=64)
+
+
+class BreakoutAssign(ClientMessage):
+    """participant id -> breakout room id (null: the main room)."""
+
+    type: Literal["breakout_assign"]
+    assignments: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=64)] | None] = Field(
+        ..., max_length=100
+    )
+
+
+class BreakoutAutoAssign(ClientMessage):
+    type: Literal["breakout_auto_assign"]
+
+
+class BreakoutOpen(ClientMessage):
+    type: Literal["breakout_open"]
+
+
+class BreakoutClose(ClientMessage):
+    type: Literal["breakout_close"]
+
+
+class BreakoutVisit(ClientMessage):
+    type: Literal["breakout_visit"]
+    breakout_id: str | None = Field(None, max_length=64)
+
+
 AnyClientMessage = Annotated[
-    Union[Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute],
+    Union[
+        Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute,
+        RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
+        Chat, ChatHistory, Ask, Upvote, AnswerQuestion, Questions,
+        BreakoutCreate, BreakoutRename, BreakoutDelete, BreakoutAssign, BreakoutAutoAssign, BreakoutOpen,
+        BreakoutClose, BreakoutVisit,
+    ],
     Field(discriminator="type"),
 ]
 client_message = TypeAdapter(AnyClientMessage)
@@ -119,6 +239,9 @@ class Joined(ServerMessage):
     grace_seconds: float
     ping_seconds: float
     tracks: list[dict[str, Any]] = []
+    chat: list[dict[str, Any]] = []  # the latest messages of your room
+    questions: list[dict[str, Any]] = []
+    breakouts: dict[str, Any] = {}  # {"rooms": [{id, name}], "open": bool, "plan": {participant: room}}
 
 
 class ServerAnswer(ServerMessage):
@@ -149,6 +272,7 @@ class MediaReset(ServerMessage):
 class Ack(ServerMessage):
     type: Literal["ack"] = "ack"
     id: str | None = None
+    data: Any = None  # the command's result, where it has one (a chat message, a question, ...)
 
 
 class Error(ServerMessage):
@@ -170,7 +294,10 @@ class ServerPong(ServerMessage):
 
 class SessionEvent(ServerMessage):
     """Something that happened in the session: joined, left, disconnected, reconnected,
-    role_changed, track_published, track_unpublished, muted, unmuted, session_ended.
+    role_changed, track_published, track_unpublished, muted, unmuted, session_ended;
+    stage_joined, stage_left, stage_requested, stage_request_cancelled, stage_approved,
+    stage_declined; chat; question_asked, question_upvoted, question_answered,
+    question_dismissed; breakouts_changed, breakouts_opened, breakouts_closed, moved.
     ``participant_id`` is whom it is about."""
 
     type: Literal["event"] = "event"

@@ -136,13 +136,23 @@ class Participant(BaseModel):
     joined_at: datetime
     left_at: datetime | None
     left_reason: str | None
+    on_stage: bool = False
+    stage_requested: bool = False
+    breakout_id: str | None = None
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="chat_messages sent, questions asked and upvotes given"
+    )
 
     @classmethod
-    def from_row(cls, row: dict) -> "Participant":
+    def from_row(cls, row: dict, counts: dict[str, int] | None = None) -> "Participant":
         return cls(
             **{k: row[k] for k in ("id", "session_id", "identity", "name", "role", "state", "left_reason")},
             joined_at=to_dt(row["joined_at"]),
             left_at=to_dt(row["left_at"]),
+            on_stage=bool(row.get("on_stage")),
+            stage_requested=row.get("stage_requested_at") is not None,
+            breakout_id=row.get("breakout_id"),
+            counts=counts or {"chat_messages": 0, "questions": 0, "upvotes": 0},
         )
 
 
@@ -191,6 +201,39 @@ class Session(BaseModel):
 
 class SessionDetail(Session):
     participants: list[Participant]
+    breakouts: dict = Field(default_factory=dict, description="breakout rooms: {rooms, open, plan}")
+
+
+class ChatMessage(BaseModel):
+    id: str
+    participant_id: str
+    name: str
+    breakout_id: str | None = Field(None, description='the room it was said in (null: the main room, "*": every room)')
+    text: str
+    at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict) -> "ChatMessage":
+        return cls(**{k: row[k] for k in ("id", "participant_id", "name", "breakout_id", "text")}, at=to_dt(row["at"]))
+
+
+class Question(BaseModel):
+    id: str
+    participant_id: str
+    name: str
+    text: str
+    status: Literal["open", "answered", "dismissed"]
+    answer: str | None
+    votes: int
+    voters: list[str]
+    asked_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Question":
+        return cls(
+            **{k: row[k] for k in ("id", "participant_id", "name", "text", "status", "answer", "votes", "voters")},
+            asked_at=to_dt(row["asked_at"]),
+        )
 
 
 class SessionList(BaseModel):

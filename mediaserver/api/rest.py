@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
 from mediaserver.api.models import (
+    ChatMessage,
+    Question,
     ErrorResponse,
     Event,
     Participant,
@@ -161,12 +163,34 @@ async def _session(request: Request, caller: Caller, session_id: str) -> dict:
 @router.get("/sessions/{session_id}", response_model=SessionDetail, tags=["sessions"])
 async def get_session(session_id: str, request: Request, caller: Auth) -> SessionDetail:
     row = await _session(request, caller, session_id)
-    parts = await request.app.state.store.list_participants(session_id)
+    store = request.app.state.store
+    parts = await store.list_participants(session_id)
+    counts = await store.participant_counts(session_id)
     base = Session.from_row(
         {**row, "participant_count": sum(p["state"] != "left" for p in parts)},
         grace=request.app.state.settings.grace_seconds,
     )
-    return SessionDetail(**base.model_dump(), participants=[Participant.from_row(p) for p in parts])
+    return SessionDetail(
+        **base.model_dump(),
+        participants=[Participant.from_row(p, counts.get(p["id"])) for p in parts],
+        breakouts=row.get("meeting") or {},
+    )
+
+
+@router.get("/sessions/{session_id}/chat", response_model=list[ChatMessage], tags=["sessions"])
+async def session_chat(session_id: str, request: Request, caller: Auth) -> list[ChatMessage]:
+    """Every chat message of the session (main room, breakout rooms, to all rooms), oldest first."""
+    await _session(request, caller, session_id)
+    return [ChatMessage.from_row(r) for r in await request.app.state.store.session_chat(session_id)]
+
+
+@router.get("/sessions/{session_id}/questions", response_model=list[Question], tags=["sessions"])
+async def session_questions(session_id: str, request: Request, caller: Auth) -> list[Question]:
+    """The session's Q&A: every question with its votes, status and answer, most votes first."""
+    await _session(request, caller, session_id)
+    rows = await request.app.state.store.session_questions(session_id)
+    rows.sort(key=lambda q: (-q["votes"], q["asked_at"]))
+    return [Question.from_row(r) for r in rows]
 
 
 @router.get(
@@ -179,7 +203,8 @@ async def get_participant(session_id: str, participant_id: str, request: Request
     if row is None or row["session_id"] != session_id:
         raise MediaserverError("participant_not_found", f"no participant {participant_id!r} in session {session_id!r}")
     evs = await store.participant_events(participant_id)
-    return ParticipantDetail(**Participant.from_row(row).model_dump(), events=[Event.from_row(e) for e in evs])
+    counts = (await store.participant_counts(session_id)).get(participant_id)
+    return ParticipantDetail(**Participant.from_row(row, counts).model_dump(), events=[Event.from_row(e) for e in evs])
 
 
 @router.get("/sessions/{session_id}/events", response_model=list[Event], tags=["sessions"])

@@ -174,6 +174,9 @@ class Connection:
                 grace_seconds=self.settings.grace_seconds,
                 ping_seconds=self.settings.ping_seconds,
                 tracks=result.get("tracks", []),
+                chat=result.get("chat", []),
+                questions=result.get("questions", []),
+                breakouts=result.get("breakouts", {}),
             )
         )
 
@@ -240,7 +243,56 @@ class Connection:
         elif isinstance(msg, m.Mute):
             await self.control.call(sid, "set_muted", pid, msg.track_id, msg.muted)
             await self.send(m.Ack(id=msg.id))
+        else:
+            method, args = self._meeting_call(msg, pid)
+            data = await self.control.call(sid, method, *args)
+            await self.send(m.Ack(id=msg.id, data=data))
         return False
+
+    @staticmethod
+    def _meeting_call(msg: Any, pid: str) -> tuple[str, tuple]:
+        """The SessionActor method (and arguments) a stage, chat, Q&A or breakout command runs."""
+        if isinstance(msg, m.RequestStage):
+            return "request_stage", (pid,)
+        if isinstance(msg, m.CancelStageRequest):
+            return "cancel_stage_request", (pid,)
+        if isinstance(msg, m.AnswerStageRequest):
+            return "answer_stage_request", (pid, msg.participant_id, msg.approve)
+        if isinstance(msg, m.LeaveStage):
+            return "leave_stage", (pid,)
+        if isinstance(msg, m.RemoveFromStage):
+            return "remove_from_stage", (pid, msg.participant_id)
+        if isinstance(msg, m.RemoveParticipant):
+            return "remove", (pid, msg.participant_id)
+        if isinstance(msg, m.Chat):
+            return "chat", (pid, msg.text, msg.all_rooms)
+        if isinstance(msg, m.ChatHistory):
+            return "chat_history", (pid, msg.limit)
+        if isinstance(msg, m.Ask):
+            return "ask", (pid, msg.text)
+        if isinstance(msg, m.Upvote):
+            return "upvote", (pid, msg.question_id)
+        if isinstance(msg, m.AnswerQuestion):
+            return "settle_question", (pid, msg.question_id, msg.status, msg.answer)
+        if isinstance(msg, m.Questions):
+            return "questions", (pid,)
+        if isinstance(msg, m.BreakoutCreate):
+            return "breakouts", ("create_breakouts", pid, msg.names)
+        if isinstance(msg, m.BreakoutRename):
+            return "breakouts", ("rename_breakout", pid, msg.breakout_id, msg.name)
+        if isinstance(msg, m.BreakoutDelete):
+            return "breakouts", ("delete_breakout", pid, msg.breakout_id)
+        if isinstance(msg, m.BreakoutAssign):
+            return "breakouts", ("assign_breakout", pid, msg.assignments)
+        if isinstance(msg, m.BreakoutAutoAssign):
+            return "breakouts", ("auto_assign_breakouts", pid)
+        if isinstance(msg, m.BreakoutOpen):
+            return "breakouts", ("open_breakouts", pid)
+        if isinstance(msg, m.BreakoutClose):
+            return "breakouts", ("close_breakouts", pid)
+        if isinstance(msg, m.BreakoutVisit):
+            return "breakouts", ("visit_breakout", pid, msg.breakout_id)
+        raise MediaserverError("invalid_request", f"unknown message type {msg.type!r}")
 
     async def event_loop(self) -> None:
         while True:

@@ -1,20 +1,32 @@
-"""A breakout room's state, without Ray. The breakout feature (assignment, isolation) builds on this."""
+"""An open breakout room as its own actor holds it: its name and its members, without Ray.
+
+The session owns the rules (``mediaserver.control.meeting``) and tells each open
+room's actor who is in it; the actor is the room's presence in the cluster.
+"""
 
 from __future__ import annotations
 
+from mediaserver.control.meeting import MAX_BREAKOUT_NAME
 from mediaserver.errors import MediaserverError
-
-MAX_NAME = 30
 
 
 class BreakoutRoom:
     def __init__(self, session_id: str, breakout_id: str, name: str):
-        if not name or len(name) > MAX_NAME:
-            raise MediaserverError("invalid_request", f"a breakout room name has 1 to {MAX_NAME} characters")
         self.session_id = session_id
         self.breakout_id = breakout_id
-        self.name = name
+        self.name = self._valid(name)
         self.members: set[str] = set()
+
+    @staticmethod
+    def _valid(name: str) -> str:
+        if not name or len(name) > MAX_BREAKOUT_NAME:
+            raise MediaserverError("breakout_name_too_long", f"a breakout room name has 1 to {MAX_BREAKOUT_NAME} characters")
+        return name
+
+    def update(self, name: str, members: list[str]) -> dict:
+        self.name = self._valid(name)
+        self.members = set(members)
+        return self.info()
 
     def info(self) -> dict:
         return {

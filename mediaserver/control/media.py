@@ -5,15 +5,16 @@ through ``worker`` (an object with the async methods below: a direct
 MediaWorker in tests, a Ray actor handle in the server) and queues the SDP
 offers each subscriber must receive in ``outbox``.
 
-Every participant subscribes to all published tracks of the session by
-default; ``unsubscribe``/``subscribe`` change that per track.
+Every participant subscribes to all published tracks of its room (the main
+room, or the breakout room it is in: ``room_of``) by default;
+``unsubscribe``/``subscribe`` change that per track.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from mediaserver.errors import MediaserverError
 
@@ -63,8 +64,9 @@ class Subscriber:
 
 
 class MediaSession:
-    def __init__(self, worker: Worker):
+    def __init__(self, worker: Worker, room_of: Callable[[str], str | None] = lambda pid: None):
         self.worker = worker
+        self.room_of = room_of  # participant -> its breakout room (None: the main room)
         self.publish_transport: dict[str, str] = {}  # participant -> transport
         self.tracks: dict[str, Track] = {}
         self.subscribers: dict[str, Subscriber] = {}
@@ -117,10 +119,28 @@ class MediaSession:
     # Subscribing -------------------------------------------------------------------
 
     def _wanted(self, participant_id: str, sub: Subscriber) -> list[Track]:
+        room = self.room_of(participant_id)
         return [
             t for t in self.tracks.values()
             if t.participant_id != participant_id and t.id not in sub.unsubscribed
+            and self.room_of(t.participant_id) == room  # breakout rooms do not hear each other
         ]
+
+    async def unpublish(self, participant_id: str) -> list[Track]:
+        """End a participant's publications at once (taken off the stage): routes first, then its
+        publish transport, so not one more packet of it is forwarded."""
+        gone = [t for t in self.tracks.values() if t.participant_id == participant_id]
+        for t in gone:
+            await self._drop_track(t)
+        tid = self.publish_transport.pop(participant_id, None)
+        if tid:
+            await self.worker.close_transport(tid)
+        await self._refresh_all()
+        return gone
+
+    async def refresh_all(self) -> None:
+        """Re-derive everyone's subscriptions (after people moved between rooms)."""
+        await self._refresh_all()
 
     async def _refresh_all(self, exclude: str | None = None) -> None:
         for pid in list(self.subscribers):

@@ -19,52 +19,16 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from mediaserver.control.meeting import MeetingRules
+from mediaserver.control.tx import Tx as _Tx
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id
-from mediaserver.store import SessionChange, Store
+from mediaserver.store import Store
 
 RECENT_EVENTS = 512  # broadcast events kept in memory for long-polls; older ones come from the store
 
 
-class _Tx:
-    """The writes of one operation, with seq numbers allocated after the committed ones."""
-
-    def __init__(self, core: "SessionCore", now: float):
-        self.now = now
-        self.seq = core.last_seq
-        self.change = SessionChange(core.session_id)
-        self.participants: dict[str, dict] = {}  # pid -> row after this operation
-        self.session: dict[str, Any] = {}
-        self._core = core
-
-    def participant(self, pid: str) -> dict:
-        """The participant as this operation sees it (its pending changes applied)."""
-        return self.participants.get(pid) or self._core.participants[pid]
-
-    def add_participant(self, row: dict) -> None:
-        self.change.new_participants.append(row)
-        self.participants[row["id"]] = dict(row)
-
-    def update_participant(self, pid: str, **values: Any) -> None:
-        self.participants[pid] = {**self.participant(pid), **values}
-        self.change.participant_updates.append((pid, values))
-
-    def event(self, type_: str, participant_id: str | None = None, visibility: str = "broadcast", **data: Any) -> None:
-        self.seq += 1
-        self.change.events.append(
-            {
-                "session_id": self._core.session_id,
-                "seq": self.seq,
-                "participant_id": participant_id,
-                "type": type_,
-                "visibility": visibility,
-                "data": data,
-                "at": self.now,
-            }
-        )
-
-
-class SessionCore:
+class SessionCore(MeetingRules):
     def __init__(
         self,
         store: Store,
@@ -93,6 +57,7 @@ class SessionCore:
         self._changed = asyncio.Condition()
         self._load_lock = asyncio.Lock()
         self.loaded = False
+        self._init_meeting()
 
     async def ensure_loaded(self) -> None:
         async with self._load_lock:
@@ -117,6 +82,7 @@ class SessionCore:
         self.last_seq = session["last_seq"]
         self.recent = deque(recent, maxlen=RECENT_EVENTS)
         self.last_seen = {pid: now for pid in self.participants}
+        await self._load_meeting()
         self.loaded = True
 
     # Views ------------------------------------------------------------------
@@ -161,6 +127,9 @@ class SessionCore:
                 "disconnected_at": None,
                 "left_at": None,
                 "left_reason": None,
+                "on_stage": False,
+                "stage_requested_at": None,
+                "breakout_id": None,
             }
             tx.add_participant(row)
             tx.event("joined", row["id"], identity=identity, name=name, role=role)
@@ -227,8 +196,17 @@ class SessionCore:
             if p["role"] == role:
                 return dict(p)
             tx = _Tx(self, self.clock())
-            tx.update_participant(participant_id, role=role)
+            values: dict[str, Any] = {"role": role}
+            if role == "subscriber" and p.get("on_stage"):
+                values["on_stage"] = False  # no longer allowed to publish: off the screen at once
+            if role != "subscriber":
+                values["stage_requested_at"] = None
+            if p.get("on_stage") and role != "subscriber" and (role == "moderator") != (p["role"] == "moderator"):
+                values["on_stage"] = False  # speaker and participant seats are counted apart: sit down first
+            tx.update_participant(participant_id, **values)
             tx.event("role_changed", participant_id, role=role, previous=p["role"], by=by)
+            if values.get("on_stage") is False:
+                tx.event("stage_left", participant_id, reason="role_changed", by=by)
             await self._commit(tx)
             return dict(self.participants[participant_id])
 
@@ -300,6 +278,8 @@ class SessionCore:
             evs = await self.store.session_events(self.session_id, after_seq=after_seq, broadcast_only=True)
         else:
             evs = [e for e in self.recent if e["seq"] > after_seq]
+        room = self.room_of(participant_id)
+        evs = [e for e in evs if e["visibility"] != "room" or e["data"].get("breakout_id") == room]
         superseded = not self.is_current(participant_id, connection_id)
         return {"events": evs, "last_seq": self.last_seq, "status": self.session["status"], "superseded": superseded}
 
@@ -367,6 +347,7 @@ class SessionCore:
             else:
                 self.participants[pid] = row
         self.last_seq = tx.seq
-        self.recent.extend(e for e in tx.change.events if e["visibility"] == "broadcast")
+        self._apply_questions(tx)
+        self.recent.extend(e for e in tx.change.events if e["visibility"] in ("broadcast", "room"))
         async with self._changed:
             self._changed.notify_all()

@@ -5,6 +5,7 @@ Changes to these tables go with a new Alembic revision in ``migrations/versions`
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -72,6 +73,9 @@ sessions = Table(
     Column("ended_at", Float, nullable=True),
     Column("end_reason", String(20), nullable=True),  # moderator | grace_timeout | api
     Column("last_seq", Integer, nullable=False, server_default=text("0")),
+    # Meeting state that is not per participant: breakout rooms ({"rooms": [{id, name}], "open": bool,
+    # "plan": {participant: room}}).
+    Column("meeting", JSON, nullable=False, server_default=text("'{}'")),
     Index("ix_sessions_team_status", "team_id", "status"),
     Index("ix_sessions_room", "room_id", "started_at"),
     # At most one session per room is not ended: the invariant the Directory relies on.
@@ -97,12 +101,56 @@ participants = Table(
     Column("disconnected_at", Float, nullable=True),
     Column("left_at", Float, nullable=True),
     Column("left_reason", String(20), nullable=True),
+    Column("on_stage", Boolean, nullable=False, server_default=text("false")),  # holds a seat on screen
+    Column("stage_requested_at", Float, nullable=True),  # a pending "enable mic & camera" request
+    Column("breakout_id", String(40), nullable=True),  # the breakout room it is in; None: the main room
     Index("ix_participants_session", "session_id", "joined_at"),
+)
+
+# Chat messages. ``breakout_id`` is the room it was said in (None: the main room, "*": to every room).
+chat_messages = Table(
+    "chat_messages",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("session_id", String(40), ForeignKey("sessions.id"), nullable=False),
+    Column("participant_id", String(40), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("breakout_id", String(40), nullable=True),
+    Column("text", Text, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("seq", Integer, nullable=False),  # the seq of its "chat" event: the order messages were said in
+    Index("ix_chat_session", "session_id", "seq"),
+)
+
+questions = Table(
+    "questions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("session_id", String(40), ForeignKey("sessions.id"), nullable=False),
+    Column("participant_id", String(40), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("status", String(10), nullable=False),  # open | answered | dismissed
+    Column("answer", Text, nullable=True),
+    Column("answered_by", String(40), nullable=True),
+    Column("votes", Integer, nullable=False, server_default=text("0")),
+    Column("asked_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_questions_session", "session_id", "asked_at"),
+)
+
+question_votes = Table(
+    "question_votes",
+    metadata,
+    Column("question_id", String(40), ForeignKey("questions.id"), primary_key=True),
+    Column("participant_id", String(40), primary_key=True),
+    Column("at", Float, nullable=False),
 )
 
 # One row per thing that happened in a session. ``seq`` orders a session's
 # events; rows with ``visibility='broadcast'`` are also pushed to every
-# participant, ``'log'`` rows only fill a participant's event log.
+# participant, ``'room'`` rows only to those in the room ``data.breakout_id``
+# names (None: the main room), ``'log'`` rows only fill a participant's event log.
 events = Table(
     "events",
     metadata,

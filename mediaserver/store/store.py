@@ -21,7 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id, new_secret
-from mediaserver.store.schema import api_keys, events, participants, rooms, server_state, sessions, teams
+from mediaserver.store.schema import (
+    api_keys,
+    chat_messages,
+    events,
+    participants,
+    question_votes,
+    questions,
+    rooms,
+    server_state,
+    sessions,
+    teams,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -35,6 +46,10 @@ class SessionChange:
     new_participants: list[dict[str, Any]] = field(default_factory=list)
     participant_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # full rows, seq included
+    chat: list[dict[str, Any]] = field(default_factory=list)  # new chat_messages rows
+    new_questions: list[dict[str, Any]] = field(default_factory=list)
+    question_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    votes: list[dict[str, Any]] = field(default_factory=list)  # new question_votes rows
 
 
 def _matches(q: str, *columns: Any) -> Any:
@@ -338,8 +353,8 @@ class Store:
         self, session_id: str, *, after_seq: int = 0, broadcast_only: bool = False, limit: int = 1000
     ) -> list[dict]:
         q = sa.select(events).where(events.c.session_id == session_id, events.c.seq > after_seq)
-        if broadcast_only:
-            q = q.where(events.c.visibility == "broadcast")
+        if broadcast_only:  # what participants are sent (room events are filtered per participant)
+            q = q.where(events.c.visibility.in_(("broadcast", "room")))
         q = q.order_by(events.c.seq).limit(limit)
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
@@ -357,6 +372,72 @@ class Store:
                 await conn.execute(participants.update().where(participants.c.id == pid).values(**values))
             if change.events:
                 await conn.execute(events.insert(), change.events)
+            if change.chat:
+                await conn.execute(chat_messages.insert(), change.chat)
+            if change.new_questions:
+                await conn.execute(questions.insert(), change.new_questions)
+            for qid, values in change.question_updates:
+                await conn.execute(questions.update().where(questions.c.id == qid).values(**values))
+            if change.votes:
+                await conn.execute(question_votes.insert(), change.votes)
+
+    # Chat and Q&A ---------------------------------------------------------------------
+
+    async def chat_history(self, session_id: str, rooms_: Iterable[str | None], limit: int = 100) -> list[dict]:
+        """The latest ``limit`` messages said in any of these rooms (None: the main room), oldest first."""
+        rooms_ = list(rooms_)
+        named = [r for r in rooms_ if r is not None]
+        where = chat_messages.c.breakout_id.in_(named) if named else sa.false()
+        if None in rooms_:
+            where = sa.or_(where, chat_messages.c.breakout_id.is_(None))
+        q = (
+            sa.select(chat_messages)
+            .where(chat_messages.c.session_id == session_id, where)
+            .order_by(chat_messages.c.seq.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in reversed((await conn.execute(q)).mappings().all())]
+
+    async def session_chat(self, session_id: str) -> list[dict]:
+        q = sa.select(chat_messages).where(chat_messages.c.session_id == session_id).order_by(chat_messages.c.seq)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def session_questions(self, session_id: str) -> list[dict]:
+        """A session's questions with who voted for each."""
+        async with self.engine.connect() as conn:
+            qs = [dict(r) for r in (await conn.execute(
+                sa.select(questions).where(questions.c.session_id == session_id).order_by(questions.c.asked_at)
+            )).mappings()]
+            votes = await conn.execute(
+                sa.select(question_votes.c.question_id, question_votes.c.participant_id)
+                .join(questions, questions.c.id == question_votes.c.question_id)
+                .where(questions.c.session_id == session_id)
+            )
+            voters: dict[str, list[str]] = {}
+            for qid, pid in votes:
+                voters.setdefault(qid, []).append(pid)
+        for q in qs:
+            q["voters"] = voters.get(q["id"], [])
+        return qs
+
+    async def participant_counts(self, session_id: str) -> dict[str, dict[str, int]]:
+        """Per participant: chat messages sent, questions asked, upvotes given."""
+        out: dict[str, dict[str, int]] = {}
+        async with self.engine.connect() as conn:
+            for key, stmt in (
+                ("chat_messages", sa.select(chat_messages.c.participant_id, sa.func.count())
+                    .where(chat_messages.c.session_id == session_id).group_by(chat_messages.c.participant_id)),
+                ("questions", sa.select(questions.c.participant_id, sa.func.count())
+                    .where(questions.c.session_id == session_id).group_by(questions.c.participant_id)),
+                ("upvotes", sa.select(question_votes.c.participant_id, sa.func.count())
+                    .join(questions, questions.c.id == question_votes.c.question_id)
+                    .where(questions.c.session_id == session_id).group_by(question_votes.c.participant_id)),
+            ):
+                for pid, n in await conn.execute(stmt):
+                    out.setdefault(pid, {"chat_messages": 0, "questions": 0, "upvotes": 0})[key] = n
+        return out
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
