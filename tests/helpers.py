@@ -127,7 +127,9 @@ class Participant:
         return self.joined["participant"]["id"]
 
     async def connect(self) -> None:
-        self.ws = await websockets.connect(self.server.ws_url, open_timeout=10)
+        # An unbounded queue: a test reads events only when it looks for one, and a full queue would
+        # stop the socket being read (and make close() wait for a close frame stuck behind events).
+        self.ws = await websockets.connect(self.server.ws_url, open_timeout=10, max_queue=None)
 
     async def send(self, msg: dict) -> None:
         await self.ws.send(json.dumps(msg))

@@ -48,6 +48,8 @@ class Received:
     audio_frames: int = 0
     lumas: list[int] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    # Video frames by publisher: the server names each track "<participant id>/<mid>" in its msid.
+    video_from: dict[str, int] = field(default_factory=dict)
 
 
 def collect(pc: RTCPeerConnection) -> Received:
@@ -62,6 +64,8 @@ def collect(pc: RTCPeerConnection) -> Received:
                 return
             if track.kind == "video":
                 got.video_frames += 1
+                source = (track.id or "").split("/")[0]
+                got.video_from[source] = got.video_from.get(source, 0) + 1
                 y = frame.planes[0]
                 got.lumas.append(bytes(y)[(y.line_size * frame.height) // 2])  # a pixel mid-picture
             else:
