@@ -100,18 +100,20 @@ class SessionActor:
                 self._incarnation = (await cluster.call(handle, "start"))["incarnation"]
                 self._worker = handle
                 self.media = MediaSession(RemoteWorker(handle), room_of=self.core.room_of)
+                restored = [pid for pid in self.core.restored if pid in self.core.participants]
+                self.core.restored = []
+                if restored:
+                    await self._adopt_media(restored)
         return self.media
 
-    async def _adopt_media(self) -> None:
-        """A restarted actor knows the participants (from the store) but not their peer connections:
-        close what the worker still has of them and have everyone start media over."""
-        media = await self._media()
-        pids = list(self.core.participants)
+    async def _adopt_media(self, pids: list[str]) -> None:
+        """A restarted actor knows the participants it loaded from the store but not their peer
+        connections: close what the worker still has of them and have them start media over."""
         await cluster.call(self._worker, "close_participants", pids)
         async with self._media_lock:
             for pid in pids:
-                await media.join(pid)
-            media.reset("the session was restored after a fault")
+                await self.media.join(pid)
+            self.media.reset("the session was restored after a fault")
         await self.core.notify()
 
     async def _check_worker(self) -> None:
@@ -333,8 +335,8 @@ class SessionActor:
     async def tick(self) -> str:
         await self.core.ensure_loaded()
         await self.core.tick()
-        if self.media is None and self.core.participants and not self.core.ended:
-            await self._adopt_media()
+        if self.media is None and self.core.restored and not self.core.ended:
+            await self._media()  # restarted with participants: adopt them now, not at the next join
         await self._release_departed()
         await self._check_worker()
         await self._record_connection_states()

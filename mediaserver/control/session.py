@@ -58,6 +58,7 @@ class SessionCore(MeetingRules):
         self._load_lock = asyncio.Lock()
         self.loaded = False
         self._init_meeting()
+        self.restored: list[str] = []
 
     async def ensure_loaded(self) -> None:
         async with self._load_lock:
@@ -82,6 +83,8 @@ class SessionCore(MeetingRules):
         self.last_seq = session["last_seq"]
         self.recent = deque(recent, maxlen=RECENT_EVENTS)
         self.last_seen = {pid: now for pid in self.participants}
+        # Participants already here when this actor (re)started: their media must be adopted.
+        self.restored = list(self.participants)
         await self._load_meeting()
         self.loaded = True
 
