@@ -260,6 +260,10 @@ class SessionActor:
             await self.core.record(participant_id, "track_unpublished", track_id=t.id, reason="off_stage")
         await self.core.notify()
 
+    async def start_session(self, by: str) -> dict:
+        await self.core.ensure_loaded()
+        return await self.core.start_session(by)
+
     async def request_stage(self, participant_id: str) -> None:
         await self.core.ensure_loaded()
         await self.core.request_stage(participant_id)

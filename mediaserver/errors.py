@@ -59,6 +59,17 @@ STATUS: dict[str, int] = {
     "breakouts_open": 409,
     "breakouts_closed": 409,
     "no_breakouts": 409,
+    # events with registration
+    "event_not_found": 404,
+    "host_not_found": 404,
+    "slot_not_found": 404,
+    "slot_overlap": 409,
+    "host_session_limit": 409,
+    "slot_outside_window": 422,
+    "slot_full": 409,
+    "already_registered": 409,
+    "session_not_started": 409,
+    "too_early": 409,
     "unavailable": 503,
     "internal": 500,
 }

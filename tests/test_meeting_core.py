@@ -215,3 +215,84 @@ async def test_breakout_chat_and_events_stay_in_their_room(env):
     # Events fetched from the store (an old cursor) are filtered the same way.
     core.recent.clear()
     assert await chats(b) == ["in B", "everyone"]
+
+
+async def event_session(store, team, clock, *, spots: int, starts_in: float):
+    """The session of an event slot with ``spots`` that begins ``starts_in`` seconds from the clock."""
+    from mediaserver.control.directory import DirectoryCore
+    from mediaserver.control.session import SessionCore
+    from tests.test_control_core import GRACE, STALE
+
+    start = clock.t + starts_in
+    event = await store.create_event(team["id"], "Career fair", start - 3600, start + 3600, [{
+        "identity": "acme", "name": "ACME", "max_sessions": 2, "spots": spots, "duration": 1800.0,
+        "timeframes": [[start - 3600, start + 3600]],
+    }])
+    host = event["hosts"][0]
+    slot = await store.add_slot(event, host, start, {
+        "name": "ACME", "type": "adhoc", "media_mode": "routed", "archive_mode": "manual", "encryption": "server",
+        "location_hint": None, "comment": "Career fair with ACME", "capacity": spots + 4,  # as the API makes it
+    })
+    room = await store.get_room(slot["room_id"])
+    session = await DirectoryCore(store, default_max_live_sessions=5, clock=clock).open_session(room)
+    core = SessionCore(store, session["id"], grace=GRACE, stale=STALE, clock=clock)
+    await core.load()
+    return core, slot, event, host
+
+
+async def test_event_session_starts_from_five_minutes_before(env):
+    store, team, clock = env
+    core, slot, _, _ = await event_session(store, team, clock, spots=3, starts_in=6 * 60)
+    host = (await core.join(identity="acme", name="ACME", role="moderator"))["id"]  # speakers may come in early
+    await refused("session_not_started", core.join(identity="early", name="Early", role="subscriber"))
+    err = await refused("too_early", core.start_session(host))  # 6 minutes before: refused
+    assert "5 minutes" in err.message
+    clock.t += 61  # now 4:59 before
+    await refused("session_not_started", core.join(identity="early", name="Early", role="subscriber"))
+    assert (await core.start_session(host))["started"] is True
+    await core.join(identity="early", name="Early", role="subscriber")
+    assert (await reloaded(core)).meeting["started"] is True
+
+
+async def test_registration_until_full_and_unclaimed_spots(env):
+    store, team, clock = env
+    core, slot, _, _ = await event_session(store, team, clock, spots=3, starts_in=60)
+    await store.register(slot["id"], "ann", "Ann")
+    await store.register(slot["id"], "bob", "Bob")
+    await refused("already_registered", store.register(slot["id"], "ann", "Ann"))
+    await store.register(slot["id"], "cy", "Cy")
+    await refused("slot_full", store.register(slot["id"], "dee", "Dee"))
+    host = (await core.join(identity="acme", name="ACME", role="moderator"))["id"]
+    await core.start_session(host)
+    # The host takes no participant spot.
+    await core.join(identity="ann", name="Ann", role="subscriber")
+    # Spots held for bob and cy: an unregistered walk-in may not take them.
+    await refused("room_full", core.join(identity="walk-in", name="W", role="subscriber"))
+    await core.join(identity="bob", name="Bob", role="subscriber")
+    await core.join(identity="cy", name="Cy", role="subscriber")
+    await refused("room_full", core.join(identity="walk-in", name="W", role="subscriber"))
+
+
+async def test_unclaimed_spots_are_open_to_all_once_live(env):
+    store, team, clock = env
+    core, slot, _, _ = await event_session(store, team, clock, spots=3, starts_in=60)
+    await store.register(slot["id"], "ann", "Ann")
+    host = (await core.join(identity="acme", name="ACME", role="moderator"))["id"]
+    await core.start_session(host)
+    await core.join(identity="w1", name="W1", role="subscriber")
+    await core.join(identity="w2", name="W2", role="subscriber")  # 2 unclaimed spots taken by walk-ins
+    await refused("room_full", core.join(identity="w3", name="W3", role="subscriber"))  # ann's is held
+    await core.join(identity="ann", name="Ann", role="subscriber")
+
+
+async def test_slots_respect_overlap_allowance_and_spots(env):
+    store, team, clock = env
+    _, slot, event, host = await event_session(store, team, clock, spots=2, starts_in=3600)
+    room = {"name": "x", "type": "adhoc", "media_mode": "routed", "archive_mode": "manual", "encryption": "server",
+            "location_hint": None, "comment": None}
+    await refused("slot_overlap", store.add_slot(event, host, slot["starts_at"] + 600, room))
+    second = await store.add_slot(event, host, slot["ends_at"], room)  # back to back is fine
+    assert second["starts_at"] == slot["ends_at"]
+    await refused("host_session_limit", store.add_slot(event, host, slot["ends_at"] + 7200, room))
+    detail = await store.get_event(event["id"])
+    assert [s["id"] for s in detail["slots"]] == [slot["id"], second["id"]]

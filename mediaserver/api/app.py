@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediaserver import __version__
-from mediaserver.api import rest, ws
+from mediaserver.api import events, rest, ws
 from mediaserver.api.metrics import GatewayMetrics
 from mediaserver.config import Settings
 from mediaserver.errors import MediaserverError
@@ -53,6 +53,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.reconnect_secret = reconnect_secret
     app.state.metrics = GatewayMetrics()
     app.include_router(rest.router)
+    app.include_router(events.router)
     app.add_api_websocket_route("/v1/ws", ws.websocket_endpoint)
 
     @app.exception_handler(MediaserverError)

@@ -91,6 +91,12 @@ class Mute(ClientMessage):
     muted: bool
 
 
+class StartSession(ClientMessage):
+    """Speakers: open an event's session to participants (from 5 minutes before its slot)."""
+
+    type: Literal["start_session"]
+
+
 # Stage: subscribers ask to "enable mic & camera"; speakers (moderators) approve or decline.
 # Publishing takes a seat on screen (4 speakers, 6 others at most).
 class RequestStage(ClientMessage):
@@ -208,7 +214,7 @@ class BreakoutVisit(ClientMessage):
 AnyClientMessage = Annotated[
     Union[
         Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute,
-        RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
+        StartSession, RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
         Chat, ChatHistory, Ask, Upvote, AnswerQuestion, Questions,
         BreakoutCreate, BreakoutRename, BreakoutDelete, BreakoutAssign, BreakoutAutoAssign, BreakoutOpen,
         BreakoutClose, BreakoutVisit,

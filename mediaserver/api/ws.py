@@ -133,6 +133,11 @@ class Connection:
         room = await self.store.get_room(grant.room_id)
         if room is None or key is None or room["team_id"] != key["team_id"]:
             raise MediaserverError("room_not_found", f"no room {grant.room_id!r} for this token's API key")
+        if grant.role != "moderator" and await self.store.slot_for_room(room["id"]) is not None:
+            # An event's session opens only when a speaker starts it: do not start one for a participant.
+            current = await self.store.unended_session(room["id"])
+            if current is None or not (current.get("meeting") or {}).get("started"):
+                raise MediaserverError("session_not_started", "this session has not been started by a speaker yet")
         session = await self.control.open_session(room)
         self.session_id = session["id"]
         result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role)
@@ -252,6 +257,8 @@ class Connection:
     @staticmethod
     def _meeting_call(msg: Any, pid: str) -> tuple[str, tuple]:
         """The SessionActor method (and arguments) a stage, chat, Q&A or breakout command runs."""
+        if isinstance(msg, m.StartSession):
+            return "start_session", (pid,)
         if isinstance(msg, m.RequestStage):
             return "request_stage", (pid,)
         if isinstance(msg, m.CancelStageRequest):

@@ -22,6 +22,7 @@ from mediaserver.control.tx import Tx
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id
 
+START_EARLY = 300.0  # a speaker may start an event's session from 5 minutes before its slot
 MAX_SPEAKERS_ON_SCREEN = 4
 MAX_PARTICIPANTS_ON_SCREEN = 6
 MAX_BREAKOUTS = 10
@@ -41,6 +42,12 @@ def _text(value: str, limit: int, what: str) -> str:
     if len(value) > limit:
         raise MediaserverError("message_too_long", f"the {what} has {len(value)} characters; the limit is {limit}")
     return value
+
+
+def _when(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def public_question(q: dict) -> dict:
@@ -127,6 +134,49 @@ class MeetingRules:
                 "stage_full",
                 f"{MAX_PARTICIPANTS_ON_SCREEN} participants are on screen already; one must leave the stage first",
             )
+
+    # Events with registration ------------------------------------------------------------
+
+    async def _admit_to_event(self, tx: Tx, identity: str, role: str, present: list[str]) -> None:
+        """In the session of an event slot: only speakers until one starts it; then registered
+        participants, and others only into spots nobody registered for (until capacity)."""
+        slot = await self.store.slot_for_room(self.session["room_id"])
+        if slot is None:
+            return
+        if role == "moderator":
+            return
+        if not tx.meeting().get("started"):
+            raise MediaserverError(
+                "session_not_started", f"this session starts at {_when(slot['starts_at'])}; a speaker has not started it yet"
+            )
+        registered = set(slot["registered"])
+        if identity in registered:
+            return
+        audience = [tx.participant(pid) for pid in present if tx.participant(pid)["role"] != "moderator"]
+        held = len(registered - {p["identity"] for p in audience})  # spots kept for registered people not here yet
+        if len(audience) + held >= slot["spots"]:
+            raise MediaserverError(
+                "room_full", f"all {slot['spots']} spots of this session are taken or held for registered participants"
+            )
+
+    async def start_session(self, by: str) -> dict:
+        """A speaker opens an event's session to its participants (from 5 minutes before the slot)."""
+        async with self._lock:
+            self.require_live()
+            self._require_moderator(by)
+            slot = await self.store.slot_for_room(self.session["room_id"])
+            tx = Tx(self, self.clock())
+            if slot is not None and tx.now < slot["starts_at"] - START_EARLY:
+                raise MediaserverError(
+                    "too_early",
+                    f"this session may be started from {_when(slot['starts_at'] - START_EARLY)} "
+                    f"(5 minutes before it begins at {_when(slot['starts_at'])})",
+                )
+            if not tx.meeting().get("started"):
+                tx.set_meeting(started=True, started_at=tx.now, started_by=by)
+                tx.event("session_started", by)
+                await self._commit(tx)
+            return {"started": True, "started_at": self.meeting.get("started_at")}
 
     # Stage ---------------------------------------------------------------------------
 

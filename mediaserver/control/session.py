@@ -119,6 +119,7 @@ class SessionCore(MeetingRules):
             capacity = int(self.room.get("capacity") or 50)
             if len(present) >= capacity:
                 raise MediaserverError("room_full", f"the session is full ({capacity} participants)")
+            await self._admit_to_event(tx, identity, role, present)
             row = {
                 "id": new_id("part"),
                 "session_id": self.session_id,

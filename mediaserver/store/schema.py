@@ -173,3 +173,54 @@ server_state = Table(
     Column("key", String(40), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# Events with registration: an organizer's event, its hosts (employers) with their allowances,
+# the time slots hosts picked (each a room of its own), and participants' registrations.
+scheduled_events = Table(
+    "scheduled_events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("starts_at", Float, nullable=False),
+    Column("ends_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_scheduled_events_team", "team_id", "starts_at"),
+)
+
+event_hosts = Table(
+    "event_hosts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("event_id", String(40), ForeignKey("scheduled_events.id"), nullable=False),
+    Column("identity", String(100), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("max_sessions", Integer, nullable=False),
+    Column("spots", Integer, nullable=False),  # participants per session
+    Column("duration", Float, nullable=False),  # seconds per session
+    Column("timeframes", JSON, nullable=False),  # [[starts_at, ends_at], ...] where sessions may be
+    UniqueConstraint("event_id", "identity", name="uq_event_hosts_identity"),
+)
+
+event_slots = Table(
+    "event_slots",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("event_id", String(40), ForeignKey("scheduled_events.id"), nullable=False),
+    Column("host_id", String(40), ForeignKey("event_hosts.id"), nullable=False),
+    Column("room_id", String(40), ForeignKey("rooms.id"), nullable=False, unique=True),
+    Column("starts_at", Float, nullable=False),
+    Column("ends_at", Float, nullable=False),
+    Column("spots", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_event_slots_host", "host_id", "starts_at"),
+)
+
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("slot_id", String(40), ForeignKey("event_slots.id"), primary_key=True),
+    Column("identity", String(100), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("registered_at", Float, nullable=False),
+)
