@@ -70,6 +70,17 @@ STATUS: dict[str, int] = {
     "already_registered": 409,
     "session_not_started": 409,
     "too_early": 409,
+    # people: users, groups, invite links
+    "user_exists": 409,
+    "user_not_found": 404,
+    "group_not_found": 404,
+    "invalid_credentials": 401,
+    "not_group_member": 403,
+    "not_group_leader": 403,
+    "invite_invalid": 401,
+    "invite_expired": 410,
+    "invite_revoked": 410,
+    "session_not_live": 409,
     "unavailable": 503,
     "internal": 500,
 }

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediaserver import __version__
-from mediaserver.api import events, rest, ws
+from mediaserver.api import events, people, rest, ws
 from mediaserver.api.metrics import GatewayMetrics
 from mediaserver.config import Settings
 from mediaserver.errors import MediaserverError
@@ -54,6 +54,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.metrics = GatewayMetrics()
     app.include_router(rest.router)
     app.include_router(events.router)
+    app.include_router(people.router)
     app.add_api_websocket_route("/v1/ws", ws.websocket_endpoint)
 
     @app.exception_handler(MediaserverError)
@@ -88,6 +89,10 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
 
     @app.get("/join/{room_id}", include_in_schema=False)
     async def join_page(room_id: str) -> FileResponse:
+        return FileResponse(STATIC / "meet.html")
+
+    @app.get("/invite/{link}", include_in_schema=False)
+    async def invite_page(link: str) -> FileResponse:
         return FileResponse(STATIC / "meet.html")
 
     @app.get("/static/{name}", include_in_schema=False)

@@ -47,6 +47,7 @@ class RoomFields(Strict):
     comment: str | None = Field(None, max_length=2000)
     starts_at: datetime | None = None
     ends_at: datetime | None = None
+    group_id: str | None = Field(None, max_length=40, description="For type group: the group whose members join.")
 
     @model_validator(mode="after")
     def _schedule_in_order(self) -> "RoomFields":
@@ -89,13 +90,14 @@ class Room(BaseModel):
     comment: str | None
     starts_at: datetime | None
     ends_at: datetime | None
+    group_id: str | None = None
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def from_row(cls, row: dict) -> "Room":
         return cls(
-            **{k: row[k] for k in cls.model_fields if k not in ("starts_at", "ends_at", "created_at", "updated_at")},
+            **{k: row.get(k) for k in cls.model_fields if k not in ("starts_at", "ends_at", "created_at", "updated_at")},
             starts_at=to_dt(row["starts_at"]),
             ends_at=to_dt(row["ends_at"]),
             created_at=to_dt(row["created_at"]),

@@ -6,6 +6,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
@@ -51,8 +52,20 @@ async def _room(request: Request, caller: Caller, room_id: str) -> dict:
     return room
 
 
+async def _check_group(request: Request, caller: Caller, room_type: str, group_id: str | None) -> None:
+    """A group room names a group of the caller's team; an ad-hoc room names none."""
+    if room_type == "group":
+        if not group_id:
+            raise MediaserverError("invalid_request", "a group room needs group_id: the group whose members join it")
+        if await request.app.state.store.get_group(group_id, caller.team_id) is None:
+            raise MediaserverError("group_not_found", f"no group {group_id!r} in your team")
+    elif group_id:
+        raise MediaserverError("invalid_request", "only group rooms have a group_id")
+
+
 @router.post("/rooms", status_code=201, response_model=Room, tags=["rooms"])
 async def create_room(body: RoomCreate, request: Request, caller: Auth) -> Room:
+    await _check_group(request, caller, body.type, body.group_id)
     row = await request.app.state.store.create_room(caller.team_id, body.to_row(only_set=False))
     return Room.from_row(row)
 
@@ -82,6 +95,8 @@ async def update_room(room_id: str, body: RoomUpdate, request: Request, caller: 
     for required in ("name", "type", "media_mode", "archive_mode", "encryption", "capacity"):
         if required in changes and changes[required] is None:
             raise MediaserverError("invalid_request", f"{required} cannot be cleared")
+    if "type" in changes or "group_id" in changes:
+        await _check_group(request, caller, changes.get("type", current["type"]), changes.get("group_id", current.get("group_id")))
     starts = changes.get("starts_at", current["starts_at"])
     ends = changes.get("ends_at", current["ends_at"])
     if starts is not None and ends is not None and ends <= starts:
@@ -90,6 +105,17 @@ async def update_room(room_id: str, body: RoomUpdate, request: Request, caller: 
     if row is None:
         raise MediaserverError("room_not_found", f"no room {room_id!r} in your team")
     return Room.from_row(row)
+
+
+@router.get("/rooms/{room_id}/event.ics", tags=["rooms"], response_class=Response)
+async def room_calendar(room_id: str, request: Request, caller: Auth) -> Response:
+    """The room as an iCalendar event: its schedule, its comment and its page."""
+    from mediaserver.api.people import room_calendar as calendar
+
+    room = await _room(request, caller, room_id)
+    url = f"{request.app.state.settings.base_url}/join/{quote(room_id)}"
+    return Response(calendar(room, url), media_type="text/calendar",
+                    headers={"Content-Disposition": f'attachment; filename="{room_id}.ics"'})
 
 
 @router.post("/rooms/{room_id}/tokens", status_code=201, response_model=TokenResponse, tags=["tokens"])

@@ -138,6 +138,12 @@ class Connection:
             current = await self.store.unended_session(room["id"])
             if current is None or not (current.get("meeting") or {}).get("started"):
                 raise MediaserverError("session_not_started", "this session has not been started by a speaker yet")
+        if room["type"] == "group" and grant.role != "moderator":
+            current = await self.store.unended_session(room["id"])
+            if current is None or current["status"] == "ended":
+                raise MediaserverError(
+                    "not_group_leader", "only the group's leaders and co-leaders may start a session for it; join once it is live"
+                )
         session = await self.control.open_session(room)
         self.session_id = session["id"]
         result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role)

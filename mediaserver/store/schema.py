@@ -58,6 +58,7 @@ rooms = Table(
     Column("ends_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("group_id", String(40), nullable=True),  # a group room: its participants are the group's members
     Index("ix_rooms_team", "team_id", "created_at"),
 )
 
@@ -223,4 +224,49 @@ registrations = Table(
     Column("identity", String(100), primary_key=True),
     Column("name", String(100), nullable=False),
     Column("registered_at", Float, nullable=False),
+)
+
+# People: users (signed-in participants), groups with leader/co-leader/member roles, and
+# invite links to ad-hoc rooms (signed, expiring, revocable).
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("email", String(200), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("password_hash", String(200), nullable=False),  # argon2id
+    Column("created_at", Float, nullable=False),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),  # signs its members' tokens
+    Column("created_at", Float, nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", String(40), ForeignKey("groups.id"), primary_key=True),
+    Column("user_id", String(40), ForeignKey("users.id"), primary_key=True),
+    Column("role", String(10), nullable=False),  # leader | co_leader | member
+    Column("added_at", Float, nullable=False),
+)
+
+invites = Table(
+    "invites",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("room_id", String(40), ForeignKey("rooms.id"), nullable=False),
+    Column("key_id", String(40), ForeignKey("api_keys.id"), nullable=False),  # signs the link and guests' tokens
+    Column("role", String(12), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Index("ix_invites_room", "room_id", "created_at"),
 )

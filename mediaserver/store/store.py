@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id, new_secret
 from mediaserver.store.event_store import EventStore
+from mediaserver.store.people_store import PeopleStore
 from mediaserver.store.schema import (
     api_keys,
     chat_messages,
@@ -60,7 +61,7 @@ def _matches(q: str, *columns: Any) -> Any:
     return sa.or_(*(sa.func.lower(sa.func.coalesce(c, "")).like(pattern, escape="\\") for c in columns))
 
 
-class Store(EventStore):
+class Store(EventStore, PeopleStore):
     def __init__(self, url: str, *, echo: bool = False):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
