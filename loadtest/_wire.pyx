@@ -82,6 +82,7 @@ cdef extern from "<sys/epoll.h>" nogil:
     int EPOLL_CTL_ADD
 
 from posix.unistd cimport close
+from posix.time cimport nanosleep
 
 ctypedef int (*srtp_fn)(void* ctx, void* hdr, int* len_ptr) noexcept nogil
 
@@ -117,6 +118,7 @@ cdef class Stream:
     cdef uint32_t ts_step
     cdef int frame_packets
     cdef int in_frame
+    cdef bint stamp  # write the send time (ns, real-time clock) into the first 8 payload bytes
     cdef void* srtp
     cdef object session  # keeps the pylibsrtp session alive
     cdef uint64_t sent_at[65536]  # send time (ns) by sequence number
@@ -126,7 +128,7 @@ cdef class Stream:
     cdef uint8_t* bufs
 
     def __cinit__(self, int fd, tuple dst, uint32_t ssrc, int size=1200, int payload_type=96, session=None,
-                  uint32_t clock_rate=90000, double fps=30.0, int frame_packets=1):
+                  uint32_t clock_rate=90000, double fps=30.0, int frame_packets=1, bint stamp=False):
         import socket
         import struct
         if not 12 <= size <= 1400:
@@ -151,6 +153,7 @@ cdef class Stream:
         self.ts = 0
         self.ts_step = <uint32_t>(clock_rate / fps)
         self.frame_packets = frame_packets
+        self.stamp = stamp and self.size >= 20
         self.session = session
         self.srtp = NULL if session is None else <void*><uintptr_t>int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
         self.bufs = <uint8_t*>malloc(BATCH * BUF)
@@ -162,7 +165,7 @@ cdef class Stream:
 
     cdef int send(self, int count) noexcept nogil:
         """Send ``count`` packets now; returns how many the kernel took."""
-        cdef int i, n, length, done = 0, sent
+        cdef int i, k, n, length, done = 0, sent
         cdef uint8_t* b
         cdef uint64_t t
         while count > 0:
@@ -180,6 +183,9 @@ cdef class Stream:
                 b[5] = (self.ts >> 16) & 0xFF
                 b[6] = (self.ts >> 8) & 0xFF
                 b[7] = self.ts & 0xFF
+                if self.stamp:
+                    for k in range(8):
+                        b[12 + k] = (t >> (56 - 8 * k)) & 0xFF
                 length = self.size
                 if self.srtp != NULL:
                     f_protect(self.srtp, b, &length)
@@ -309,6 +315,27 @@ cdef class Sink:
             if acc >= q / 100.0 * total:
                 return float(i)
         return float(HIST)
+
+
+def send_paced(Stream stream, double rate, double duration):
+    """Send ``stream`` at ``rate`` packets/s for ``duration`` seconds, without the GIL (call it
+    from a thread of its own). Returns the packets sent."""
+    cdef uint64_t start = mono_ns(), t, end = start + <uint64_t>(duration * 1e9)
+    cdef uint64_t due, sent = 0
+    cdef timespec pause
+    pause.tv_sec = 0
+    pause.tv_nsec = 1000000
+    with nogil:
+        t = start
+        while t < end:
+            due = <uint64_t>((t - start) * 1e-9 * rate)
+            if due > sent:
+                stream.send(<int>(due - sent))
+                sent = due
+            else:
+                nanosleep(&pause, NULL)  # 1 ms: the pacing granularity
+            t = mono_ns()
+    return sent
 
 
 def run(Stream stream, Sink sink, double rate, double duration, double drain_after=0.2):

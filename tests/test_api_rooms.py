@@ -10,9 +10,11 @@ from tests.helpers import create_key, make_room
 
 async def test_room_crud(server):
     async with server.http() as http:
+        group = (await http.post("/v1/groups", json={"name": "Finance"})).json()
         body = {
             "name": "Quarterly review",
             "type": "group",
+            "group_id": group["id"],
             "media_mode": "routed",
             "archive_mode": "always",
             "encryption": "session_key",
