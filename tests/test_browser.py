@@ -35,7 +35,7 @@ async def browser():
 
 
 async def frames(page) -> list[int]:
-    return [s["framesDecoded"] for s in await page.evaluate("window.room.receivedVideo()")]
+    return [s["framesDecoded"] for s in await page.evaluate("window.room ? window.room.receivedVideo() : []")]
 
 
 async def test_two_browsers_see_each_other(server, browser):
@@ -50,6 +50,7 @@ async def test_two_browsers_see_each_other(server, browser):
             page.on("pageerror", lambda e, who=identity: errors.append(f"{who}: {e}"))
             token = await make_token(http, room["id"], identity, role)
             await page.goto(f"{server.url}/join/{room['id']}?token={token}")
+            await page.get_by_role("button", name="Join now").click()  # after the camera preview
             pages.append(page)
         ann, bob = pages
 
@@ -99,7 +100,7 @@ async def test_vp9_from_the_browser_is_received_as_vp9(server, browser):
         for identity in ("vp9-a", "vp9-b"):
             page = await (await browser.new_context()).new_page()
             token = await make_token(http, room["id"], identity)
-            await page.goto(f"{server.url}/join/{room['id']}?token={token}&codec=VP9")
+            await page.goto(f"{server.url}/join/{room['id']}?token={token}&codec=VP9&autojoin=1")
             pages.append(page)
         deadline = asyncio.get_running_loop().time() + 60
         while True:

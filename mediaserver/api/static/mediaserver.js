@@ -9,6 +9,13 @@
 // "subscribe" peer connection where the server offers the tracks we receive and we answer.
 // If the connection drops, the room reconnects by itself inside the session's grace period (as the
 // same participant) and publishes again; events "reconnecting" and "reconnected" tell the page.
+//
+// Meeting features are requests that resolve with the server's answer (or reject with a
+// MediaserverError whose .code is the server's error code): requestStage(), answerStageRequest(),
+// leaveStage(), removeFromStage(), removeParticipant(), chat(), ask(), upvote(), answerQuestion(),
+// startSession() and the breakout*() calls. Every session event is also dispatched under its own
+// name ("chat", "question_asked", "stage_requested", "moved", "session_ended", ...); the room keeps
+// .participants, .tracks, .chatMessages, .questions and .breakouts up to date.
 
 const PC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
 
@@ -35,6 +42,9 @@ export class Room extends EventTarget {
     this._stream = null; // what we publish, to publish again after a reconnect or a media reset
     this._reconnectToken = null;
     this._closing = false;
+    this.chatMessages = [];
+    this.questions = new Map(); // id -> question
+    this.breakouts = { rooms: [], open: false, plan: {} };
   }
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
@@ -63,6 +73,9 @@ export class Room extends EventTarget {
           this._reconnectToken = msg.reconnect_token; this._grace = msg.grace_seconds;
           this.participants.clear(); msg.participants.forEach((p) => this.participants.set(p.id, p));
           this.tracks.clear(); msg.tracks.forEach((t) => this.tracks.set(t.id, t));
+          this.chatMessages = msg.chat || [];
+          this.questions = new Map((msg.questions || []).map((q) => [q.id, q]));
+          this.breakouts = msg.breakouts && msg.breakouts.rooms ? msg.breakouts : { rooms: [], open: false, plan: {} };
           this._emit(msg.resumed ? "reconnected" : "joined", msg);
           resolve(msg);
         } else if (msg.type === "error" && !joined) {
@@ -123,6 +136,27 @@ export class Room extends EventTarget {
     else if (msg.event === "track_published") this.tracks.set(d.track_id, { id: d.track_id, participant_id: msg.participant_id, kind: d.kind, muted: false });
     else if (msg.event === "track_unpublished") this.tracks.delete(d.track_id);
     else if ((msg.event === "muted" || msg.event === "unmuted") && this.tracks.has(d.track_id)) this.tracks.get(d.track_id).muted = msg.event === "muted";
+    else if (msg.event === "chat") this.chatMessages.push(d.message);
+    else if (msg.event.startsWith("question_") && d.question) this.questions.set(d.question.id, d.question);
+    else if (msg.event === "question_upvoted" && this.questions.has(d.question_id)) this.questions.get(d.question_id).votes = d.votes;
+    else if (msg.event.startsWith("breakouts_")) this.breakouts = { rooms: d.rooms, open: d.open, plan: d.plan };
+    const p = this.participants.get(msg.participant_id);
+    if (p) {
+      if (msg.event === "role_changed") p.role = d.role;
+      else if (msg.event === "stage_joined" || msg.event === "stage_approved") { p.on_stage = true; p.stage_requested_at = null; }
+      else if (msg.event === "stage_left") p.on_stage = false;
+      else if (msg.event === "stage_requested") p.stage_requested_at = msg.at;
+      else if (msg.event === "stage_declined" || msg.event === "stage_request_cancelled") p.stage_requested_at = null;
+      else if (msg.event === "moved") p.breakout_id = d.breakout_id;
+      else if (msg.event === "disconnected") p.state = "disconnected";
+      else if (msg.event === "reconnected") p.state = "connected";
+    }
+    if (this.me && msg.participant_id === this.me.id) {
+      if (msg.event === "role_changed") this.me.role = d.role;
+      if (msg.event === "moved") this.me.breakout_id = d.breakout_id;
+      // Off the stage (by ourselves or a speaker): stop sending; the server forwards nothing of ours now.
+      if (msg.event === "stage_left") this._stopPublishing();
+    }
     this._emit("event", msg);
     this._emit(msg.event, msg);
   }
@@ -164,6 +198,63 @@ export class Room extends EventTarget {
     await this.subscribePc.setRemoteDescription({ type: "offer", sdp });
     await this.subscribePc.setLocalDescription(await this.subscribePc.createAnswer());
     await this.request({ type: "answer", pc: "subscribe", sdp: this.subscribePc.localDescription.sdp });
+  }
+
+  _stopPublishing() {
+    if (this.publishPc) this.publishPc.close();
+    this.publishPc = null;
+    if (this._stream) this._stream.getTracks().forEach((t) => t.stop());
+    this._stream = null;
+    this._emit("unpublished", {});
+  }
+
+  // Who is in my room (the main room, or my breakout room while rooms are open).
+  roomMates() {
+    const mine = this.me ? this.me.breakout_id || null : null;
+    return [...this.participants.values()].filter((p) => (p.breakout_id || null) === mine);
+  }
+
+  // Stage: ask to enable mic & camera; speakers approve or decline; anyone on screen may step off.
+  startSession() { return this.request({ type: "start_session" }); }
+  requestStage() { return this.request({ type: "request_stage" }); }
+  cancelStageRequest() { return this.request({ type: "cancel_stage_request" }); }
+  answerStageRequest(participantId, approve) { return this.request({ type: "answer_stage_request", participant_id: participantId, approve }); }
+  leaveStage() { return this.request({ type: "leave_stage" }); }
+  removeFromStage(participantId) { return this.request({ type: "remove_from_stage", participant_id: participantId }); }
+  removeParticipant(participantId) { return this.request({ type: "remove_participant", participant_id: participantId }); }
+  // Chat and Q&A.
+  async chat(text, allRooms = false) { return (await this.request({ type: "chat", text, all_rooms: allRooms })).data; }
+  async ask(text) { return (await this.request({ type: "ask", text })).data; }
+  async upvote(questionId) { return (await this.request({ type: "upvote", question_id: questionId })).data; }
+  async answerQuestion(questionId, status = "answered", answer = null) {
+    return (await this.request({ type: "answer_question", question_id: questionId, status, answer })).data;
+  }
+  // Breakout rooms (speakers).
+  async _breakout(msg) { const r = await this.request(msg); this.breakouts = r.data; this._emit("breakouts", r.data); return r.data; }
+  breakoutCreate(names) { return this._breakout({ type: "breakout_create", names }); }
+  breakoutRename(breakoutId, name) { return this._breakout({ type: "breakout_rename", breakout_id: breakoutId, name }); }
+  breakoutDelete(breakoutId) { return this._breakout({ type: "breakout_delete", breakout_id: breakoutId }); }
+  breakoutAssign(assignments) { return this._breakout({ type: "breakout_assign", assignments }); }
+  breakoutAutoAssign() { return this._breakout({ type: "breakout_auto_assign" }); }
+  breakoutOpen() { return this._breakout({ type: "breakout_open" }); }
+  breakoutClose() { return this._breakout({ type: "breakout_close" }); }
+  breakoutVisit(breakoutId) { return this._breakout({ type: "breakout_visit", breakout_id: breakoutId }); }
+
+  // Connection quality of what we receive, per participant: "good", "fair" or "poor".
+  async quality() {
+    const out = {};
+    if (!this.subscribePc) return out;
+    const stats = await this.subscribePc.getStats();
+    const byMid = {};
+    this.subscribePc.getTransceivers().forEach((t) => { if (t.mid != null && t.receiver.track) byMid[t.receiver.track.id] = t; });
+    stats.forEach((s) => {
+      if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+      const received = s.packetsReceived || 0, lost = Math.max(s.packetsLost || 0, 0);
+      const loss = received + lost ? lost / (received + lost) : 0;
+      const owner = (s.trackIdentifier || "").split("/")[0];
+      out[owner] = loss < 0.02 && (s.jitter || 0) < 0.03 ? "good" : loss < 0.08 ? "fair" : "poor";
+    });
+    return out;
   }
 
   setSubscribed(trackId, subscribed) { return this.request({ type: "subscribe", track_id: trackId, subscribed }); }

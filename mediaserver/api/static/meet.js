@@ -1,0 +1,450 @@
+// The meeting page: pre-join (name, camera and microphone preview, device choice), then the
+// session: a video grid of who is on screen, stage controls, people, chat, Q&A and, for
+// speakers, requests and breakout rooms. Built on /static/mediaserver.js.
+import { Room, MediaserverError } from "/static/mediaserver.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const [, kind, key] = location.pathname.split("/");
+const inviteLink = kind === "invite" ? decodeURIComponent(key) : null;
+let roomId = kind === "join" ? decodeURIComponent(key) : null;
+let token = params.get("token");
+const mediaOff = params.get("media") === "off";
+let room = null;
+let preview = null; // the camera/microphone stream shown before joining (and published after)
+let roomInfo = null;
+
+const MESSAGES = {
+  room_full: "This session is full: no more participants can join.",
+  token_expired: "This invitation has expired. Ask the host for a new link.",
+  token_not_yet_valid: "This invitation is not valid yet.",
+  token_invalid_signature: "This invitation link is not valid.",
+  token_malformed: "This invitation link is not valid.",
+  token_unknown_key: "This invitation link is no longer valid.",
+  token_wrong_room: "This invitation is for another room.",
+  session_ended: "This session has ended.",
+  session_not_live: "The meeting has not started yet. Guests can join once it is live: try again then.",
+  invite_expired: "This invite link has expired. Ask the host for a new one.",
+  invite_revoked: "This invite link has been withdrawn by the host.",
+  invite_invalid: "This invite link is not valid.",
+  not_group_leader: "This group's session has not started yet: a group leader has to start it.",
+  not_group_member: "This room is for the members of its group.",
+  stage_full: "Six participants are on screen already. Try again when someone leaves the stage.",
+  speakers_full: "Four speakers are on screen already.",
+  rate_limited: "You are sending messages too fast: wait a moment.",
+};
+const explain = (err) => MESSAGES[err.code] || err.message || String(err);
+const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+
+function status(text, level = "") {
+  $("status").textContent = text;
+  $("status").className = level;
+}
+
+function notStartedMessage(info) {
+  return info && info.starts_at
+    ? `This session has not started yet. It starts at ${when(info.starts_at)}; you can join once a speaker has started it.`
+    : "This session has not started yet: a speaker has to start it.";
+}
+
+function tokenClaims(t) {
+  try { return JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))); } catch { return {}; }
+}
+
+function showRoomInfo(info) {
+  roomInfo = info;
+  $("room-name").textContent = info.name || info.room_name || "Meeting";
+  document.title = `${$("room-name").textContent} – mediaserver`;
+  $("room-schedule").textContent = info.starts_at
+    ? `${when(info.starts_at)}${info.ends_at ? ` – ${new Date(info.ends_at).toLocaleTimeString([], { timeStyle: "short" })}` : ""}`
+    : "";
+  $("room-comment").textContent = info.comment || "";
+}
+
+// Pre-join ----------------------------------------------------------------------------------
+
+async function startPreview() {
+  if (mediaOff || !navigator.mediaDevices) return;
+  const constraints = {
+    audio: $("microphone").value ? { deviceId: { exact: $("microphone").value } } : true,
+    video: $("camera").value ? { deviceId: { exact: $("camera").value }, width: 640, height: 480 } : { width: 640, height: 480 },
+  };
+  if (preview) preview.getTracks().forEach((t) => t.stop());
+  try {
+    preview = await navigator.mediaDevices.getUserMedia(constraints);
+    $("preview").srcObject = preview;
+  } catch (err) {
+    status(`Camera or microphone unavailable: ${err.message}. You can still join and watch.`, "warn");
+    preview = null;
+  }
+}
+
+async function listDevices() {
+  if (!navigator.mediaDevices) return;
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  for (const [select, kindName] of [[$("camera"), "videoinput"], [$("microphone"), "audioinput"]]) {
+    const current = select.value;
+    select.replaceChildren(...devices.filter((d) => d.kind === kindName).map((d, i) => {
+      const o = document.createElement("option");
+      o.value = d.deviceId; o.textContent = d.label || `${kindName === "videoinput" ? "Camera" : "Microphone"} ${i + 1}`;
+      return o;
+    }));
+    if (current) select.value = current;
+  }
+}
+
+async function prejoin(name, nameFixed, willPublish) {
+  $("join").disabled = true; // until the preview is ready
+  $("prejoin").hidden = false;
+  $("name").value = name || "";
+  $("name").readOnly = nameFixed;
+  if (willPublish) {
+    await startPreview();
+    await listDevices();
+  } else {
+    for (const id of ["camera", "microphone"]) $(id).closest("label").hidden = true;
+    $("preview").closest(".preview").hidden = true;
+  }
+  $("camera").onchange = $("microphone").onchange = startPreview;
+  status(willPublish ? "Check your camera and microphone, then join." : "You join as a viewer; inside, you can ask to enable mic & camera.");
+  $("join").disabled = false;
+  if (params.get("autojoin") === "1") join();
+}
+
+async function init() {
+  try {
+    if (inviteLink) {
+      const r = await fetch(`/v1/invites/${encodeURIComponent(inviteLink)}`);
+      const body = await r.json();
+      if (!r.ok) throw new MediaserverError(body.error.code, body.error.message);
+      showRoomInfo(body);
+      if (!body.live) status(MESSAGES.session_not_live, "warn");
+      return prejoin("", false, true);
+    }
+    if (!token) return status("This link has no token: ask the host for an invitation link.", "error");
+    const claims = tokenClaims(token);
+    if (claims.exp && claims.exp * 1000 < Date.now()) return status(MESSAGES.token_expired, "error");
+    await prejoin(claims.name || claims.sub || "", true, claims.role !== "subscriber");
+  } catch (err) {
+    status(explain(err), "error");
+  }
+}
+
+async function join() {
+  $("join").disabled = true;
+  try {
+    if (inviteLink) {
+      const r = await fetch(`/v1/invites/${encodeURIComponent(inviteLink)}/join`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name: $("name").value.trim() }),
+      });
+      const body = await r.json();
+      if (!r.ok) throw new MediaserverError(body.error.code, body.error.message);
+      token = body.token; roomId = body.room_id;
+    }
+    room = window.room = new Room({ token, roomId });
+    wire(room);
+    const joined = await room.connect();
+    showRoomInfo(joined.room);
+    $("prejoin").hidden = true;
+    $("meeting").hidden = false;
+    status(`Joined as ${joined.participant.name}.`);
+    if (joined.participant.role !== "subscriber" && !mediaOff) await goOnStage();
+    render();
+    setInterval(poll, 2000);
+  } catch (err) {
+    if (room) room.close();
+    room = null;
+    status(err.code === "session_not_started" ? notStartedMessage(roomInfo) : explain(err), "error");
+    $("join").disabled = false;
+  }
+}
+
+// On stage -----------------------------------------------------------------------------------
+
+async function goOnStage() {
+  try {
+    if (!preview) await startPreview();
+    if (!preview) return;
+    tile(room.me.id, `${room.me.name} (you)`).srcObject = preview;
+    await room.publish(preview, { videoCodec: params.get("codec") || undefined });
+  } catch (err) {
+    status(explain(err), "warn");
+    $(`tile-${room.me.id}`)?.remove();
+  }
+  render();
+}
+
+function myTrack(kindName) {
+  return preview ? preview.getTracks().find((t) => t.kind === kindName) : null;
+}
+
+async function toggle(kindName, button, on, off) {
+  const track = myTrack(kindName);
+  if (!track) return;
+  track.enabled = !track.enabled;
+  button.textContent = track.enabled ? on : off;
+  button.setAttribute("aria-pressed", String(!track.enabled));
+  const tr = room.publishPc?.getTransceivers().find((t) => t.sender.track === track);
+  if (tr && tr.mid != null) await room.setMuted(`${room.me.id}/${tr.mid}`, !track.enabled).catch(() => {});
+}
+
+// Rendering -------------------------------------------------------------------------------
+
+function tile(id, label) {
+  let el = $(`tile-${id}`);
+  if (!el) {
+    el = document.createElement("div");
+    el.className = "tile"; el.id = `tile-${id}`;
+    el.innerHTML = `<video autoplay playsinline muted></video><span class="label"></span><span class="quality" hidden></span>`;
+    el.querySelector("video").setAttribute("aria-label", `Video of ${label}`);
+    $("grid").append(el);
+  }
+  el.querySelector(".label").textContent = label;
+  return el.querySelector("video");
+}
+
+function button(text, onclick, label) {
+  const b = document.createElement("button");
+  b.type = "button"; b.textContent = text;
+  if (label) b.setAttribute("aria-label", label);
+  b.onclick = async () => {
+    b.disabled = true;
+    try { await onclick(); } catch (err) { status(explain(err), "warn"); } finally { b.disabled = false; }
+  };
+  return b;
+}
+
+const isSpeaker = () => room && room.me && room.me.role === "moderator";
+const publishing = () => room && room.publishPc && preview;
+
+function render() {
+  if (!room || !room.me) return;
+  const me = room.participants.get(room.me.id) || room.me;
+  const started = room.session?.meeting?.started || (room.session && room.session.meeting && room.session.meeting.started);
+  $("mic").hidden = $("cam").hidden = $("leave-stage").hidden = !publishing();
+  $("request-stage").hidden = me.role !== "subscriber" || !!me.stage_requested_at;
+  $("go-on-stage").hidden = me.role === "subscriber" || !!publishing() || mediaOff;
+  $("end").hidden = $("tab-rooms").hidden = $("all-rooms-label").hidden = !isSpeaker();
+  $("start-session").hidden = !isSpeaker() || !roomInfo?.starts_at || !!started;
+  if (roomInfo?.starts_at) {
+    const from = new Date(roomInfo.starts_at).getTime() - 5 * 60 * 1000;
+    $("start-session").disabled = Date.now() < from;
+    $("start-session").title = Date.now() < from ? `Available from ${when(new Date(from).toISOString())}` : "";
+  }
+  // People in my room.
+  const mates = room.roomMates();
+  const roomName = (id) => room.breakouts.rooms.find((r) => r.id === id)?.name;
+  $("participants").replaceChildren(...mates.map((p) => {
+    const li = document.createElement("li");
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = `${p.name}${p.id === room.me.id ? " (you)" : ""}`;
+    li.append(who);
+    const tags = [p.role === "moderator" ? "speaker" : null, p.on_stage ? "on screen" : null, p.state === "disconnected" ? "reconnecting" : null];
+    for (const t of tags.filter(Boolean)) { const s = document.createElement("span"); s.className = "tag"; s.textContent = t; li.append(s); }
+    if (isSpeaker() && p.id !== room.me.id) {
+      if (p.on_stage) li.append(button("Take off stage", () => room.removeFromStage(p.id), `Take ${p.name} off stage`));
+      li.append(button("Remove", () => room.removeParticipant(p.id), `Remove ${p.name} from the session`));
+    }
+    return li;
+  }));
+  // Requests to enable mic & camera, for speakers.
+  const waiting = [...room.participants.values()].filter((p) => p.stage_requested_at);
+  $("requests").replaceChildren(...(isSpeaker() ? waiting : []).map((p) => {
+    const d = document.createElement("div");
+    d.className = "request";
+    d.append(`${p.name} asks to enable mic & camera `,
+      button("Approve", () => room.answerStageRequest(p.id, true), `Approve ${p.name}`),
+      button("Decline", () => room.answerStageRequest(p.id, false), `Decline ${p.name}`));
+    return d;
+  }));
+  // Remove tiles of people no longer on screen in my room.
+  const visible = new Set(mates.filter((p) => p.on_stage).map((p) => p.id));
+  for (const el of [...document.querySelectorAll(".tile")]) {
+    const id = el.id.slice(5);
+    if (id !== room.me.id && !visible.has(id)) el.remove();
+  }
+  if (!publishing()) $(`tile-${room.me.id}`)?.remove();
+  renderChat(); renderQuestions(); renderRooms(roomName);
+}
+
+function renderChat() {
+  $("chat").replaceChildren(...room.chatMessages.map((m) => {
+    const li = document.createElement("li");
+    const b = document.createElement("b"); b.textContent = `${m.name}:`;
+    li.append(b, m.text);
+    if (m.breakout_id === "*") { const s = document.createElement("span"); s.className = "tag"; s.textContent = "to all rooms"; li.append(" ", s); }
+    return li;
+  }));
+  $("chat").scrollTop = $("chat").scrollHeight;
+}
+
+function renderQuestions() {
+  const order = { open: 0, answered: 1, dismissed: 2 };
+  const qs = [...room.questions.values()].filter((q) => q.status !== "dismissed")
+    .sort((a, b) => order[a.status] - order[b.status] || b.votes - a.votes || a.asked_at - b.asked_at);
+  $("questions").replaceChildren(...qs.map((q) => {
+    const li = document.createElement("li");
+    li.className = q.status;
+    const text = document.createElement("span"); text.className = "text"; text.textContent = q.text;
+    const meta = document.createElement("span"); meta.className = "tag"; meta.textContent = `${q.name} · ${q.votes} vote${q.votes === 1 ? "" : "s"}${q.status === "answered" ? " · answered" : ""}`;
+    li.append(text, meta);
+    if (q.answer) { const a = document.createElement("span"); a.className = "text"; a.textContent = `Answer: ${q.answer}`; li.append(a); }
+    if (q.status === "open") {
+      if (q.participant_id !== room.me.id) li.append(button("Upvote", () => room.upvote(q.id), `Upvote: ${q.text}`));
+      if (isSpeaker()) {
+        li.append(button("Mark answered", () => room.answerQuestion(q.id, "answered"), `Mark answered: ${q.text}`));
+        li.append(button("Dismiss", () => room.answerQuestion(q.id, "dismissed"), `Dismiss: ${q.text}`));
+      }
+    }
+    return li;
+  }));
+}
+
+function renderRooms(roomName) {
+  if (!isSpeaker()) return;
+  const b = room.breakouts;
+  $("open-rooms").hidden = b.open; $("close-rooms").hidden = !b.open;
+  $("open-rooms").disabled = !b.rooms.length; $("auto-assign").disabled = !b.rooms.length;
+  const people = [...room.participants.values()].filter((p) => p.role !== "moderator");
+  $("breakouts").replaceChildren(...b.rooms.map((r) => {
+    const d = document.createElement("div");
+    d.className = "breakout";
+    const name = document.createElement("input");
+    name.value = r.name; name.maxLength = 30; name.setAttribute("aria-label", `Name of ${r.name}`);
+    name.onchange = () => room.breakoutRename(r.id, name.value).catch((err) => { status(explain(err), "warn"); name.value = r.name; });
+    const members = people.filter((p) => (b.open ? p.breakout_id : b.plan[p.id]) === r.id).map((p) => p.name);
+    const list = document.createElement("div"); list.textContent = members.length ? members.join(", ") : "nobody yet";
+    d.append(name, list);
+    if (b.open) d.append(button(room.me.breakout_id === r.id ? "You are here" : "Visit", () => room.breakoutVisit(r.id), `Visit ${r.name}`));
+    else d.append(button("Delete", () => room.breakoutDelete(r.id), `Delete ${r.name}`));
+    return d;
+  }));
+  if (b.open && room.me.breakout_id) $("breakouts").append(button("Back to the main room", () => room.breakoutVisit(null)));
+  // Manual assignment: one select per participant.
+  if (b.rooms.length) {
+    const box = document.createElement("div");
+    for (const p of people) {
+      const label = document.createElement("label");
+      const sel = document.createElement("select");
+      sel.setAttribute("aria-label", `Room for ${p.name}`);
+      sel.append(new Option("Main room", ""), ...b.rooms.map((r) => new Option(r.name, r.id)));
+      sel.value = (b.open ? p.breakout_id : b.plan[p.id]) || "";
+      sel.onchange = () => room.breakoutAssign({ [p.id]: sel.value || null }).catch((err) => status(explain(err), "warn"));
+      label.append(`${p.name} `, sel);
+      box.append(label, document.createElement("br"));
+    }
+    $("breakouts").append(box);
+  }
+  void roomName;
+}
+
+// Live figures: connection quality per participant and who is speaking.
+async function poll() {
+  if (!room || !room.subscribePc) return;
+  const quality = await room.quality();
+  for (const [pid, q] of Object.entries(quality)) {
+    const el = $(`tile-${pid}`)?.querySelector(".quality");
+    if (el) { el.hidden = false; el.textContent = q; el.setAttribute("aria-label", `Connection: ${q}`); }
+  }
+  const stats = await room.subscribePc.getStats();
+  let loudest = null, level = 0.02;
+  stats.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio" && (s.audioLevel || 0) > level) { level = s.audioLevel; loudest = (s.trackIdentifier || "").split("/")[0]; }
+  });
+  for (const el of document.querySelectorAll(".tile")) el.classList.toggle("speaking", el.id === `tile-${loudest}`);
+}
+
+// Wiring -------------------------------------------------------------------------------------
+
+function wire(r) {
+  r.addEventListener("track", ({ detail }) => {
+    const pid = detail.participantId || detail.track.id;
+    const name = r.participants.get(pid)?.name || "guest";
+    const video = tile(pid, name);
+    if (!video.srcObject || video.srcObject === preview) video.srcObject = new MediaStream();
+    video.srcObject.addTrack(detail.track);
+    if (detail.track.kind === "audio") { const a = new Audio(); a.srcObject = new MediaStream([detail.track]); a.play().catch(() => {}); }
+  });
+  r.addEventListener("event", async ({ detail: msg }) => {
+    const me = r.me && msg.participant_id === r.me.id;
+    if (msg.event === "session_ended") {
+      status("The session has ended. Thank you for joining.");
+      $("controls").querySelectorAll("button").forEach((b) => (b.disabled = true));
+    } else if (me && msg.event === "stage_approved") {
+      status("A speaker approved your request: you are on screen.");
+      if (!mediaOff) await goOnStage();
+    } else if (me && msg.event === "stage_declined") {
+      status("A speaker declined your request to enable mic & camera.", "warn");
+    } else if (me && msg.event === "stage_left" && msg.data.reason === "removed") {
+      status("A speaker took you off the stage.", "warn");
+    } else if (me && msg.event === "moved") {
+      const name = r.breakouts.rooms.find((x) => x.id === msg.data.breakout_id)?.name;
+      status(name ? `You are in the breakout room “${name}”.` : "You are back in the main room.");
+      r.chatMessages = (await r.request({ type: "chat_history" })).data;
+    } else if (msg.event === "session_started") {
+      r.session.meeting = { ...(r.session.meeting || {}), started: true };
+    }
+    const log = document.createElement("div");
+    log.textContent = `${msg.event} ${msg.participant_id || ""}`;
+    $("log").prepend(log);
+    render();
+  });
+  r.addEventListener("breakouts", render);
+  r.addEventListener("unpublished", () => { preview = null; render(); });
+  r.addEventListener("closed", ({ detail }) => {
+    $("leave").disabled = true;
+    if (detail.code === 4003) status(detail.reason === "removed" ? "A speaker removed you from the session." : "You joined from somewhere else.", "warn");
+    else if (detail.code === 4002) status("The session has ended. Thank you for joining.");
+    else if (detail.code === 4000) status("The connection could not be restored. Reload the page to join again.", "error");
+  });
+  r.addEventListener("reconnecting", () => status("Connection lost – reconnecting…", "warn"));
+  r.addEventListener("reconnected", () => { status("Reconnected."); render(); });
+  r.addEventListener("media_reset", () => {
+    for (const el of [...document.querySelectorAll(".tile")]) if (el.id !== `tile-${r.me.id}`) el.remove();
+  });
+  r.addEventListener("error", ({ detail: err }) => status(explain(err), "warn"));
+}
+
+// Never a real form submission (it would reload the page without its token).
+$("prejoin-form").onsubmit = (e) => { e.preventDefault(); if (!$("join").disabled) join(); };
+$("leave").onclick = async () => { await room.leave(); status("You left the session."); };
+$("end").onclick = () => room.endSession().catch((err) => status(explain(err), "warn"));
+$("start-session").onclick = () => room.startSession().then(() => { room.session.meeting = { ...(room.session.meeting || {}), started: true }; status("The session has started: participants can join now."); render(); })
+  .catch((err) => status(explain(err), "warn"));
+$("request-stage").onclick = () => room.requestStage().then(() => status("Your request to enable mic & camera is waiting for a speaker.")).catch((err) => status(explain(err), "warn")).finally(render);
+$("go-on-stage").onclick = goOnStage;
+$("leave-stage").onclick = () => room.leaveStage().catch((err) => status(explain(err), "warn"));
+$("mic").onclick = () => toggle("audio", $("mic"), "Mute microphone", "Unmute microphone");
+$("cam").onclick = () => toggle("video", $("cam"), "Turn camera off", "Turn camera on");
+$("chat-form").onsubmit = async (e) => {
+  e.preventDefault();
+  const text = $("chat-text").value.trim();
+  if (!text) return;
+  try { await room.chat(text, $("all-rooms").checked); $("chat-text").value = ""; } catch (err) { status(explain(err), "warn"); }
+};
+$("qa-form").onsubmit = async (e) => {
+  e.preventDefault();
+  const text = $("qa-text").value.trim();
+  if (!text) return;
+  try { await room.ask(text); $("qa-text").value = ""; } catch (err) { status(explain(err), "warn"); }
+};
+$("rooms-form").onsubmit = async (e) => {
+  e.preventDefault();
+  const have = room.breakouts.rooms.length;
+  const n = Math.max(1, Math.min(10 - have, Number($("room-count").value) || 1));
+  const names = Array.from({ length: n }, (_, i) => `Room ${have + i + 1}`);
+  try { await room.breakoutCreate(names); } catch (err) { status(explain(err), "warn"); }
+};
+$("auto-assign").onclick = () => room.breakoutAutoAssign().catch((err) => status(explain(err), "warn"));
+$("open-rooms").onclick = () => room.breakoutOpen().catch((err) => status(explain(err), "warn"));
+$("close-rooms").onclick = () => room.breakoutClose().catch((err) => status(explain(err), "warn"));
+for (const tab of document.querySelectorAll('[role="tab"]')) {
+  tab.onclick = () => {
+    for (const t of document.querySelectorAll('[role="tab"]')) {
+      t.setAttribute("aria-selected", String(t === tab));
+      $(t.getAttribute("aria-controls")).hidden = t !== tab;
+    }
+  };
+}
+init();
