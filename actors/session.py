@@ -15,6 +15,7 @@ from actors import cluster, names
 from actors.breakout import BreakoutRoomActor
 from actors.media import MediaWorkerActor
 from mediaserver.control.media import MediaSession
+from mediaserver.control.meeting import START_EARLY
 from mediaserver.control.session import SessionCore
 from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
@@ -74,6 +75,10 @@ class SessionActor:
             "chat": await self.core.chat_history(participant["id"]),
             "questions": self.core.question_list(),
             "breakouts": self.core.breakout_view(),
+            "event": None if self.core.event is None else {
+                **self.core.event, "started": bool(self.core.meeting.get("started")),
+                "start_from": self.core.event["starts_at"] - START_EARLY,
+            },
         }
 
     async def resume(self, participant_id: str) -> dict:

@@ -91,6 +91,10 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     async def join_page(room_id: str) -> FileResponse:
         return FileResponse(STATIC / "meet.html")
 
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "dashboard.html")
+
     @app.get("/invite/{link}", include_in_schema=False)
     async def invite_page(link: str) -> FileResponse:
         return FileResponse(STATIC / "meet.html")

@@ -248,6 +248,9 @@ class Joined(ServerMessage):
     chat: list[dict[str, Any]] = []  # the latest messages of your room
     questions: list[dict[str, Any]] = []
     breakouts: dict[str, Any] = {}  # {"rooms": [{id, name}], "open": bool, "plan": {participant: room}}
+    # For an event's session: {"slot_id", "starts_at", "start_from", "spots", "started"}; speakers
+    # start it (start_session) from start_from on; participants join once it has started.
+    event: dict[str, Any] | None = None
 
 
 class ServerAnswer(ServerMessage):

@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
@@ -255,3 +256,52 @@ async def end_session(session_id: str, request: Request, caller: Auth) -> Sessio
     await request.app.state.control.call(session_id, "end", "api")
     row = await _session(request, caller, session_id)
     return Session.from_row(row, grace=request.app.state.settings.grace_seconds)
+
+
+# Server health ----------------------------------------------------------------
+
+
+class WorkerHealth(BaseModel):
+    index: int
+    port: int | None
+    fastpath: bool | None
+    transports: int
+    cpu_seconds: float
+    counters: dict[str, int] = Field(description="forwarded packets and bytes, RTCP handled, keyframe requests, NACKs")
+    drops: dict[str, int] = Field(description="packets not forwarded, by reason")
+    sessions: list[str] = Field(description="your team's unended sessions placed on this worker")
+
+
+class ServerHealth(BaseModel):
+    workers: list[WorkerHealth]
+    live_sessions: int = Field(description="your team's live sessions (those counting against the limit)")
+    ending_soon: int
+    max_live_sessions: int
+
+
+@router.get("/server", response_model=ServerHealth, tags=["server"])
+async def server_health(request: Request, caller: Auth) -> ServerHealth:
+    """Media workers (with your sessions on each, forwarding counters and drops by reason) and your
+    team's live sessions against its limit."""
+    import zlib
+
+    store, settings = request.app.state.store, request.app.state.settings
+    unended = await store.list_sessions(caller.team_id, status=["live", "ending_soon"], limit=1000)
+    team = await store.get_team(caller.team_id)
+    limit = team["max_live_sessions"] if team and team["max_live_sessions"] is not None else settings.default_max_live_sessions
+    workers = []
+    for index, stats in sorted((await request.app.state.control.media_stats()).items(), key=lambda kv: int(kv[0])):
+        i = int(index)
+        numeric = {k: int(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        workers.append(WorkerHealth(
+            index=i, port=stats.get("port"), fastpath=stats.get("fastpath"), transports=stats.get("transports", 0),
+            cpu_seconds=float(stats.get("cpu_seconds", 0.0)),
+            counters={k: v for k, v in numeric.items() if not k.startswith("drop_") and k not in ("port", "transports", "cpu_seconds")},
+            drops={k[5:]: v for k, v in numeric.items() if k.startswith("drop_") and v},
+            # Placement is deterministic (actors/session.py): the same hash the SessionActor uses.
+            sessions=[s["id"] for s in unended if zlib.crc32(s["id"].encode()) % settings.media_workers == i],
+        ))
+    return ServerHealth(
+        workers=workers, live_sessions=sum(s["status"] == "live" for s in unended),
+        ending_soon=sum(s["status"] == "ending_soon" for s in unended), max_live_sessions=limit,
+    )

@@ -133,11 +133,15 @@ class Connection:
         room = await self.store.get_room(grant.room_id)
         if room is None or key is None or room["team_id"] != key["team_id"]:
             raise MediaserverError("room_not_found", f"no room {grant.room_id!r} for this token's API key")
-        if grant.role != "moderator" and await self.store.slot_for_room(room["id"]) is not None:
+        slot = await self.store.slot_for_room(room["id"]) if grant.role != "moderator" else None
+        if slot is not None:
             # An event's session opens only when a speaker starts it: do not start one for a participant.
             current = await self.store.unended_session(room["id"])
             if current is None or not (current.get("meeting") or {}).get("started"):
-                raise MediaserverError("session_not_started", "this session has not been started by a speaker yet")
+                starts = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot["starts_at"]))
+                raise MediaserverError(
+                    "session_not_started", f"this session starts at {starts}; you can join once a speaker has started it"
+                )
         if room["type"] == "group" and grant.role != "moderator":
             current = await self.store.unended_session(room["id"])
             if current is None or current["status"] == "ended":
@@ -188,6 +192,7 @@ class Connection:
                 chat=result.get("chat", []),
                 questions=result.get("questions", []),
                 breakouts=result.get("breakouts", {}),
+                event=result.get("event"),
             )
         )
 

@@ -59,6 +59,7 @@ class SessionCore(MeetingRules):
         self.loaded = False
         self._init_meeting()
         self.restored: list[str] = []
+        self.event: dict | None = None
 
     async def ensure_loaded(self) -> None:
         async with self._load_lock:
@@ -85,6 +86,9 @@ class SessionCore(MeetingRules):
         self.last_seen = {pid: now for pid in self.participants}
         # Participants already here when this actor (re)started: their media must be adopted.
         self.restored = list(self.participants)
+        slot = await self.store.slot_for_room(session["room_id"])
+        # An event's session: participants come in once a speaker has started it.
+        self.event = None if slot is None else {"slot_id": slot["id"], "starts_at": slot["starts_at"], "spots": slot["spots"]}
         await self._load_meeting()
         self.loaded = True
 

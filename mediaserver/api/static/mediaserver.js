@@ -76,6 +76,7 @@ export class Room extends EventTarget {
           this.chatMessages = msg.chat || [];
           this.questions = new Map((msg.questions || []).map((q) => [q.id, q]));
           this.breakouts = msg.breakouts && msg.breakouts.rooms ? msg.breakouts : { rooms: [], open: false, plan: {} };
+          this.event = msg.event || null; // an event's session: {starts_at, start_from, started}
           this._emit(msg.resumed ? "reconnected" : "joined", msg);
           resolve(msg);
         } else if (msg.type === "error" && !joined) {
@@ -140,6 +141,7 @@ export class Room extends EventTarget {
     else if (msg.event.startsWith("question_") && d.question) this.questions.set(d.question.id, d.question);
     else if (msg.event === "question_upvoted" && this.questions.has(d.question_id)) this.questions.get(d.question_id).votes = d.votes;
     else if (msg.event.startsWith("breakouts_")) this.breakouts = { rooms: d.rooms, open: d.open, plan: d.plan };
+    else if (msg.event === "session_started" && this.event) this.event.started = true;
     const p = this.participants.get(msg.participant_id);
     if (p) {
       if (msg.event === "role_changed") p.role = d.role;
@@ -215,7 +217,11 @@ export class Room extends EventTarget {
   }
 
   // Stage: ask to enable mic & camera; speakers approve or decline; anyone on screen may step off.
-  startSession() { return this.request({ type: "start_session" }); }
+  async startSession() {
+    const r = await this.request({ type: "start_session" });
+    if (this.event) this.event.started = true;
+    return r;
+  }
   requestStage() { return this.request({ type: "request_stage" }); }
   cancelStageRequest() { return this.request({ type: "cancel_stage_request" }); }
   answerStageRequest(participantId, approve) { return this.request({ type: "answer_stage_request", participant_id: participantId, approve }); }

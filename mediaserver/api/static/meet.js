@@ -151,10 +151,11 @@ async function join() {
     if (joined.participant.role !== "subscriber" && !mediaOff) await goOnStage();
     render();
     setInterval(poll, 2000);
+    setInterval(render, 15000); // the start button's time window
   } catch (err) {
     if (room) room.close();
     room = null;
-    status(err.code === "session_not_started" ? notStartedMessage(roomInfo) : explain(err), "error");
+    status(explain(err), "error"); // e.g. "this session starts at …; you can join once a speaker has started it"
     $("join").disabled = false;
   }
 }
@@ -220,16 +221,18 @@ const publishing = () => room && room.publishPc && preview;
 function render() {
   if (!room || !room.me) return;
   const me = room.participants.get(room.me.id) || room.me;
-  const started = room.session?.meeting?.started || (room.session && room.session.meeting && room.session.meeting.started);
   $("mic").hidden = $("cam").hidden = $("leave-stage").hidden = !publishing();
   $("request-stage").hidden = me.role !== "subscriber" || !!me.stage_requested_at;
   $("go-on-stage").hidden = me.role === "subscriber" || !!publishing() || mediaOff;
   $("end").hidden = $("tab-rooms").hidden = $("all-rooms-label").hidden = !isSpeaker();
-  $("start-session").hidden = !isSpeaker() || !roomInfo?.starts_at || !!started;
-  if (roomInfo?.starts_at) {
-    const from = new Date(roomInfo.starts_at).getTime() - 5 * 60 * 1000;
-    $("start-session").disabled = Date.now() < from;
-    $("start-session").title = Date.now() < from ? `Available from ${when(new Date(from).toISOString())}` : "";
+  // An event's session: its speakers start it, from five minutes before its slot.
+  $("start-session").hidden = !isSpeaker() || !room.event || room.event.started;
+  if (room.event && !room.event.started) {
+    const from = room.event.start_from * 1000;
+    const early = Date.now() < from;
+    $("start-session").disabled = early;
+    $("start-session").textContent = early ? `Start session (from ${new Date(from).toLocaleTimeString([], { timeStyle: "short" })})` : "Start session";
+    if (!isSpeaker()) status(notStartedMessage(roomInfo), "warn");
   }
   // People in my room.
   const mates = room.roomMates();
@@ -383,7 +386,7 @@ function wire(r) {
       status(name ? `You are in the breakout room “${name}”.` : "You are back in the main room.");
       r.chatMessages = (await r.request({ type: "chat_history" })).data;
     } else if (msg.event === "session_started") {
-      r.session.meeting = { ...(r.session.meeting || {}), started: true };
+      status("The session has started.");
     }
     const log = document.createElement("div");
     log.textContent = `${msg.event} ${msg.participant_id || ""}`;
@@ -410,7 +413,7 @@ function wire(r) {
 $("prejoin-form").onsubmit = (e) => { e.preventDefault(); if (!$("join").disabled) join(); };
 $("leave").onclick = async () => { await room.leave(); status("You left the session."); };
 $("end").onclick = () => room.endSession().catch((err) => status(explain(err), "warn"));
-$("start-session").onclick = () => room.startSession().then(() => { room.session.meeting = { ...(room.session.meeting || {}), started: true }; status("The session has started: participants can join now."); render(); })
+$("start-session").onclick = () => room.startSession().then(() => { status("The session has started: participants can join now."); render(); })
   .catch((err) => status(explain(err), "warn"));
 $("request-stage").onclick = () => room.requestStage().then(() => status("Your request to enable mic & camera is waiting for a speaker.")).catch((err) => status(explain(err), "warn")).finally(render);
 $("go-on-stage").onclick = goOnStage;

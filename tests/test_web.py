@@ -1,0 +1,167 @@
+"""The meeting page and the operator dashboard in headless Chromium (Debian's, driven by Playwright),
+with fake camera and microphone, against the real server: stage requests, chat, Q&A and breakout
+rooms from the UI; the dashboard finds the session, shows a participant's timeline and ends it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.helpers import make_room, make_token
+from tests.test_browser import ARTIFACTS, CHROMIUM, FLAGS, frames  # noqa: F401  (skip marker below)
+from tests.test_browser import pytestmark  # noqa: F401
+
+UNNAMED_BUTTONS = """[...document.querySelectorAll('button, input, select')]
+  .filter((el) => el.offsetParent !== null)
+  .filter((el) => !(el.getAttribute('aria-label') || (el.labels && el.labels.length) || (el.textContent || '').trim()))
+  .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        await b.close()
+
+
+async def open_page(browser, url: str, errors: list, who: str, viewport=(1280, 800)):
+    ctx = await browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    page = await ctx.new_page()
+    page.on("console", lambda m: errors.append(f"{who}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"{who}: {e}"))
+    await page.goto(url)
+    return page
+
+
+async def until(check, timeout: float = 30, what: str = "condition"):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not met in {timeout} s (last: {got!r})")
+        await asyncio.sleep(0.3)
+
+
+async def test_meeting_page_and_dashboard(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    async with server.http() as http:
+        room = await make_room(http, name="Design review", media_mode="routed", comment="web-ui-test: bring sketches",
+                               starts_at="2026-11-20T09:00:00Z", ends_at="2026-11-20T10:00:00Z")
+        host_url = f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], 'hana', 'moderator')}"
+        viewer_url = f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], 'vic', 'subscriber')}"
+        host = await open_page(browser, host_url, errors, "host")
+        viewer = await open_page(browser, viewer_url, errors, "viewer", viewport=(390, 844))  # a phone
+        for page in (host, viewer):
+            await page.get_by_role("button", name="Join now").click()
+            await page.locator("#status", has_text="Joined as").wait_for()
+        assert await host.locator("#room-comment").inner_text() == "web-ui-test: bring sketches"
+        assert "2026" in await host.locator("#room-schedule").inner_text()
+
+        # The viewer asks to enable mic & camera; the host approves; the host then sees the viewer's video.
+        await viewer.get_by_role("button", name="Request mic & camera").click()
+        await host.get_by_role("button", name="Approve vic").click()
+        await viewer.get_by_role("button", name="Leave the stage").wait_for()
+        await until(lambda: _decoding(host), what="host decodes the viewer's video")
+        sizes = await host.evaluate("[...document.querySelectorAll('#grid video')].filter(v => v.videoWidth > 0)"
+                                    ".map(v => v.getBoundingClientRect().width)")
+        assert sizes and all(w > 0 for w in sizes)
+
+        # Chat round trip.
+        await viewer.get_by_role("tab", name="Chat").click()
+        await viewer.get_by_role("textbox", name="Message", exact=True).fill("hello from the phone")
+        await viewer.get_by_role("button", name="Send").click()
+        await host.get_by_role("tab", name="Chat").click()
+        await host.locator("#chat", has_text="hello from the phone").wait_for()
+
+        # Q&A: the viewer asks, the host marks it answered, the viewer sees it answered.
+        await viewer.get_by_role("tab", name="Q&A").click()
+        await viewer.get_by_role("textbox", name="Your question").fill("Are the slides shared?")
+        await viewer.get_by_role("button", name="Ask").click()
+        await host.get_by_role("tab", name="Q&A").click()
+        await host.get_by_role("button", name="Mark answered: Are the slides shared?").click()
+        await viewer.locator("#questions li.answered", has_text="Are the slides shared?").wait_for()
+        await host.get_by_role("tab", name="People").click()
+        await host.screenshot(path=str(ARTIFACTS / "meeting.png"))
+
+        # Breakout rooms: create two, assign automatically, open, then close.
+        await host.get_by_role("tab", name="Breakout rooms").click()
+        await host.get_by_label("How many breakout rooms").fill("2")
+        await host.get_by_role("button", name="Create rooms").click()
+        await host.get_by_label("Name of Room 2").wait_for()
+        await host.get_by_role("button", name="Assign automatically").click()
+        await host.get_by_role("button", name="Open rooms").click()
+        await viewer.locator("#status", has_text="You are in the breakout room").wait_for()
+        await host.screenshot(path=str(ARTIFACTS / "meeting-breakouts.png"))
+        await viewer.screenshot(path=str(ARTIFACTS / "meeting-phone.png"), full_page=True)
+        await host.get_by_role("button", name="Close rooms").click()
+        await viewer.locator("#status", has_text="You are back in the main room").wait_for()
+
+        for page in (host, viewer):
+            assert await page.evaluate(UNNAMED_BUTTONS) == []
+
+        # The dashboard: sign in, find the session by its comment, read a timeline, end it.
+        dash = await open_page(browser, f"{server.url}/dashboard", errors, "dashboard")
+        await dash.get_by_label("API key ID").fill(server.key["id"])
+        await dash.get_by_label("API secret").fill(server.key["secret"])
+        await dash.get_by_role("button", name="Sign in").click()
+        await dash.get_by_label("Search by room ID, room name, session ID or comment").fill("web-ui-test")
+        sid = await host.evaluate("window.room.session.id")
+        row = dash.get_by_role("row", name=f"Session {sid} of Design review")
+        await row.wait_for()
+        assert await dash.locator("#sessions tbody tr").count() == 1
+        await row.click()
+        await dash.get_by_role("row", name="Participant vic").click()
+        timeline = dash.locator("#timeline")
+        await timeline.get_by_text("asked to enable mic & camera").wait_for()
+        await timeline.get_by_text("chat: “hello from the phone”").wait_for()
+        await dash.locator("#workers", has_text="fast path").wait_for()
+        await dash.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert await dash.evaluate(UNNAMED_BUTTONS) == []
+        await dash.get_by_role("button", name=f"End session {sid}").click()
+        for page in (host, viewer):
+            await page.locator("#status", has_text="The session has ended").wait_for()
+        phone = await open_page(browser, f"{server.url}/dashboard", errors, "dashboard-phone", viewport=(390, 844))
+        await phone.get_by_label("API key ID").fill(server.key["id"])
+        await phone.get_by_label("API secret").fill(server.key["secret"])
+        await phone.get_by_role("button", name="Sign in").click()
+        await phone.get_by_role("button", name="Ended").click()
+        await phone.get_by_role("row", name=f"Session {sid} of Design review").wait_for()  # now among the ended
+        await phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+    assert errors == [], errors
+
+
+async def _decoding(page) -> bool:
+    got = await frames(page)
+    return bool(got) and max(got) > 5
+
+
+async def test_meeting_page_explains_refusals(server, browser):
+    errors: list[str] = []
+    async with server.http() as http:
+        room = await make_room(http, name="Tiny", capacity=1)
+        first = await open_page(browser, f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], 'one')}&media=off", errors, "one")
+        await first.get_by_role("button", name="Join now").click()
+        await first.locator("#status", has_text="Joined as").wait_for()
+        full = await open_page(browser, f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], 'two')}&media=off", errors, "two")
+        await full.get_by_role("button", name="Join now").click()
+        await full.locator("#status", has_text="This session is full").wait_for()
+        forged = await open_page(browser, f"{server.url}/join/{room['id']}?token=abc.def.ghi", errors, "forged")
+        await forged.get_by_role("button", name="Join now").click()
+        await forged.locator("#status", has_text="not valid").wait_for()
+        none = await open_page(browser, f"{server.url}/join/{room['id']}", errors, "none")
+        await none.locator("#status", has_text="no token").wait_for()
+        invite = (await http.post(f"/v1/rooms/{room['id']}/invites", json={})).json()
+        guest = await open_page(browser, invite["url"] + "?media=off", errors, "guest")
+        await guest.locator("#room-name", has_text="Tiny").wait_for()
+        await guest.get_by_label("Your name").fill("Gina")
+        await guest.get_by_role("button", name="Join now").click()
+        await guest.locator("#status", has_text="This session is full").wait_for()  # the invite works; the room is full
+    # Refusals come back as WebSocket errors the page shows; the browser logs no errors of its own.
+    assert [e for e in errors if "WebSocket" not in e] == [], errors
