@@ -165,3 +165,55 @@ async def test_meeting_page_explains_refusals(server, browser):
         await guest.locator("#status", has_text="This session is full").wait_for()  # the invite works; the room is full
     # Refusals come back as WebSocket errors the page shows; the browser logs no errors of its own.
     assert [e for e in errors if "WebSocket" not in e] == [], errors
+
+
+async def test_signed_in_member_and_event_start_from_the_page(server, browser):
+    """A group member signs in on the page and joins once a leader has started the session; an
+    event's speaker gets the "Start session" button five minutes before, and then the registered
+    participant gets in."""
+    import time
+    from datetime import datetime, timezone
+
+    from tests.test_people import login, user
+
+    errors: list[str] = []
+    async with server.http() as http:
+        lead, mem = await user(http, "lead@web.test", "Lena"), await user(http, "mem@web.test", "Max")
+        group = (await http.post("/v1/groups", json={"name": "Web group"})).json()
+        for u, role in ((lead, "leader"), (mem, "member")):
+            await http.put(f"/v1/groups/{group['id']}/members", json={"user_id": u["id"], "role": role})
+        room = await make_room(http, name="Group standup", type="group", group_id=group["id"])
+        page = await open_page(browser, f"{server.url}/join/{room['id']}?media=off", errors, "member")
+        await page.get_by_label("E-mail").fill("mem@web.test")
+        await page.get_by_label("Password").fill("wrong password")
+        await page.get_by_role("button", name="Sign in").click()
+        await page.locator("#status", has_text="Wrong e-mail or password").wait_for()
+        await page.get_by_label("Password").fill("correct horse")
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name="Join now").click()
+        await page.locator("#status", has_text="a group leader has to start it").wait_for()
+        leader = await login(server, "lead@web.test")
+        lead_token = (await leader.post(f"/v1/rooms/{room['id']}/join-token")).json()["token"]
+        await leader.aclose()
+        lead_page = await open_page(browser, f"{server.url}/join/{room['id']}?token={lead_token}&media=off&autojoin=1", errors, "leader")
+        await lead_page.locator("#status", has_text="Joined as Lena").wait_for()
+        await page.get_by_role("button", name="Join now").click()
+        await page.locator("#status", has_text="Joined as Max").wait_for()
+
+        # An event slot starting in 4 minutes: its speaker starts it from the page.
+        now = time.time()
+        iso = lambda ts: datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()  # noqa: E731
+        event = (await http.post("/v1/events", json={"name": "Fair", "starts_at": iso(now - 600), "ends_at": iso(now + 7200),
+                                                     "hosts": [{"identity": "acme", "name": "ACME", "spots": 5}]})).json()
+        slot = (await http.post(f"/v1/events/{event['id']}/slots", json={"host_identity": "acme", "starts_at": iso(now + 240)})).json()
+        reg = (await http.post(f"/v1/events/{event['id']}/slots/{slot['id']}/registrations", json={"identity": "pat", "name": "Pat"})).json()
+        guest = await open_page(browser, reg["join_url"] + "&media=off&autojoin=1", errors, "registered")
+        await guest.locator("#status", has_text="you can join once a speaker has started it").wait_for()
+        host_token = await make_token(http, slot["room_id"], "acme", "moderator")
+        host = await open_page(browser, f"{server.url}/join/{slot['room_id']}?token={host_token}&media=off&autojoin=1", errors, "speaker")
+        await host.get_by_role("button", name="Start session").click()
+        await host.locator("#status", has_text="has started").wait_for()
+        assert await host.get_by_role("button", name="Start session").count() == 0 or not await host.get_by_role("button", name="Start session").is_visible()
+        await guest.get_by_role("button", name="Join now").click()
+        await guest.locator("#status", has_text="Joined as Pat").wait_for()
+    assert [e for e in errors if "WebSocket" not in e and "401" not in e and "409" not in e] == [], errors

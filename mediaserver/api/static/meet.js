@@ -29,6 +29,7 @@ const MESSAGES = {
   invite_invalid: "This invite link is not valid.",
   not_group_leader: "This group's session has not started yet: a group leader has to start it.",
   not_group_member: "This room is for the members of its group.",
+  invalid_credentials: "Wrong e-mail or password.",
   stage_full: "Six participants are on screen already. Try again when someone leaves the stage.",
   speakers_full: "Four speakers are on screen already.",
   rate_limited: "You are sending messages too fast: wait a moment.",
@@ -121,13 +122,38 @@ async function init() {
       if (!body.live) status(MESSAGES.session_not_live, "warn");
       return prejoin("", false, true);
     }
-    if (!token) return status("This link has no token: ask the host for an invitation link.", "error");
+    if (!token) return signIn();
     const claims = tokenClaims(token);
     if (claims.exp && claims.exp * 1000 < Date.now()) return status(MESSAGES.token_expired, "error");
     await prejoin(claims.name || claims.sub || "", true, claims.role !== "subscriber");
   } catch (err) {
     status(explain(err), "error");
   }
+}
+
+// Signed-in users: e-mail and password, then a token for this room (group members and team users).
+function signIn() {
+  status("This link has no token: sign in, or ask the host for an invitation link.", "warn");
+  $("sign-in").hidden = false;
+  $("sign-in").onsubmit = async (e) => {
+    e.preventDefault();
+    try {
+      const login = await postJson("/v1/auth/login", { email: $("email").value.trim(), password: $("password").value });
+      const grant = await postJson(`/v1/rooms/${encodeURIComponent(roomId)}/join-token`, {}, { Authorization: `Bearer ${login.token}` });
+      token = grant.token;
+      $("sign-in").hidden = true;
+      await prejoin(login.user.name, true, grant.role !== "subscriber");
+    } catch (err) {
+      status(explain(err), "error");
+    }
+  };
+}
+
+async function postJson(path, body, headers = {}) {
+  const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json", ...headers }, body: JSON.stringify(body) });
+  const data = await r.json();
+  if (!r.ok) throw new MediaserverError(data.error.code, data.error.message);
+  return data;
 }
 
 async function join() {
