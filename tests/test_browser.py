@@ -19,6 +19,7 @@ FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection",
+    "--auto-select-desktop-capture-source=Entire screen",  # getDisplayMedia picks the (virtual) screen
 ]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")

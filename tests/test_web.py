@@ -73,6 +73,12 @@ async def test_meeting_page_and_dashboard(server, browser):
                                     ".map(v => v.getBoundingClientRect().width)")
         assert sizes and all(w > 0 for w in sizes)
 
+        # The host shares the screen: the viewer decodes a second video from the host, in a tile of its own.
+        await host.get_by_role("button", name="Share screen").click()
+        await until(lambda: _videos_decoding(viewer, 2), what="viewer decodes camera and screen")
+        await viewer.locator(".tile", has_text="(screen)").wait_for()
+        await host.get_by_role("button", name="Stop sharing").click()
+
         # Chat round trip.
         await viewer.get_by_role("tab", name="Chat").click()
         await viewer.get_by_role("textbox", name="Message", exact=True).fill("hello from the phone")
@@ -135,6 +141,11 @@ async def test_meeting_page_and_dashboard(server, browser):
         await phone.get_by_role("row", name=f"Session {sid} of Design review").wait_for()  # now among the ended
         await phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
     assert errors == [], errors
+
+
+async def _videos_decoding(page, n: int) -> bool:
+    got = await frames(page)
+    return len([f for f in got if f > 5]) >= n
 
 
 async def _decoding(page) -> bool:

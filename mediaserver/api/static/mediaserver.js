@@ -189,6 +189,39 @@ export class Room extends EventTarget {
     await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
   }
 
+  // Share the screen as one more video track of our publication (renegotiated on the publish
+  // connection); stops by itself when the browser's sharing ends.
+  async shareScreen() {
+    if (!this.publishPc) throw new MediaserverError("not_on_stage", "turn on your camera or microphone (go on stage) first");
+    const screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    const track = screen.getVideoTracks()[0];
+    this._screen = { stream: screen, transceiver: this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [screen] }) };
+    track.onended = () => this.stopScreen().catch((err) => this._emit("error", err));
+    await this._renegotiate();
+    this._emit("screen", { sharing: true, track });
+    return track;
+  }
+
+  async stopScreen() {
+    if (!this._screen) return;
+    const { stream, transceiver } = this._screen;
+    this._screen = null;
+    stream.getTracks().forEach((t) => t.stop());
+    if (this.publishPc) {
+      transceiver.stop();
+      await this._renegotiate();
+    }
+    this._emit("screen", { sharing: false });
+  }
+
+  get sharingScreen() { return !!this._screen; }
+
+  async _renegotiate() {
+    await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
+    const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp });
+    await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+  }
+
   async _answer(sdp) {
     if (!this.subscribePc) {
       this.subscribePc = new RTCPeerConnection(PC_CONFIG);
@@ -203,6 +236,7 @@ export class Room extends EventTarget {
   }
 
   _stopPublishing() {
+    if (this._screen) { this._screen.stream.getTracks().forEach((t) => t.stop()); this._screen = null; }
     if (this.publishPc) this.publishPc.close();
     this.publishPc = null;
     if (this._stream) this._stream.getTracks().forEach((t) => t.stop());

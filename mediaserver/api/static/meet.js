@@ -247,7 +247,9 @@ const publishing = () => room && room.publishPc && preview;
 function render() {
   if (!room || !room.me) return;
   const me = room.participants.get(room.me.id) || room.me;
-  $("mic").hidden = $("cam").hidden = $("leave-stage").hidden = !publishing();
+  $("mic").hidden = $("cam").hidden = $("leave-stage").hidden = $("screen").hidden = !publishing();
+  $("screen").textContent = room.sharingScreen ? "Stop sharing" : "Share screen";
+  $("screen").setAttribute("aria-pressed", String(room.sharingScreen));
   $("request-stage").hidden = me.role !== "subscriber" || !!me.stage_requested_at;
   $("go-on-stage").hidden = me.role === "subscriber" || !!publishing() || mediaOff;
   $("end").hidden = $("tab-rooms").hidden = $("all-rooms-label").hidden = !isSpeaker();
@@ -290,8 +292,8 @@ function render() {
   // Remove tiles of people no longer on screen in my room.
   const visible = new Set(mates.filter((p) => p.on_stage).map((p) => p.id));
   for (const el of [...document.querySelectorAll(".tile")]) {
-    const id = el.id.slice(5);
-    if (id !== room.me.id && !visible.has(id)) el.remove();
+    const owner = [...visible, room.me.id].find((id) => el.id === `tile-${id}` || el.id.startsWith(`tile-${id}-`));
+    if (!owner) el.remove();
   }
   if (!publishing()) $(`tile-${room.me.id}`)?.remove();
   renderChat(); renderQuestions(); renderRooms(roomName);
@@ -390,8 +392,14 @@ function wire(r) {
   r.addEventListener("track", ({ detail }) => {
     const pid = detail.participantId || detail.track.id;
     const name = r.participants.get(pid)?.name || "guest";
-    const video = tile(pid, name);
+    let video = tile(pid, name);
     if (!video.srcObject || video.srcObject === preview) video.srcObject = new MediaStream();
+    if (detail.track.kind === "video" && video.srcObject.getVideoTracks().some((t) => t.readyState === "live" && t !== detail.track)) {
+      // A second video of the same participant (a shared screen): a tile of its own.
+      video = tile(`${pid}-${detail.track.id.replace(/[^\w-]/g, "_")}`, `${name} (screen)`);
+      video.srcObject = new MediaStream();
+      detail.track.onended = () => video.closest(".tile")?.remove();
+    }
     video.srcObject.addTrack(detail.track);
     if (detail.track.kind === "audio") { const a = new Audio(); a.srcObject = new MediaStream([detail.track]); a.play().catch(() => {}); }
   });
@@ -443,6 +451,14 @@ $("start-session").onclick = () => room.startSession().then(() => { status("The 
   .catch((err) => status(explain(err), "warn"));
 $("request-stage").onclick = () => room.requestStage().then(() => status("Your request to enable mic & camera is waiting for a speaker.")).catch((err) => status(explain(err), "warn")).finally(render);
 $("go-on-stage").onclick = goOnStage;
+$("screen").onclick = async () => {
+  try {
+    if (room.sharingScreen) await room.stopScreen();
+    else tile(`${room.me.id}-screen`, "Your screen").srcObject = new MediaStream([await room.shareScreen()]);
+  } catch (err) { status(explain(err), "warn"); }
+  if (!room.sharingScreen) $(`tile-${room.me.id}-screen`)?.remove();
+  render();
+};
 $("leave-stage").onclick = () => room.leaveStage().catch((err) => status(explain(err), "warn"));
 $("mic").onclick = () => toggle("audio", $("mic"), "Mute microphone", "Unmute microphone");
 $("cam").onclick = () => toggle("video", $("cam"), "Turn camera off", "Turn camera on");
