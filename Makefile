@@ -46,10 +46,13 @@ test: install-test system-test-deps
 	else echo "error: cannot create a network namespace (unshare -n); run as root or enable user namespaces" >&2; exit 1; fi; \
 	$$NS sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'
 
-# Benchmarks 1 and 3 (loadtest/bench_fastpath.py): tables on stdout, loopback only.
-bench: install
+# Benchmarks 1 and 3 (loadtest/bench_fastpath.py) and 2 (loadtest/bench_janus.py, which installs
+# Debian's janus when run as root): tables on stdout, loopback only.
+bench: install-test
 	@if unshare -n true 2>/dev/null; then NS="unshare -n"; else NS="unshare -rn"; fi; \
-	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS)'
+	command -v janus >/dev/null || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null; \
+	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus'
+
 
 clean:
 	rm -rf build *.egg-info mediaserver/_fastpath.c* mediaserver/_fastpath*.so loadtest/_wire.c* loadtest/_wire*.so

@@ -251,11 +251,58 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q / 100 * len(values)))]
 
 
+async def measure(
+    pubs: list[LoadParticipant], make_subs, *, duration: float, bitrate: float, audio: bool = True,
+    cpu=None,
+) -> dict:
+    """Publishers join and publish, then the subscribers ``make_subs()`` returns join; everyone
+    sends and receives for ``duration`` seconds. ``cpu()`` (optional) reads the server's CPU
+    seconds, to report its cost over the same window."""
+    subs: list[LoadParticipant] = []
+    try:
+        for p in pubs:
+            await p.join(subscribe=False)
+            await p.publish(bitrate=bitrate, audio=audio)
+        subs = list(await make_subs())
+        await asyncio.gather(*(s.join() for s in subs))
+        # Wait until every subscriber's connection is up (offers answered, DTLS done).
+        deadline = time.monotonic() + 60
+        while not all(s.sub_pc.connectionState == "connected" for s in subs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("subscribers did not connect in 60 s")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        before = [s.received.packets for s in subs]
+        cpu0 = cpu() if cpu else None
+        t0 = time.monotonic()
+        sent = sum(await asyncio.gather(*(p.send(duration) for p in pubs)))
+        await asyncio.sleep(0.5)  # the last packets in flight
+        elapsed = time.monotonic() - t0
+        cpu_used = cpu() - cpu0 if cpu else None
+        got = sum(s.received.packets - b for s, b in zip(subs, before))
+        latencies = [x for s in subs for x in s.received.latencies]
+        expected = sent * len(subs)
+        return {
+            "publishers": len(pubs), "subscribers": len(subs), "duration": duration,
+            "packets_sent": sent, "packets_delivered": got,
+            "delivered_per_s": got / elapsed,
+            "loss": (1 - got / expected) if expected else 0.0,
+            "latency_p50_ms": _pct(latencies, 50) * 1000, "latency_p99_ms": _pct(latencies, 99) * 1000,
+            "jitter_ms": statistics.fmean(s.received.jitter for s in subs) * 1000 if subs else 0.0,
+            "join_p50_ms": _pct([p.sig.join_seconds for p in pubs + subs], 50) * 1000,
+            "server_cpu_seconds": cpu_used,
+            "elapsed": elapsed,
+        }
+    finally:
+        for p in pubs + subs:
+            await p.close()
+
+
 async def run_load(
     url: str, key: tuple[str, str], *, room_id: str | None, publishers: int, subscribers: int,
-    duration: float, bitrate: float, audio: bool = True,
+    duration: float, bitrate: float, audio: bool = True, cpu=None,
 ) -> dict:
-    """One room: ``publishers`` sending and ``subscribers`` receiving for ``duration`` seconds."""
+    """One room of mediaserver: ``publishers`` sending and ``subscribers`` receiving."""
     ws_url = url.replace("http", "ws", 1) + "/v1/ws"
     from urllib.parse import urlparse
 
@@ -267,41 +314,13 @@ async def run_load(
             r.raise_for_status()
             room_id = r.json()["id"]
         pubs = [LoadParticipant(MediaserverSignaling(ws_url, await mint(http, room_id, f"load-pub-{i}", "moderator" if i < 4 else "publisher"), room_id)) for i in range(publishers)]
-        subs = [LoadParticipant(MediaserverSignaling(ws_url, await mint(http, room_id, f"load-sub-{i}", "subscriber"), room_id)) for i in range(subscribers)]
-    everyone = pubs + subs
-    try:
-        for p in pubs:
-            await p.join(subscribe=False)
-        await asyncio.gather(*(s.join() for s in subs))
-        for p in pubs:
-            await p.publish(bitrate=bitrate, audio=audio)
-        # Wait until every subscriber's connection is up (offers answered, DTLS done).
-        deadline = time.monotonic() + 30
-        while not all(s.sub_pc.connectionState == "connected" for s in subs):
-            if time.monotonic() > deadline:
-                raise RuntimeError("subscribers did not connect in 30 s")
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
-        before = [s.received.packets for s in subs]
-        t0 = time.monotonic()
-        sent = sum(await asyncio.gather(*(p.send(duration) for p in pubs)))
-        await asyncio.sleep(0.5)  # the last packets in flight
-        elapsed = time.monotonic() - t0
-        got = sum(s.received.packets - b for s, b in zip(subs, before))
-        latencies = [x for s in subs for x in s.received.latencies]
-        expected = sent * subscribers
-        return {
-            "room_id": room_id, "publishers": publishers, "subscribers": subscribers, "duration": duration,
-            "packets_sent": sent, "packets_delivered": got,
-            "delivered_per_s": got / elapsed,
-            "loss": (1 - got / expected) if expected else 0.0,
-            "latency_p50_ms": _pct(latencies, 50) * 1000, "latency_p99_ms": _pct(latencies, 99) * 1000,
-            "jitter_ms": statistics.fmean(s.received.jitter for s in subs) * 1000 if subs else 0.0,
-            "join_p50_ms": _pct([p.sig.join_seconds for p in everyone], 50) * 1000,
-        }
-    finally:
-        for p in everyone:
-            await p.close()
+        sub_tokens = [await mint(http, room_id, f"load-sub-{i}", "subscriber") for i in range(subscribers)]
+
+    async def make_subs():
+        return [LoadParticipant(MediaserverSignaling(ws_url, t, room_id)) for t in sub_tokens]
+
+    result = await measure(pubs, make_subs, duration=duration, bitrate=bitrate, audio=audio, cpu=cpu)
+    return {"room_id": room_id, **result}
 
 
 def main(argv: list[str] | None = None) -> int:
