@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import re
 import statistics
@@ -34,6 +35,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 PACKET = 1200
+# One thread per stream while it sends (the GIL is released inside): enough for many publishers.
+_SENDERS = concurrent.futures.ThreadPoolExecutor(max_workers=128, thread_name_prefix="load-send")
 
 
 class Silent(MediaStreamTrack):
@@ -228,7 +231,7 @@ class LoadParticipant:
         from loadtest import _wire
 
         loop = asyncio.get_running_loop()
-        sent = await asyncio.gather(*(loop.run_in_executor(None, _wire.send_paced, s, rate, duration) for s, rate in self.streams))
+        sent = await asyncio.gather(*(loop.run_in_executor(_SENDERS, _wire.send_paced, s, rate, duration) for s, rate in self.streams))
         return sum(sent)
 
     async def close(self) -> None:
