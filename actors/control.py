@@ -24,6 +24,8 @@ def actor_config(settings: Settings) -> dict:
         "media_advertised_host": settings.media_advertised_host
         or ("127.0.0.1" if settings.media_bind_host in ("0.0.0.0", "::") else settings.media_bind_host),
         "media_allowed_networks": list(settings.media_allowed_networks),
+        "media_fastpath": settings.media_fastpath,
+        "quality_seconds": settings.quality_seconds,
     }
 
 

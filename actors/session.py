@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import zlib
 from typing import Any
 
@@ -19,6 +20,8 @@ from mediaserver.control.meeting import START_EARLY
 from mediaserver.control.session import SessionCore
 from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
+
+QUALITY_EVERY = 10.0  # seconds between quality records of each receiving participant
 
 BREAKOUT_OPERATIONS = {
     "create_breakouts", "rename_breakout", "delete_breakout", "assign_breakout", "auto_assign_breakouts",
@@ -53,6 +56,7 @@ class SessionActor:
         self._worker: Any = None
         self._incarnation: str | None = None
         self._states: dict[str, str] = {}  # transport -> the last connection state recorded
+        self._quality_at = 0.0
 
     async def ready(self) -> dict:
         await self.core.ensure_loaded()
@@ -218,6 +222,28 @@ class SessionActor:
                 self._states[tid] = state
         self._states = {tid: st for tid, st in self._states.items() if tid in owners}
 
+    async def _record_quality(self) -> None:
+        """Every ``quality_seconds`` (QUALITY_EVERY by default), each receiving participant's connection quality goes in its
+        log (from its receiver reports): the session's record shows it, and the dashboard."""
+        now = time.monotonic()
+        if self.media is None or self.core.ended or now - self._quality_at < self.cfg.get("quality_seconds", QUALITY_EVERY):
+            return
+        self._quality_at = now
+        owners = {tid: pid for tid, (pid, role) in self.media.transports().items() if role == "subscribe"}
+        if not owners:
+            return
+        try:
+            quality = await cluster.call(self._worker, "quality", list(owners))
+        except MediaserverError:
+            return
+        for tid, q in quality.items():
+            pid = owners.get(tid)
+            if pid in self.core.participants:
+                loss = round(q["fraction_lost"] * 100, 1)
+                jitter_ms = round(q["jitter"] / 90, 1)  # video clock (90 kHz); audio's 48 kHz reads lower
+                grade = "good" if loss < 2 and jitter_ms < 30 else "fair" if loss < 8 else "poor"
+                await self.core.record(pid, "quality", visibility="log", loss_percent=loss, jitter_ms=jitter_ms, grade=grade)
+
     async def _record_unpublished(self, participant_id: str, tracks: list) -> None:
         if self.core.ended:
             return
@@ -349,6 +375,7 @@ class SessionActor:
         await self._release_departed()
         await self._check_worker()
         await self._record_connection_states()
+        await self._record_quality()
         if self.core.ended:
             self._retire_breakouts()
         return self.core.session["status"]

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     ray_namespace: str = "mediaserver"
     grace_seconds: float = Field(420.0, gt=0)  # session/participant grace after leaving
     tick_seconds: float = Field(1.0, gt=0)  # how often lifecycle timers are checked
+    quality_seconds: float = Field(10.0, gt=0)  # how often receivers' quality goes into their event logs
     poll_seconds: float = Field(10.0, gt=0)  # long-poll timeout for a participant's event stream
     stale_seconds: float = Field(30.0, gt=0)  # a participant whose gateway went silent this long is disconnected
     ping_seconds: float = Field(15.0, gt=0)  # WebSocket server pings

@@ -95,6 +95,7 @@ def server_env(data_dir: Path, **overrides: Any) -> dict:
         "MEDIASERVER_TICK_SECONDS": "0.2",
         "MEDIASERVER_POLL_SECONDS": "2",
         "MEDIASERVER_STALE_SECONDS": "6",
+        "MEDIASERVER_QUALITY_SECONDS": "1",
         "MEDIASERVER_PING_SECONDS": "1",
         "MEDIASERVER_LOG_LEVEL": "warning",
         "MEDIASERVER_RAY_NAMESPACE": f"test-{os.getpid()}-{data_dir.name}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.helpers import make_room
+from tests.helpers import eventually, make_room
 from tests.media_peers import join_media, loopback_only_ice, wait_for
 
 
@@ -65,6 +65,15 @@ async def test_publisher_reaches_three_subscribers_and_nobody_else(server):
             assert ("subscribe", "connected") in states, states
             log = (await http.get(f"/v1/sessions/{sid}/participants/{pub.id}")).json()["events"]
             assert ("publish", "connected") in [(e["data"]["pc"], e["data"]["state"]) for e in log if e["type"] == "connection_state"]
+
+            # Receivers' reports give each subscriber a quality record (no loss on loopback).
+            async def graded():
+                parts = (await http.get(f"/v1/sessions/{sid}")).json()["participants"]
+                return all(p["quality"] for p in parts if p["identity"].startswith("viewer")) and parts
+
+            for p in await eventually(graded, timeout=20):
+                if p["identity"].startswith("viewer"):
+                    assert p["quality"]["grade"] == "good" and p["quality"]["loss_percent"] < 2, p
 
             # One scrape shows the whole server: live figures from the store, forwarding from the worker.
             metrics = (await http.get("/metrics")).text

@@ -123,12 +123,15 @@ async def test_meeting_page_and_dashboard(server, browser):
         await row.wait_for()
         assert await dash.locator("#sessions tbody tr").count() == 1
         await row.click()
+        await dash.locator("#participants", has_text="good (0% lost").wait_for()  # reception quality in the record
         await dash.get_by_role("row", name="Participant vic").click()
         timeline = dash.locator("#timeline")
         await timeline.get_by_text("asked to enable mic & camera").wait_for()
         await timeline.get_by_text("chat: “hello from the phone”").wait_for()
         await dash.locator("#workers", has_text="fast path").wait_for()
         await dash.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        await dash.get_by_role("button", name="All sessions of this room").click()
+        await dash.locator("#sessions-title", has_text="Sessions of Design review").wait_for()
         assert await dash.evaluate(UNNAMED_BUTTONS) == []
         await dash.get_by_role("button", name=f"End session {sid}").click()
         for page in (host, viewer):

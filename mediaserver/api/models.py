@@ -144,9 +144,12 @@ class Participant(BaseModel):
     counts: dict[str, int] = Field(
         default_factory=dict, description="chat_messages sent, questions asked and upvotes given"
     )
+    quality: dict | None = Field(
+        None, description="latest reception quality: loss_percent, jitter_ms, grade (good, fair, poor)"
+    )
 
     @classmethod
-    def from_row(cls, row: dict, counts: dict[str, int] | None = None) -> "Participant":
+    def from_row(cls, row: dict, counts: dict[str, int] | None = None, quality: dict | None = None) -> "Participant":
         return cls(
             **{k: row[k] for k in ("id", "session_id", "identity", "name", "role", "state", "left_reason")},
             joined_at=to_dt(row["joined_at"]),
@@ -155,6 +158,7 @@ class Participant(BaseModel):
             stage_requested=row.get("stage_requested_at") is not None,
             breakout_id=row.get("breakout_id"),
             counts=counts or {"chat_messages": 0, "questions": 0, "upvotes": 0},
+            quality=quality,
         )
 
 

@@ -193,13 +193,14 @@ async def get_session(session_id: str, request: Request, caller: Auth) -> Sessio
     store = request.app.state.store
     parts = await store.list_participants(session_id)
     counts = await store.participant_counts(session_id)
+    quality = await store.latest_quality(session_id)
     base = Session.from_row(
         {**row, "participant_count": sum(p["state"] != "left" for p in parts)},
         grace=request.app.state.settings.grace_seconds,
     )
     return SessionDetail(
         **base.model_dump(),
-        participants=[Participant.from_row(p, counts.get(p["id"])) for p in parts],
+        participants=[Participant.from_row(p, counts.get(p["id"]), quality.get(p["id"])) for p in parts],
         breakouts=row.get("meeting") or {},
     )
 

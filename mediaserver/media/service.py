@@ -78,6 +78,23 @@ class WorkerService:
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None:
         self.worker.unroute(src, src_ssrc, dst)
 
+    async def quality(self, transport_ids: list[str]) -> dict[str, dict]:
+        """What subscribers report of what they receive (RFC 3550 receiver reports), per transport:
+        the worst fraction lost and the mean interarrival jitter (in timestamp units) of its streams."""
+        wanted = set(transport_ids)
+        by_transport: dict[str, list[dict]] = {}
+        for (tid, _ssrc), block in self.worker.forwarder.quality.items():
+            if tid in wanted:
+                by_transport.setdefault(tid, []).append(block)
+        return {
+            tid: {
+                "fraction_lost": max(b["fraction_lost"] for b in blocks),
+                "jitter": sum(b["jitter"] for b in blocks) / len(blocks),
+                "streams": len(blocks),
+            }
+            for tid, blocks in by_transport.items()
+        }
+
     async def transport_states(self, transport_ids: list[str]) -> dict[str, str]:
         return {tid: t.state for tid in transport_ids if (t := self.worker.transports.get(tid))}
 

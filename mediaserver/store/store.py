@@ -424,6 +424,16 @@ class Store(EventStore, PeopleStore):
             q["voters"] = voters.get(q["id"], [])
         return qs
 
+    async def latest_quality(self, session_id: str) -> dict[str, dict]:
+        """Each participant's latest "quality" record (what its receiver reports said)."""
+        q = (
+            sa.select(events.c.participant_id, events.c.data, events.c.seq)
+            .where(events.c.session_id == session_id, events.c.type == "quality")
+            .order_by(events.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            return {pid: data for pid, data, _ in await conn.execute(q)}
+
     async def participant_counts(self, session_id: str) -> dict[str, dict[str, int]]:
         """Per participant: chat messages sent, questions asked, upvotes given."""
         out: dict[str, dict[str, int]] = {}

@@ -7,6 +7,7 @@ let view = "live";
 let selectedSession = null;
 let selectedParticipant = null;
 let lastForwarded = null; // {at, perWorker} for packets/s
+let roomFilter = null; // {id, name}: one room's sessions, live and ended
 
 const fmt = (iso) => (iso ? new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "–");
 const duration = (from, to) => {
@@ -30,6 +31,11 @@ async function refreshSessions() {
   const q = $("search").value.trim();
   const params = new URLSearchParams({ status: view === "live" ? "live,ending_soon" : "ended", limit: "100" });
   if (q) params.set("q", q);
+  if (roomFilter) {
+    params.set("room_id", roomFilter.id);
+    params.delete("status");
+  }
+  $("sessions-title").textContent = roomFilter ? `Sessions of ${roomFilter.name}` : "Sessions";
   const { sessions } = await api(`/v1/sessions?${params}`);
   $("sessions").tBodies[0].replaceChildren(...sessions.map((s) => {
     const tr = document.createElement("tr");
@@ -63,6 +69,7 @@ async function refreshRecord() {
   const s = await api(`/v1/sessions/${selectedSession}`);
   $("record").hidden = false;
   $("record-title").textContent = `Session ${s.id} – ${s.room_name}`;
+  $("room-sessions").onclick = () => { roomFilter = { id: s.room_id, name: s.room_name }; refreshSessions().catch((err) => status(err.message, true)); };
   const rooms = (s.breakouts && s.breakouts.rooms) || [];
   $("record-summary").textContent = `${s.status === "ending_soon" ? "ending soon" : s.status} · started ${fmt(s.started_at)}` +
     `${s.ended_at ? ` · ended ${fmt(s.ended_at)} (${s.end_reason})` : ""} · duration ${duration(s.started_at, s.ended_at)}` +
@@ -72,8 +79,9 @@ async function refreshRecord() {
     tr.tabIndex = 0;
     tr.setAttribute("aria-label", `Participant ${p.name}`);
     const c = p.counts || {};
+    const q = p.quality ? `${p.quality.grade} (${p.quality.loss_percent}% lost, ${p.quality.jitter_ms} ms jitter)` : "–";
     tr.append(cell(p.name), cell(p.role), cell(fmt(p.joined_at)), cell(p.left_at ? `${fmt(p.left_at)} (${p.left_reason})` : p.state),
-      cell(duration(p.joined_at, p.left_at)), cell(`${c.chat_messages || 0} / ${c.questions || 0} / ${c.upvotes || 0}`));
+      cell(duration(p.joined_at, p.left_at)), cell(q), cell(`${c.chat_messages || 0} / ${c.questions || 0} / ${c.upvotes || 0}`));
     tr.onclick = tr.onkeydown = (e) => { if (e.type === "click" || e.key === "Enter") { selectedParticipant = p; refreshTimeline(); } };
     return tr;
   }));
@@ -89,6 +97,7 @@ const DESCRIBE = {
   moved: (d) => (d.breakout_id ? `moved to a breakout room (${d.breakout_id})` : "back to the main room"),
   chat: (d) => `chat: “${d.message.text}”`, question_asked: (d) => `asked: “${d.question.text}”`,
   question_upvoted: "upvoted a question", session_ended: (d) => `session ended (${d.reason})`,
+  quality: (d) => `reception ${d.grade}: ${d.loss_percent}% lost, ${d.jitter_ms} ms jitter`,
 };
 
 async function refreshTimeline() {
@@ -161,6 +170,7 @@ $("sign-out").onclick = () => signOut();
 for (const [id, v] of [["show-live", "live"], ["show-ended", "ended"]]) {
   $(id).onclick = () => {
     view = v;
+    roomFilter = null;
     $("show-live").setAttribute("aria-pressed", String(v === "live"));
     $("show-ended").setAttribute("aria-pressed", String(v === "ended"));
     refreshSessions().catch((err) => status(err.message, true));
