@@ -21,7 +21,8 @@ from mediaserver.control.session import SessionCore
 from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
 
-QUALITY_EVERY = 10.0  # seconds between quality records of each receiving participant
+QUALITY_EVERY = 10.0  # seconds between looks at each receiving participant's quality
+QUALITY_REPEAT = 6  # an unchanged grade is logged again after this many looks
 
 BREAKOUT_OPERATIONS = {
     "create_breakouts", "rename_breakout", "delete_breakout", "assign_breakout", "auto_assign_breakouts",
@@ -57,6 +58,7 @@ class SessionActor:
         self._incarnation: str | None = None
         self._states: dict[str, str] = {}  # transport -> the last connection state recorded
         self._quality_at = 0.0
+        self._quality: dict[str, tuple[str, float]] = {}  # participant -> (grade, when) last logged
 
     async def ready(self) -> dict:
         await self.core.ensure_loaded()
@@ -242,6 +244,11 @@ class SessionActor:
                 loss = round(q["fraction_lost"] * 100, 1)
                 jitter_ms = round(q["jitter"] / 90, 1)  # video clock (90 kHz); audio's 48 kHz reads lower
                 grade = "good" if loss < 2 and jitter_ms < 30 else "fair" if loss < 8 else "poor"
+                last = self._quality.get(pid)
+                # A change of grade is logged at once; an unchanged one every QUALITY_REPEAT intervals.
+                if last and last[0] == grade and now - last[1] < QUALITY_REPEAT * self.cfg.get("quality_seconds", QUALITY_EVERY):
+                    continue
+                self._quality[pid] = (grade, now)
                 await self.core.record(pid, "quality", visibility="log", loss_percent=loss, jitter_ms=jitter_ms, grade=grade)
 
     async def _record_unpublished(self, participant_id: str, tracks: list) -> None:
