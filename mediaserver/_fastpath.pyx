@@ -113,6 +113,9 @@ cdef enum:
     OUT_MAX = 64  # datagrams per sendmmsg: more adds latency for the first ones, not speed
     SLOW_MAX = 512  # STUN/DTLS datagrams waiting for Python
     NACK_CACHE = 512  # packets kept per track to answer NACKs
+    UPSTREAM_RING = 64  # sequence numbers asked of a publisher, remembered per track
+    UPSTREAM_MAX = 256  # sequence numbers per NACK sent upstream
+    NACK_SEQS = 6400  # the most one NACK datagram can name (372 FCI entries of 17)
     SR = 200
     RR = 201
     RTPFB = 205
@@ -122,6 +125,7 @@ cdef uint32_t SERVER_SSRC = 0x6D656469  # "medi", as mediaserver.media.rtcp
 cdef double PLI_INTERVAL = 0.5
 cdef double REMB_INTERVAL = 0.5
 cdef double CONSENT_TIMEOUT = 30.0  # RFC 7675
+cdef double UPSTREAM_HOLD = 0.2  # a lost packet is asked of its publisher at most once per 200 ms
 
 # Counters; the names match the reference Forwarder's and the worker's.
 cdef enum Stat:
@@ -129,7 +133,7 @@ cdef enum Stat:
     S_DROP_NOT_READY, S_DROP_TOO_BIG, S_DROP_SRTP, S_DROP_SRTCP, S_DROP_UNKNOWN_SSRC
     S_DROP_SUBSCRIBER_NOT_READY, S_DROP_PROTECT, S_DROP_NO_CONSENT, S_DROP_UNKNOWN, S_DROP_SEND
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
-    S_NACK_SERVED, S_NACK_MISSED, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
+    S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
     S_COUNT
 
 STAT_NAMES = (
@@ -137,7 +141,7 @@ STAT_NAMES = (
     "drop_not_ready", "drop_too_big", "drop_srtp", "drop_srtcp", "drop_unknown_ssrc",
     "drop_subscriber_not_ready", "drop_protect", "drop_no_consent", "drop_unknown", "drop_send",
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
-    "nack_served", "nack_missed", "rx_packets", "rx_batches", "tx_batches",
+    "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -258,6 +262,11 @@ cdef struct Slot:
     uint16_t seq
     uint8_t data[MTU]
 
+cdef struct Asked:
+    bint used
+    uint16_t seq
+    double at
+
 cdef struct Track:
     bint used
     int src
@@ -268,6 +277,9 @@ cdef struct Track:
     Slot* cache  # NACK_CACHE slots, allocated with the first packet
     double last_pli
     double last_remb
+    Asked* asked  # UPSTREAM_RING slots, allocated with the first NACK sent upstream
+    bint has_highest
+    uint16_t highest  # the highest sequence number received (modulo 2^16)
 
 cdef struct Quality:
     uint8_t fraction
@@ -364,6 +376,7 @@ cdef class FastPath:
             if self.tracks[i].used:
                 free(self.tracks[i].routes)
                 free(self.tracks[i].cache)
+                free(self.tracks[i].asked)
         out_free(&self.ctl)
         out_free(&self.net)
         free(self.slow_bufs)
@@ -496,6 +509,7 @@ cdef class FastPath:
         self.by_track.erase(pair(tr.src, tr.ssrc))
         free(tr.routes)
         free(tr.cache)
+        free(tr.asked)
         memset(tr, 0, sizeof(Track))
 
     cdef void _remove_route_at(self, size_t t, int r) noexcept nogil:
@@ -538,11 +552,11 @@ cdef class FastPath:
         else:
             for t in range(self.tracks.size() + 1):
                 if t == self.tracks.size():
-                    self.tracks.push_back(Track(False, 0, 0, NULL, 0, 0, NULL, 0.0, 0.0))
+                    self.tracks.push_back(Track(False, 0, 0, NULL, 0, 0, NULL, 0.0, 0.0, NULL, False, 0))
                     break
                 if not self.tracks[t].used:
                     break
-            self.tracks[t] = Track(True, s, src_ssrc, NULL, 0, 0, NULL, -1e18, -1e18)
+            self.tracks[t] = Track(True, s, src_ssrc, NULL, 0, 0, NULL, -1e18, -1e18, NULL, False, 0)
             self.by_track[pair(s, src_ssrc)] = t
         tr = &self.tracks[t]
         for r in range(tr.nroutes):
@@ -725,6 +739,9 @@ cdef class FastPath:
             slot.seq = seq
             slot.len = length
             memcpy(slot.data, p, length)
+        if not tr.has_highest or 0 < <uint16_t>(seq - tr.highest) < 0x8000:  # newer, modulo 2^16 (RFC 3550 A.1)
+            tr.highest = seq
+            tr.has_highest = True
         for r in range(tr.nroutes):
             self._send_rtp(&tr.routes[r], p, length, now, out)
 
@@ -896,12 +913,14 @@ cdef class FastPath:
             self._send_rtcp(tr.src, msg, 24, now, out)
 
     cdef void _answer_nack(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
-        # Resend from the cache (RFC 4585 6.2.1 Generic NACK) rather than ask the publisher.
+        # Resend from the cache (RFC 4585 6.2.1 Generic NACK) rather than ask the publisher; what
+        # never reached us is asked of the publisher.
         cdef unordered_map[uint64_t, uint64_t].iterator rev = self.reverse.find(pair(sub, u32(pk + 8)))
         cdef Track* tr
         cdef Route* rt
-        cdef int pos, i
+        cdef int pos, i, n = 0
         cdef uint16_t pid, blp
+        cdef uint16_t missing[NACK_SEQS]
         if rev == self.reverse.end():
             return
         tr = &self.tracks[deref(rev).second >> 32]
@@ -910,21 +929,95 @@ cdef class FastPath:
         while pos < plen - 3:
             pid = u16(pk + pos)
             blp = u16(pk + pos + 2)
-            self._resend(tr, rt, pid, now, out)
+            if not self._resend(tr, rt, pid, now, out) and n < NACK_SEQS:
+                missing[n] = <uint16_t>(pid - rt.seq_delta)
+                n += 1
             for i in range(16):
                 if blp & (1 << i):
-                    self._resend(tr, rt, <uint16_t>(pid + i + 1), now, out)
+                    if not self._resend(tr, rt, <uint16_t>(pid + i + 1), now, out) and n < NACK_SEQS:
+                        missing[n] = <uint16_t>(pid + i + 1 - rt.seq_delta)
+                        n += 1
             pos += 4
+        self._ask_publisher(tr, missing, n, now, out)
 
-    cdef void _resend(self, Track* tr, Route* rt, uint16_t out_seq, double now, OutBatch* out) noexcept nogil:
+    cdef bint _resend(self, Track* tr, Route* rt, uint16_t out_seq, double now, OutBatch* out) noexcept nogil:
+        """True when the packet is in the cache (resent, or dropped for its subscriber's sake)."""
         cdef uint16_t seq = <uint16_t>(out_seq - rt.seq_delta)
         cdef Slot* slot
         if tr.cache == NULL or tr.cache[seq % NACK_CACHE].len == 0 or tr.cache[seq % NACK_CACHE].seq != seq:
             self.counts[<int>S_NACK_MISSED] += 1
-            return
+            return False
         slot = &tr.cache[seq % NACK_CACHE]
         if self._send_rtp(rt, slot.data, slot.len, now, out):
             self.counts[<int>S_NACK_SERVED] += 1
+        return True
+
+    cdef void _ask_publisher(self, Track* tr, uint16_t* seqs, int n, double now, OutBatch* out) noexcept nogil:
+        """A Generic NACK to the publisher for packets we never got, each at most once per UPSTREAM_HOLD."""
+        cdef uint16_t wanted[UPSTREAM_MAX]
+        cdef uint8_t msg[12 + 4 * UPSTREAM_MAX]
+        cdef bint done[UPSTREAM_MAX]
+        cdef int i, j, nw = 0, pairs = 0
+        cdef uint16_t seq, tmp, blp, diff
+        cdef Asked* slot
+        if n == 0 or not self._ready(tr.src):
+            return
+        if tr.asked == NULL:
+            tr.asked = <Asked*>calloc(UPSTREAM_RING, sizeof(Asked))
+            if tr.asked == NULL:
+                return
+        for i in range(n):
+            if nw == UPSTREAM_MAX:
+                break
+            seq = seqs[i]
+            if <uint16_t>(tr.highest - seq) >= NACK_CACHE:
+                continue  # older than what we keep (or not sent yet): too late to be worth asking
+            slot = &tr.asked[seq % UPSTREAM_RING]
+            if slot.used and slot.seq == seq and now - slot.at < UPSTREAM_HOLD:
+                continue
+            slot.used = True
+            slot.seq = seq
+            slot.at = now
+            wanted[nw] = seq
+            nw += 1
+        if nw == 0:
+            return
+        # Sorted and without repeats, then packed into PID/BLP pairs as mediaserver.media.rtcp.nack does.
+        for i in range(1, nw):
+            tmp = wanted[i]
+            j = i - 1
+            while j >= 0 and wanted[j] > tmp:
+                wanted[j + 1] = wanted[j]
+                j -= 1
+            wanted[j + 1] = tmp
+        j = 0
+        for i in range(nw):
+            if i == 0 or wanted[i] != wanted[j - 1]:
+                wanted[j] = wanted[i]
+                j += 1
+        nw = j
+        memset(done, 0, sizeof(done))
+        for i in range(nw):
+            if done[i]:
+                continue
+            blp = 0
+            for j in range(i + 1, nw):
+                diff = <uint16_t>(wanted[j] - wanted[i])
+                if diff > 16:
+                    break
+                if not done[j] and diff >= 1:
+                    blp |= <uint16_t>(1 << (diff - 1))
+                    done[j] = True
+            put16(msg + 12 + 4 * pairs, wanted[i])
+            put16(msg + 14 + 4 * pairs, blp)
+            pairs += 1
+        msg[0] = 0x80 | 1
+        msg[1] = RTPFB
+        put16(msg + 2, <uint16_t>(2 + pairs))
+        put32(msg + 4, SERVER_SSRC)
+        put32(msg + 8, tr.ssrc)
+        self.counts[<int>S_NACK_UPSTREAM] += 1
+        self._send_rtcp(tr.src, msg, 12 + 4 * pairs, now, out)
 
     cdef void _request_keyframe(self, size_t t, double now, OutBatch* out) noexcept nogil:
         cdef Track* tr = &self.tracks[t]

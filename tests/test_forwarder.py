@@ -124,9 +124,17 @@ def test_nack_is_answered_from_the_cache(setup):
     # s2 sees sequence numbers shifted by 1000; it lost 1002 (we have it) and 1004 (never came).
     nack = peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1002, 1004]))
     out = transcript(fw, peers, [("s2", nack, 1.0)])
-    assert [(who, struct.unpack_from("!H", p, 2)[0]) for who, _, p in out] == [("s2", 1002)]
+    assert [(who, struct.unpack_from("!H", p, 2)[0]) for who, _, p in out if who == "s2"] == [("s2", 1002)]
     assert out[0][2][12:] == struct.pack("!H", 2) * 50
     assert fw.stats["nack_served"] == 1 and fw.stats["nack_missed"] == 1
+    # 4 never reached us: the publisher is asked for it (by its own sequence number), once.
+    upstream = [p for who, _, p in out if who == "pub"]
+    assert [rtcp.nack_request(p[1], p[0] & 0x1F, p) for p in upstream] == [(PUB_SSRC, [4])]
+    again = peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [4]))
+    assert [who for who, _, _ in transcript(fw, peers, [("s1", again, 1.1)])] == []  # asked 100 ms ago
+    later = peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [4]))
+    assert [who for who, _, _ in transcript(fw, peers, [("s1", later, 1.3)])] == ["pub"]  # 300 ms: ask again
+    assert fw.stats["nack_upstream"] == 2
     # The cache keeps the last NACK_CACHE packets of a track only.
     transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 0.0) for s in range(6, 6 + NACK_CACHE)])
     old = peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [2]))
@@ -303,7 +311,7 @@ def test_fast_path_matches_the_reference_packet_for_packet(profile):
     assert len(ref_out) > 100 and fast_out == ref_out
     assert fast_stats == ref_stats and fast_quality == ref_quality
     # The sequence exercised what it is meant to.
-    for key in ("drop_srtp", "drop_too_big", "drop_unknown_ssrc", "drop_srtcp", "nack_served", "nack_missed",
+    for key in ("drop_srtp", "drop_too_big", "drop_unknown_ssrc", "drop_srtcp", "nack_served", "nack_missed", "nack_upstream",
                 "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded"):
         assert ref_stats.get(key, 0) > 0, key
     assert ref_quality[("s2", 0x2002)]["fraction_lost"] == 0.125

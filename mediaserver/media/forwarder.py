@@ -22,6 +22,9 @@ MTU = 1500  # larger datagrams are never forwarded
 PLI_INTERVAL = 0.5  # at most one keyframe request per track per 500 ms
 NACK_CACHE = 512  # recent packets kept per track to answer NACKs (about 1 s of 4 Mbps video)
 REMB_INTERVAL = 0.5  # the publisher hears the lowest subscriber estimate at most this often per track
+UPSTREAM_HOLD = 0.2  # a packet lost before it reached us is asked of its publisher at most once per 200 ms
+UPSTREAM_RING = 64  # sequence numbers remembered per track for that
+UPSTREAM_MAX = 256  # sequence numbers per NACK sent upstream (it must fit in one datagram)
 
 
 @dataclass
@@ -61,6 +64,10 @@ class Forwarder:
     # (publisher endpoint, publisher SSRC) -> {subscriber: its latest bandwidth estimate in bit/s}
     estimates: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
     last_remb: dict[tuple[str, int], float] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> ring of (sequence number, when it was asked upstream)
+    asked: dict[tuple[str, int], list] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> the highest sequence number received (modulo 2^16)
+    highest: dict[tuple[str, int], int] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
 
     # Control -------------------------------------------------------------------
@@ -123,6 +130,9 @@ class Forwarder:
         if routes is None:
             return self._drop("unknown_ssrc")
         self.cache.setdefault((ep.id, ssrc), [None] * NACK_CACHE)[seq % NACK_CACHE] = (seq, plain)
+        top = self.highest.get((ep.id, ssrc))
+        if top is None or 0 < (seq - top) & 0xFFFF < 0x8000:  # newer, modulo 2^16 (RFC 3550 A.1)
+            self.highest[(ep.id, ssrc)] = seq
         out = []
         for dst_id, route in routes.items():
             sent = self._send_to(dst_id, route, plain)
@@ -168,7 +178,7 @@ class Forwarder:
                 continue
             lost = rtcp.nack_request(pt, fmt, packet)
             if lost is not None:
-                out += self._answer_nack(ep.id, *lost)
+                out += self._answer_nack(ep.id, *lost, now)
                 continue
             media_ssrc = rtcp.keyframe_request_ssrc(pt, fmt, packet)
             if media_ssrc is None:
@@ -236,23 +246,49 @@ class Forwarder:
             self.stats["sr_forwarded"] += 1
         return out
 
-    def _answer_nack(self, subscriber: str, media_ssrc: int, lost: list[int]) -> list[tuple[bytes, tuple]]:
+    def _answer_nack(self, subscriber: str, media_ssrc: int, lost: list[int], now: float) -> list[tuple[bytes, tuple]]:
         """Resend what a subscriber lost from the cache, rather than asking the publisher (which
-        costs it a round trip and every other subscriber the duplicate)."""
+        costs it a round trip and every other subscriber the duplicate); what never reached us
+        is asked of the publisher, whose retransmission then reaches everyone."""
         source = self.reverse.get((subscriber, media_ssrc))
         route = self.routes.get(source, {}).get(subscriber) if source else None
         if route is None:
             return []
         ring = self.cache.get(source, [None] * NACK_CACHE)
-        out = []
+        out, missing = [], []
         for out_seq in lost:
             seq = (out_seq - route.seq_delta) & 0xFFFF
             cached = ring[seq % NACK_CACHE]
             if cached is None or cached[0] != seq:
                 self.stats["nack_missed"] += 1
+                missing.append(seq)
                 continue
             sent = self._send_to(subscriber, route, cached[1])
             if sent:
                 out.append(sent)
                 self.stats["nack_served"] += 1
-        return out
+        return out + self._ask_publisher(source, missing, now)
+
+    def _ask_publisher(self, source: tuple[str, int], seqs: list[int], now: float) -> list[tuple[bytes, tuple]]:
+        """A Generic NACK (RFC 4585 6.2.1) to the publisher for packets we never got, each at
+        most once per UPSTREAM_HOLD however many subscribers ask."""
+        publisher = self.endpoints.get(source[0])
+        if not seqs or publisher is None or not publisher.ready:
+            return []
+        ring = self.asked.setdefault(source, [None] * UPSTREAM_RING)
+        top = self.highest.get(source, 0)
+        wanted = []
+        for seq in seqs:
+            if len(wanted) == UPSTREAM_MAX:
+                break
+            if (top - seq) & 0xFFFF >= NACK_CACHE:
+                continue  # older than what we keep (or not sent yet): too late to be worth asking
+            slot = ring[seq % UPSTREAM_RING]
+            if slot is not None and slot[0] == seq and now - slot[1] < UPSTREAM_HOLD:
+                continue
+            ring[seq % UPSTREAM_RING] = (seq, now)
+            wanted.append(seq)
+        if not wanted:
+            return []
+        self.stats["nack_upstream"] += 1
+        return [(publisher.tx.protect_rtcp(rtcp.nack(source[1], wanted)), publisher.addr)]
