@@ -70,6 +70,7 @@ def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO) -> None:
         f"  API key:    {key['id']}\n"
         f"  API secret: {key['secret']}\n"
         f"  Demo room:  {boot['join_url']}\n"
+        f"  Dashboard:  {settings.base_url}/dashboard (sign in with the API key)\n"
         f"  API docs:   {settings.base_url}/docs\n"
         f"  Store:      {settings.db_url.split('://')[0]} ({_db_where(settings.db_url)})\n"
         f"  Ray:        {ray_info['gcs_address']} ({where})\n"

@@ -91,6 +91,8 @@ def test_serve_banner_and_clean_stop(tmp_path):
     r = httpx.get(f"{url}/v1/rooms", auth=(key_id, secret))
     assert r.status_code == 200 and [x["name"] for x in r.json()["rooms"]] == ["Demo room"]
     assert httpx.get(demo).status_code == 200
+    dashboard = re.search(r"Dashboard:\s+(\S+)", log).group(1)
+    assert dashboard == f"{srv.url}/dashboard" and "dashboard" in httpx.get(dashboard).text
     token = demo.split("token=", 1)[1]
     assert jwt.decode(token.replace("%3D", "="), secret, algorithms=["HS256"])["role"] == "moderator"
     gcs = (tmp_path / "ray_address").read_text().strip()
