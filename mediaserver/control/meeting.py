@@ -50,6 +50,11 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _breakouts(meeting: dict) -> dict:
+    """The breakout rooms as clients see them, from a session's meeting state."""
+    return {"rooms": meeting.get("rooms", []), "open": bool(meeting.get("open")), "plan": meeting.get("plan", {})}
+
+
 def public_question(q: dict) -> dict:
     return {
         "id": q["id"], "participant_id": q["participant_id"], "name": q["name"], "text": q["text"],
@@ -81,8 +86,7 @@ class MeetingRules:
         return self.session.get("meeting") or {}
 
     def breakout_view(self) -> dict:
-        m = self.meeting
-        return {"rooms": m.get("rooms", []), "open": bool(m.get("open")), "plan": m.get("plan", {})}
+        return _breakouts(self.meeting)
 
     def room_of(self, participant_id: str) -> str | None:
         p = self.participants.get(participant_id)
@@ -423,7 +427,7 @@ class MeetingRules:
             for name in names:
                 rooms.append({"id": new_id("brk"), "name": self._room_name(name, rooms)})
             tx.set_meeting(rooms=rooms)
-            tx.event("breakouts_changed", by, **self._breakouts_data(tx))
+            tx.event("breakouts_changed", by, **_breakouts(tx.meeting()))
             await self._commit(tx)
             return self.breakout_view()
 
@@ -436,7 +440,7 @@ class MeetingRules:
             room = self._find_room(rooms, breakout_id)
             room["name"] = self._room_name(name, rooms, except_id=breakout_id)
             tx.set_meeting(rooms=rooms)
-            tx.event("breakouts_changed", by, **self._breakouts_data(tx))
+            tx.event("breakouts_changed", by, **_breakouts(tx.meeting()))
             await self._commit(tx)
             return self.breakout_view()
 
@@ -451,7 +455,7 @@ class MeetingRules:
             self._find_room(rooms, breakout_id)
             plan = {pid: b for pid, b in tx.meeting().get("plan", {}).items() if b != breakout_id}
             tx.set_meeting(rooms=[r for r in rooms if r["id"] != breakout_id], plan=plan)
-            tx.event("breakouts_changed", by, **self._breakouts_data(tx))
+            tx.event("breakouts_changed", by, **_breakouts(tx.meeting()))
             await self._commit(tx)
             return self.breakout_view()
 
@@ -471,10 +475,8 @@ class MeetingRules:
                 else:
                     plan[pid] = breakout_id
             tx.set_meeting(plan=plan)
-            if tx.meeting().get("open"):
-                for pid, breakout_id in assignments.items():
-                    self._move(tx, pid, breakout_id, by)
-            tx.event("breakouts_changed", by, **self._breakouts_data(tx))
+            self._move_if_open(tx, assignments, by)
+            tx.event("breakouts_changed", by, **_breakouts(tx.meeting()))
             await self._commit(tx)
             return self.breakout_view()
 
@@ -491,10 +493,8 @@ class MeetingRules:
             random.shuffle(people)
             plan = {pid: rooms[i % len(rooms)]["id"] for i, pid in enumerate(people)}
             tx.set_meeting(plan=plan)
-            if tx.meeting().get("open"):
-                for pid, breakout_id in plan.items():
-                    self._move(tx, pid, breakout_id, by)
-            tx.event("breakouts_changed", by, **self._breakouts_data(tx))
+            self._move_if_open(tx, plan, by)
+            tx.event("breakouts_changed", by, **_breakouts(tx.meeting()))
             await self._commit(tx)
             return self.breakout_view()
 
@@ -512,7 +512,7 @@ class MeetingRules:
             for pid, breakout_id in tx.meeting().get("plan", {}).items():
                 if pid in self.participants:
                     self._move(tx, pid, breakout_id, by)
-            tx.event("breakouts_opened", by, **self._breakouts_data(tx))
+            tx.event("breakouts_opened", by, **_breakouts(tx.meeting()))
             await self._commit(tx)
             return self.breakout_view()
 
@@ -528,7 +528,7 @@ class MeetingRules:
             for pid, p in self.participants.items():
                 if p.get("breakout_id") is not None:
                     self._move(tx, pid, None, by)
-            tx.event("breakouts_closed", by, **self._breakouts_data(tx))
+            tx.event("breakouts_closed", by, **_breakouts(tx.meeting()))
             await self._commit(tx)
             return self.breakout_view()
 
@@ -552,6 +552,8 @@ class MeetingRules:
         tx.update_participant(pid, breakout_id=breakout_id)
         tx.event("moved", pid, breakout_id=breakout_id, previous=before, by=by)
 
-    def _breakouts_data(self, tx: Tx) -> dict:
-        m = tx.meeting()
-        return {"rooms": m.get("rooms", []), "open": bool(m.get("open")), "plan": m.get("plan", {})}
+    def _move_if_open(self, tx: Tx, moves: dict[str, str | None], by: str) -> None:
+        """While rooms are open, (re)assigned participants move at once."""
+        if tx.meeting().get("open"):
+            for pid, breakout_id in moves.items():
+                self._move(tx, pid, breakout_id, by)
