@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import zlib
 from typing import Any
 
 from actors import cluster, names
 from actors.breakout import BreakoutRoomActor
 from actors.media import MediaWorkerActor
-from mediaserver.control.media import MediaSession
+from mediaserver.control.media import MediaSession, worker_index
 from mediaserver.control.meeting import START_EARLY
 from mediaserver.control.session import SessionCore
 from mediaserver.errors import MediaserverError
@@ -105,8 +104,7 @@ class SessionActor:
         # Under a lock: joins arrive concurrently, and two MediaSessions would split the session.
         async with self._media_init_lock:
             if self.media is None:
-                # Deterministic placement: a restarted actor finds the same worker.
-                index = zlib.crc32(self.session_id.encode()) % self.cfg["media_workers"]
+                index = worker_index(self.session_id, self.cfg["media_workers"])
                 handle = cluster.get_or_create(MediaWorkerActor, names.media_worker(index), self.cfg, index)
                 self._incarnation = (await cluster.call(handle, "start"))["incarnation"]
                 self._worker = handle

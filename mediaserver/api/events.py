@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
 from mediaserver.api.models import MAX_CAPACITY, Strict, to_dt, to_ts
-from mediaserver.control.meeting import MAX_SPEAKERS_ON_SCREEN
+from mediaserver.control.meeting import MAX_SPEAKERS_ON_SCREEN, START_EARLY
 from mediaserver.errors import MediaserverError
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -109,9 +109,6 @@ class Registration(BaseModel):
     registered_at: datetime
     token: str = Field(..., description="A participant token for the slot's room (role subscriber).")
     join_url: str
-
-
-START_EARLY = 300  # seconds before a slot when its session may be started (mediaserver.control.meeting)
 
 
 def _event(row: dict) -> Event:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
+from mediaserver.api.people import room_calendar
 from mediaserver.api.models import (
     ChatMessage,
     Question,
@@ -30,6 +31,7 @@ from mediaserver.api.models import (
     to_dt,
     to_ts,
 )
+from mediaserver.control.media import worker_index
 from mediaserver.errors import MediaserverError
 
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 429, 503)}
@@ -109,13 +111,11 @@ async def update_room(room_id: str, body: RoomUpdate, request: Request, caller: 
 
 
 @router.get("/rooms/{room_id}/event.ics", tags=["rooms"], response_class=Response)
-async def room_calendar(room_id: str, request: Request, caller: Auth) -> Response:
+async def room_ics(room_id: str, request: Request, caller: Auth) -> Response:
     """The room as an iCalendar event: its schedule, its comment and its page."""
-    from mediaserver.api.people import room_calendar as calendar
-
     room = await _room(request, caller, room_id)
     url = f"{request.app.state.settings.base_url}/join/{quote(room_id)}"
-    return Response(calendar(room, url), media_type="text/calendar",
+    return Response(room_calendar(room, url), media_type="text/calendar",
                     headers={"Content-Disposition": f'attachment; filename="{room_id}.ics"'})
 
 
@@ -284,8 +284,6 @@ class ServerHealth(BaseModel):
 async def server_health(request: Request, caller: Auth) -> ServerHealth:
     """Media workers (with your sessions on each, forwarding counters and drops by reason) and your
     team's live sessions against its limit."""
-    import zlib
-
     store, settings = request.app.state.store, request.app.state.settings
     unended = await store.list_sessions(caller.team_id, status=["live", "ending_soon"], limit=1000)
     team = await store.get_team(caller.team_id)
@@ -299,8 +297,7 @@ async def server_health(request: Request, caller: Auth) -> ServerHealth:
             cpu_seconds=float(stats.get("cpu_seconds", 0.0)),
             counters={k: v for k, v in numeric.items() if not k.startswith("drop_") and k not in ("port", "transports", "cpu_seconds")},
             drops={k[5:]: v for k, v in numeric.items() if k.startswith("drop_") and v},
-            # Placement is deterministic (actors/session.py): the same hash the SessionActor uses.
-            sessions=[s["id"] for s in unended if zlib.crc32(s["id"].encode()) % settings.media_workers == i],
+            sessions=[s["id"] for s in unended if worker_index(s["id"], settings.media_workers) == i],
         ))
     return ServerHealth(
         workers=workers, live_sessions=sum(s["status"] == "live" for s in unended),

@@ -13,10 +13,17 @@ room, or the breakout room it is in: ``room_of``) by default;
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from mediaserver.errors import MediaserverError
+
+
+def worker_index(session_id: str, workers: int) -> int:
+    """The media worker a session (and its breakout rooms) is placed on: deterministic, so a
+    restarted SessionActor finds the same worker, and the dashboard can tell where it is."""
+    return zlib.crc32(session_id.encode()) % workers
 
 
 class Worker(Protocol):
