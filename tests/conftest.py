@@ -16,6 +16,19 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 from tests.helpers import ServerProcess, create_key, free_port, server_env
 
 
+@pytest.fixture
+async def browser():
+    """Headless Chromium (tests/browsers.py), one per test."""
+    from playwright.async_api import async_playwright
+
+    from tests.browsers import CHROMIUM, FLAGS
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        await b.close()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """One real `mediaserver serve` (local Ray, SQLite) for the API tests, with short timers."""

@@ -6,37 +6,11 @@ loopback only (the suite runs in a network namespace that holds only lo)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-from pathlib import Path
 
-import pytest
+from tests.browsers import ARTIFACTS, frames, needs_chromium
+from tests.helpers import make_room, make_token
 
-from tests.helpers import ROOT, make_room, make_token
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream", "--allow-loopback-in-peer-connection",
-    "--auto-select-desktop-capture-source=Entire screen",  # getDisplayMedia picks the (virtual) screen
-]
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield b
-        await b.close()
-
-
-async def frames(page) -> list[int]:
-    return [s["framesDecoded"] for s in await page.evaluate("window.room ? window.room.receivedVideo() : []")]
+pytestmark = needs_chromium
 
 
 async def test_two_browsers_see_each_other(server, browser):

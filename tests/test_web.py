@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
+from tests.browsers import ARTIFACTS, frames, needs_chromium
 from tests.helpers import make_room, make_token
-from tests.test_browser import ARTIFACTS, CHROMIUM, FLAGS, frames  # noqa: F401  (skip marker below)
-from tests.test_browser import pytestmark  # noqa: F401
+
+pytestmark = needs_chromium
 
 UNNAMED_BUTTONS = """[...document.querySelectorAll('button, input, select')]
   .filter((el) => el.offsetParent !== null)
   .filter((el) => !(el.getAttribute('aria-label') || (el.labels && el.labels.length) || (el.textContent || '').trim()))
   .map((el) => el.outerHTML.slice(0, 80))"""
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield b
-        await b.close()
 
 
 async def open_page(browser, url: str, errors: list, who: str, viewport=(1280, 800)):
