@@ -12,7 +12,6 @@ let token = params.get("token");
 const mediaOff = params.get("media") === "off";
 let room = null;
 let preview = null; // the camera/microphone stream shown before joining (and published after)
-let roomInfo = null;
 
 const MESSAGES = {
   room_full: "This session is full: no more participants can join.",
@@ -42,18 +41,11 @@ function status(text, level = "") {
   $("status").className = level;
 }
 
-function notStartedMessage(info) {
-  return info && info.starts_at
-    ? `This session has not started yet. It starts at ${when(info.starts_at)}; you can join once a speaker has started it.`
-    : "This session has not started yet: a speaker has to start it.";
-}
-
 function tokenClaims(t) {
   try { return JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))); } catch { return {}; }
 }
 
 function showRoomInfo(info) {
-  roomInfo = info;
   $("room-name").textContent = info.name || info.room_name || "Meeting";
   document.title = `${$("room-name").textContent} – mediaserver`;
   $("room-schedule").textContent = info.starts_at
@@ -260,11 +252,9 @@ function render() {
     const early = Date.now() < from;
     $("start-session").disabled = early;
     $("start-session").textContent = early ? `Start session (from ${new Date(from).toLocaleTimeString([], { timeStyle: "short" })})` : "Start session";
-    if (!isSpeaker()) status(notStartedMessage(roomInfo), "warn");
   }
   // People in my room.
   const mates = room.roomMates();
-  const roomName = (id) => room.breakouts.rooms.find((r) => r.id === id)?.name;
   $("participants").replaceChildren(...mates.map((p) => {
     const li = document.createElement("li");
     const who = document.createElement("span");
@@ -296,7 +286,7 @@ function render() {
     if (!owner) el.remove();
   }
   if (!publishing()) $(`tile-${room.me.id}`)?.remove();
-  renderChat(); renderQuestions(); renderRooms(roomName);
+  renderChat(); renderQuestions(); renderRooms();
 }
 
 function renderChat() {
@@ -332,7 +322,7 @@ function renderQuestions() {
   }));
 }
 
-function renderRooms(roomName) {
+function renderRooms() {
   if (!isSpeaker()) return;
   const b = room.breakouts;
   $("open-rooms").hidden = b.open; $("close-rooms").hidden = !b.open;
@@ -367,7 +357,6 @@ function renderRooms(roomName) {
     }
     $("breakouts").append(box);
   }
-  void roomName;
 }
 
 // Live figures: connection quality per participant and who is speaking.
