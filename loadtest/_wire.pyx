@@ -21,50 +21,11 @@ from libc.string cimport memcpy, memset
 from libcpp.vector cimport vector
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
+from mediaserver._udp cimport (
+    AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, MSG_DONTWAIT, SCM_TIMESTAMPNS, SO_TIMESTAMPNS, SOL_SOCKET, cmsghdr,
+    htonl, htons, iovec, mmsghdr, msghdr, recvmmsg, sendmmsg, setsockopt, sockaddr_in, srtp_fn,
+)
 
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-
-cdef extern from "<netinet/in.h>" nogil:
-    struct in_addr:
-        uint32_t s_addr
-    struct sockaddr_in:
-        unsigned short sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    uint16_t htons(uint16_t)
-    uint32_t htonl(uint32_t)
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-    cmsghdr* CMSG_FIRSTHDR(msghdr*)
-    cmsghdr* CMSG_NXTHDR(msghdr*, cmsghdr*)
-    unsigned char* CMSG_DATA(cmsghdr*)
-    int recvmmsg(int, mmsghdr*, unsigned int, int, timespec*)
-    int sendmmsg(int, mmsghdr*, unsigned int, int)
-    int setsockopt(int, int, int, const void*, socklen_t)
-    int AF_INET
-    int MSG_DONTWAIT
-    int SOL_SOCKET
-    int SO_TIMESTAMPNS
-    int SCM_TIMESTAMPNS
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -84,7 +45,6 @@ cdef extern from "<sys/epoll.h>" nogil:
 from posix.unistd cimport close
 from posix.time cimport nanosleep
 
-ctypedef int (*srtp_fn)(void* ctx, void* hdr, int* len_ptr) noexcept nogil
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
 

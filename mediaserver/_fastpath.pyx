@@ -32,6 +32,10 @@ from libcpp.vector cimport vector
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
+from mediaserver._udp cimport (
+    AF_INET, MSG_DONTWAIT, MSG_TRUNC, htonl, htons, iovec, mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr_in, srtp_fn,
+)
+
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -40,42 +44,6 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_lock(pthread_mutex_t*)
     int pthread_mutex_unlock(pthread_mutex_t*)
     int pthread_mutex_destroy(pthread_mutex_t*)
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-
-cdef extern from "<netinet/in.h>" nogil:
-    struct in_addr:
-        uint32_t s_addr
-    struct sockaddr_in:
-        unsigned short sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-    uint16_t htons(uint16_t)
-    uint16_t ntohs(uint16_t)
-    uint32_t htonl(uint32_t)
-    uint32_t ntohl(uint32_t)
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int recvmmsg(int, mmsghdr*, unsigned int, int, timespec*)
-    int sendmmsg(int, mmsghdr*, unsigned int, int)
-    int AF_INET
-    int MSG_DONTWAIT
-    int MSG_TRUNC
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -92,8 +60,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_CLOEXEC
 
 from libc.errno cimport EAGAIN, errno  # EWOULDBLOCK is EAGAIN on Linux
-
-ctypedef int (*srtp_fn)(void* ctx, void* hdr, int* len_ptr) noexcept nogil
 
 
 # Packet kinds, same values as fastpath_ref.
