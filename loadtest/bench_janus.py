@@ -86,15 +86,8 @@ class Mediaserver:
         self.log = open(self.dir / "server.log", "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "mediaserver.cli", "serve", "--port", str(self.port)],
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"mediaserver did not start; see {self.dir / 'server.log'}")
+        if not janus.serving(f"{self.url}/v1/health", self.proc, 120):
+            raise RuntimeError(f"mediaserver did not start; see {self.dir / 'server.log'}")
 
     @property
     def url(self) -> str:

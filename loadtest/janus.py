@@ -36,6 +36,19 @@ int getifaddrs(struct ifaddrs **ifap) {
 """
 
 
+def serving(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until a server we started answers ``url`` with 200; False if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def available() -> str | None:
     """None if Janus can run here, else why not."""
     if not shutil.which("janus"):
@@ -110,17 +123,8 @@ cors: {{ }}
         self.log = open(self.dir / "janus.log", "w")
         self.proc = subprocess.Popen(["janus", "-F", str(conf), "-C", str(conf / "janus.jcfg")], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/info", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"janus did not start; see {self.dir / 'janus.log'}")
+        if not serving(f"{self.url}/info", self.proc, timeout):
+            raise RuntimeError(f"janus did not start; see {self.dir / 'janus.log'}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
