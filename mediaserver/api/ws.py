@@ -70,7 +70,11 @@ class Connection:
         try:
             return m.client_message.validate_python(data)
         except ValidationError as e:
-            raise MediaserverError("invalid_request", _validation_message(e))
+            error = MediaserverError("invalid_request", _validation_message(e))
+            # Answer with the command's id when it has a usable one, so the client knows which failed.
+            rid = data.get("id") if isinstance(data, dict) else None
+            error.request_id = rid if isinstance(rid, str) and len(rid) <= 64 else None
+            raise error
 
     # Lifecycle ----------------------------------------------------------------
 
@@ -203,7 +207,7 @@ class Connection:
             try:
                 msg = await self.receive()
             except MediaserverError as e:
-                await self.send(m.Error(code=e.code, message=e.message))
+                await self.send(m.Error(id=getattr(e, "request_id", None), code=e.code, message=e.message))
                 continue
             except WebSocketDisconnect:
                 return
