@@ -332,10 +332,35 @@ async def test_bad_websocket_input(server):
             assert (reply["type"], reply["code"]) == ("error", code)
         reply = await b.command({"type": "set_role", "participant_id": "part_nope", "role": "publisher"})
         assert reply["code"] == "participant_not_found"
+        # Meeting commands: malformed, oversized, not allowed, or naming nothing that exists.
+        meeting_cases = [
+            (a, {"type": "chat"}, "invalid_request"),  # no text
+            (a, {"type": "chat", "text": "x" * 9000}, "invalid_request"),  # past what the schema reads
+            (a, {"type": "chat", "text": 42}, "invalid_request"),
+            (a, {"type": "ask", "text": "?" * 501}, "message_too_long"),
+            (a, {"type": "upvote", "question_id": "q_nope"}, "question_not_found"),
+            (a, {"type": "breakout_create", "names": ["A"]}, "not_moderator"),
+            (b, {"type": "breakout_create", "names": []}, "invalid_request"),
+            (b, {"type": "breakout_create", "names": ["x" * 300]}, "invalid_request"),
+            (b, {"type": "breakout_assign", "assignments": "everyone"}, "invalid_request"),
+            (b, {"type": "breakout_assign", "assignments": {a.id: "brk_nope"}}, "breakout_not_found"),
+            (b, {"type": "breakout_open"}, "no_breakouts"),
+            (b, {"type": "answer_stage_request", "participant_id": a.id, "approve": "yes please"}, "invalid_request"),
+            (b, {"type": "answer_stage_request", "participant_id": a.id, "approve": True}, "no_stage_request"),
+            (a, {"type": "remove_participant", "participant_id": b.id}, "not_moderator"),
+            (a, {"type": "start_session"}, "not_moderator"),
+        ]
+        for who, cmd, code in meeting_cases:
+            reply = await who.command(cmd)
+            assert (reply["type"], reply.get("code")) == ("error", code), (cmd, reply)
         # After all that, the connection still works and nothing changed.
         assert (await a.command({"type": "ping"}))["type"] == "pong"
-        detail = (await http.get(f"/v1/sessions/{a.joined['session']['id']}")).json()
+        sid = a.joined["session"]["id"]
+        detail = (await http.get(f"/v1/sessions/{sid}")).json()
         assert {(p["identity"], p["role"]) for p in detail["participants"]} == {("a", "publisher"), ("b", "moderator")}
+        assert detail["breakouts"] == {} and all(not p["on_stage"] for p in detail["participants"])
+        assert (await http.get(f"/v1/sessions/{sid}/chat")).json() == []
+        assert (await http.get(f"/v1/sessions/{sid}/questions")).json() == []
         await a.close()
         await b.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+
+import httpx
 from datetime import datetime, timezone
 
 from tests.helpers import Participant, join_room, make_token
@@ -61,8 +63,15 @@ async def test_event_setup_slots_and_registration(server):
         assert (await register("bob")).status_code == 201
         full = await register("cy")
         assert (full.status_code, full.json()["error"]["code"]) == (409, "slot_full")
+        nowhere = await http.post(f"/v1/events/{eid}/slots/slot_nope/registrations", json={"identity": "dee"})
+        assert (nowhere.status_code, nowhere.json()["error"]["code"]) == (404, "slot_not_found")
+        bad = await http.post(f"/v1/events/{eid}/slots/{slot['id']}/registrations", json={"identity": ""})
+        assert bad.json()["error"]["code"] == "invalid_request"
+        async with httpx.AsyncClient(base_url=server.url) as anon:
+            r = await anon.post(f"/v1/events/{eid}/slots/{slot['id']}/registrations", json={"identity": "eve"})
+            assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
         detail = (await http.get(f"/v1/events/{eid}")).json()
-        assert [(s["registered"], s["remaining"]) for s in detail["slots"]][0] == (2, 0)
+        assert [(s["registered"], s["remaining"]) for s in detail["slots"]][0] == (2, 0)  # nothing written by refusals
         assert (await http.get("/v1/events/evt_nope")).json()["error"]["code"] == "event_not_found"
 
 
