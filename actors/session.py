@@ -47,7 +47,8 @@ class SessionActor:
         self.session_id = session_id
         self.cfg = cfg
         self.core = SessionCore(
-            Store(cfg["db_url"]), session_id, grace=cfg["grace_seconds"], stale=cfg["stale_seconds"]
+            Store(cfg["db_url"]), session_id, grace=cfg["grace_seconds"], stale=cfg["stale_seconds"],
+            live_limit=cfg["default_max_live_sessions"],
         )
         self.breakouts: dict[str, Any] = {}  # breakout id -> its actor
         self.media: MediaSession | None = None

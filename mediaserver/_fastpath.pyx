@@ -78,6 +78,8 @@ cdef enum:
     BATCH = 64  # datagrams per recvmmsg
     OUT_MAX = 64  # datagrams per sendmmsg: more adds latency for the first ones, not speed
     SLOW_MAX = 512  # STUN/DTLS datagrams waiting for Python
+    SLOW_UNKNOWN_MAX = 128  # of those, the most from addresses no endpoint has (new clients, or noise)
+    SLOW_PER_SOURCE = 4  # and the most from any one such address
     NACK_CACHE = 512  # packets kept per track to answer NACKs
     UPSTREAM_RING = 64  # sequence numbers asked of a publisher, remembered per track
     UPSTREAM_MAX = 256  # sequence numbers per NACK sent upstream
@@ -100,6 +102,7 @@ cdef enum Stat:
     S_DROP_SUBSCRIBER_NOT_READY, S_DROP_PROTECT, S_DROP_NO_CONSENT, S_DROP_UNKNOWN, S_DROP_SEND
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
+    S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN
     S_COUNT
 
 STAT_NAMES = (
@@ -108,6 +111,7 @@ STAT_NAMES = (
     "drop_subscriber_not_ready", "drop_protect", "drop_no_consent", "drop_unknown", "drop_send",
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
+    "drop_dtls_no_ice", "drop_slow_unknown",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -313,6 +317,8 @@ cdef class FastPath:
     cdef uint64_t* slow_addrs
     cdef int slow_head
     cdef int slow_count
+    cdef int slow_unknown  # of slow_count, from unknown addresses
+    cdef unordered_map[uint64_t, int] slow_by_source  # unknown address -> its datagrams waiting
     cdef dict ids  # endpoint id -> index
     cdef list names  # index -> endpoint id
     cdef dict sessions  # index -> (rx, tx) pylibsrtp sessions, kept alive while C uses them
@@ -1053,9 +1059,32 @@ cdef class FastPath:
                 out.append(((<char*>self.slow_bufs + slot * BUF)[:self.slow_lens[slot]], address_of(self.slow_addrs[slot])))
             self.slow_head = (self.slow_head + self.slow_count) % SLOW_MAX
             self.slow_count = 0
+            self.slow_unknown = 0
+            self.slow_by_source.clear()
         finally:
             self.unlock()
         return out
+
+    cdef bint _admit_slow(self, uint64_t addr, int kind) noexcept nogil:
+        """Whether a STUN or DTLS datagram gets a place in the queue to Python. Clients we know
+        (an endpoint has their address) come first: addresses nobody has share a quarter of the
+        queue, a few places each, so a flood of noise cannot crowd out a known client's checks.
+        DTLS from an address no valid ICE check came from is never for us."""
+        cdef bint known = self.by_addr.find(addr) != self.by_addr.end()
+        if not known:
+            if kind == KIND_DTLS:
+                self.counts[<int>S_DROP_DTLS_NO_ICE] += 1
+                return False
+            if self.slow_unknown >= SLOW_UNKNOWN_MAX or self.slow_by_source[addr] >= SLOW_PER_SOURCE:
+                self.counts[<int>S_DROP_SLOW_UNKNOWN] += 1
+                return False
+        if self.slow_count == SLOW_MAX:
+            self.counts[<int>S_DROP_SLOW_QUEUE_FULL] += 1
+            return False
+        if not known:
+            self.slow_unknown += 1
+            self.slow_by_source[addr] += 1
+        return True
 
     cdef void _loop(self) noexcept nogil:
         cdef mmsghdr* msgs = <mmsghdr*>calloc(BATCH, sizeof(mmsghdr))
@@ -1111,8 +1140,7 @@ cdef class FastPath:
                     elif kind == KIND_RTCP:
                         self._rtcp(p, length, addr, now, &self.net)
                     elif kind == KIND_STUN or kind == KIND_DTLS:
-                        if self.slow_count == SLOW_MAX or length > BUF - 1:
-                            self.counts[<int>S_DROP_SLOW_QUEUE_FULL] += 1
+                        if length > BUF - 1 or not self._admit_slow(addr, kind):
                             continue
                         slot = (self.slow_head + self.slow_count) % SLOW_MAX
                         memcpy(self.slow_bufs + slot * BUF, p, length)

@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from mediaserver.server import serve
 
     try:
-        serve(_settings(args))
+        serve(_settings(args), as_json=args.json)
     except KeyboardInterrupt:
         # uvicorn re-raises Ctrl-C once it has shut down gracefully, and serve() has
         # stopped Ray on the way out: this is the normal way to stop.

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = None  # how clients reach the gateway; derived from host:port if unset
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)  # a larger request body is refused (413) before it is read
 
     # Store
     data_dir: Path = Path("mediaserver-data")
@@ -101,10 +102,30 @@ class Settings(BaseSettings):
 
     @property
     def base_url(self) -> str:
+        """How clients reach the gateway: ``public_url``, else the address it listens on; for a
+        wildcard address (0.0.0.0, ::), this machine's first address other machines can reach."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = reachable_address() or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    def url_warnings(self) -> list[str]:
+        """What the operator should know about the links the server hands out."""
+        if self.public_url or self.host not in ("0.0.0.0", "::", ""):
+            return []
+        if reachable_address() is None:
+            return [
+                f"listening on {self.host} but this machine has no address other machines can reach: links say "
+                "127.0.0.1; set public_url (MEDIASERVER_PUBLIC_URL) to the address clients use"
+            ]
+        return [
+            f"links use {self.base_url}, this machine's first address; behind a proxy or NAT set public_url "
+            "(MEDIASERVER_PUBLIC_URL) to the address clients use"
+        ]
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
@@ -115,3 +136,34 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         return Settings(**clean)
     finally:
         _config_file.reset(token)
+
+
+def reachable_address() -> str | None:
+    """This machine's first IPv4 address that is not loopback (no packet is sent); None when it
+    has none, e.g. inside a network namespace that holds only loopback."""
+    import ipaddress
+    import socket
+
+    candidates: list[str] = []
+    try:  # Linux: each interface's address (SIOCGIFADDR)
+        import fcntl
+        import struct
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _, name in socket.if_nameindex():
+                try:
+                    raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                except OSError:
+                    continue  # no IPv4 address on this interface
+                candidates.append(socket.inet_ntoa(raw[20:24]))
+    except (ImportError, OSError):
+        pass
+    try:
+        candidates += [i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET, socket.SOCK_STREAM)]
+    except OSError:
+        pass
+    for address in candidates:
+        ip = ipaddress.ip_address(address)
+        if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
+            return address
+    return None

@@ -14,6 +14,7 @@ STATUS: dict[str, int] = {
     "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
+    "payload_too_large": 413,
     # tokens
     "token_malformed": 401,
     "token_expired": 401,
@@ -65,6 +66,7 @@ STATUS: dict[str, int] = {
     "slot_not_found": 404,
     "slot_overlap": 409,
     "host_session_limit": 409,
+    "event_session_limit": 409,
     "slot_outside_window": 422,
     "slot_full": 409,
     "already_registered": 409,
@@ -80,6 +82,7 @@ STATUS: dict[str, int] = {
     "invite_invalid": 401,
     "invite_expired": 410,
     "invite_revoked": 410,
+    "invite_used_up": 410,
     "session_not_live": 409,
     "unavailable": 503,
     "internal": 500,

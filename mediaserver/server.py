@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from typing import TextIO
@@ -58,22 +59,46 @@ async def bootstrap(store: Store, settings: Settings) -> dict:
         ttl=settings.token_default_ttl,
         max_ttl=settings.token_max_ttl,
     )
-    return {"team": team, "key": key, "room": room, "join_url": f"{settings.base_url}/join/{room['id']}?token={quote(token)}"}
+    boot = {"team": team, "key": key, "room": room, "token": token}
+    boot["join_url"] = demo_link(settings, boot)
+    return boot
 
 
-def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO) -> None:
+def demo_link(settings: Settings, boot: dict) -> str:
+    return f"{settings.base_url}/join/{boot['room']['id']}?token={quote(boot['token'])}"
+
+
+def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO, *, as_json: bool = False) -> None:
     key = boot["key"]
     where = "started here; stops with the server" if ray_info["started_here"] else "joined an existing cluster"
+    info = {
+        "version": __version__,
+        "url": settings.base_url,
+        "api_key": key["id"],
+        "api_secret": key["secret"],
+        "demo_room": boot["join_url"],
+        "dashboard": f"{settings.base_url}/dashboard",
+        "api_docs": f"{settings.base_url}/docs",
+        "store": f"{settings.db_url.split('://')[0]} ({_db_where(settings.db_url)})",
+        "ray": {"address": ray_info["gcs_address"], "started_here": ray_info["started_here"]},
+        "warnings": settings.url_warnings(),
+    }
+    if as_json:
+        out.write(json.dumps(info) + "\n")
+        out.flush()
+        return
+    warnings = "".join(f"  Note:       {w}\n" for w in info["warnings"])
     out.write(
         f"\nmediaserver {__version__} is ready\n"
-        f"  URL:        {settings.base_url}\n"
+        f"  URL:        {info['url']}\n"
         f"  API key:    {key['id']}\n"
         f"  API secret: {key['secret']}\n"
-        f"  Demo room:  {boot['join_url']}\n"
-        f"  Dashboard:  {settings.base_url}/dashboard (sign in with the API key)\n"
-        f"  API docs:   {settings.base_url}/docs\n"
-        f"  Store:      {settings.db_url.split('://')[0]} ({_db_where(settings.db_url)})\n"
+        f"  Demo room:  {info['demo_room']}\n"
+        f"  Dashboard:  {info['dashboard']} (sign in with the API key)\n"
+        f"  API docs:   {info['api_docs']}\n"
+        f"  Store:      {info['store']}\n"
         f"  Ray:        {ray_info['gcs_address']} ({where})\n"
+        f"{warnings}"
         f"Press Ctrl-C to stop.\n\n"
     )
     out.flush()
@@ -83,7 +108,7 @@ def _db_where(url: str) -> str:
     return url.split(":///", 1)[1] if url.startswith("sqlite") else url.rsplit("@", 1)[-1]
 
 
-async def _serve(settings: Settings, out: TextIO) -> None:
+async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     from actors import cluster
     from actors.control import ControlPlane
 
@@ -112,18 +137,21 @@ async def _serve(settings: Settings, out: TextIO) -> None:
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            banner(settings, boot, ray_info, out)
+            if settings.port == 0:  # the kernel chose the port: links and the banner say which
+                settings.port = server.servers[0].sockets[0].getsockname()[1]
+                boot["join_url"] = demo_link(settings, boot)
+            banner(settings, boot, ray_info, out, as_json=as_json)
         await task
     finally:
         await store.close()
         cluster.shutdown()
 
 
-def serve(settings: Settings, out: TextIO = sys.stdout) -> None:
+def serve(settings: Settings, out: TextIO = sys.stdout, *, as_json: bool = False) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop
 
-        uvloop.run(_serve(settings, out))
+        uvloop.run(_serve(settings, out, as_json))
     except ImportError:  # uvloop is not on every platform
-        asyncio.run(_serve(settings, out))
+        asyncio.run(_serve(settings, out, as_json))

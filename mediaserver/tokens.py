@@ -56,6 +56,13 @@ def mint(
         raise MediaserverError("token_ttl_too_long", f"ttl may be at most {max_ttl} seconds ({max_ttl // 86400} days)")
     now = time.time() if now is None else now
     nbf = now if not_before is None else not_before
+    if nbf + ttl > now + max_ttl:
+        # The cap is from when the token is made: a later not_before must not stretch it.
+        raise MediaserverError(
+            "token_ttl_too_long",
+            f"a token expires at most {max_ttl // 86400} days after it is made; with this not_before and ttl it would "
+            f"expire {(nbf + ttl - now) / 86400:.1f} days from now: bring not_before closer or shorten the ttl",
+        )
     grant = Grant(
         room_id=room_id,
         identity=identity,

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 # Test processes join the servers' embedded Ray clusters, which use Ray's token auth
 # (~/.ray/auth_token). A client naming an address must opt in, before Ray loads its config.
@@ -34,12 +35,44 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     """One real `mediaserver serve` (local Ray, SQLite) for the API tests, with short timers."""
     data_dir = tmp_path_factory.mktemp("server")
     env = server_env(data_dir)
-    srv = ServerProcess(data_dir=data_dir, port=free_port(), env=env)
+    srv = ServerProcess(data_dir=data_dir, env=env)
     srv.key = create_key(env)
     srv.start()
     yield srv
     code = srv.stop()
     assert code == 0, f"server did not stop cleanly ({code}):\n{srv.log()[-3000:]}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def store_url(request, tmp_path):
+    """A migrated, empty database on SQLite, and on PostgreSQL when one can be started."""
+    from mediaserver.config import Settings
+    from mediaserver.store import Store
+
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        base = request.getfixturevalue("postgres_url")
+        url = Settings(database_url=base).db_url
+        # a fresh schema per test: drop everything from the previous one
+        s = Store(url)
+        async with s.engine.begin() as conn:
+            await conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            await conn.execute(sa.text("CREATE SCHEMA public"))
+        await s.close()
+    s = Store(url)
+    await s.migrate()
+    await s.close()
+    return url
+
+
+@pytest.fixture
+async def store(store_url):
+    from mediaserver.store import Store
+
+    s = Store(store_url)
+    yield s
+    await s.close()
 
 
 def _pg_bin(name: str) -> str | None:
@@ -64,11 +97,15 @@ def postgres_url():
     os.chmod(base, 0o777)
     data, port = base / "data", 0
     subprocess.run([*run_as, initdb, "-D", str(data), "-A", "trust", "-U", "ms"], check=True, capture_output=True)
-    from tests.helpers import free_port as fp
-
-    port = fp()
-    opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base} -c fsync=off"
-    subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    # pg_ctl binds the port itself; if another process took it since we looked, try another.
+    for _attempt in range(5):
+        port = free_port()
+        opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base} -c fsync=off"
+        started = subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"], capture_output=True)
+        if started.returncode == 0:
+            break
+    else:
+        raise AssertionError(f"PostgreSQL did not start: {(base / 'log').read_text()[-2000:]}")
     try:
         url = f"postgresql://ms@127.0.0.1:{port}/postgres"
         deadline = time.time() + 20

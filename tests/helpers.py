@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,9 +37,13 @@ def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.C
 
 @dataclass
 class ServerProcess:
+    """``mediaserver serve`` in a subprocess. It binds port 0 (the kernel picks a free one) and
+    the test reads the port back from the banner: a port picked here and bound later by another
+    process could be taken meanwhile (Ray opens ports all the time)."""
+
     data_dir: Path
-    port: int
     env: dict
+    port: int = 0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     key: dict = field(default_factory=dict)
@@ -54,7 +59,7 @@ class ServerProcess:
     def start(self, timeout: float = 90) -> None:
         self.log_path = self.data_dir / "serve.log"
         self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--port", str(self.port)],
+            [str(BIN), "serve", "--port", "0"],
             stdout=open(self.log_path, "w"),
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
@@ -64,7 +69,9 @@ class ServerProcess:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited early:\n{self.log()}")
-            if "is ready" in self.log():
+            ready = re.search(r"is ready\n\s+URL:\s+http://127\.0\.0\.1:(\d+)", self.log())
+            if ready:
+                self.port = int(ready.group(1))
                 return
             time.sleep(0.2)
         raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")

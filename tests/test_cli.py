@@ -79,7 +79,7 @@ def _ray_processes_of(gcs_address: str) -> list[str]:
 
 def test_serve_banner_and_clean_stop(tmp_path):
     env = server_env(tmp_path)
-    srv = ServerProcess(data_dir=tmp_path, port=free_port(), env=env)
+    srv = ServerProcess(data_dir=tmp_path, env=env)
     srv.start()
     log = srv.log()
     url = re.search(r"URL:\s+(\S+)", log).group(1)
@@ -100,7 +100,7 @@ def test_serve_banner_and_clean_stop(tmp_path):
     assert srv.stop() == 0, srv.log()
     assert _ray_processes_of(gcs) == [], "Ctrl-C must stop the Ray instance serve started"
     # A second start reuses the same key and demo room instead of making new ones.
-    srv2 = ServerProcess(data_dir=tmp_path, port=free_port(), env=env)
+    srv2 = ServerProcess(data_dir=tmp_path, env=env)
     srv2.start()
     try:
         assert re.search(r"API key:\s+(\S+)", srv2.log()).group(1) == key_id

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,20 +21,20 @@ RAY = str(Path(sys.executable).parent / "ray")
 def ray_head(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("rayhead") / "ray.log", "w")
-    proc = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-         "--disable-usage-stats", "--block"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None, "ray start failed"
-        time.sleep(0.3)
+    log_path = tmp_path_factory.mktemp("rayhead") / "ray.log"
+    for _attempt in range(5):  # `ray start` binds the port itself: if it was taken meanwhile, try another
+        port = free_port()
+        proc = subprocess.Popen(
+            [RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+             "--disable-usage-stats", "--block"],
+            env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and "Ray runtime started" not in log_path.read_text():
+            time.sleep(0.3)
+        if proc.poll() is None:
+            break
+    assert proc.poll() is None, f"ray start failed:\n{log_path.read_text()[-2000:]}"
     yield proc, f"127.0.0.1:{port}"
     # Like Ctrl-C: `ray start --block` then stops the processes it started, and no others.
     proc.send_signal(signal.SIGINT)
@@ -54,7 +53,7 @@ async def test_two_gateways_on_one_cluster(ray_head, postgres_url, tmp_path):
     for name in ("gw1", "gw2"):
         d = tmp_path / name
         d.mkdir()
-        gateways.append(ServerProcess(data_dir=d, port=free_port(), env=server_env(d, **base_env)))
+        gateways.append(ServerProcess(data_dir=d, env=server_env(d, **base_env)))
     key = create_key(gateways[0].env, team="cluster")
     for gw in gateways:
         gw.key = key

@@ -182,3 +182,52 @@ async def test_a_fifty_participant_event_session_end_to_end(server):
         finally:
             for p in people + [host]:
                 await p.close()
+
+
+async def test_bursts_of_requests_keep_every_event_rule(server):
+    """16 registrations at once for 3 spots, 5 slot picks at once against an allowance of 2, 5
+    overlapping picks at once, and an event-wide allowance: the server keeps every count."""
+    now = time.time()
+    async with server.http() as http:
+        event = await make_event(http, hosts=[
+            {"identity": "acme", "max_sessions": 2, "spots": 3},
+            {"identity": "globex", "max_sessions": 5, "spots": 3},
+            {"identity": "initech", "max_sessions": 5, "spots": 3},
+        ], hours=12)
+        eid = event["id"]
+
+        async def pick(host, at):
+            return await http.post(f"/v1/events/{eid}/slots", json={"host_identity": host, "starts_at": iso(at)})
+
+        picks = await asyncio.gather(*(pick("acme", now + 600 + i * 3600) for i in range(5)))
+        assert sorted(r.status_code for r in picks) == [201, 201, 409, 409, 409]
+        assert {r.json()["error"]["code"] for r in picks if r.status_code == 409} == {"host_session_limit"}
+        overlapping = await asyncio.gather(*(pick("globex", now + 600 + i * 60) for i in range(5)))
+        assert sorted(r.status_code for r in overlapping) == [201, 409, 409, 409, 409]
+        assert {r.json()["error"]["code"] for r in overlapping if r.status_code == 409} == {"slot_overlap"}
+
+        slot = next(r.json() for r in picks if r.status_code == 201)
+        regs = await asyncio.gather(*(
+            http.post(f"/v1/events/{eid}/slots/{slot['id']}/registrations", json={"identity": f"p{i}"}) for i in range(16)
+        ))
+        assert sorted(r.status_code for r in regs) == [201] * 3 + [409] * 13
+        assert {r.json()["error"]["code"] for r in regs if r.status_code == 409} == {"slot_full"}
+        detail = (await http.get(f"/v1/events/{eid}")).json()
+        mine = next(s for s in detail["slots"] if s["id"] == slot["id"])
+        assert (mine["registered"], mine["remaining"]) == (3, 0)
+
+        capped = await make_event(http, hosts=[{"identity": f"h{i}", "max_sessions": 3} for i in range(3)], hours=12)
+        assert capped["max_sessions"] is None
+        r = await http.post("/v1/events", json={
+            "name": "Small fair", "starts_at": iso(now - 60), "ends_at": iso(now + 86400), "max_sessions": 4,
+            "hosts": [{"identity": f"h{i}", "max_sessions": 3} for i in range(3)],
+        })
+        assert r.status_code == 201 and r.json()["max_sessions"] == 4
+        small = r.json()["id"]
+        results = await asyncio.gather(*(
+            http.post(f"/v1/events/{small}/slots", json={"host_identity": f"h{i}", "starts_at": iso(now + 600 + j * 3600)})
+            for i in range(3) for j in range(3)
+        ))
+        assert sorted(r.status_code for r in results) == [201] * 4 + [409] * 5
+        assert {r.json()["error"]["code"] for r in results if r.status_code == 409} == {"event_session_limit"}
+        assert len((await http.get(f"/v1/events/{small}")).json()["slots"]) == 4

@@ -27,7 +27,7 @@ from tests.helpers import (
 def fault_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("fault")
     env = server_env(data_dir, stale_seconds=20)
-    srv = ServerProcess(data_dir=data_dir, port=free_port(), env=env)
+    srv = ServerProcess(data_dir=data_dir, env=env)
     srv.key = create_key(env)
     srv.start()
     yield srv

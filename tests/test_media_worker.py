@@ -263,3 +263,137 @@ async def test_checks_before_the_answer_arrives_are_answered(worker):
     finally:
         await pc.close()
         await pub_pc.close()
+
+
+def _check(t, *, nominate: bool = False) -> bytes:
+    """A valid ICE connectivity check for transport ``t``, as a full agent sends it."""
+    from aioice import stun
+
+    msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    msg.attributes["USERNAME"] = f"{t.ice.ufrag}:clientufrag"
+    msg.attributes["PRIORITY"] = 1853824767
+    msg.attributes["ICE-CONTROLLING"] = 1
+    if nominate:
+        msg.attributes["USE-CANDIDATE"] = None
+    msg.add_message_integrity(t.ice.pwd.encode())
+    return bytes(msg)
+
+
+async def test_media_stays_on_the_nominated_pair(any_worker):
+    """A client with two addresses that both reach us keeps checking the pair it does not use:
+    those checks are answered but move nothing; a nomination moves media, and so does the loss
+    of consent on the pair in use (RFC 8445 section 7.3.1.5, RFC 7675)."""
+    import socket
+    import time
+
+    worker = any_worker
+    offset = [0.0]
+    worker.clock = lambda: time.monotonic() + offset[0]
+    t = worker.create_transport("two-homes", "subscribe")
+    wifi, wired = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    wifi.bind(("127.0.0.2", 0))
+    wired.bind(("127.0.0.3", 0))
+    for s in (wifi, wired):
+        s.setblocking(False)
+    target = ("127.0.0.1", worker.port)
+    loop = asyncio.get_running_loop()
+
+    async def check(sock, **kw):
+        sock.sendto(_check(t, **kw), target)
+        response = await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+        assert response[:2] == b"\x01\x01"  # every valid check gets its success response
+
+    try:
+        await check(wifi)
+        assert t.addr == wifi.getsockname()  # the first valid check serves until a nomination
+        before = t.consent_at
+        await asyncio.sleep(0.05)
+        await check(wired)
+        assert t.addr == wifi.getsockname() and t.consent_at == before, "an unused pair moves nothing"
+        await check(wired, nominate=True)
+        assert t.addr == wired.getsockname() and worker._by_addr[wired.getsockname()] is t
+        assert wifi.getsockname() not in worker._by_addr
+        for _ in range(3):
+            await check(wifi)  # keeps checking the pair it left
+        assert t.addr == wired.getsockname()
+        # The pair in use goes quiet past the consent timeout: a check elsewhere takes over.
+        offset[0] += 31
+        await check(wifi)
+        assert t.addr == wifi.getsockname()
+    finally:
+        wifi.close()
+        wired.close()
+
+
+async def test_a_two_address_peer_receives_on_the_pair_it_nominated(worker):
+    """An aiortc subscriber gathering two host candidates (127.0.0.1 and 127.0.0.2): media goes
+    to the pair its ICE agent nominated, and every frame arrives there."""
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1", "127.0.0.2"] if use_ipv4 else []
+    try:
+        pub_pc, pub = await publish(worker, "alice")
+        sub_pc, sub, got, _ = await subscribe(worker, "bob", pub)
+        await wait_for(lambda: got.video_frames >= 30, timeout=30)
+        conn = _ice_connection(sub_pc)
+        nominated = next(iter(conn._nominated.values()))
+        assert sub.addr == (nominated.local_candidate.host, nominated.local_candidate.port)
+        assert worker.stats["drop_not_ready"] == 0
+        await sub_pc.close()
+        await pub_pc.close()
+    finally:
+        loopback_only_ice()
+
+
+async def test_a_flood_of_unknown_sources_does_not_crowd_out_known_clients(worker):
+    """10,000 STUN-looking datagrams from 16 unknown sources, unpaced, while a known client keeps
+    checking: every one of its checks is answered; the noise is capped per source and in all."""
+    import socket
+
+    t = worker.create_transport("known", "subscribe")
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.2", 0))
+    client.setblocking(False)
+    target = ("127.0.0.1", worker.port)
+    loop = asyncio.get_running_loop()
+    client.sendto(_check(t), target)
+    await asyncio.wait_for(loop.sock_recv(client, 2048), 5)
+    assert t.addr == client.getsockname()
+    noise = []
+    for i in range(16):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((f"127.0.1.{i + 1}", 0))
+        s.setblocking(False)
+        noise.append(s)
+    junk = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)  # a STUN header with nothing valid behind it
+    answered = 0
+
+    async def flood():
+        for n in range(10_000):
+            try:
+                noise[n % len(noise)].sendto(junk, target)
+            except BlockingIOError:
+                pass
+            if n % 2500 == 0:  # bursts far larger than the queue to Python between its drains
+                await asyncio.sleep(0)
+
+    async def keep_checking():
+        nonlocal answered
+        for _ in range(40):
+            client.sendto(_check(t), target)
+            try:
+                await asyncio.wait_for(loop.sock_recv(client, 2048), 2)
+                answered += 1
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0.005)
+
+    try:
+        await asyncio.gather(flood(), keep_checking())
+        assert answered == 40, f"{answered} of 40 checks from a known client answered during the flood"
+        assert worker.stats["drop_slow_queue_full"] == 0
+        assert worker.stats["drop_slow_unknown"] > 0 and worker.stats["drop_stun"] > 0
+    finally:
+        client.close()
+        for s in noise:
+            s.close()

@@ -106,6 +106,17 @@ async def test_invite_links_for_guests(server):
             assert msg["participant"]["identity"].startswith("guest_") and msg["participant"]["role"] == "publisher"
             await guest.close()
 
+            # A link for two guests lets two in, however many try at once.
+            pair = (await http.post(f"/v1/rooms/{room['id']}/invites", json={"max_uses": 2})).json()
+            assert (pair["max_uses"], pair["uses"]) == (2, 0)
+            pair_link = pair["url"].rsplit("/", 1)[1]
+            tries = await asyncio.gather(*(anon.post(f"/v1/invites/{pair_link}/join", json={"name": f"G{i}"}) for i in range(10)))
+            assert sorted(t.status_code for t in tries) == [201, 201] + [410] * 8
+            assert {t.json()["error"]["code"] for t in tries if t.status_code == 410} == {"invite_used_up"}
+            assert next(i for i in (await http.get(f"/v1/rooms/{room['id']}/invites")).json() if i["id"] == pair["id"])["uses"] == 2
+            bad = await http.post(f"/v1/rooms/{room['id']}/invites", json={"max_uses": 0})
+            assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_request")
+
             # Revoked, expired and forged links are refused, each with its own code.
             assert (await http.delete(f"/v1/rooms/{room['id']}/invites/{made['id']}")).status_code == 204
             gone = await anon.post(f"/v1/invites/{link}/join", json={"name": "Late"})
@@ -118,7 +129,7 @@ async def test_invite_links_for_guests(server):
             assert (await anon.get(f"/v1/invites/{forged}")).json()["error"]["code"] == "invite_invalid"
             assert (await anon.get("/v1/invites/garbage")).json()["error"]["code"] == "invite_invalid"
             listed = (await http.get(f"/v1/rooms/{room['id']}/invites")).json()
-            assert [i["revoked"] for i in listed] == [True, False]
+            assert [i["revoked"] for i in listed] == [True, False, False]
             page = await anon.get(f"/invite/{link}")
             assert page.status_code == 200 and "<html" in page.text.lower()
             await host.close()

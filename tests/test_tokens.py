@@ -67,6 +67,12 @@ def test_mint_limits():
     with pytest.raises(MediaserverError) as e:
         mint(role="admin")
     assert e.value.code == "invalid_request"
+    # The cap counts from when the token is made, not from its not_before.
+    with pytest.raises(MediaserverError) as e:
+        mint(ttl=3600, not_before=time.time() + 60)
+    assert e.value.code == "token_ttl_too_long"
+    _, later = mint(ttl=1800, not_before=time.time() + 1800)
+    assert later.expires_at <= time.time() + 3600 + 1
     _, grant = mint(ttl=3600)
     assert grant.expires_at - time.time() == pytest.approx(3600, abs=2)
 

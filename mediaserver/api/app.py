@@ -10,12 +10,15 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediaserver import __version__
 from mediaserver.api import events, people, rest, ws
+from mediaserver.api.docs import tidy_openapi
+from mediaserver.api.limits import BodyLimit
 from mediaserver.api.metrics import GatewayMetrics
 from mediaserver.config import Settings
 from mediaserver.errors import MediaserverError
@@ -56,6 +59,16 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.include_router(events.router)
     app.include_router(people.router)
     app.add_api_websocket_route("/v1/ws", ws.websocket_endpoint)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = tidy_openapi(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            ))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(MediaserverError)
     async def _known(_: Request, e: MediaserverError) -> JSONResponse:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
+from mediaserver.api.docs import AUTH, BODY, errors
 from mediaserver.api.models import MAX_CAPACITY, Strict, to_dt, to_ts
 from mediaserver.control.meeting import MAX_SPEAKERS_ON_SCREEN, START_EARLY
 from mediaserver.errors import MediaserverError
@@ -44,6 +45,9 @@ class EventCreate(Strict):
     starts_at: datetime
     ends_at: datetime
     hosts: list[HostIn] = Field(..., min_length=1, max_length=200)
+    max_sessions: int | None = Field(
+        None, ge=1, le=10_000, description="Sessions available for the whole event (all hosts together); no cap if unset."
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> "EventCreate":
@@ -87,6 +91,7 @@ class Event(BaseModel):
     name: str
     starts_at: datetime
     ends_at: datetime
+    max_sessions: int | None
     hosts: list[Host]
     slots: list[Slot]
 
@@ -115,6 +120,7 @@ def _event(row: dict) -> Event:
     hosts = {h["id"]: h for h in row["hosts"]}
     return Event(
         id=row["id"], name=row["name"], starts_at=to_dt(row["starts_at"]), ends_at=to_dt(row["ends_at"]),
+        max_sessions=row.get("max_sessions"),
         hosts=[
             Host(
                 identity=h["identity"], name=h["name"], max_sessions=h["max_sessions"], spots=h["spots"],
@@ -143,7 +149,7 @@ async def _get(request: Request, caller: Caller, event_id: str) -> dict:
     return row
 
 
-@router.post("", status_code=201, response_model=Event)
+@router.post("", status_code=201, response_model=Event, responses=errors(AUTH, BODY))
 async def create_event(body: EventCreate, request: Request, caller: Auth) -> Event:
     start, end = to_ts(body.starts_at), to_ts(body.ends_at)
     hosts = [
@@ -154,22 +160,22 @@ async def create_event(body: EventCreate, request: Request, caller: Auth) -> Eve
         }
         for h in body.hosts
     ]
-    row = await request.app.state.store.create_event(caller.team_id, body.name, start, end, hosts)
+    row = await request.app.state.store.create_event(caller.team_id, body.name, start, end, hosts, body.max_sessions)
     return _event(row)
 
 
-@router.get("", response_model=list[Event])
+@router.get("", response_model=list[Event], responses=errors(AUTH))
 async def list_events(request: Request, caller: Auth) -> list[Event]:
     store = request.app.state.store
     return [_event(await store.get_event(e["id"])) for e in await store.list_events(caller.team_id)]
 
 
-@router.get("/{event_id}", response_model=Event)
+@router.get("/{event_id}", response_model=Event, responses=errors(AUTH, "event_not_found"))
 async def get_event(event_id: str, request: Request, caller: Auth) -> Event:
     return _event(await _get(request, caller, event_id))
 
 
-@router.post("/{event_id}/slots", status_code=201, response_model=Slot)
+@router.post("/{event_id}/slots", status_code=201, response_model=Slot, responses=errors(AUTH, BODY, "event_not_found", "host_not_found", "slot_outside_window", "slot_overlap", "host_session_limit", "event_session_limit"))
 async def pick_slot(event_id: str, body: SlotCreate, request: Request, caller: Auth) -> Slot:
     """A host picks a time slot for one of its sessions (within its timeframes, never overlapping
     its other sessions, within its allowance); the slot gets a room of its own."""
@@ -194,7 +200,7 @@ async def pick_slot(event_id: str, body: SlotCreate, request: Request, caller: A
     return _slot(slot, host)
 
 
-@router.post("/{event_id}/slots/{slot_id}/registrations", status_code=201, response_model=Registration)
+@router.post("/{event_id}/slots/{slot_id}/registrations", status_code=201, response_model=Registration, responses=errors(AUTH, BODY, "event_not_found", "slot_not_found", "slot_full", "already_registered"))
 async def register(event_id: str, slot_id: str, body: RegistrationCreate, request: Request, caller: Auth) -> Registration:
     """One-click registration for a session while spots remain; returns the participant's token."""
     event = await _get(request, caller, event_id)

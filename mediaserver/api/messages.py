@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from mediaserver.api.models import refuse_nul
 
 Role = Literal["moderator", "publisher", "subscriber"]
 
 
 class ClientMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a boolean is true or false, a number a number ("no" is not false).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: object) -> object:
+        return refuse_nul(data)
     id: str | None = Field(None, max_length=64)
 
 
@@ -129,14 +137,15 @@ class RemoveParticipant(ClientMessage):
     participant_id: str = Field(..., max_length=64)
 
 
-# Chat and Q&A. Length limits are the server's rules (with their own error codes); the
-# schema only bounds what it reads.
+# Chat and Q&A. Length limits are the server's rules, each refusal with its own code
+# (message_too_long, breakout_name_too_long): the schema leaves texts to them, and a whole
+# message is bounded by the socket's frame limit.
 class Chat(ClientMessage):
     """Say something to your room (the main room or your breakout room); ``all_rooms`` (speakers)
     writes to every room at once."""
 
     type: Literal["chat"]
-    text: str = Field(..., max_length=8192)
+    text: str
     all_rooms: bool = False
 
 
@@ -147,7 +156,7 @@ class ChatHistory(ClientMessage):
 
 class Ask(ClientMessage):
     type: Literal["ask"]
-    text: str = Field(..., max_length=8192)
+    text: str
 
 
 class Upvote(ClientMessage):
@@ -161,7 +170,7 @@ class AnswerQuestion(ClientMessage):
     type: Literal["answer_question"]
     question_id: str = Field(..., max_length=64)
     status: Literal["answered", "dismissed"] = "answered"
-    answer: str | None = Field(None, max_length=8192)
+    answer: str | None = None
 
 
 class Questions(ClientMessage):
@@ -171,13 +180,13 @@ class Questions(ClientMessage):
 # Breakout rooms (speakers): create up to 10, rename, assign, open, visit, close.
 class BreakoutCreate(ClientMessage):
     type: Literal["breakout_create"]
-    names: list[Annotated[str, Field(max_length=256)]] = Field(..., min_length=1, max_length=32)
+    names: list[str] = Field(..., min_length=1, max_length=32)
 
 
 class BreakoutRename(ClientMessage):
     type: Literal["breakout_rename"]
     breakout_id: str = Field(..., max_length=64)
-    name: str = Field(..., max_length=256)
+    name: str
 
 
 class BreakoutDelete(ClientMessage):

@@ -30,8 +30,33 @@ def to_ts(dt: datetime | None) -> float | None:
     return dt.timestamp()
 
 
+# Bounds of the integers the API reads (the databases' integers end at 2**63).
+MAX_OFFSET = 1_000_000
+MAX_SEQ = 2**31 - 1
+
+
+def refuse_nul(data: object) -> object:
+    """Text with a NUL character is refused everywhere (PostgreSQL cannot store it)."""
+    if isinstance(data, str):
+        if "\x00" in data:
+            raise ValueError("text must not contain NUL characters")
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            refuse_nul(k)
+            refuse_nul(v)
+    elif isinstance(data, (list, tuple)):
+        for v in data:
+            refuse_nul(v)
+    return data
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: object) -> object:
+        return refuse_nul(data)
 
 
 class RoomFields(Strict):
@@ -114,7 +139,7 @@ class TokenRequest(Strict):
     identity: str = Field(..., min_length=1, max_length=100, description="Who joins; unique within a session.")
     name: str | None = Field(None, min_length=1, max_length=100, description="Display name; the identity if unset.")
     role: Role = "publisher"
-    ttl_seconds: int | None = Field(None, gt=0, description="Lifetime; default 24 h, at most 30 days.")
+    ttl_seconds: int | None = Field(None, gt=0, le=10**9, description="Lifetime; default 24 h, at most 30 days.")
     not_before: datetime | None = None
 
 

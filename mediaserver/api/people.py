@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
+from mediaserver.api.docs import AUTH, BODY, errors
 from mediaserver.api.models import Strict, TokenResponse, to_dt
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id
@@ -87,6 +88,7 @@ class Group(BaseModel):
 class InviteCreate(Strict):
     role: Literal["publisher", "subscriber"] = "publisher"
     ttl_seconds: int = Field(7 * 86400, gt=0, le=30 * 86400)
+    max_uses: int | None = Field(None, ge=1, le=10_000, description="How many guests may join through it; no cap if unset.")
 
 
 class Invite(BaseModel):
@@ -95,6 +97,8 @@ class Invite(BaseModel):
     role: str
     expires_at: datetime
     revoked: bool
+    max_uses: int | None
+    uses: int
     url: str | None = Field(None, description="The link to share (only when the invite is made).")
     ics_url: str | None = None
 
@@ -114,13 +118,13 @@ class GuestJoin(Strict):
 # Users --------------------------------------------------------------------------------
 
 
-@router.post("/users", status_code=201, response_model=User, tags=["people"])
+@router.post("/users", status_code=201, response_model=User, tags=["people"], responses=errors(AUTH, BODY, "user_exists"))
 async def create_user(body: UserCreate, request: Request, caller: Auth) -> User:
     row = await request.app.state.store.create_user(caller.team_id, body.email, body.name, hasher.hash(body.password))
     return User(id=row["id"], email=row["email"], name=row["name"])
 
 
-@router.post("/auth/login", response_model=LoginResponse, tags=["people"])
+@router.post("/auth/login", response_model=LoginResponse, tags=["people"], responses=errors(BODY, "invalid_credentials"))
 async def login(body: Login, request: Request) -> LoginResponse:
     user = await request.app.state.store.user_by_email(body.email)
     try:
@@ -159,7 +163,7 @@ async def signed_in(request: Request, authorization: Annotated[str | None, Heade
 SignedIn = Annotated[dict, Depends(signed_in)]
 
 
-@router.get("/me", response_model=User, tags=["people"])
+@router.get("/me", response_model=User, tags=["people"], responses=errors(AUTH))
 async def me(user: SignedIn) -> User:
     return User(id=user["id"], email=user["email"], name=user["name"])
 
@@ -171,12 +175,12 @@ def _group(row: dict) -> Group:
     return Group(id=row["id"], name=row["name"], members=[Member(**m) for m in row["members"]])
 
 
-@router.post("/groups", status_code=201, response_model=Group, tags=["people"])
+@router.post("/groups", status_code=201, response_model=Group, tags=["people"], responses=errors(AUTH, BODY))
 async def create_group(body: GroupCreate, request: Request, caller: Auth) -> Group:
     return _group(await request.app.state.store.create_group(caller.team_id, body.name, caller.key_id))
 
 
-@router.get("/groups/{group_id}", response_model=Group, tags=["people"])
+@router.get("/groups/{group_id}", response_model=Group, tags=["people"], responses=errors(AUTH, "group_not_found"))
 async def get_group(group_id: str, request: Request, caller: Auth) -> Group:
     row = await request.app.state.store.get_group(group_id, caller.team_id)
     if row is None:
@@ -184,7 +188,7 @@ async def get_group(group_id: str, request: Request, caller: Auth) -> Group:
     return _group(row)
 
 
-@router.put("/groups/{group_id}/members", response_model=Group, tags=["people"])
+@router.put("/groups/{group_id}/members", response_model=Group, tags=["people"], responses=errors(AUTH, BODY, "group_not_found", "user_not_found"))
 async def set_member(group_id: str, body: MemberSet, request: Request, caller: Auth) -> Group:
     store = request.app.state.store
     if await store.get_group(group_id, caller.team_id) is None:
@@ -196,7 +200,7 @@ async def set_member(group_id: str, body: MemberSet, request: Request, caller: A
     return _group(await store.get_group(group_id))
 
 
-@router.post("/rooms/{room_id}/join-token", status_code=201, response_model=TokenResponse, tags=["people"])
+@router.post("/rooms/{room_id}/join-token", status_code=201, response_model=TokenResponse, tags=["people"], responses=errors(AUTH, "room_not_found", "not_group_member", "unavailable"))
 async def user_join_token(room_id: str, request: Request, user: SignedIn) -> TokenResponse:
     """A signed-in user's participant token: to a room of one of its groups, or an ad-hoc room of its team."""
     store, settings = request.app.state.store, request.app.state.settings
@@ -237,13 +241,13 @@ def _token_response(settings, token: str, grant: tokens.Grant) -> TokenResponse:
 def _invite(row: dict, base: str, link: str | None = None) -> Invite:
     return Invite(
         id=row["id"], room_id=row["room_id"], role=row["role"], expires_at=to_dt(row["expires_at"]),
-        revoked=row["revoked_at"] is not None,
+        revoked=row["revoked_at"] is not None, max_uses=row.get("max_uses"), uses=row.get("uses") or 0,
         url=f"{base}/invite/{link}" if link else None,
         ics_url=f"{base}/v1/invites/{link}/event.ics" if link else None,
     )
 
 
-@router.post("/rooms/{room_id}/invites", status_code=201, response_model=Invite, tags=["invites"])
+@router.post("/rooms/{room_id}/invites", status_code=201, response_model=Invite, tags=["invites"], responses=errors(AUTH, BODY, "room_not_found"))
 async def create_invite(room_id: str, body: InviteCreate, request: Request, caller: Auth) -> Invite:
     store = request.app.state.store
     room = await store.get_room(room_id, caller.team_id)
@@ -251,7 +255,7 @@ async def create_invite(room_id: str, body: InviteCreate, request: Request, call
         raise MediaserverError("room_not_found", f"no room {room_id!r} in your team")
     if room["type"] != "adhoc":
         raise MediaserverError("invalid_request", "invite links are for ad-hoc rooms; group rooms are for their members")
-    row = await store.create_invite(room_id, caller.key_id, body.role, body.ttl_seconds)
+    row = await store.create_invite(room_id, caller.key_id, body.role, body.ttl_seconds, body.max_uses)
     link = jwt.encode(
         {"inv": row["id"], "aud": INVITE_AUDIENCE, "exp": int(row["expires_at"])}, caller.secret, algorithm="HS256",
         headers={"kid": caller.key_id},
@@ -259,7 +263,7 @@ async def create_invite(room_id: str, body: InviteCreate, request: Request, call
     return _invite(row, request.app.state.settings.base_url, link)
 
 
-@router.get("/rooms/{room_id}/invites", response_model=list[Invite], tags=["invites"])
+@router.get("/rooms/{room_id}/invites", response_model=list[Invite], tags=["invites"], responses=errors(AUTH, "room_not_found"))
 async def list_invites(room_id: str, request: Request, caller: Auth) -> list[Invite]:
     store = request.app.state.store
     if await store.get_room(room_id, caller.team_id) is None:
@@ -267,7 +271,7 @@ async def list_invites(room_id: str, request: Request, caller: Auth) -> list[Inv
     return [_invite(r, request.app.state.settings.base_url) for r in await store.list_invites(room_id)]
 
 
-@router.delete("/rooms/{room_id}/invites/{invite_id}", status_code=204, tags=["invites"])
+@router.delete("/rooms/{room_id}/invites/{invite_id}", status_code=204, tags=["invites"], responses=errors(AUTH, "room_not_found", "not_found"))
 async def revoke_invite(room_id: str, invite_id: str, request: Request, caller: Auth) -> Response:
     store = request.app.state.store
     if await store.get_room(room_id, caller.team_id) is None:
@@ -302,7 +306,7 @@ async def _open_invite(request: Request, link: str) -> tuple[dict, dict, dict]:
     return invite, room, key
 
 
-@router.get("/invites/{link}", response_model=InviteInfo, tags=["invites"])
+@router.get("/invites/{link}", response_model=InviteInfo, tags=["invites"], responses=errors("invite_invalid", "invite_expired", "invite_revoked"))
 async def invite_info(link: str, request: Request) -> InviteInfo:
     _, room, _ = await _open_invite(request, link)
     session = await request.app.state.store.unended_session(room["id"])
@@ -312,7 +316,7 @@ async def invite_info(link: str, request: Request) -> InviteInfo:
     )
 
 
-@router.post("/invites/{link}/join", status_code=201, response_model=TokenResponse, tags=["invites"])
+@router.post("/invites/{link}/join", status_code=201, response_model=TokenResponse, tags=["invites"], responses=errors(BODY, "invite_invalid", "invite_expired", "invite_revoked", "invite_used_up", "session_not_live"))
 async def guest_join(link: str, body: GuestJoin, request: Request) -> TokenResponse:
     """A guest without an account joins through an invite link, only while the session is live."""
     invite, room, key = await _open_invite(request, link)
@@ -321,6 +325,7 @@ async def guest_join(link: str, body: GuestJoin, request: Request) -> TokenRespo
         raise MediaserverError(
             "session_not_live", "guests can join only while the session is live; come back when it has started"
         )
+    await request.app.state.store.use_invite(invite["id"])
     settings = request.app.state.settings
     token, grant = tokens.mint(
         key_id=key["id"], secret=key["secret"], room_id=room["id"], identity=new_id("guest"), name=body.name,
@@ -351,7 +356,7 @@ def room_calendar(room: dict, url: str) -> bytes:
     return cal.to_ical()
 
 
-@router.get("/invites/{link}/event.ics", tags=["invites"], response_class=Response)
+@router.get("/invites/{link}/event.ics", tags=["invites"], response_class=Response, responses=errors("invite_invalid", "invite_expired", "invite_revoked"))
 async def invite_calendar(link: str, request: Request) -> Response:
     _, room, _ = await _open_invite(request, link)
     url = f"{request.app.state.settings.base_url}/invite/{link}"

@@ -11,11 +11,13 @@ from pydantic import BaseModel, Field
 
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
+from mediaserver.api.docs import AUTH, BODY, INPUT, errors
 from mediaserver.api.people import room_calendar
 from mediaserver.api.models import (
     ChatMessage,
     Question,
-    ErrorResponse,
+    MAX_OFFSET,
+    MAX_SEQ,
     Event,
     Participant,
     ParticipantDetail,
@@ -34,10 +36,10 @@ from mediaserver.api.models import (
 from mediaserver.control.media import worker_index
 from mediaserver.errors import MediaserverError
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 410, 429, 503)}
-router = APIRouter(prefix="/v1", responses=ERRORS)
+router = APIRouter(prefix="/v1")
 Auth = Annotated[Caller, Depends(api_key)]
 STATUSES = ("live", "ending_soon", "ended")
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # search text: no control characters (NUL would cut the pattern short)
 
 
 @router.get("/health", tags=["server"])
@@ -66,32 +68,32 @@ async def _check_group(request: Request, caller: Caller, room_type: str, group_i
         raise MediaserverError("invalid_request", "only group rooms have a group_id")
 
 
-@router.post("/rooms", status_code=201, response_model=Room, tags=["rooms"])
+@router.post("/rooms", status_code=201, response_model=Room, tags=["rooms"], responses=errors(AUTH, BODY, "group_not_found"))
 async def create_room(body: RoomCreate, request: Request, caller: Auth) -> Room:
     await _check_group(request, caller, body.type, body.group_id)
     row = await request.app.state.store.create_room(caller.team_id, body.to_row(only_set=False))
     return Room.from_row(row)
 
 
-@router.get("/rooms", response_model=RoomList, tags=["rooms"])
+@router.get("/rooms", response_model=RoomList, tags=["rooms"], responses=errors(AUTH, INPUT))
 async def list_rooms(
     request: Request,
     caller: Auth,
-    q: Annotated[str | None, Query(max_length=100, description="Matches room ID, name or comment")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=PRINTABLE, description="Matches room ID, name or comment")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> RoomList:
     rows = await request.app.state.store.list_rooms(caller.team_id, q=q, limit=limit + 1, offset=offset)
     more = len(rows) > limit
     return RoomList(rooms=[Room.from_row(r) for r in rows[:limit]], next_offset=offset + limit if more else None)
 
 
-@router.get("/rooms/{room_id}", response_model=Room, tags=["rooms"])
+@router.get("/rooms/{room_id}", response_model=Room, tags=["rooms"], responses=errors(AUTH, "room_not_found"))
 async def get_room(room_id: str, request: Request, caller: Auth) -> Room:
     return Room.from_row(await _room(request, caller, room_id))
 
 
-@router.patch("/rooms/{room_id}", response_model=Room, tags=["rooms"])
+@router.patch("/rooms/{room_id}", response_model=Room, tags=["rooms"], responses=errors(AUTH, BODY, "room_not_found", "group_not_found"))
 async def update_room(room_id: str, body: RoomUpdate, request: Request, caller: Auth) -> Room:
     current = await _room(request, caller, room_id)
     changes = body.to_row(only_set=True)
@@ -110,7 +112,7 @@ async def update_room(room_id: str, body: RoomUpdate, request: Request, caller: 
     return Room.from_row(row)
 
 
-@router.get("/rooms/{room_id}/event.ics", tags=["rooms"], response_class=Response)
+@router.get("/rooms/{room_id}/event.ics", tags=["rooms"], response_class=Response, responses=errors(AUTH, "room_not_found"))
 async def room_ics(room_id: str, request: Request, caller: Auth) -> Response:
     """The room as an iCalendar event: its schedule, its comment and its page."""
     room = await _room(request, caller, room_id)
@@ -119,7 +121,7 @@ async def room_ics(room_id: str, request: Request, caller: Auth) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{room_id}.ics"'})
 
 
-@router.post("/rooms/{room_id}/tokens", status_code=201, response_model=TokenResponse, tags=["tokens"])
+@router.post("/rooms/{room_id}/tokens", status_code=201, response_model=TokenResponse, tags=["tokens"], responses=errors(AUTH, BODY, "room_not_found", "token_ttl_too_long"))
 async def create_token(room_id: str, body: TokenRequest, request: Request, caller: Auth) -> TokenResponse:
     await _room(request, caller, room_id)
     settings = request.app.state.settings
@@ -159,15 +161,15 @@ def _statuses(status: str | None) -> list[str] | None:
     return wanted
 
 
-@router.get("/sessions", response_model=SessionList, tags=["sessions"])
+@router.get("/sessions", response_model=SessionList, tags=["sessions"], responses=errors(AUTH, INPUT))
 async def list_sessions(
     request: Request,
     caller: Auth,
     status: Annotated[str | None, Query(description="Comma-separated: live, ending_soon, ended")] = None,
     room_id: Annotated[str | None, Query(max_length=64)] = None,
-    q: Annotated[str | None, Query(max_length=100, description="Matches session ID, room ID, room name, comment")] = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=PRINTABLE, description="Matches session ID, room ID, room name, comment")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> SessionList:
     rows = await request.app.state.store.list_sessions(
         caller.team_id, status=_statuses(status), room_id=room_id, q=q, limit=limit + 1, offset=offset
@@ -187,7 +189,7 @@ async def _session(request: Request, caller: Caller, session_id: str) -> dict:
     return row
 
 
-@router.get("/sessions/{session_id}", response_model=SessionDetail, tags=["sessions"])
+@router.get("/sessions/{session_id}", response_model=SessionDetail, tags=["sessions"], responses=errors(AUTH, "session_not_found"))
 async def get_session(session_id: str, request: Request, caller: Auth) -> SessionDetail:
     row = await _session(request, caller, session_id)
     store = request.app.state.store
@@ -205,14 +207,14 @@ async def get_session(session_id: str, request: Request, caller: Auth) -> Sessio
     )
 
 
-@router.get("/sessions/{session_id}/chat", response_model=list[ChatMessage], tags=["sessions"])
+@router.get("/sessions/{session_id}/chat", response_model=list[ChatMessage], tags=["sessions"], responses=errors(AUTH, "session_not_found"))
 async def session_chat(session_id: str, request: Request, caller: Auth) -> list[ChatMessage]:
     """Every chat message of the session (main room, breakout rooms, to all rooms), oldest first."""
     await _session(request, caller, session_id)
     return [ChatMessage.from_row(r) for r in await request.app.state.store.session_chat(session_id)]
 
 
-@router.get("/sessions/{session_id}/questions", response_model=list[Question], tags=["sessions"])
+@router.get("/sessions/{session_id}/questions", response_model=list[Question], tags=["sessions"], responses=errors(AUTH, "session_not_found"))
 async def session_questions(session_id: str, request: Request, caller: Auth) -> list[Question]:
     """The session's Q&A: every question with its votes, status and answer, most votes first."""
     await _session(request, caller, session_id)
@@ -222,7 +224,8 @@ async def session_questions(session_id: str, request: Request, caller: Auth) -> 
 
 
 @router.get(
-    "/sessions/{session_id}/participants/{participant_id}", response_model=ParticipantDetail, tags=["sessions"]
+    "/sessions/{session_id}/participants/{participant_id}", response_model=ParticipantDetail, tags=["sessions"],
+    responses=errors(AUTH, "session_not_found", "participant_not_found"),
 )
 async def get_participant(session_id: str, participant_id: str, request: Request, caller: Auth) -> ParticipantDetail:
     await _session(request, caller, session_id)
@@ -235,12 +238,12 @@ async def get_participant(session_id: str, participant_id: str, request: Request
     return ParticipantDetail(**Participant.from_row(row, counts).model_dump(), events=[Event.from_row(e) for e in evs])
 
 
-@router.get("/sessions/{session_id}/events", response_model=list[Event], tags=["sessions"])
+@router.get("/sessions/{session_id}/events", response_model=list[Event], tags=["sessions"], responses=errors(AUTH, INPUT, "session_not_found"))
 async def session_events(
     session_id: str,
     request: Request,
     caller: Auth,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[Event]:
     """The session's whole event log (every participant's events and the session's own), in order."""
@@ -249,7 +252,7 @@ async def session_events(
     return [Event.from_row(r) for r in rows]
 
 
-@router.post("/sessions/{session_id}/end", response_model=Session, tags=["sessions"])
+@router.post("/sessions/{session_id}/end", response_model=Session, tags=["sessions"], responses=errors(AUTH, "session_not_found", "session_ended", "unavailable"))
 async def end_session(session_id: str, request: Request, caller: Auth) -> Session:
     row = await _session(request, caller, session_id)
     if row["status"] == "ended":
@@ -280,7 +283,7 @@ class ServerHealth(BaseModel):
     max_live_sessions: int
 
 
-@router.get("/server", response_model=ServerHealth, tags=["server"])
+@router.get("/server", response_model=ServerHealth, tags=["server"], responses=errors(AUTH))
 async def server_health(request: Request, caller: Auth) -> ServerHealth:
     """Media workers (with your sessions on each, forwarding counters and drops by reason) and your
     team's live sessions against its limit."""

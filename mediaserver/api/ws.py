@@ -60,7 +60,12 @@ class Connection:
             pass  # already closed
 
     async def receive(self) -> Any:
-        text = await self.ws.receive_text()
+        frame = await self.ws.receive()
+        if frame["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(frame.get("code", 1000), frame.get("reason"))
+        text = frame.get("text")
+        if text is None:
+            raise MediaserverError("invalid_request", "messages are JSON in text frames; a binary frame is not one")
         if len(text) > MAX_MESSAGE_BYTES:
             raise MediaserverError("invalid_request", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
         try:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Callable
 
-from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
 
 
@@ -15,8 +13,6 @@ class DirectoryCore:
         self.store = store
         self.default_max_live_sessions = default_max_live_sessions
         self.clock = clock
-        # One Directory serialises opening, so two first joins cannot both pass the limit.
-        self._lock = asyncio.Lock()
 
     async def limit_for(self, team_id: str) -> int:
         team = await self.store.get_team(team_id)
@@ -27,27 +23,13 @@ class DirectoryCore:
     async def open_session(self, room: dict) -> dict:
         """The room's unended session, started if there is none.
 
-        A session that is ``ending_soon`` does not count against the team's
-        limit; a join that would bring it back to ``live`` is checked like a
-        new session.
+        A session that is ``ending_soon`` does not count against the team's limit; a join
+        that would bring it back to ``live`` is checked like a new session. The store checks
+        the limit in the transaction that opens the session, so concurrent first joins of a
+        team's rooms cannot pass it together.
         """
-        async with self._lock:
-            existing = await self.store.unended_session(room["id"])
-            if existing and existing["status"] == "live":
-                return existing
-            limit = await self.limit_for(room["team_id"])
-            live = await self.store.count_live_sessions(
-                room["team_id"], exclude_session_id=existing["id"] if existing else None
-            )
-            if live >= limit:
-                raise MediaserverError(
-                    "session_limit_reached",
-                    f"the team already has {live} live sessions, its limit; end one or raise the limit",
-                )
-            if existing:
-                return existing
-            session, _created = await self.store.open_session(room, self.clock())
-            return session
+        session, _created = await self.store.open_session(room, self.clock(), default_limit=self.default_max_live_sessions)
+        return session
 
     async def live_session_ids(self) -> list[str]:
         return await self.store.unended_session_ids()

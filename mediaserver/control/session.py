@@ -36,12 +36,14 @@ class SessionCore(MeetingRules):
         *,
         grace: float,
         stale: float,
+        live_limit: int | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.store = store
         self.session_id = session_id
         self.grace = grace
         self.stale = stale
+        self.live_limit = live_limit  # the server's default limit on a team's live sessions
         self.clock = clock
         self.session: dict[str, Any] = {}
         self.room: dict[str, Any] = {}
@@ -338,6 +340,7 @@ class SessionCore(MeetingRules):
             tx.session.update(status="ending_soon", empty_since=tx.now)
         elif connected > 0 and empty_since is not None:
             tx.session.update(status="live", empty_since=None)
+            tx.change.live_limit = self.live_limit  # counts against the team's limit again: checked in the write
 
     async def _commit(self, tx: _Tx) -> None:
         if tx.session.get("status") != "ended":

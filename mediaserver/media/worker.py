@@ -40,7 +40,8 @@ class Transport:
     role: str  # publish | subscribe
     ice: IceCredentials = field(default_factory=IceCredentials)
     remote: sdp.RemoteDescription | None = None
-    addr: tuple | None = None
+    addr: tuple | None = None  # the selected pair's remote address: where media goes
+    seen: dict = field(default_factory=dict)  # remote address -> its latest valid check
     consent_at: float = 0.0
     dtls: DtlsServer | None = None
     state: str = "new"  # new -> checking -> connected | failed; closed
@@ -270,18 +271,29 @@ class MediaWorker:
             self.counts["drop_stun"] += 1
             return
         t = self._by_ufrag[result.ufrag]
-        self._send(result.response, addr)
-        t.consent_at = self.clock()
-        if self.fast:
-            self.forwarder.set_consent(t.id, t.consent_at)
-        # Follow the latest authenticated address (RFC 8445 section 7.3.1.4: lite agents
-        # use the pair of the latest valid check; a change is how clients move networks).
-        if t.addr != addr:
-            if t.addr is not None and self._by_addr.get(t.addr) is t:
-                del self._by_addr[t.addr]
+        self._select_pair(t, addr, result.use_candidate)
+        self._send(result.response, addr)  # after the address is known: DTLS from it follows at once
+
+    def _select_pair(self, t: Transport, addr: tuple, nominated: bool) -> None:
+        """Media goes to the selected pair (RFC 8445 section 7.3.1.5: for a lite agent, the pair
+        the controlling agent nominated). Checks on other pairs are answered, but move media only
+        when they nominate, or when the current pair has lost consent (RFC 7675); until the
+        first nomination the first valid check's address serves."""
+        now = self.clock()
+        t.seen[addr] = now
+        current = t.addr
+        lapsed = current is not None and now - t.seen.get(current, 0.0) > CONSENT_TIMEOUT
+        if current is None or (addr != current and (nominated or lapsed)):
+            if current is not None and self._by_addr.get(current) is t:
+                del self._by_addr[current]
             t.addr = addr
             self._by_addr[addr] = t
             self.forwarder.set_address(t.id, addr)
+        if t.addr != addr:
+            return  # a check on a pair not in use keeps only its own consent
+        t.consent_at = now
+        if self.fast:
+            self.forwarder.set_consent(t.id, t.consent_at)
         if t.state == "new":
             self._set_state(t, "checking")
 

@@ -1,8 +1,9 @@
 """Events with registration in the store: events, their hosts, the slots hosts pick, registrations.
 
-The rules that need the database to hold (no overlapping slots for a host, a host's
-session allowance, a slot's spots) are checked inside the transaction that writes,
-with the parent row locked on PostgreSQL, so two concurrent requests cannot both pass.
+The rules that need the database to hold (no overlapping slots for a host, a host's and the
+event's session allowances, a slot's spots) are checked inside the write transaction that
+writes, after locking the parent row (``lock_row``: the event, the host, the slot), so two
+concurrent requests run one after the other and cannot both pass.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ import sqlalchemy as sa
 
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id
+from mediaserver.store.locking import lock_row
 from mediaserver.store.schema import event_hosts, event_slots, registrations, rooms, scheduled_events
 
 
 class EventStore:
     engine: Any
 
-    async def create_event(self, team_id: str, name: str, starts_at: float, ends_at: float, hosts: list[dict]) -> dict:
+    async def create_event(
+        self, team_id: str, name: str, starts_at: float, ends_at: float, hosts: list[dict], max_sessions: int | None = None
+    ) -> dict:
+        """An event; ``max_sessions`` caps the slots all its hosts pick together (None: no cap)."""
         now = time.time()
-        event = {"id": new_id("evt"), "team_id": team_id, "name": name, "starts_at": starts_at, "ends_at": ends_at, "created_at": now}
+        event = {
+            "id": new_id("evt"), "team_id": team_id, "name": name, "starts_at": starts_at, "ends_at": ends_at,
+            "created_at": now, "max_sessions": max_sessions,
+        }
         host_rows = [{"id": new_id("host"), "event_id": event["id"], **h} for h in hosts]
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(scheduled_events.insert().values(**event))
             if host_rows:
                 await conn.execute(event_hosts.insert(), host_rows)
@@ -67,9 +75,19 @@ class EventStore:
         """A host picks a time slot: a room for it and the slot, if it fits the host's allowance."""
         ends_at = starts_at + host["duration"]
         now = time.time()
-        async with self.engine.begin() as conn:
-            # Serialize a host's picks (PostgreSQL; SQLite serializes writers anyway).
-            await conn.execute(sa.select(event_hosts.c.id).where(event_hosts.c.id == host["id"]).with_for_update())
+        async with self.write() as conn:
+            # The event first, then the host: every pick locks in the same order.
+            locked_event = await lock_row(conn, scheduled_events, event["id"])
+            await lock_row(conn, event_hosts, host["id"])
+            limit = locked_event["max_sessions"] if locked_event else None
+            if limit is not None:
+                held = (await conn.execute(
+                    sa.select(sa.func.count()).select_from(event_slots).where(event_slots.c.event_id == event["id"])
+                )).scalar_one()
+                if held >= limit:
+                    raise MediaserverError(
+                        "event_session_limit", f"all {limit} sessions of this event are taken; ask the organizer for more"
+                    )
             taken = [dict(r) for r in (await conn.execute(
                 sa.select(event_slots).where(event_slots.c.host_id == host["id"])
             )).mappings()]
@@ -94,10 +112,8 @@ class EventStore:
 
     async def register(self, slot_id: str, identity: str, name: str) -> dict:
         """One-click registration while spots remain."""
-        async with self.engine.begin() as conn:
-            slot = (await conn.execute(
-                sa.select(event_slots).where(event_slots.c.id == slot_id).with_for_update()
-            )).mappings().first()
+        async with self.write() as conn:
+            slot = await lock_row(conn, event_slots, slot_id)
             if slot is None:
                 raise MediaserverError("slot_not_found", f"no slot {slot_id}")
             existing = (await conn.execute(

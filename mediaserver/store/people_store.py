@@ -24,7 +24,7 @@ class PeopleStore:
             "password_hash": password_hash, "created_at": time.time(),
         }
         try:
-            async with self.engine.begin() as conn:
+            async with self.write() as conn:
                 await conn.execute(users.insert().values(**row))
         except IntegrityError:
             raise MediaserverError("user_exists", f"there is a user with the e-mail {email} already")
@@ -42,7 +42,7 @@ class PeopleStore:
 
     async def create_group(self, team_id: str, name: str, key_id: str) -> dict:
         row = {"id": new_id("grp"), "team_id": team_id, "name": name, "key_id": key_id, "created_at": time.time()}
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(groups.insert().values(**row))
         return {**row, "members": []}
 
@@ -64,7 +64,7 @@ class PeopleStore:
     async def set_member(self, group_id: str, user_id: str, role: str) -> None:
         if role not in GROUP_ROLES:
             raise MediaserverError("invalid_request", f"role is one of {', '.join(GROUP_ROLES)}")
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             done = await conn.execute(
                 group_members.update().where(group_members.c.group_id == group_id, group_members.c.user_id == user_id)
                 .values(role=role)
@@ -78,11 +78,11 @@ class PeopleStore:
                 sa.select(group_members.c.role).where(group_members.c.group_id == group_id, group_members.c.user_id == user_id)
             )).scalar_one_or_none()
 
-    async def create_invite(self, room_id: str, key_id: str, role: str, ttl: float) -> dict:
+    async def create_invite(self, room_id: str, key_id: str, role: str, ttl: float, max_uses: int | None = None) -> dict:
         now = time.time()
         row = {"id": new_id("inv"), "room_id": room_id, "key_id": key_id, "role": role, "created_at": now,
-               "expires_at": now + ttl, "revoked_at": None}
-        async with self.engine.begin() as conn:
+               "expires_at": now + ttl, "revoked_at": None, "max_uses": max_uses, "uses": 0}
+        async with self.write() as conn:
             await conn.execute(invites.insert().values(**row))
         return row
 
@@ -97,9 +97,30 @@ class PeopleStore:
             return [dict(r) for r in rows.mappings()]
 
     async def revoke_invite(self, room_id: str, invite_id: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             done = await conn.execute(
                 invites.update().where(invites.c.id == invite_id, invites.c.room_id == room_id, invites.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
             return done.rowcount == 1
+
+    async def use_invite(self, invite_id: str) -> dict:
+        """Count one guest in through an invite link, if it has a use left: one conditional
+        update, so a burst of guests cannot take more uses than it has."""
+        async with self.write() as conn:
+            done = await conn.execute(
+                invites.update()
+                .where(
+                    invites.c.id == invite_id, invites.c.revoked_at.is_(None),
+                    sa.or_(invites.c.max_uses.is_(None), invites.c.uses < invites.c.max_uses),
+                )
+                .values(uses=invites.c.uses + 1)
+            )
+            row = (await conn.execute(sa.select(invites).where(invites.c.id == invite_id))).mappings().first()
+        if row is None:
+            raise MediaserverError("invite_invalid", "this invite link is not valid")
+        if done.rowcount == 1:
+            return dict(row)
+        if row["revoked_at"] is not None:
+            raise MediaserverError("invite_revoked", "this invite link has been withdrawn")
+        raise MediaserverError("invite_used_up", f"this invite link has been used {row['uses']} times, all it may be; ask for a new one")

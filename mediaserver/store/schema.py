@@ -6,6 +6,7 @@ Changes to these tables go with a new Alembic revision in ``migrations/versions`
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     Column,
     Float,
     ForeignKey,
@@ -186,6 +187,7 @@ scheduled_events = Table(
     Column("starts_at", Float, nullable=False),
     Column("ends_at", Float, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("max_sessions", Integer, nullable=True),  # slots all hosts may pick together; None: no cap
     Index("ix_scheduled_events_team", "team_id", "starts_at"),
 )
 
@@ -268,5 +270,8 @@ invites = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=True),
+    Column("max_uses", Integer, nullable=True),  # guests who may join through it; None: no cap
+    Column("uses", Integer, nullable=False, server_default=text("0")),
+    CheckConstraint("max_uses IS NULL OR uses <= max_uses", name="ck_invites_uses"),
     Index("ix_invites_room", "room_id", "created_at"),
 )

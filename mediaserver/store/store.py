@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id, new_secret
 from mediaserver.store.event_store import EventStore
+from mediaserver.store.locking import lock_row
 from mediaserver.store.people_store import PeopleStore
 from mediaserver.store.schema import (
     api_keys,
@@ -37,6 +38,7 @@ from mediaserver.store.schema import (
 )
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+WRITE_OPTION = "mediaserver_write"
 
 
 @dataclass
@@ -52,6 +54,9 @@ class SessionChange:
     new_questions: list[dict[str, Any]] = field(default_factory=list)
     question_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     votes: list[dict[str, Any]] = field(default_factory=list)  # new question_votes rows
+    # The session comes back to life (someone connected to an ending-soon session): check the
+    # team's live-session limit in the same transaction, with this as the server's default limit.
+    live_limit: int | None = None
 
 
 def _matches(q: str, *columns: Any) -> Any:
@@ -78,6 +83,16 @@ class Store(EventStore, PeopleStore):
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+        # Write transactions go through this engine: on SQLite they start with BEGIN IMMEDIATE.
+        self._writer: AsyncEngine = self.engine.execution_options(**{WRITE_OPTION: True})
+
+    def write(self) -> Any:
+        """A write transaction. A rule checked by reading before writing holds under concurrency
+        only if no other writer runs in between: SQLite takes its one write lock at BEGIN
+        IMMEDIATE (a deferred BEGIN would let two such transactions read the same state);
+        PostgreSQL takes row locks, which the rule's code asks for (``lock_row``)."""
+        return self._writer.begin()
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -93,7 +108,7 @@ class Store(EventStore, PeopleStore):
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.run_sync(upgrade)
 
     # Deployment-wide values ---------------------------------------------------
@@ -105,7 +120,7 @@ class Store(EventStore, PeopleStore):
         if row:
             return row[0]
         try:
-            async with self.engine.begin() as conn:
+            async with self.write() as conn:
                 await conn.execute(server_state.insert().values(key=key, value=make()))
         except IntegrityError:
             pass  # another gateway won the race; use its value
@@ -115,7 +130,7 @@ class Store(EventStore, PeopleStore):
     # Teams and API keys --------------------------------------------------
 
     async def ensure_team(self, name: str, *, max_live_sessions: int | None = None) -> dict:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             row = (await conn.execute(sa.select(teams).where(teams.c.name == name))).mappings().first()
             if row:
                 if max_live_sessions is not None and row["max_live_sessions"] != max_live_sessions:
@@ -147,7 +162,7 @@ class Store(EventStore, PeopleStore):
             "created_at": time.time(),
             "revoked_at": None,
         }
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(api_keys.insert().values(**key))
         return key
 
@@ -169,7 +184,7 @@ class Store(EventStore, PeopleStore):
             return [dict(r) for r in (await conn.execute(q)).mappings()]
 
     async def revoke_api_key(self, key_id: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             res = await conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
@@ -182,7 +197,7 @@ class Store(EventStore, PeopleStore):
     async def create_room(self, team_id: str, fields: dict[str, Any]) -> dict:
         now = time.time()
         room = {"id": new_id("room"), "team_id": team_id, "created_at": now, "updated_at": now, **fields}
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(rooms.insert().values(**room))
         return room
 
@@ -195,7 +210,7 @@ class Store(EventStore, PeopleStore):
             return dict(row) if row else None
 
     async def update_room(self, room_id: str, team_id: str, fields: dict[str, Any]) -> dict | None:
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             res = await conn.execute(
                 rooms.update()
                 .where(rooms.c.id == room_id, rooms.c.team_id == team_id)
@@ -216,34 +231,59 @@ class Store(EventStore, PeopleStore):
 
     # Sessions ----------------------------------------------------------------
 
-    async def open_session(self, room: dict, now: float) -> tuple[dict, bool]:
-        """The room's unended session, or a new one. Returns (session, created)."""
-        async with self.engine.begin() as conn:
-            existing = await self._unended_session(conn, room["id"])
-            if existing:
-                return existing, False
-            session = {
-                "id": new_id("sess"),
-                "room_id": room["id"],
-                "team_id": room["team_id"],
-                "status": "live",
-                "started_at": now,
-                "empty_since": None,
-                "ended_at": None,
-                "end_reason": None,
-                "last_seq": 0,
-            }
-            try:
+    async def open_session(self, room: dict, now: float, *, default_limit: int | None = None) -> tuple[dict, bool]:
+        """The room's unended session, or a new one. Returns (session, created).
+
+        With ``default_limit`` the team's limit on live sessions (its own, else this default)
+        is checked in the same write transaction, with the team's row locked: a new session,
+        or an ending-soon one about to come back to life, is refused with
+        ``session_limit_reached`` when the team's other live sessions already reach it.
+        """
+        try:
+            async with self.write() as conn:
+                team = await lock_row(conn, teams, room["team_id"])
+                existing = await self._unended_session(conn, room["id"])
+                if existing and existing["status"] == "live":
+                    return existing, False
+                if default_limit is not None:
+                    await self._check_live_limit(conn, team, default_limit, existing["id"] if existing else None)
+                if existing:
+                    return existing, False
+                session = {
+                    "id": new_id("sess"),
+                    "room_id": room["id"],
+                    "team_id": room["team_id"],
+                    "status": "live",
+                    "started_at": now,
+                    "empty_since": None,
+                    "ended_at": None,
+                    "end_reason": None,
+                    "last_seq": 0,
+                }
                 await conn.execute(sessions.insert().values(**session))
-            except IntegrityError:
-                session = None
-        if session is None:  # another process opened it between our read and write
+                return session, True
+        except IntegrityError:  # another process opened it between our read and write (PostgreSQL)
             async with self.engine.connect() as conn:
                 existing = await self._unended_session(conn, room["id"])
             if existing is None:
                 raise MediaserverError("conflict", "the room's session changed while opening it; try again")
             return existing, False
-        return session, True
+
+    async def _check_live_limit(self, conn: Any, team: dict | None, default_limit: int, session_id: str | None) -> None:
+        """Refuse when the team's live sessions other than ``session_id`` reach its limit. The
+        caller holds the team's row lock (``lock_row``), so this count cannot go stale."""
+        limit = team["max_live_sessions"] if team and team["max_live_sessions"] is not None else default_limit
+        q = sa.select(sa.func.count()).select_from(sessions).where(
+            sessions.c.team_id == team["id"] if team else sa.false(), sessions.c.status == "live"
+        )
+        if session_id:
+            q = q.where(sessions.c.id != session_id)
+        live = int((await conn.execute(q)).scalar_one())
+        if live >= limit:
+            raise MediaserverError(
+                "session_limit_reached",
+                f"the team already has {live} live sessions, its limit; end one or raise the limit",
+            )
 
     async def _unended_session(self, conn: Any, room_id: str) -> dict | None:
         row = (
@@ -363,7 +403,11 @@ class Store(EventStore, PeopleStore):
 
     async def apply(self, change: SessionChange) -> None:
         """Write one session operation's rows atomically."""
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
+            if change.live_limit is not None:
+                row = (await conn.execute(sa.select(sessions.c.team_id).where(sessions.c.id == change.session_id))).first()
+                team = await lock_row(conn, teams, row[0]) if row else None
+                await self._check_live_limit(conn, team, change.live_limit, change.session_id)
             if change.session:
                 await conn.execute(
                     sessions.update().where(sessions.c.id == change.session_id).values(**change.session)
@@ -453,9 +497,18 @@ class Store(EventStore, PeopleStore):
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own BEGIN is deferred and
+    # comes only before the first write, so reads before it ran outside any transaction).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    immediate = conn.get_execution_options().get(WRITE_OPTION)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+

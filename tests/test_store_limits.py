@@ -1,0 +1,181 @@
+"""Every limit the store checks holds under a burst of requests arriving together, on SQLite and
+on PostgreSQL: registrations for a slot, a host's and an event's session allowances,
+overlapping slots, a team's live sessions, the uses of an invite link and upvotes.
+
+Each burst runs through several ``Store`` objects (each with its own connection pool, as
+gateways and session hosts have), all started at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from mediaserver.errors import MediaserverError
+from mediaserver.store import SessionChange, Store
+
+ROOM = {
+    "name": "Burst", "type": "adhoc", "media_mode": "routed", "archive_mode": "manual", "encryption": "server",
+    "location_hint": None, "capacity": 50, "comment": None, "starts_at": None, "ends_at": None,
+}
+BURST = 16
+
+
+@pytest.fixture
+async def stores(store_url):
+    made = [Store(store_url) for _ in range(4)]
+    yield made
+    for s in made:
+        await s.close()
+
+
+async def burst(stores: list[Store], calls) -> tuple[list, list[str]]:
+    """Run every call (a function of a store) at once; (results, refusal codes)."""
+    start = asyncio.Event()
+
+    async def one(i: int, call):
+        await start.wait()
+        return await call(stores[i % len(stores)])
+
+    tasks = [asyncio.create_task(one(i, c)) for i, c in enumerate(calls)]
+    await asyncio.sleep(0.05)
+    start.set()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    unexpected = [d for d in done if isinstance(d, BaseException) and not isinstance(d, MediaserverError)]
+    assert not unexpected, unexpected
+    return [d for d in done if not isinstance(d, BaseException)], sorted(d.code for d in done if isinstance(d, MediaserverError))
+
+
+def host(identity: str, **extra) -> dict:
+    now = time.time()
+    return {
+        "identity": identity, "name": identity, "max_sessions": 5, "spots": 3, "duration": 1800.0,
+        "timeframes": [[now, now + 86400]], **extra,
+    }
+
+
+async def make_event(store: Store, hosts: list[dict], max_sessions: int | None = None) -> tuple[dict, dict]:
+    team = await store.ensure_team("events")
+    now = time.time()
+    event = await store.create_event(team["id"], "Fair", now, now + 86400, hosts, max_sessions)
+    return team, event
+
+
+async def test_registrations_never_exceed_the_spots(stores):
+    _, event = await make_event(stores[0], [host("acme", spots=3)])
+    slot = await stores[0].add_slot(event, event["hosts"][0], time.time() + 600, {**ROOM})
+    ok, refused = await burst(stores, [lambda s, i=i: s.register(slot["id"], f"p{i}", f"P {i}") for i in range(BURST)])
+    assert len(ok) == 3 and refused == ["slot_full"] * (BURST - 3)
+    again = await stores[0].get_event(event["id"])
+    assert len(again["slots"][0]["registrations"]) == 3
+
+
+async def test_the_same_identity_registers_once(stores):
+    _, event = await make_event(stores[0], [host("acme", spots=10)])
+    slot = await stores[0].add_slot(event, event["hosts"][0], time.time() + 600, {**ROOM})
+    ok, refused = await burst(stores, [lambda s: s.register(slot["id"], "ann", "Ann") for _ in range(8)])
+    assert len(ok) == 1 and refused == ["already_registered"] * 7
+
+
+async def test_a_host_allowance_holds_when_it_picks_many_slots_at_once(stores):
+    _, event = await make_event(stores[0], [host("acme", max_sessions=2)])
+    h, start = event["hosts"][0], time.time() + 600
+    picks = [lambda s, i=i: s.add_slot(event, h, start + i * 3600, {**ROOM}) for i in range(5)]
+    ok, refused = await burst(stores, picks)
+    assert len(ok) == 2 and refused == ["host_session_limit"] * 3
+    assert len((await stores[0].get_event(event["id"]))["slots"]) == 2
+
+
+async def test_overlapping_slots_picked_at_once_leave_one(stores):
+    _, event = await make_event(stores[0], [host("acme", max_sessions=5)])
+    h, start = event["hosts"][0], time.time() + 600
+    picks = [lambda s, i=i: s.add_slot(event, h, start + i * 60, {**ROOM}) for i in range(5)]
+    ok, refused = await burst(stores, picks)
+    assert len(ok) == 1 and refused == ["slot_overlap"] * 4
+
+
+async def test_the_event_wide_allowance_holds_across_hosts(stores):
+    _, event = await make_event(stores[0], [host(f"h{i}", max_sessions=3) for i in range(4)], max_sessions=5)
+    start = time.time() + 600
+    picks = [
+        lambda s, h=h, j=j: s.add_slot(event, h, start + j * 3600, {**ROOM})
+        for h in event["hosts"] for j in range(3)
+    ]
+    ok, refused = await burst(stores, picks)
+    assert len(ok) == 5 and refused == ["event_session_limit"] * 7
+    assert len((await stores[0].get_event(event["id"]))["slots"]) == 5
+
+
+async def test_a_team_limit_holds_when_many_rooms_open_at_once(stores):
+    team = await stores[0].ensure_team("limited", max_live_sessions=3)
+    rooms = [await stores[0].create_room(team["id"], {**ROOM, "name": f"r{i}"}) for i in range(BURST)]
+    ok, refused = await burst(stores, [lambda s, r=r: s.open_session(r, time.time(), default_limit=10) for r in rooms])
+    assert len(ok) == 3 and refused == ["session_limit_reached"] * (BURST - 3)
+    assert await stores[0].count_live_sessions(team["id"]) == 3
+
+
+async def test_many_first_joins_of_one_room_open_one_session(stores):
+    team = await stores[0].ensure_team("one room")
+    room = await stores[0].create_room(team["id"], {**ROOM})
+    ok, refused = await burst(stores, [lambda s: s.open_session(room, time.time(), default_limit=10) for _ in range(BURST)])
+    assert not refused and len({session["id"] for session, _ in ok}) == 1
+    assert sum(created for _, created in ok) == 1
+
+
+async def test_ending_soon_sessions_coming_back_count_against_the_limit(stores):
+    """Sessions with nobody connected do not count; bringing several back at once is checked in
+    the writes that bring them back."""
+    team = await stores[0].ensure_team("comeback", max_live_sessions=2)
+    sessions = []
+    for i in range(6):
+        room = await stores[0].create_room(team["id"], {**ROOM, "name": f"c{i}"})
+        session, _ = await stores[0].open_session(room, time.time(), default_limit=10)
+        await stores[0].apply(SessionChange(session["id"], session={"status": "ending_soon", "empty_since": time.time()}))
+        sessions.append(session)
+
+    def revive(session):
+        return lambda s: s.apply(SessionChange(session["id"], session={"status": "live", "empty_since": None}, live_limit=10))
+
+    ok, refused = await burst(stores, [revive(x) for x in sessions])
+    assert len(ok) == 2 and refused == ["session_limit_reached"] * 4
+    assert await stores[0].count_live_sessions(team["id"]) == 2
+
+
+async def test_an_invite_link_is_used_at_most_its_uses(stores):
+    team = await stores[0].ensure_team("guests")
+    key = await stores[0].create_api_key(team["id"])
+    room = await stores[0].create_room(team["id"], {**ROOM})
+    invite = await stores[0].create_invite(room["id"], key["id"], "publisher", 3600, max_uses=4)
+    ok, refused = await burst(stores, [lambda s: s.use_invite(invite["id"]) for _ in range(BURST)])
+    assert len(ok) == 4 and refused == ["invite_used_up"] * (BURST - 4)
+    assert (await stores[0].get_invite(invite["id"]))["uses"] == 4
+    unlimited = await stores[0].create_invite(room["id"], key["id"], "publisher", 3600)
+    ok, refused = await burst(stores, [lambda s: s.use_invite(unlimited["id"]) for _ in range(BURST)])
+    assert len(ok) == BURST and not refused
+    await stores[0].revoke_invite(room["id"], unlimited["id"])
+    with pytest.raises(MediaserverError) as e:
+        await stores[0].use_invite(unlimited["id"])
+    assert e.value.code == "invite_revoked"
+
+
+async def test_a_vote_is_stored_once(stores):
+    """The session's owner serializes votes; the primary key is the database's own guard."""
+    from sqlalchemy.exc import IntegrityError
+
+    team = await stores[0].ensure_team("votes")
+    room = await stores[0].create_room(team["id"], {**ROOM})
+    session, _ = await stores[0].open_session(room, time.time())
+    q = {
+        "id": "q_1", "session_id": session["id"], "participant_id": "part_a", "name": "A", "text": "?",
+        "status": "open", "answer": None, "answered_by": None, "votes": 0, "asked_at": 1.0, "updated_at": 1.0,
+    }
+    await stores[0].apply(SessionChange(session["id"], new_questions=[q]))
+    vote = {"question_id": "q_1", "participant_id": "part_b", "at": 2.0}
+    results = await asyncio.gather(
+        *(s.apply(SessionChange(session["id"], votes=[vote])) for s in stores * 2), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, IntegrityError) for r in results if r is not None)
+    assert (await stores[0].session_questions(session["id"]))[0]["voters"] == ["part_b"]
