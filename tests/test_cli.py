@@ -106,3 +106,24 @@ def test_serve_banner_and_clean_stop(tmp_path):
         assert re.search(r"API key:\s+(\S+)", srv2.log()).group(1) == key_id
     finally:
         assert srv2.stop() == 0
+
+
+def test_serve_json_prints_the_banner_as_json(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from tests.helpers import BIN
+
+    env = {**os.environ, **server_env(tmp_path)}
+    proc = subprocess.Popen([str(BIN), "serve", "--port", "0", "--json"], stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "err.log", "w"), env=env, text=True, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()  # the first line on stdout is the whole banner
+        info = json.loads(line)
+        assert info["url"].startswith("http://127.0.0.1:") and info["api_key"].startswith("AK_")
+        assert info["demo_room"].startswith(info["url"] + "/join/room_") and info["ray"]["started_here"] is True
+        assert httpx.get(f"{info['url']}/v1/rooms", auth=(info["api_key"], info["api_secret"])).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mediaserver.config import CONFIG_ENV, load_settings
+from mediaserver.config import CONFIG_ENV, Settings, load_settings
 
 
 def test_precedence(tmp_path, monkeypatch):
@@ -48,3 +48,25 @@ def test_database_urls(tmp_path, monkeypatch):
     s = load_settings(data_dir=tmp_path)
     assert s.db_url == f"sqlite+aiosqlite:///{tmp_path.resolve() / 'mediaserver.db'}"
     assert load_settings(database_url="postgresql://u@h/db").db_url == "postgresql+asyncpg://u@h/db"
+
+
+def test_a_wildcard_host_gives_links_with_an_address_others_reach():
+    """With --host 0.0.0.0 and no public_url, links carry this machine's address (here: a veth
+    address inside a namespace of the test's own), and the banner says how to override it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from mediaserver.config import Settings; s = Settings(host='0.0.0.0', port=9000); "
+        "print(s.base_url); print(len(s.url_warnings()))"
+    )
+    setup = "ip link set lo up && ip link add v0 type veth peer name v1 && ip addr add 10.99.0.7/24 dev v0 && ip link set v0 up"
+    out = subprocess.run(["unshare", "-n", "sh", "-c", f"{setup} && {sys.executable} -c \"{code}\""],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["http://10.99.0.7:9000", "1"]
+    alone = subprocess.run(["unshare", "-n", sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    url, warnings = alone.stdout.split()
+    assert url == "http://127.0.0.1:9000" and warnings == "1"  # only loopback: said so
+    assert Settings(host="0.0.0.0", public_url="https://meet.example.org/").base_url == "https://meet.example.org"
+    assert Settings(host="0.0.0.0", public_url="https://meet.example.org").url_warnings() == []

@@ -32,7 +32,7 @@ def test_generated_requests_get_documented_answers(postgres_url, tmp_path):
             [SCHEMATHESIS, "run", f"{srv.url}/openapi.json", "--auth", f"{srv.key['id']}:{srv.key['secret']}",
              "--checks", "not_a_server_error,status_code_conformance", "--phases", "coverage,fuzzing",
              "--max-examples", "8", "--workers", "2", "--seed", "1", "--request-timeout", "30"],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,  # its cache goes there
         )
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert re.search(r"\d+ generated, \d+ passed", run.stdout), run.stdout[-2000:]
