@@ -21,31 +21,77 @@ log = logging.getLogger(__name__)
 _remote_classes: dict[type, Any] = {}
 
 
-def init(address: str | None, namespace: str) -> dict:
-    """Join the Ray cluster at ``address``, or start a local one when it is None."""
+# Ray settings for an instance serve starts itself (an operator's cluster sets its own, see the
+# README): no idle workers kept in reserve (each is a ~50 MB process), and a call to an actor
+# that died fails within 0.1 s instead of 1 s, so owners learn of a death at once.
+SYSTEM_CONFIG = {
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+    "timeout_ms_task_wait_for_death_info": 100,
+}
+
+_local_node: Any = None  # the Ray node serve started, when it started one itself
+
+
+def init(address: str | None, namespace: str, *, verbose: bool = False) -> dict:
+    """Join the Ray cluster at ``address``, or start a local one when it is None.
+
+    A local instance is started lean: the Ray processes a single-node server never uses (the
+    autoscaler's monitor, the dashboard's web server, and unless ``verbose`` the log monitor
+    that copies actors' output to this console) are left out. That takes Ray's own node API;
+    should it change, the instance is started the ordinary way (``ray.init``)."""
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {
-            "namespace": namespace,
-            "logging_level": logging.WARNING,
-            "log_to_driver": True,
-        }
+        kwargs: dict[str, Any] = {"namespace": namespace, "logging_level": logging.WARNING, "log_to_driver": True}
         if address:
-            kwargs["address"] = address
+            ray.init(address=address, **kwargs)
         else:
-            # "local": a new instance of our own, even if `ray start` left a cluster recorded on
-            # this machine (plain ray.init() would join that one, and it is not ours to stop).
-            kwargs["address"] = "local"
-            # Ray binds the embedded instance to this host's routable address (it refuses to
-            # advertise loopback); tests run in a loopback-only network namespace.
-            kwargs["include_dashboard"] = False
-        ray.init(**kwargs)
+            lean = _start_lean_node(verbose)
+            if lean:
+                ray.init(address=lean, **kwargs)
+            else:
+                # "local": a new instance of our own, even if `ray start` left a cluster recorded on
+                # this machine (plain ray.init() would join that one, and it is not ours to stop).
+                ray.init(address="local", include_dashboard=False, _system_config=SYSTEM_CONFIG, **kwargs)
     ctx = ray.get_runtime_context()
     return {"gcs_address": ctx.gcs_address, "namespace": namespace, "started_here": not address}
 
 
+def _start_lean_node(verbose: bool) -> str | None:
+    global _local_node
+    try:
+        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+        from ray._private.node import Node
+        from ray._private.parameter import RayParams
+        from ray._private.worker import enable_token_auth_by_default
+
+        class LeanNode(Node):
+            def start_api_server(self, *, include_dashboard: Any, raise_on_failure: Any) -> None:
+                pass  # the dashboard's web server: nothing here uses it
+
+        system_config = dict(SYSTEM_CONFIG)
+        enable_token_auth_by_default()
+        ensure_token_if_auth_enabled(system_config, create_token_if_missing=True)
+        params = RayParams(
+            # Ray would advertise this host's routable address (it refuses loopback by default);
+            # tests run in a loopback-only network namespace.
+            node_ip_address="127.0.0.1", include_dashboard=False, no_monitor=True, include_log_monitor=verbose,
+            _system_config=system_config,
+        )
+        _local_node = LeanNode(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+        return _local_node.address
+    except Exception as e:  # Ray's internals moved: start it the ordinary way
+        log.warning("starting Ray the ordinary way (%s: %s)", type(e).__name__, e)
+        _local_node = None
+        return None
+
+
 def shutdown() -> None:
+    global _local_node
     if ray.is_initialized():
         ray.shutdown()
+    if _local_node is not None:
+        _local_node.kill_all_processes(check_alive=False, allow_graceful=True)
+        _local_node = None
 
 
 def _remote(cls: type) -> Any:
@@ -66,7 +112,9 @@ def get_or_create(cls: type, name: str, *args: Any) -> Any:
             max_restarts=-1,
             max_task_retries=0,
             num_cpus=0,
-            max_concurrency=1000,
+            # Async actors: this bounds the calls under way at once, long-polls included (a host
+            # has one per connected participant it owns).
+            max_concurrency=100_000,
         )
         .remote(*args)
     )

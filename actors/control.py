@@ -1,14 +1,25 @@
-"""ControlPlane: what the gateway asks of the actors, in plain async methods."""
+"""ControlPlane: what the gateway asks of the control plane, in plain async methods.
+
+Sessions live on session hosts (``SessionHostActor``, a few per node, each owning many
+sessions); the Directory (the store's placement columns, ``DirectoryCore``) says which.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from actors import cluster, names
-from actors.directory import DirectoryActor
+from actors.host import SessionHostActor
+from actors.media import MediaWorkerActor
 from mediaserver.config import Settings
+from mediaserver.control.directory import DirectoryCore
 from mediaserver.errors import MediaserverError
+from mediaserver.store import Store
+
+log = logging.getLogger(__name__)
+RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.3)  # then every 0.3 s: a restarting host is back in about a second
 
 
 def actor_config(settings: Settings) -> dict:
@@ -17,7 +28,9 @@ def actor_config(settings: Settings) -> dict:
         "db_url": settings.db_url,
         "grace_seconds": settings.grace_seconds,
         "stale_seconds": settings.stale_seconds,
+        "tick_seconds": settings.tick_seconds,
         "default_max_live_sessions": settings.default_max_live_sessions,
+        "session_hosts": settings.session_hosts,
         "media_workers": settings.media_workers,
         "media_port": settings.media_port,
         "media_bind_host": settings.media_bind_host,
@@ -30,46 +43,68 @@ def actor_config(settings: Settings) -> dict:
 
 
 class ControlPlane:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, store: Store):
         self.cfg = actor_config(settings)
-        self._directory: Any = None
-        self._sessions: dict[str, Any] = {}
+        self.hosts = [names.host(i) for i in range(self.cfg["session_hosts"])]
+        self.directory = DirectoryCore(
+            store, default_max_live_sessions=self.cfg["default_max_live_sessions"], hosts=self.hosts,
+            media_workers=self.cfg["media_workers"],
+        )
+        self._handles: dict[str, Any] = {}  # host name -> actor handle
+        self._host_of: dict[str, str] = {}  # session -> host name
 
     def start(self) -> None:
-        self._directory = cluster.get_or_create(DirectoryActor, names.DIRECTORY, self.cfg)
+        """Create (or find) the hosts and media workers, so the first join finds them running."""
+        for name in self.hosts:
+            self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg)
+        for i in range(self.cfg["media_workers"]):
+            cluster.get_or_create(MediaWorkerActor, names.media_worker(i), self.cfg, i)
 
-    async def _session(self, session_id: str) -> Any:
-        handle = self._sessions.get(session_id)
-        if handle is None:
-            handle = await cluster.call_retrying(self._directory, "session_actor", session_id)
-            self._sessions[session_id] = handle
-        return handle
+    async def ready(self) -> list[dict]:
+        """Wait until every host has taken on its sessions and every media worker listens."""
+        workers = [cluster.find(names.media_worker(i)) for i in range(self.cfg["media_workers"])]
+        await asyncio.gather(*(cluster.call_retrying(w, "start") for w in workers if w is not None))
+        return list(await asyncio.gather(*(cluster.call_retrying(h, "ready") for h in self._handles.values())))
 
     async def open_session(self, room: dict) -> dict:
-        session, handle = await cluster.call_retrying(self._directory, "open_session", room)
-        self._sessions[session["id"]] = handle
+        session = await self.directory.open_session(room)
+        if session.get("host"):
+            self._host_of[session["id"]] = session["host"]
         return session
 
-    async def call(self, session_id: str, method: str, *args: Any, deadline: float = 30.0) -> Any:
-        """Call the session's actor, waiting out a restart.
+    async def _host(self, session_id: str) -> Any:
+        name = self._host_of.get(session_id)
+        if name is None:
+            name = await self.directory.host_of(session_id)
+            if name is None:
+                raise MediaserverError("session_not_found", f"no session {session_id}")
+            self._host_of[session_id] = name
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg)
+        return handle
 
-        Every SessionActor method is safe to repeat: a repeated join replaces its own
-        orphan (same identity), leave/resume/set_role/disconnect are idempotent, and a
-        repeated end answers ``session_ended``.
+    async def call(self, session_id: str, method: str, *args: Any, deadline: float = 30.0) -> Any:
+        """Call a session's operation on its host, waiting out a host restart.
+
+        Every session operation is safe to repeat: a repeated join replaces its own orphan
+        (same identity), leave/resume/set_role/disconnect are idempotent, and a repeated end
+        answers ``session_ended``.
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
-        delay = 0.05
+        attempt = 0
         while True:
-            handle = await self._session(session_id)
+            host = await self._host(session_id)
             try:
-                return await cluster.call(handle, method, *args)
+                return await cluster.call(host, "call", session_id, method, args)
             except MediaserverError as e:
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 if e.code != "unavailable" or loop.time() + delay > end:
                     raise
-            self.forget(session_id)  # ask the Directory again: the actor may be new
+            self._host_of.pop(session_id, None)  # ask the Directory again: the session may have moved
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            attempt += 1
 
     async def media_stats(self) -> dict[str, dict]:
         """Counters of every running media worker, by index."""
@@ -84,12 +119,19 @@ class ControlPlane:
                 continue  # restarting: it shows again on the next scrape
         return out
 
-    async def tick(self) -> None:
-        if self._directory is not None:
-            await cluster.call(self._directory, "tick")
+    async def host_stats(self) -> list[dict]:
+        """What each running session host holds (restarting ones show again on the next look)."""
+        async def one(handle: Any) -> dict | None:
+            try:
+                return await cluster.call(handle, "ready")
+            except MediaserverError:
+                return None
+
+        found = await asyncio.gather(*(one(h) for h in self._handles.values()))
+        return [f for f in found if f is not None]
 
     def forget(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        self._host_of.pop(session_id, None)
 
 
 __all__ = ["ControlPlane", "MediaserverError", "actor_config"]

@@ -1,22 +1,80 @@
-"""MediaWorkerActor: one per core per node, owning one UDP port. A shell over ``WorkerService``."""
+"""MediaWorkerActor: one per core per node, owning one UDP port. A shell over ``WorkerService``.
+
+The media plane (aiortc, OpenSSL, the fast path) is imported only in the worker's own process:
+gateways and session hosts create and call workers through this class without loading it.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from mediaserver.media.service import WorkerService
 
-
-class MediaWorkerActor(WorkerService):
+class MediaWorkerActor:
     def __init__(self, cfg: dict, index: int):
+        from mediaserver.media.service import WorkerService
+
         port = cfg["media_port"] + index if cfg["media_port"] else 0
-        super().__init__(
+        self.service = WorkerService(
             bind_host=cfg["media_bind_host"],
             port=port,
             advertised_host=cfg["media_advertised_host"],
             allowed_networks=cfg["media_allowed_networks"],
             fastpath=cfg.get("media_fastpath", True),
         )
+
+    # One method per WorkerService call (Ray needs them on the class). Each makes sure the port is
+    # bound first: a restarted worker is called by whoever reaches it first.
+    async def start(self) -> dict:
+        return await self.service.start()
+
+    async def watch(self) -> None:
+        await self.service.start()
+        await self.service.watch()
+
+    async def create_transport(self, participant_id: str, role: str) -> dict:
+        await self.service.start()
+        return await self.service.create_transport(participant_id, role)
+
+    async def close_transport(self, transport_id: str) -> None:
+        await self.service.start()
+        await self.service.close_transport(transport_id)
+
+    async def close_participants(self, participant_ids: list[str]) -> int:
+        await self.service.start()
+        return await self.service.close_participants(participant_ids)
+
+    async def publish(self, transport_id: str, offer: str) -> dict:
+        await self.service.start()
+        return await self.service.publish(transport_id, offer)
+
+    async def subscribe_offer(self, transport_id: str, slots: list[dict]) -> str:
+        await self.service.start()
+        return await self.service.subscribe_offer(transport_id, slots)
+
+    async def subscribe_answer(self, transport_id: str, answer: str) -> None:
+        await self.service.start()
+        await self.service.subscribe_answer(transport_id, answer)
+
+    async def route(self, *args: Any) -> None:
+        await self.service.start()
+        await self.service.route(*args)
+
+    async def unroute(self, src: str, src_ssrc: int, dst: str) -> None:
+        await self.service.start()
+        await self.service.unroute(src, src_ssrc, dst)
+
+    async def quality(self, transport_ids: list[str]) -> dict[str, dict]:
+        await self.service.start()
+        return await self.service.quality(transport_ids)
+
+    async def transport_states(self, transport_ids: list[str]) -> dict[str, str]:
+        await self.service.start()
+        return await self.service.transport_states(transport_ids)
+
+    async def stats(self) -> dict:
+        await self.service.start()
+        return await self.service.stats()
 
     def pid(self) -> int:
         return os.getpid()

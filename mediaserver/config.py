@@ -43,11 +43,14 @@ class Settings(BaseSettings):
     grace_seconds: float = Field(420.0, gt=0)  # session/participant grace after leaving
     tick_seconds: float = Field(1.0, gt=0)  # how often lifecycle timers are checked
     quality_seconds: float = Field(10.0, gt=0)  # how often receivers' quality goes into their event logs
-    poll_seconds: float = Field(10.0, gt=0)  # long-poll timeout for a participant's event stream
-    stale_seconds: float = Field(30.0, gt=0)  # a participant whose gateway went silent this long is disconnected
+    # A participant's event stream is a long-poll that its gateway renews at least this often
+    # (each renewal also tells the session the gateway is alive)...
+    poll_seconds: float = Field(25.0, gt=0)
+    stale_seconds: float = Field(60.0, gt=0)  # ...and one whose gateway went silent this long is disconnected
     ping_seconds: float = Field(15.0, gt=0)  # WebSocket server pings
     join_timeout_seconds: float = Field(10.0, gt=0)  # time to send the first WebSocket message
     default_max_live_sessions: int = Field(10, ge=1)  # per team, unless the team says otherwise
+    session_hosts: int = Field(default_factory=lambda: default_session_hosts(), ge=1, le=64)  # per node
 
     # Media plane
     media_workers: int = Field(1, ge=1, le=64)  # per node; DESIGN.md says one per core
@@ -167,3 +170,10 @@ def reachable_address() -> str | None:
         if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
             return address
     return None
+
+
+def default_session_hosts() -> int:
+    """Session hosts per node: one per two cores, at least one. A host is one Python process
+    (about 60 MB) that holds thousands of sessions; more of them only buy CPU for the control
+    plane, which the media workers need more."""
+    return max(1, (os.cpu_count() or 1) // 2)

@@ -117,11 +117,12 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     boot = await bootstrap(store, settings)
     # Every gateway of a deployment must sign reconnect tokens alike, so the secret lives in the store.
     reconnect_secret = settings.secret_key or await store.server_value("reconnect_secret", new_secret)
-    ray_info = cluster.init(settings.ray_address, settings.ray_namespace)
+    ray_info = cluster.init(settings.ray_address, settings.ray_namespace, verbose=settings.log_level == "debug")
     (settings.data_dir / "ray_address").write_text(ray_info["gcs_address"])
     try:
-        control = ControlPlane(settings)
+        control = ControlPlane(settings, store)
         control.start()
+        await control.ready()  # hosts and media workers running before anyone is told the URL
         app = create_app(settings, store, control, reconnect_secret=reconnect_secret)
         config = uvicorn.Config(
             app,

@@ -146,7 +146,10 @@ class Participant:
         while True:
             msg = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
             if msg["type"] == "ping":
-                await self.send({"type": "pong"})
+                try:
+                    await self.send({"type": "pong"})
+                except websockets.ConnectionClosed:
+                    pass  # the server is closing: what it sent before the close can still be read
                 continue
             if msg["type"] == "event":
                 self.events.append(msg)

@@ -145,3 +145,29 @@ async def test_two_publishers_see_each_other(server):
         finally:
             await a.close()
             await b.close()
+
+
+async def test_end_session_is_acknowledged_while_media_flows(server):
+    """A moderator who publishes ends the session: the ack for end_session arrives before the
+    socket closes (4002), with a publisher and a subscriber connected, every time."""
+    import websockets
+
+    loopback_only_ice()
+    async with server.http() as http:
+        for attempt in range(3):
+            room = await make_room(http, name=f"ending with media {attempt}")
+            host = await join_media(server, http, room, "host", "moderator")
+            viewer = await join_media(server, http, room, "viewer", "subscriber")
+            try:
+                assert (await host.publish())["type"] == "answer"
+                await wait_for(lambda: viewer.got.video_frames >= 5, timeout=30)
+                reply = await host.command({"type": "end_session"}, timeout=15)
+                assert reply["type"] == "ack", reply
+                try:
+                    await asyncio.wait_for(host.ws.wait_closed(), 15)
+                except websockets.ConnectionClosed:
+                    pass
+                assert host.ws.close_code == 4002
+            finally:
+                await host.close()
+                await viewer.close()

@@ -155,9 +155,15 @@ async def test_meeting_page_explains_refusals(server, browser):
         full = await open_page(browser, f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], 'two')}&media=off", errors, "two")
         await full.get_by_role("button", name="Join now").click()
         await full.locator("#status", has_text="This session is full").wait_for()
+        # A bad or wrong-room link is refused before the pre-join screen: no camera is turned on.
         forged = await open_page(browser, f"{server.url}/join/{room['id']}?token=abc.def.ghi", errors, "forged")
-        await forged.get_by_role("button", name="Join now").click()
         await forged.locator("#status", has_text="not valid").wait_for()
+        other = await make_room(http, name="Elsewhere")
+        wrong = await open_page(browser, f"{server.url}/join/{other['id']}?token={await make_token(http, room['id'], 'w')}", errors, "wrong")
+        await wrong.locator("#status", has_text="for another room").wait_for()
+        for page in (forged, wrong):
+            assert not await page.locator("#prejoin").is_visible()
+            assert await page.evaluate("document.getElementById('preview').srcObject") is None
         none = await open_page(browser, f"{server.url}/join/{room['id']}", errors, "none")
         await none.locator("#status", has_text="no token").wait_for()
         invite = (await http.post(f"/v1/rooms/{room['id']}/invites", json={})).json()
@@ -166,8 +172,8 @@ async def test_meeting_page_explains_refusals(server, browser):
         await guest.get_by_label("Your name").fill("Gina")
         await guest.get_by_role("button", name="Join now").click()
         await guest.locator("#status", has_text="This session is full").wait_for()  # the invite works; the room is full
-    # Refusals come back as WebSocket errors the page shows; the browser logs no errors of its own.
-    assert [e for e in errors if "WebSocket" not in e] == [], errors
+    # Refusals come back as errors the page shows; the browser logs no errors of its own.
+    assert [e for e in errors if "WebSocket" not in e and "status of 40" not in e] == [], errors
 
 
 async def test_signed_in_member_and_event_start_from_the_page(server, browser):
@@ -220,3 +226,89 @@ async def test_signed_in_member_and_event_start_from_the_page(server, browser):
         await guest.get_by_role("button", name="Join now").click()
         await guest.locator("#status", has_text="Joined as Pat").wait_for()
     assert [e for e in errors if "WebSocket" not in e and "401" not in e and "409" not in e] == [], errors
+
+
+async def _devices_released(page) -> bool:
+    """Every camera and microphone track the page ever opened has ended."""
+    return await page.evaluate("window.__opened.length > 0 && window.__opened.every((t) => t.readyState === 'ended')")
+
+
+OPENED_TRACKS = """(() => {
+  window.__opened = [];
+  const get = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = async (c) => { const s = await get(c); window.__opened.push(...s.getTracks()); return s; };
+})()"""
+
+
+async def test_leaving_and_ending_release_devices_and_controls(server, browser):
+    """The pre-join screen shows the room's name and schedule; "Leave" and the end of the session
+    turn camera and microphone off and disable every control; "End session" asks first."""
+    errors: list[str] = []
+    async with server.http() as http:
+        room = await make_room(http, name="Weekly review", starts_at="2027-03-01T09:00:00Z", ends_at="2027-03-01T10:00:00Z")
+        pages = {}
+        for who, role in (("host", "moderator"), ("guest", "publisher"), ("leaver", "publisher")):
+            ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
+            page = await ctx.new_page()
+            await page.add_init_script(OPENED_TRACKS)
+            page.on("console", lambda m, who=who: errors.append(f"{who}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e, who=who: errors.append(f"{who}: {e}"))
+            await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], who, role)}")
+            pages[who] = page
+        host, guest, leaver = pages["host"], pages["guest"], pages["leaver"]
+        # Before joining: the room's name and schedule.
+        await host.locator("#room-name", has_text="Weekly review").wait_for()
+        assert "2027" in await host.locator("#room-schedule").inner_text()
+        for page in pages.values():
+            await page.get_by_role("button", name="Join now").click()
+            await page.locator("#status", has_text="Joined as").wait_for()
+            await page.get_by_role("button", name="Leave the stage").wait_for()  # publishing
+
+        await leaver.get_by_role("button", name="Leave the session").click()
+        await leaver.locator("#status", has_text="You left the session").wait_for()
+        await until(lambda: _devices_released(leaver), what="the leaver's camera and microphone released")
+        assert await leaver.evaluate("[...document.querySelectorAll('#meeting button')].every((b) => b.disabled)")
+
+        # "End session" asks first; cancelling leaves the session running.
+        await host.get_by_role("button", name="End the session for everyone").click()
+        dialog = host.get_by_role("dialog")
+        await dialog.wait_for()
+        await dialog.get_by_role("button", name="Cancel").click()
+        await asyncio.sleep(1)
+        assert (await http.get(f"/v1/sessions/{await host.evaluate('window.room.session.id')}")).json()["status"] == "live"
+        await host.get_by_role("button", name="End the session for everyone").click()
+        await host.get_by_role("dialog").get_by_role("button", name="End for everyone").click()
+        for page in (host, guest):
+            await page.locator("#status", has_text="The session has ended").wait_for()
+            await until(lambda page=page: _devices_released(page), what="camera and microphone released at the end")
+            assert await page.evaluate("[...document.querySelectorAll('#meeting button, #meeting input')].every((b) => b.disabled)")
+            assert await page.evaluate("document.querySelectorAll('.tile').length") == 0
+    assert [e for e in errors if "WebSocket" not in e] == [], errors
+
+
+async def test_the_page_says_so_when_media_cannot_connect(tmp_path, browser):
+    """A media address that nothing answers on (here: the server advertises 127.0.0.99, where it
+    does not listen): within seconds the page says media cannot connect and what to check."""
+    from tests.helpers import ServerProcess, create_key, server_env
+
+    env = server_env(tmp_path, media_advertised_host="127.0.0.99")
+    srv = ServerProcess(data_dir=tmp_path, env=env)
+    srv.key = create_key(env)
+    srv.start()
+    errors: list[str] = []
+    try:
+        async with srv.http() as http:
+            room = await make_room(http, name="Unreachable media")
+            page = await open_page(browser, f"{srv.url}/join/{room['id']}?token={await make_token(http, room['id'], 'u')}", errors, "u")
+            await page.get_by_role("button", name="Join now").click()
+            started = asyncio.get_running_loop().time()
+            await page.locator("#status", has_text="cannot connect to the media server").wait_for(timeout=20000)
+            assert asyncio.get_running_loop().time() - started < 15
+            text = await page.locator("#status").inner_text()
+            assert "127.0.0.99" in text and "UDP" in text and "firewall" in text
+            await page.get_by_role("tab", name="Chat").click()  # the rest of the meeting still works
+            await page.get_by_role("textbox", name="Message", exact=True).fill("can you hear me?")
+            await page.get_by_role("button", name="Send").click()
+            await page.locator("#chat", has_text="can you hear me?").wait_for()
+    finally:
+        assert srv.stop() == 0

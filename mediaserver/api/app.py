@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,21 +32,10 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secret: str) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ticker = asyncio.create_task(_tick_forever(control, settings.tick_seconds))
-        try:
-            yield
-        finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-
     app = FastAPI(
         title="mediaserver",
         version=__version__,
         description="Rooms, tokens, sessions and participants of a mediaserver deployment.",
-        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.store = store
@@ -120,15 +107,3 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
         return FileResponse(path)
 
     return app
-
-
-async def _tick_forever(control: Any, interval: float) -> None:
-    """Drive the sessions' timers (grace periods). Every gateway does it; a tick is idempotent."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await control.tick()
-        except MediaserverError as e:
-            log.debug("tick skipped: %s", e)
-        except Exception:
-            log.exception("tick failed")

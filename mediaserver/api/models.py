@@ -213,6 +213,8 @@ class Session(BaseModel):
     ending_at: datetime | None = Field(None, description="When an ending_soon session ends unless someone joins.")
     end_reason: str | None
     participant_count: int | None = None
+    host: str | None = Field(None, description="The session host (control-plane actor) that owns it.")
+    media_worker: int | None = Field(None, description="The media worker its media goes through.")
 
     @classmethod
     def from_row(cls, row: dict, *, grace: float) -> "Session":
@@ -227,6 +229,8 @@ class Session(BaseModel):
             ending_at=to_dt(ending),
             end_reason=row["end_reason"],
             participant_count=row.get("participant_count"),
+            host=row.get("host"),
+            media_worker=row.get("media_worker"),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 from urllib.parse import quote
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, Field
 from mediaserver import tokens
 from mediaserver.api.auth import Caller, api_key
 from mediaserver.api.docs import AUTH, BODY, INPUT, errors
+from mediaserver.api.grants import admit
 from mediaserver.api.people import room_calendar
 from mediaserver.api.models import (
     ChatMessage,
@@ -25,6 +27,7 @@ from mediaserver.api.models import (
     RoomCreate,
     RoomList,
     RoomUpdate,
+    Strict,
     Session,
     SessionDetail,
     SessionList,
@@ -33,7 +36,6 @@ from mediaserver.api.models import (
     to_dt,
     to_ts,
 )
-from mediaserver.control.media import worker_index
 from mediaserver.errors import MediaserverError
 
 router = APIRouter(prefix="/v1")
@@ -145,6 +147,37 @@ async def create_token(room_id: str, body: TokenRequest, request: Request, calle
         expires_at=to_dt(grant.expires_at),
         ws_url=base.replace("http", "ws", 1) + "/v1/ws",
         join_url=f"{base}/join/{quote(room_id)}?token={quote(token)}",
+    )
+
+
+class JoinInfoRequest(Strict):
+    token: str = Field(..., max_length=4096)
+    room_id: str = Field(..., max_length=64)
+
+
+class JoinInfo(BaseModel):
+    room: Room
+    identity: str
+    name: str
+    role: str
+    expires_at: datetime
+    session_status: str | None = Field(description="live or ending_soon while a session runs; null when none does")
+
+
+@router.post("/join-info", response_model=JoinInfo, tags=["tokens"],
+             responses=errors(BODY, "token_malformed", "token_expired", "token_not_yet_valid", "token_invalid_signature",
+                              "token_unknown_key", "token_wrong_room", "room_not_found"))
+async def join_info(body: JoinInfoRequest, request: Request) -> JoinInfo:
+    """What a join link is for, checked as the join will check it (signature, expiry, room), so a
+    page can show the room before turning a camera on, and refuse a bad link first. The token
+    is the credential: no API key."""
+    store = request.app.state.store
+    admission = await admit(store, body.token, body.room_id)
+    session = await store.unended_session(admission.room["id"])
+    grant = admission.grant
+    return JoinInfo(
+        room=Room.from_row(admission.room), identity=grant.identity, name=grant.name, role=grant.role,
+        expires_at=to_dt(grant.expires_at), session_status=session["status"] if session else None,
     )
 
 
@@ -276,7 +309,16 @@ class WorkerHealth(BaseModel):
     sessions: list[str] = Field(description="your team's unended sessions placed on this worker")
 
 
+class HostHealth(BaseModel):
+    name: str
+    units: int = Field(description="sessions held in memory (someone is connected, or a call is under way)")
+    asleep: int = Field(description="sessions in their grace period with nobody connected: kept only in the store")
+    participants: int = Field(description="participants of the sessions held in memory")
+    faults: int = Field(description="sessions rebuilt from the store after an unexpected failure")
+
+
 class ServerHealth(BaseModel):
+    hosts: list[HostHealth] = Field(description="the session hosts (all teams' sessions)")
     workers: list[WorkerHealth]
     live_sessions: int = Field(description="your team's live sessions (those counting against the limit)")
     ending_soon: int
@@ -300,9 +342,10 @@ async def server_health(request: Request, caller: Auth) -> ServerHealth:
             cpu_seconds=float(stats.get("cpu_seconds", 0.0)),
             counters={k: v for k, v in numeric.items() if not k.startswith("drop_") and k not in ("port", "transports", "cpu_seconds")},
             drops={k[5:]: v for k, v in numeric.items() if k.startswith("drop_") and v},
-            sessions=[s["id"] for s in unended if worker_index(s["id"], settings.media_workers) == i],
+            sessions=[s["id"] for s in unended if s.get("media_worker") == i],
         ))
     return ServerHealth(
+        hosts=[HostHealth(**h) for h in await request.app.state.control.host_stats()],
         workers=workers, live_sessions=sum(s["status"] == "live" for s in unended),
         ending_soon=sum(s["status"] == "ending_soon" for s in unended), max_live_sessions=limit,
     )

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from mediaserver import tokens
 from mediaserver.api import messages as m
+from mediaserver.api.grants import admit
 from mediaserver.api.models import Room
 from mediaserver.errors import MediaserverError
 
@@ -48,6 +49,9 @@ class Connection:
         self.leaving = False  # a leave command is being carried out
         self._send_lock = asyncio.Lock()
         self.metrics = state.metrics
+        self._handling = 0  # commands being carried out
+        self._idle = asyncio.Event()  # set while none is
+        self._idle.set()
 
     async def send(self, msg: m.ServerMessage) -> None:
         async with self._send_lock:
@@ -133,15 +137,8 @@ class Connection:
             log.info("disconnect of %s not recorded: %s", self.participant_id, e)
 
     async def join(self, msg: m.Join) -> None:
-        async def secret_for(kid: str) -> str | None:
-            key = await self.store.get_api_key(kid)
-            return key["secret"] if key else None
-
-        grant = await tokens.verify(msg.token, room_id=msg.room_id, secret_for=secret_for)
-        key = await self.store.get_api_key(grant.key_id)
-        room = await self.store.get_room(grant.room_id)
-        if room is None or key is None or room["team_id"] != key["team_id"]:
-            raise MediaserverError("room_not_found", f"no room {grant.room_id!r} for this token's API key")
+        admission = await admit(self.store, msg.token, msg.room_id)
+        grant, room = admission.grant, admission.room
         slot = await self.store.slot_for_room(room["id"]) if grant.role != "moderator" else None
         if slot is not None:
             # An event's session opens only when a speaker starts it: do not start one for a participant.
@@ -216,13 +213,28 @@ class Connection:
                 continue
             except WebSocketDisconnect:
                 return
+            self._handling += 1
+            self._idle.clear()
             try:
                 done = await self.handle(msg)
             except MediaserverError as e:
                 await self.send(m.Error(id=msg.id, code=e.code, message=e.message))
                 continue
+            finally:
+                self._handling -= 1
+                if not self._handling:
+                    self._idle.set()
             if done:
                 return
+
+    async def _close_ended(self) -> None:
+        """The session ended: answer the command that ended it (if it came from here) first, then close."""
+        self.finished = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), 10)
+        except asyncio.TimeoutError:
+            pass
+        await self.close(m.CLOSE_SESSION_ENDED, "session ended")
 
     async def handle(self, msg: Any) -> bool:
         """Run one command; True when the connection should close."""
@@ -335,8 +347,12 @@ class Connection:
             except MediaserverError as e:
                 session = await self.store.get_session(self.session_id)
                 if session and session["status"] == "ended":
-                    self.finished = True
-                    return await self.close(m.CLOSE_SESSION_ENDED, "session ended")
+                    # Its owner let it go: what was said since our last event comes from the record.
+                    missed = await self.store.session_events(self.session_id, after_seq=self.last_seq, broadcast_only=True)
+                    for ev in missed:
+                        if ev["visibility"] == "broadcast":
+                            await self._send_event(ev)
+                    return await self._close_ended()
                 log.warning("event stream of %s stopped: %s", self.participant_id, e)
                 await self.send(m.Error(code=e.code, message=e.message))
                 return await self.close(m.CLOSE_UNAVAILABLE, e.code)
@@ -349,21 +365,21 @@ class Connection:
                 else:
                     await self.send(m.ServerOffer(sdp=signal["sdp"]))
             for ev in res["events"]:
-                self.last_seq = max(self.last_seq, ev["seq"])
-                await self.send(
-                    m.SessionEvent(
-                        seq=ev["seq"], event=ev["type"], participant_id=ev["participant_id"], at=ev["at"], data=ev["data"]
-                    )
-                )
+                await self._send_event(ev)
                 if ev["type"] == "session_ended":
-                    self.finished = True
-                    return await self.close(m.CLOSE_SESSION_ENDED, "session ended")
+                    return await self._close_ended()
                 if ev["participant_id"] == self.participant_id:
                     if ev["type"] == "role_changed":
                         self.role = ev["data"]["role"]
                     elif ev["type"] == "left" and not self.leaving:
                         self.finished = True
                         return await self.close(m.CLOSE_REMOVED, ev["data"].get("reason", "removed"))
+
+    async def _send_event(self, ev: dict) -> None:
+        self.last_seq = max(self.last_seq, ev["seq"])
+        await self.send(
+            m.SessionEvent(seq=ev["seq"], event=ev["type"], participant_id=ev["participant_id"], at=ev["at"], data=ev["data"])
+        )
 
     async def ping_loop(self) -> None:
         while True:

@@ -75,6 +75,8 @@ class MeetingRules:
 
     async def _load_meeting(self) -> None:
         self.questions = {}
+        if self.session["last_seq"] == 0:
+            return  # a new session: no questions yet
         for q in await self.store.session_questions(self.session_id):
             q["voters"] = set(q["voters"])
             self.questions[q["id"]] = q
@@ -144,10 +146,10 @@ class MeetingRules:
     async def _admit_to_event(self, tx: Tx, identity: str, role: str, present: list[str]) -> None:
         """In the session of an event slot: only speakers until one starts it; then registered
         participants, and others only into spots nobody registered for (until capacity)."""
+        if self.event is None or role == "moderator":
+            return  # (a room belongs to an event's slot from its creation on, or never)
         slot = await self.store.slot_for_room(self.session["room_id"])
         if slot is None:
-            return
-        if role == "moderator":
             return
         if not tx.meeting().get("started"):
             raise MediaserverError(

@@ -62,21 +62,25 @@ class SessionCore(MeetingRules):
         self._init_meeting()
         self.restored: list[str] = []
         self.event: dict | None = None
+        self.loaded_at = 0.0  # when this owner loaded the session (its clock)
+        self.joining = 0  # joins under way: a session nobody has joined yet is not ended under them
 
-    async def ensure_loaded(self) -> None:
+    async def ensure_loaded(self, session: dict | None = None) -> None:
         async with self._load_lock:
             if not self.loaded:
-                await self.load()
+                await self.load(session)
 
     # Loading ----------------------------------------------------------------
 
-    async def load(self) -> None:
-        session = await self.store.get_session(self.session_id)
+    async def load(self, session: dict | None = None) -> None:
+        """Load the session (``session``: its row, when the caller has just read it)."""
+        session = session or await self.store.get_session(self.session_id)
         if session is None:
             raise MediaserverError("session_not_found", f"no session {self.session_id}")
         room = await self.store.get_room(session["room_id"])
-        parts = await self.store.list_participants(self.session_id)
-        recent = await self.store.session_events(
+        fresh = session["last_seq"] == 0  # nothing has happened in it yet: nothing else to read
+        parts = [] if fresh else await self.store.list_participants(self.session_id)
+        recent = [] if fresh else await self.store.session_events(
             self.session_id, after_seq=max(0, session["last_seq"] - RECENT_EVENTS), broadcast_only=True
         )
         now = self.clock()
@@ -92,6 +96,7 @@ class SessionCore(MeetingRules):
         # An event's session: participants come in once a speaker has started it.
         self.event = None if slot is None else {"slot_id": slot["id"], "starts_at": slot["starts_at"], "spots": slot["spots"]}
         await self._load_meeting()
+        self.loaded_at = now
         self.loaded = True
 
     # Views ------------------------------------------------------------------
@@ -114,6 +119,13 @@ class SessionCore(MeetingRules):
     # Operations ---------------------------------------------------------------
 
     async def join(self, *, identity: str, name: str, role: str) -> dict:
+        self.joining += 1
+        try:
+            return await self._join(identity, name, role)
+        finally:
+            self.joining -= 1
+
+    async def _join(self, identity: str, name: str, role: str) -> dict:
         async with self._lock:
             self.require_live()
             tx = _Tx(self, self.clock())
@@ -245,13 +257,37 @@ class SessionCore(MeetingRules):
                     self._leave(tx, pid, "grace_timeout")
             self._update_emptiness(tx)
             empty_since = tx.session.get("empty_since", self.session.get("empty_since"))
-            never_joined = not self.participants and self.last_seq == 0
             if empty_since is not None and tx.now - empty_since >= self.grace:
                 self._end(tx, "grace_timeout", None)
-            elif never_joined and tx.now - self.session["started_at"] >= self.grace:
-                self._end(tx, "grace_timeout", None)  # opened, but the first join never came
+            elif self._first_join_never_came(tx.now):
+                self._end(tx, "grace_timeout", None)
             if tx.change.events or tx.session:
                 await self._commit(tx)
+
+    def next_timer(self) -> float:
+        """The earliest time (by ``clock``) at which ``tick`` may change something: a connection
+        going stale, a grace period running out, a session nobody joined ending."""
+        if self.ended:
+            return float("inf")
+        due = float("inf")
+        for pid, p in self.participants.items():
+            if p["state"] == "connected":
+                due = min(due, self.last_seen.get(pid, 0.0) + self.stale)
+            elif p["state"] == "disconnected" and p.get("disconnected_at") is not None:
+                due = min(due, p["disconnected_at"] + self.grace)
+        empty_since = self.session.get("empty_since")
+        if empty_since is not None:
+            due = min(due, empty_since + self.grace)
+        if not self.participants and self.last_seq == 0:
+            due = min(due, max(self.session.get("started_at", 0.0), self.loaded_at) + self.grace)
+        return due
+
+    def _first_join_never_came(self, now: float) -> bool:
+        """Opened, but nobody ever joined (say, its first join failed on the way): it ends a
+        grace period after this owner took it on, and never while a join is under way. The
+        grace clock of a session otherwise starts only when its last participant leaves."""
+        never_joined = not self.participants and self.last_seq == 0
+        return never_joined and not self.joining and now - max(self.session["started_at"], self.loaded_at) >= self.grace
 
     def touch(self, participant_id: str) -> None:
         if participant_id in self.participants:

@@ -5,6 +5,7 @@ The Ray actor in ``actors/media.py`` is a shell over this class; tests use it di
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import resource
 from typing import Iterable
@@ -32,6 +33,11 @@ class WorkerService:
             await self.worker.start()
             self.started = True
         return {"port": self.worker.port, "host": self.worker.advertised_host, "incarnation": self.incarnation}
+
+    async def watch(self) -> None:
+        """Never returns: owners keep this call open, and its failure tells them at once that the
+        worker (and every transport on it) is gone."""
+        await asyncio.Event().wait()
 
     async def create_transport(self, participant_id: str, role: str) -> dict:
         t = self.worker.create_transport(participant_id, role)

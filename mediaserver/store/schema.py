@@ -78,7 +78,12 @@ sessions = Table(
     # Meeting state that is not per participant: breakout rooms ({"rooms": [{id, name}], "open": bool,
     # "plan": {participant: room}}).
     Column("meeting", JSON, nullable=False, server_default=text("'{}'")),
+    # Where the session lives: the session host (actor) that owns it and the media worker its
+    # media goes through, chosen when it opens so any gateway or restarted host finds the same.
+    Column("host", String(80), nullable=True),
+    Column("media_worker", Integer, nullable=True),
     Index("ix_sessions_team_status", "team_id", "status"),
+    Index("ix_sessions_host_status", "host", "status"),
     Index("ix_sessions_room", "room_id", "started_at"),
     # At most one session per room is not ended: the invariant the Directory relies on.
     Index(

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -22,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id, new_secret
 from mediaserver.store.event_store import EventStore
+from mediaserver.store.inloop import InLoopEngine
 from mediaserver.store.locking import lock_row
 from mediaserver.store.people_store import PeopleStore
 from mediaserver.store.schema import (
@@ -71,21 +70,22 @@ class Store(EventStore, PeopleStore):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
+        self.engine: AsyncEngine | InLoopEngine
         if self.is_sqlite:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # Several processes (gateway, actors) share the file: wait for locks rather than fail.
+            # Several processes (gateway, hosts) share the file: wait for locks rather than fail.
             kwargs["connect_args"] = {"timeout": 30}
+            self.engine = InLoopEngine(sa.create_engine(url.replace("+aiosqlite", "", 1), **kwargs))
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         else:
             kwargs["pool_size"] = 5
             kwargs["pool_pre_ping"] = True
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+            self.engine = create_async_engine(url, **kwargs)
         # Write transactions go through this engine: on SQLite they start with BEGIN IMMEDIATE.
-        self._writer: AsyncEngine = self.engine.execution_options(**{WRITE_OPTION: True})
+        self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
 
     def write(self) -> Any:
         """A write transaction. A rule checked by reading before writing holds under concurrency
@@ -101,6 +101,9 @@ class Store(EventStore, PeopleStore):
 
     async def migrate(self) -> None:
         """Bring the database to the newest Alembic revision."""
+
+        from alembic import command  # only here: session hosts never migrate, and need not load it
+        from alembic.config import Config
 
         def upgrade(conn: sa.Connection) -> None:
             cfg = Config()
@@ -231,8 +234,11 @@ class Store(EventStore, PeopleStore):
 
     # Sessions ----------------------------------------------------------------
 
-    async def open_session(self, room: dict, now: float, *, default_limit: int | None = None) -> tuple[dict, bool]:
-        """The room's unended session, or a new one. Returns (session, created).
+    async def open_session(
+        self, room: dict, now: float, *, default_limit: int | None = None, placement: dict | None = None
+    ) -> tuple[dict, bool]:
+        """The room's unended session, or a new one placed as ``placement`` says (``host``,
+        ``media_worker``). Returns (session, created).
 
         With ``default_limit`` the team's limit on live sessions (its own, else this default)
         is checked in the same write transaction, with the team's row locked: a new session,
@@ -259,6 +265,9 @@ class Store(EventStore, PeopleStore):
                     "ended_at": None,
                     "end_reason": None,
                     "last_seq": 0,
+                    "host": None,
+                    "media_worker": None,
+                    **(placement or {}),
                 }
                 await conn.execute(sessions.insert().values(**session))
                 return session, True
@@ -304,6 +313,40 @@ class Store(EventStore, PeopleStore):
             q = q.where(sessions.c.id != exclude_session_id)
         async with self.engine.connect() as conn:
             return int((await conn.execute(q)).scalar_one())
+
+    async def place_session(self, session_id: str, *, host: str, media_worker: int | None, only_if_host: str | None) -> dict | None:
+        """Move an unended session to ``host`` (and ``media_worker``) if it is still where the
+        caller saw it (``only_if_host``; None: not placed yet), so concurrent movers agree on one
+        place. Returns the session as it stands."""
+        async with self.write() as conn:
+            cond = sessions.c.host.is_(None) if only_if_host is None else sessions.c.host == only_if_host
+            await conn.execute(
+                sessions.update().where(sessions.c.id == session_id, sessions.c.status != "ended", cond)
+                .values(host=host, media_worker=media_worker)
+            )
+            row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def host_sessions(self, host: str) -> list[dict]:
+        """The unended sessions placed on a host: id, status, empty_since, how many participants
+        are connected and when the earliest disconnected one dropped (for its timers)."""
+        connected = sa.func.sum(sa.case((participants.c.state == "connected", 1), else_=0))
+        dropped = sa.func.min(sa.case((participants.c.state == "disconnected", participants.c.disconnected_at), else_=None))
+        q = (
+            sa.select(sessions.c.id, sessions.c.status, sessions.c.empty_since, sessions.c.started_at, sessions.c.last_seq,
+                      sa.func.coalesce(connected, 0).label("connected"), dropped.label("first_disconnected_at"))
+            .select_from(sessions.outerjoin(participants, participants.c.session_id == sessions.c.id))
+            .where(sessions.c.host == host, sessions.c.status != "ended")
+            .group_by(sessions.c.id, sessions.c.status, sessions.c.empty_since, sessions.c.started_at, sessions.c.last_seq)
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def host_loads(self) -> dict[str, int]:
+        """Unended sessions per host."""
+        q = sa.select(sessions.c.host, sa.func.count()).where(sessions.c.status != "ended").group_by(sessions.c.host)
+        async with self.engine.connect() as conn:
+            return {host: n for host, n in await conn.execute(q) if host is not None}
 
     async def unended_session_ids(self) -> list[str]:
         async with self.engine.connect() as conn:

@@ -60,9 +60,14 @@ export class Room extends EventTarget {
       ws.onopen = () => ws.send(JSON.stringify(first));
       ws.onerror = () => { if (!joined) reject(new MediaserverError("unavailable", "cannot reach the server")); };
       ws.onclose = (e) => {
+        // Whatever was asked on this socket will never be answered now.
+        this._failPending(new MediaserverError("closed", e.reason || "the connection closed before the server answered"));
         if (!joined) return reject(new MediaserverError("closed", e.reason || "connection closed"));
         // 1000 left, 4001 refused, 4002 session ended, 4003 removed or replaced: nothing to come back to.
-        if (this._closing || [1000, 4001, 4002, 4003].includes(e.code)) return this._emit("closed", { code: e.code, reason: e.reason });
+        if (this._closing || [1000, 4001, 4002, 4003].includes(e.code)) {
+          this.close(); // devices off, peer connections closed
+          return this._emit("closed", { code: e.code, reason: e.reason });
+        }
         this._reconnect();
       };
       ws.onmessage = (e) => {
@@ -117,10 +122,11 @@ export class Room extends EventTarget {
       if (msg.type === "error") reject(new MediaserverError(msg.code, msg.message)); else resolve(msg);
       return;
     }
+    const failed = (err) => { if (!this._closing) this._emit("error", err); }; // (after close(): expected, not news)
     if (msg.type === "offer" && msg.pc === "subscribe") {
-      this._signals = this._signals.then(() => this._answer(msg.sdp)).catch((err) => this._emit("error", err));
+      this._signals = this._signals.then(() => this._answer(msg.sdp)).catch(failed);
     } else if (msg.type === "media_reset") {
-      this._signals = this._signals.then(() => this._resetMedia()).catch((err) => this._emit("error", err));
+      this._signals = this._signals.then(() => this._resetMedia()).catch(failed);
     } else if (msg.type === "ping") {
       this.ws.send(JSON.stringify({ type: "pong" }));
     } else if (msg.type === "event") {
@@ -163,6 +169,31 @@ export class Room extends EventTarget {
     this._emit(msg.event, msg);
   }
 
+  _failPending(err) {
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    pending.forEach(({ reject }) => reject(err));
+  }
+
+  // A peer connection that has not connected 10 s after its negotiation (or has failed) cannot
+  // reach the server's media port: "media_failed" tells the page, with the address it tried.
+  _watchConnection(pc, which) {
+    if (pc._watched) return;
+    pc._watched = true;
+    const report = () => {
+      if (pc._reported || this._closing) return;
+      pc._reported = true;
+      const sdp = (pc.remoteDescription && pc.remoteDescription.sdp) || "";
+      const cand = sdp.match(/a=candidate:\S+ \d+ udp \d+ (\S+) (\d+)/i);
+      this._emit("media_failed", { pc: which, state: pc.connectionState, address: cand ? `${cand[1]}:${cand[2]}` : null });
+    };
+    const timer = setTimeout(() => { if (pc.connectionState !== "connected") report(); }, 10000);
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "connected") clearTimeout(timer);
+      else if (pc.connectionState === "failed") { clearTimeout(timer); report(); }
+    });
+  }
+
   request(msg) {
     const id = `r${++this._n}`;
     return new Promise((resolve, reject) => {
@@ -187,6 +218,7 @@ export class Room extends EventTarget {
     await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
     const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp });
     await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    this._watchConnection(this.publishPc, "publish");
   }
 
   // Share the screen as one more video track of our publication (renegotiated on the publish
@@ -233,6 +265,7 @@ export class Room extends EventTarget {
     await this.subscribePc.setRemoteDescription({ type: "offer", sdp });
     await this.subscribePc.setLocalDescription(await this.subscribePc.createAnswer());
     await this.request({ type: "answer", pc: "subscribe", sdp: this.subscribePc.localDescription.sdp });
+    this._watchConnection(this.subscribePc, "subscribe");
   }
 
   _stopPublishing() {
@@ -306,9 +339,13 @@ export class Room extends EventTarget {
     try { await this.request({ type: "leave" }); } finally { this.close(); }
   }
 
+  // Close the socket and both peer connections, and release what we published (camera,
+  // microphone, screen): nothing keeps a device on after leaving.
   close() {
     this._closing = true;
-    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
+    this._stopPublishing();
+    if (this.subscribePc) this.subscribePc.close();
+    this.subscribePc = null;
     if (this.ws && this.ws.readyState <= 1) this.ws.close();
   }
 

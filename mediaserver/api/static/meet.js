@@ -12,6 +12,7 @@ let token = params.get("token");
 const mediaOff = params.get("media") === "off";
 let room = null;
 let preview = null; // the camera/microphone stream shown before joining (and published after)
+let over = false; // left, ended or removed: nothing on the page reaches the session any more
 
 const MESSAGES = {
   room_full: "This session is full: no more participants can join.",
@@ -39,10 +40,6 @@ const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "medium", ti
 function status(text, level = "") {
   $("status").textContent = text;
   $("status").className = level;
-}
-
-function tokenClaims(t) {
-  try { return JSON.parse(atob(t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))); } catch { return {}; }
 }
 
 function showRoomInfo(info) {
@@ -115,9 +112,10 @@ async function init() {
       return prejoin("", false, true);
     }
     if (!token) return signIn();
-    const claims = tokenClaims(token);
-    if (claims.exp && claims.exp * 1000 < Date.now()) return status(MESSAGES.token_expired, "error");
-    await prejoin(claims.name || claims.sub || "", true, claims.role !== "subscriber");
+    // The link is checked before the camera goes on: a bad or expired one is refused right here.
+    const info = await postJson("/v1/join-info", { token, room_id: roomId });
+    showRoomInfo(info.room);
+    await prejoin(info.name || info.identity, true, info.role !== "subscriber");
   } catch (err) {
     status(explain(err), "error");
   }
@@ -237,7 +235,7 @@ const isSpeaker = () => room && room.me && room.me.role === "moderator";
 const publishing = () => room && room.publishPc && preview;
 
 function render() {
-  if (!room || !room.me) return;
+  if (!room || !room.me || over) return;
   const me = room.participants.get(room.me.id) || room.me;
   $("mic").hidden = $("cam").hidden = $("leave-stage").hidden = $("screen").hidden = !publishing();
   $("screen").textContent = room.sharingScreen ? "Stop sharing" : "Share screen";
@@ -361,7 +359,7 @@ function renderRooms() {
 
 // Live figures: connection quality per participant and who is speaking.
 async function poll() {
-  if (!room || !room.subscribePc) return;
+  if (!room || !room.subscribePc || over) return;
   const quality = await room.quality();
   for (const [pid, q] of Object.entries(quality)) {
     const el = $(`tile-${pid}`)?.querySelector(".quality");
@@ -373,6 +371,22 @@ async function poll() {
     if (s.type === "inbound-rtp" && s.kind === "audio" && (s.audioLevel || 0) > level) { level = s.audioLevel; loudest = (s.trackIdentifier || "").split("/")[0]; }
   });
   for (const el of document.querySelectorAll(".tile")) el.classList.toggle("speaking", el.id === `tile-${loudest}`);
+}
+
+// Leaving ------------------------------------------------------------------------------------
+
+// The meeting is over for this page (left, ended, removed): camera, microphone and screen are
+// released, tiles go, and every control is disabled (nothing here can reach the session now).
+// When the session ends the server closes the socket itself, after answering what was asked.
+function finish(text, level = "", { close = true } = {}) {
+  over = true;
+  if (room && close) room.close();
+  if (preview) preview.getTracks().forEach((t) => t.stop());
+  preview = null;
+  for (const el of [...document.querySelectorAll(".tile")]) el.remove();
+  $("meeting").querySelectorAll("button, input, select").forEach((el) => { el.disabled = true; });
+  $("meeting").classList.add("over");
+  status(text, level);
 }
 
 // Wiring -------------------------------------------------------------------------------------
@@ -395,8 +409,7 @@ function wire(r) {
   r.addEventListener("event", async ({ detail: msg }) => {
     const me = r.me && msg.participant_id === r.me.id;
     if (msg.event === "session_ended") {
-      status("The session has ended. Thank you for joining.");
-      $("controls").querySelectorAll("button").forEach((b) => (b.disabled = true));
+      finish("The session has ended. Thank you for joining.", "", { close: false });
     } else if (me && msg.event === "stage_approved") {
       status("A speaker approved your request: you are on screen.");
       if (!mediaOff) await goOnStage();
@@ -419,23 +432,36 @@ function wire(r) {
   r.addEventListener("breakouts", render);
   r.addEventListener("unpublished", () => { preview = null; render(); });
   r.addEventListener("closed", ({ detail }) => {
-    $("leave").disabled = true;
-    if (detail.code === 4003) status(detail.reason === "removed" ? "A speaker removed you from the session." : "You joined from somewhere else.", "warn");
-    else if (detail.code === 4002) status("The session has ended. Thank you for joining.");
-    else if (detail.code === 4000) status("The connection could not be restored. Reload the page to join again.", "error");
+    if (detail.code === 4003) finish(detail.reason === "removed" ? "A speaker removed you from the session." : "You joined from somewhere else.", "warn");
+    else if (detail.code === 4002) finish("The session has ended. Thank you for joining.");
+    else if (detail.code === 4000) finish("The connection could not be restored. Reload the page to join again.", "error");
+    else finish("You left the session.");
+  });
+  r.addEventListener("media_failed", ({ detail }) => {
+    const where = detail.address ? ` at ${detail.address} (UDP)` : "";
+    status(`Audio and video cannot connect to the media server${where}. Check that your network (firewall, VPN or ` +
+      "proxy) lets UDP through to it; if others can't connect either, the server's media address may be set wrong " +
+      "(media_advertised_host). Chat and Q&A still work.", "error");
   });
   r.addEventListener("reconnecting", () => status("Connection lost – reconnecting…", "warn"));
   r.addEventListener("reconnected", () => { status("Reconnected."); render(); });
   r.addEventListener("media_reset", () => {
     for (const el of [...document.querySelectorAll(".tile")]) if (el.id !== `tile-${r.me.id}`) el.remove();
   });
-  r.addEventListener("error", ({ detail: err }) => status(explain(err), "warn"));
+  r.addEventListener("error", ({ detail: err }) => { if (!over) status(explain(err), "warn"); });
 }
 
 // Never a real form submission (it would reload the page without its token).
 $("prejoin-form").onsubmit = (e) => { e.preventDefault(); if (!$("join").disabled) join(); };
-$("leave").onclick = async () => { await room.leave(); status("You left the session."); };
-$("end").onclick = () => room.endSession().catch((err) => status(explain(err), "warn"));
+$("leave").onclick = async () => {
+  try { await room.leave(); } catch { /* the socket may already be gone: leaving anyway */ }
+  finish("You left the session.");
+};
+// Ending is for everyone at once: ask first.
+$("end").onclick = () => $("confirm-end").showModal();
+$("confirm-end").addEventListener("close", () => {
+  if ($("confirm-end").returnValue === "end") room.endSession().catch((err) => status(explain(err), "warn"));
+});
 $("start-session").onclick = () => room.startSession().then(() => { status("The session has started: participants can join now."); render(); })
   .catch((err) => status(explain(err), "warn"));
 $("request-stage").onclick = () => room.requestStage().then(() => status("Your request to enable mic & camera is waiting for a speaker.")).catch((err) => status(explain(err), "warn")).finally(render);

@@ -1,0 +1,351 @@
+"""Benchmark 4: what a live session costs the control plane.
+
+Starts ``mediaserver serve`` (local Ray, SQLite) and drives it over plain WebSocket joins, no
+media, the way benchmark clients would:
+
+- idle memory of the whole server (every process it started: gateway, Ray, actors);
+- cold joins: new sessions one at a time, then 100 started together (one join each, all sent
+  at once), p50/p99 from sending ``join`` to receiving ``joined``, and the server's CPU per join;
+- warm joins: a second participant into live sessions, one after another;
+- memory per 1,000 live sessions (one connected participant each);
+- memory per 100 open breakout rooms (sessions with 10 open rooms each).
+
+Memory is the sum over the server's process tree: RSS, and PSS (shared pages split between the
+processes that map them, the fairer figure). Run inside ``unshare -n`` (``make bench`` does):
+
+    python -m loadtest.bench_sessions [--sessions 2000] [--breakout-sessions 50] [--cold 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+from mediaserver import tokens
+
+BIN = Path(sys.executable).parent / "mediaserver"
+
+
+def tree(root: int) -> list[int]:
+    """The process and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def memory(root: int) -> dict:
+    """RSS and PSS in MB over the process tree, the number of processes, and PSS by process."""
+    rss = pss = 0
+    pids = tree(root)
+    by: dict[str, float] = {}
+    for pid in pids:
+        try:
+            own = 0
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    own = int(line.split()[1])
+                    pss += own
+            name = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0].rsplit("/", 1)[-1].split(".")[0][:24]
+            by[name] = round(by.get(name, 0) + own / 1024, 1)
+        except OSError:
+            continue
+    return {"rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1), "processes": len(pids), "pss_mb_by_process": by}
+
+
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of the process tree so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def cpu_by_process(root: int) -> dict[str, float]:
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            name = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0].rsplit("/", 1)[-1][:30]
+        except OSError:
+            continue
+        out[f"{name}[{pid}]"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class Server:
+    def __init__(self, data_dir: Path, env: dict):
+        self.data_dir = data_dir
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.data_dir / "serve.log", "w")
+        self.proc = subprocess.Popen([str(BIN), "serve", "--port", "0"], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env}, cwd=self.data_dir)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            text = (self.data_dir / "serve.log").read_text()
+            m = re.search(r"URL:\s+(\S+)\n\s+API key:\s+(\S+)\n\s+API secret:\s+(\S+)", text)
+            if m:
+                self.url, self.key, self.secret = m.groups()
+                return
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited:\n{text[-3000:]}")
+            time.sleep(0.2)
+        raise SystemExit("server not ready")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Client:
+    """One participant's WebSocket, kept open and read (so the server never waits on it)."""
+
+    def __init__(self, ws_url: str):
+        self.ws_url = ws_url
+        self.ws = None
+        self.reader: asyncio.Task | None = None
+        self.joined: dict = {}
+
+    async def join(self, token: str, room_id: str) -> float:
+        self.ws = await websockets.connect(self.ws_url, max_queue=None, open_timeout=120, ping_interval=None)
+        t0 = time.perf_counter()
+        await self.ws.send(json.dumps({"type": "join", "token": token, "room_id": room_id}))
+        while True:
+            msg = json.loads(await asyncio.wait_for(self.ws.recv(), 300))
+            if msg["type"] == "joined":
+                break
+            if msg["type"] == "error":
+                raise RuntimeError(msg)
+        took = time.perf_counter() - t0
+        self.joined = msg
+        self.reader = asyncio.create_task(self._drain())
+        return took
+
+    async def _drain(self) -> None:
+        try:
+            async for raw in self.ws:
+                msg = json.loads(raw)
+                if msg.get("type") == "ping":
+                    await self.ws.send('{"type": "pong"}')
+        except websockets.ConnectionClosed:
+            pass
+
+    async def command(self, msg: dict) -> None:
+        await self.ws.send(json.dumps(msg))
+
+    async def close(self) -> None:
+        if self.reader:
+            self.reader.cancel()
+        if self.ws:
+            await self.ws.close()
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def make_rooms(http: httpx.AsyncClient, n: int, prefix: str) -> list[str]:
+    sem = asyncio.Semaphore(16)
+
+    async def one(i: int) -> str:
+        async with sem:
+            r = await http.post("/v1/rooms", json={"name": f"{prefix} {i}"})
+            r.raise_for_status()
+            return r.json()["id"]
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def run(args: argparse.Namespace) -> dict:
+    data = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
+    env = {
+        "MEDIASERVER_DATA_DIR": str(data), "MEDIASERVER_MEDIA_PORT": "0", "MEDIASERVER_LOG_LEVEL": "warning",
+        "MEDIASERVER_DEFAULT_MAX_LIVE_SESSIONS": "1000000", "MEDIASERVER_GRACE_SECONDS": "3600",
+        "MEDIASERVER_MEDIA_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+    }
+    server = Server(data, env)
+    server.start()
+    out: dict = {}
+    clients: list[Client] = []
+    ws_url = server.url.replace("http", "ws", 1) + "/v1/ws"
+
+    def token(room: str, identity: str, role: str = "publisher") -> str:
+        return tokens.mint(key_id=server.key, secret=server.secret, room_id=room, identity=identity, role=role,
+                           ttl=7200, max_ttl=30 * 86400)[0]
+
+    async def joins(rooms: list[str], identity: str, role: str = "publisher", at_once: bool = True) -> list[float]:
+        cs = [Client(ws_url) for _ in rooms]
+        clients.extend(cs)
+        if at_once:
+            return list(await asyncio.gather(*(c.join(token(r, identity, role), r) for c, r in zip(cs, rooms))))
+        return [await c.join(token(r, identity, role), r) for c, r in zip(cs, rooms)]
+
+    try:
+        async with httpx.AsyncClient(base_url=server.url, auth=(server.key, server.secret), timeout=120) as http:
+            await asyncio.sleep(args.settle)
+            out["idle"] = memory(server.proc.pid)
+            print(f"idle: {out['idle']}", flush=True)
+
+            alone_rooms = await make_rooms(http, args.warm, "alone")
+            alone = await joins(alone_rooms, "first", at_once=False)
+            out["cold_join_one_at_a_time_ms"] = {"n": len(alone), "p50": round(pct(alone, 50) * 1000, 1), "p99": round(pct(alone, 99) * 1000, 1)}
+            print(f"cold joins (new sessions, one at a time): {out['cold_join_one_at_a_time_ms']}", flush=True)
+            cold_rooms = await make_rooms(http, args.cold, "cold")
+            cpu_before = cpu_seconds(server.proc.pid)
+            cold = await joins(cold_rooms, "first")
+            cpu_used = cpu_seconds(server.proc.pid) - cpu_before
+            out["cold_join_ms"] = {
+                "n": len(cold), "p50": round(pct(cold, 50) * 1000, 1), "p99": round(pct(cold, 99) * 1000, 1),
+                "server_cpu_ms_per_join": round(cpu_used / len(cold) * 1000, 2),
+            }
+            print(f"cold joins ({args.cold} new sessions at once): {out['cold_join_ms']}", flush=True)
+            warm = await joins(cold_rooms[: args.warm], "second", at_once=False)
+            out["warm_join_ms"] = {"n": len(warm), "p50": round(pct(warm, 50) * 1000, 1), "p99": round(pct(warm, 99) * 1000, 1)}
+            print(f"warm joins (into live sessions, one by one): {out['warm_join_ms']}", flush=True)
+
+            await asyncio.sleep(args.settle)
+            before = memory(server.proc.pid)
+            rest = max(args.sessions - args.cold, 0)
+            rooms = await make_rooms(http, rest, "live")
+            t0 = time.perf_counter()
+            for i in range(0, len(rooms), args.batch):
+                await joins(rooms[i:i + args.batch], "only")
+            took = time.perf_counter() - t0
+            await asyncio.sleep(args.settle)
+            after = memory(server.proc.pid)
+            c0, t0 = cpu_seconds(server.proc.pid), time.perf_counter()
+            per0 = cpu_by_process(server.proc.pid)
+            await asyncio.sleep(10)
+            busy = (cpu_seconds(server.proc.pid) - c0) / (time.perf_counter() - t0)
+            per1 = cpu_by_process(server.proc.pid)
+            out["idle_cpu_by_process"] = {name: round((per1[name] - per0.get(name, 0)) / 10 * 100, 1) for name in per1 if per1[name] - per0.get(name, 0) > 0.05}
+            print("while nothing happens, % of a core:", out["idle_cpu_by_process"], flush=True)
+            live = args.cold + rest
+            added = after["pss_mb"] - before["pss_mb"]
+            out["live"] = {
+                "sessions": live, "memory": after, "joins_per_s": round(rest / took, 1) if took else None,
+                "pss_mb_per_1000_sessions": round(added / max(rest, 1) * 1000, 1),
+                "rss_mb_per_1000_sessions": round((after["rss_mb"] - before["rss_mb"]) / max(rest, 1) * 1000, 1),
+                "above_idle_pss_mb": round(after["pss_mb"] - out["idle"]["pss_mb"], 1),
+                "server_cpu_percent_while_nothing_happens": round(busy * 100, 1),
+            }
+            print(f"live sessions: {out['live']}", flush=True)
+
+            # Everyone in the filled sessions drops off: those sessions sleep through their grace
+            # period (rows in the store only), and wake when someone comes back.
+            filled = clients[len(clients) - rest:]
+            for c in filled:
+                c.ws.transport.abort()  # a lost connection, not a goodbye
+            await asyncio.sleep(args.settle + 3)
+            asleep = memory(server.proc.pid)
+            hosts = (await http.get("/v1/server")).json()["hosts"]
+            back = [Client(ws_url) for _ in range(min(args.warm, rest))]
+            clients.extend(back)
+            rejoin = [await c.join(token(r, "only"), r) for c, r in zip(back, rooms)]
+            out["asleep"] = {
+                "sessions": rest, "memory": asleep, "hosts": hosts,
+                "pss_mb_freed": round(after["pss_mb"] - asleep["pss_mb"], 1),
+                "rejoin_ms": {"n": len(rejoin), "p50": round(pct(rejoin, 50) * 1000, 1), "p99": round(pct(rejoin, 99) * 1000, 1)},
+            }
+            print(f"sessions in their grace period: {out['asleep']}", flush=True)
+
+            if args.breakout_sessions:
+                brooms = await make_rooms(http, args.breakout_sessions, "breakouts")
+                hosts = [Client(ws_url) for _ in brooms]
+                clients.extend(hosts)
+                for i in range(0, len(brooms), args.batch):
+                    await asyncio.gather(*(h.join(token(r, "host", "moderator"), r) for h, r in zip(hosts[i:i + args.batch], brooms[i:i + args.batch])))
+                await asyncio.sleep(args.settle)
+                before = memory(server.proc.pid)
+                for h in hosts:
+                    await h.command({"type": "breakout_create", "names": [f"Room {j}" for j in range(10)]})
+                    await h.command({"type": "breakout_open"})
+                # Wait until every room is open (its session says so).
+                deadline = time.time() + 600
+                while time.time() < deadline:
+                    r = await http.get("/v1/sessions", params={"q": "breakouts", "limit": 200})
+                    open_ = 0
+                    for s in r.json()["sessions"]:
+                        d = (await http.get(f"/v1/sessions/{s['id']}")).json()
+                        open_ += bool(d["breakouts"].get("open"))
+                    if open_ >= len(brooms):
+                        break
+                    await asyncio.sleep(1)
+                await asyncio.sleep(args.settle)
+                after = memory(server.proc.pid)
+                rooms_open = 10 * len(brooms)
+                out["breakouts"] = {
+                    "rooms_open": rooms_open, "memory": after,
+                    "pss_mb_per_100_rooms": round((after["pss_mb"] - before["pss_mb"]) / rooms_open * 100, 1),
+                    "rss_mb_per_100_rooms": round((after["rss_mb"] - before["rss_mb"]) / rooms_open * 100, 1),
+                }
+                print(f"breakout rooms: {out['breakouts']}", flush=True)
+    finally:
+        for c in clients:
+            try:
+                await c.close()
+            except Exception:
+                pass
+        server.stop()
+    return out
+
+
+def main() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=2000, help="live sessions in all (one participant each)")
+    p.add_argument("--cold", type=int, default=100, help="new sessions started together for the cold-join figure")
+    p.add_argument("--warm", type=int, default=50, help="joins into live sessions")
+    p.add_argument("--breakout-sessions", type=int, default=50, help="sessions that open 10 breakout rooms each")
+    p.add_argument("--batch", type=int, default=100, help="joins sent together while filling the server")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each memory reading")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    print(json.dumps(result, indent=2) if args.json else json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

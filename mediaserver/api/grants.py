@@ -1,0 +1,33 @@
+"""A participant token checked against the store: the key that signed it, its room, its team."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mediaserver import tokens
+from mediaserver.errors import MediaserverError
+from mediaserver.store import Store
+
+
+@dataclass(frozen=True)
+class Admission:
+    grant: tokens.Grant
+    key: dict
+    room: dict
+
+
+async def admit(store: Store, token: str, room_id: str | None) -> Admission:
+    """The token's grant, the API key that signed it and its room; each way of failing has its
+    own code (``token_*``, ``room_not_found``)."""
+    keys: dict[str, dict | None] = {}
+
+    async def secret_for(kid: str) -> str | None:
+        keys[kid] = key = await store.get_api_key(kid)
+        return key["secret"] if key else None
+
+    grant = await tokens.verify(token, room_id=room_id, secret_for=secret_for)
+    key = keys.get(grant.key_id)
+    room = await store.get_room(grant.room_id)
+    if room is None or key is None or room["team_id"] != key["team_id"]:
+        raise MediaserverError("room_not_found", f"no room {grant.room_id!r} for this token's API key")
+    return Admission(grant, key, room)

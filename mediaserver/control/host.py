@@ -1,0 +1,292 @@
+"""A session host: one process owning many sessions (and their breakout rooms), without Ray.
+
+Each session is a ``SessionUnit`` with its own locks and its own failures: a call that fails
+unexpectedly fails that call, and the unit is dropped and rebuilt from the store on its next
+call (its participants start media over); the units beside it never notice. The host runs the
+timers of every unit it holds, puts to sleep the sessions nobody is connected to (they keep only
+their rows in the store, and wake when someone comes back or a timer is due), and watches the
+media workers its sessions use: a worker's death is seen at once (a call to it that never
+returns fails) and every session on it is told to start media over.
+
+On start (and when restarted after a crash) the host finds the sessions placed on it in the
+store: those with participants connected are loaded at once (their media starts over), the
+others sleep until a call or a timer wakes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import logging
+import time
+from typing import Any, Callable
+
+from mediaserver.control.media import Worker
+from mediaserver.control.unit import SessionUnit
+from mediaserver.errors import MediaserverError
+from mediaserver.store import Store
+
+log = logging.getLogger(__name__)
+
+ENDED_LINGER = 10.0  # an ended unit stays this long, so long-polls under way see the end
+RECONCILE_SECONDS = 5.0  # how often the host looks in the store for sessions placed on it
+UNIT_METHODS = {
+    "join", "resume", "ready", "publish", "subscribe_answer", "set_subscribed", "set_muted", "disconnect", "leave",
+    "set_role", "end", "wait_events", "start_session", "request_stage", "cancel_stage_request",
+    "answer_stage_request", "leave_stage", "remove_from_stage", "remove", "chat", "chat_history", "ask", "upvote",
+    "settle_question", "questions", "breakouts", "breakout_info",
+}
+
+
+RELEASE_AFTER = 50  # sessions put to sleep in one tick, after which freed memory goes back to the OS
+
+
+def release_memory() -> None:
+    """Hand memory freed by sleeping sessions back to the operating system (glibc keeps it
+    otherwise, and the process would stay as large as its busiest moment)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+class SessionHost:
+    def __init__(
+        self, name: str, store: Store, cfg: dict, worker_for: Callable[[int], Worker], *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.name = name
+        self.store = store
+        self.cfg = cfg
+        self.worker_for = worker_for  # media worker index -> its client
+        self.clock = clock
+        self.units: dict[str, SessionUnit] = {}
+        self.asleep: dict[str, float | None] = {}  # session -> when its timers are due (None: none)
+        self._worker_of: dict[str, int] = {}  # session -> its media worker index
+        self._loading: dict[str, asyncio.Task] = {}
+        self._ended_at: dict[str, float] = {}
+        self._watched: set[int] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._started: asyncio.Task | None = None
+        self._quality_at = 0.0
+        self.faults = 0  # units dropped after an unexpected failure
+
+    # Starting ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take on the sessions placed here and start the timers (once; later calls wait for it)."""
+        if self._started is None or (self._started.done() and self._started.exception() is not None):
+            self._started = asyncio.ensure_future(self._start())  # (a failed start is tried again)
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        await self._reconcile()
+        self._tasks.append(asyncio.ensure_future(self._run()))
+
+    async def _reconcile(self) -> None:
+        """Sessions placed here that this host does not hold yet: the ones with someone connected
+        (or nobody ever in) are loaded now; the rest sleep until their timers are due."""
+        for row in await self.store.host_sessions(self.name):
+            sid = row["id"]
+            if sid in self.units or sid in self._loading or sid in self.asleep:
+                continue
+            if row["connected"] or row["last_seq"] == 0:
+                asyncio.ensure_future(self._load_quietly(sid))
+            else:
+                due = [t + self.cfg["grace_seconds"] for t in (row["empty_since"], row["first_disconnected_at"]) if t is not None]
+                self.asleep[sid] = min(due) if due else None
+
+    async def _load_quietly(self, sid: str) -> None:
+        try:
+            await self._unit(sid)
+        except Exception as e:  # it is tried again on its next call or reconcile
+            log.warning("session %s not loaded: %s", sid, e)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # Calls --------------------------------------------------------------------------------
+
+    async def call(self, session_id: str, method: str, *args: Any) -> Any:
+        """Run one operation of a session's unit, loading (or waking) the unit first."""
+        if method not in UNIT_METHODS:
+            raise MediaserverError("invalid_request", f"no session operation {method!r}")
+        unit = await self._unit(session_id)
+        unit.calls += 1
+        try:
+            result = getattr(unit, method)(*args)
+            return await result if asyncio.iscoroutine(result) else result
+        except MediaserverError:
+            raise
+        except Exception:
+            log.exception("session %s failed on %s; it is rebuilt from the store", session_id, method)
+            self._drop_broken(session_id, unit)
+            raise MediaserverError("internal", f"the session failed on {method}; try again") from None
+        finally:
+            unit.calls -= 1
+
+    async def _unit(self, sid: str) -> SessionUnit:
+        unit = self.units.get(sid)
+        if unit is not None:
+            return unit
+        task = self._loading.get(sid)
+        if task is None:
+            task = self._loading[sid] = asyncio.ensure_future(self._load(sid))
+            task.add_done_callback(lambda _t, sid=sid: self._loading.pop(sid, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, sid: str) -> SessionUnit:
+        row = await self.store.get_session(sid)
+        if row is None:
+            raise MediaserverError("session_not_found", f"no session {sid}")
+        index = row.get("media_worker") or 0
+        unit = SessionUnit(
+            self.store, sid, self.worker_for(index), grace=self.cfg["grace_seconds"], stale=self.cfg["stale_seconds"],
+            live_limit=self.cfg.get("default_max_live_sessions"), quality_seconds=self.cfg.get("quality_seconds", 10.0),
+            clock=self.clock,
+        )
+        await unit.load(row)
+        self.asleep.pop(sid, None)
+        self.units[sid] = unit
+        self._worker_of[sid] = index
+        if not unit.ended:
+            self._watch(index)
+        return unit
+
+    def _drop_broken(self, sid: str, unit: SessionUnit) -> None:
+        """Forget a unit that failed unexpectedly; the next call rebuilds it from the store (its
+        participants' media starts over), and calls still waiting on it are let go."""
+        self.faults += 1
+        if self.units.get(sid) is unit:
+            del self.units[sid]
+        unit.broken = True
+        asyncio.ensure_future(unit.core.notify())
+
+    # Timers --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        reconciled = time.monotonic()
+        while True:
+            await asyncio.sleep(self.cfg["tick_seconds"])
+            try:
+                await self.tick()
+                if time.monotonic() - reconciled >= RECONCILE_SECONDS:
+                    reconciled = time.monotonic()
+                    await self._reconcile()
+            except Exception:
+                log.exception("host %s: tick failed", self.name)
+
+    async def tick(self) -> None:
+        """Every unit's timers, their media's states and quality, sleep and waking."""
+        now = self.clock()
+        units = [(sid, u) for sid, u in self.units.items() if u.core.next_timer() <= now or u.core.departed]
+        results = await asyncio.gather(*(u.tick() for _, u in units), return_exceptions=True)
+        for (sid, unit), res in zip(units, results):
+            if isinstance(res, Exception) and not isinstance(res, MediaserverError):
+                log.error("session %s: timers failed (%r); it is rebuilt from the store", sid, res)
+                self._drop_broken(sid, unit)
+        await self._media_reports()
+        now, mono = self.clock(), time.monotonic()
+        slept = 0
+        for sid, unit in list(self.units.items()):
+            if unit.ended:
+                first = self._ended_at.setdefault(sid, mono)
+                if mono - first >= ENDED_LINGER and unit.calls == 0:
+                    del self.units[sid]
+                    self._ended_at.pop(sid, None)
+                    self._worker_of.pop(sid, None)
+            elif unit.calls == 0 and unit.connected() == 0 and (unit.core.participants or unit.core.last_seq):
+                await self._sleep(sid, unit)  # (a session nobody has joined yet stays: its own timer ends it)
+                slept += 1
+        if slept >= RELEASE_AFTER:
+            release_memory()
+        for sid, due in list(self.asleep.items()):
+            if due is not None and due <= now:
+                await self._load_quietly(sid)  # its tick applies the timers
+
+    async def _sleep(self, sid: str, unit: SessionUnit) -> None:
+        """Nobody is connected: let go of its media and its memory; the store keeps the rest."""
+        await unit.release_media()
+        if unit.calls or unit.connected():  # someone came back meanwhile
+            return
+        self.units.pop(sid, None)
+        self._worker_of.pop(sid, None)
+        self.asleep[sid] = unit.wake_at()
+
+    async def _media_reports(self) -> None:
+        """Connection states every tick, quality every ``quality_seconds``: one call per worker."""
+        by_worker: dict[int, list[SessionUnit]] = {}
+        for sid, unit in self.units.items():
+            if not unit.ended and unit.has_media():
+                by_worker.setdefault(self._worker_of.get(sid, 0), []).append(unit)
+        now = time.monotonic()
+        quality_due = now - self._quality_at >= self.cfg.get("quality_seconds", 10.0)
+        if quality_due:
+            self._quality_at = now
+        for index, units in by_worker.items():
+            worker = self.worker_for(index)
+            tids = [tid for u in units for tid in u.transports()]
+            try:
+                states = await worker.transport_states(tids)
+                quality = await worker.quality(tids) if quality_due else {}
+            except MediaserverError:
+                continue  # restarting: the watch deals with it
+            for u in units:
+                mine = u.transports()
+                await u.record_states({t: s for t, s in states.items() if t in mine})
+                if quality_due:
+                    await u.record_quality({t: q for t, q in quality.items() if t in mine}, self.clock())
+
+    # Media workers ---------------------------------------------------------------------------
+
+    def _watch(self, index: int) -> None:
+        if index not in self._watched:
+            self._watched.add(index)
+            self._tasks.append(asyncio.ensure_future(self._watch_worker(index)))
+
+    async def _watch_worker(self, index: int) -> None:
+        """A call to the worker that returns only if it dies: then every session on it starts
+        its media over, at once, and the watch waits for the worker to come back."""
+        worker = self.worker_for(index)
+        while True:
+            try:
+                await worker.watch()
+            except MediaserverError as e:
+                if e.code != "unavailable":
+                    await asyncio.sleep(1.0)
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(1.0)
+                continue
+            log.warning("host %s: media worker %s is gone; its sessions start media over", self.name, index)
+            # Participants are told once the worker listens again: what they send before would be lost.
+            await self._wait_for_worker(worker)
+            await asyncio.gather(*(
+                u.media_lost("the media server restarted")
+                for sid, u in list(self.units.items()) if self._worker_of.get(sid) == index
+            ), return_exceptions=True)
+
+    @staticmethod
+    async def _wait_for_worker(worker: Worker) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await worker.start()
+                return
+            except MediaserverError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    # Figures ------------------------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name, "units": len(self.units), "asleep": len(self.asleep), "faults": self.faults,
+            "participants": sum(len(u.core.participants) for u in self.units.values()),
+        }

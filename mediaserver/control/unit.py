@@ -1,0 +1,370 @@
+"""One live session as its host holds it: its state and rules, its media, its breakout rooms.
+
+A plain class, without Ray. ``SessionHost`` keeps many of these, each isolated from the others
+(its own locks, its own failures); ``SessionCore`` holds the state and rules and writes every
+change to the store before acknowledging it, so a unit dropped or lost is rebuilt from the store
+as it was. The media worker is reached through ``worker`` (a ``mediaserver.control.media.Worker``:
+a MediaWorker in tests, a Ray actor handle in the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+from mediaserver.control.breakout import BreakoutRoom
+from mediaserver.control.media import MediaSession, Worker
+from mediaserver.control.meeting import START_EARLY
+from mediaserver.control.session import SessionCore
+from mediaserver.errors import MediaserverError
+from mediaserver.store import Store
+
+QUALITY_REPEAT = 6  # an unchanged quality grade is logged again after this many looks
+
+BREAKOUT_OPERATIONS = {
+    "create_breakouts", "rename_breakout", "delete_breakout", "assign_breakout", "auto_assign_breakouts",
+    "open_breakouts", "close_breakouts", "visit_breakout",
+}
+
+
+class SessionUnit:
+    def __init__(
+        self, store: Store, session_id: str, worker: Worker, *, grace: float, stale: float,
+        live_limit: int | None = None, quality_seconds: float = 10.0, clock: Callable[[], float] = time.time,
+    ):
+        self.session_id = session_id
+        self.core = SessionCore(store, session_id, grace=grace, stale=stale, live_limit=live_limit, clock=clock)
+        self.worker = worker
+        self.media = MediaSession(worker, room_of=self.core.room_of)
+        self.open_rooms: dict[str, BreakoutRoom] = {}  # the open breakout rooms
+        self.quality_seconds = quality_seconds
+        self._media_lock = asyncio.Lock()  # media operations change shared tables across awaits
+        self._adopted = False
+        self._states: dict[str, str] = {}  # transport -> the last connection state recorded
+        self._quality: dict[str, tuple[str, float]] = {}  # participant -> (grade, when) last logged
+        self.calls = 0  # calls under way: a unit with none and nobody connected may be put to sleep
+        self.broken = False  # failed unexpectedly: its host has dropped it, waiting calls are let go
+
+    # Loading ----------------------------------------------------------------------
+
+    async def load(self, session: dict | None = None) -> None:
+        """Load the session from the store (``session``: its row, when just read); participants
+        it finds were connected to an owner that is gone, so their media starts over (``media_reset``)."""
+        await self.core.ensure_loaded(session)
+        if self.core.ended:
+            return
+        async with self._media_lock:
+            if self._adopted:
+                return
+            self._adopted = True
+            restored = [pid for pid in self.core.restored if pid in self.core.participants]
+            self.core.restored = []
+            if restored:
+                # The worker may still hold transports of theirs (it outlived the owner): close them.
+                await self.worker.close_participants(restored)
+                for pid in restored:
+                    await self.media.join(pid)
+                self.media.reset("the session was restored after a fault")
+        self._sync_breakout_rooms()
+        await self.core.notify()
+
+    @property
+    def ended(self) -> bool:
+        return self.core.ended
+
+    def connected(self) -> int:
+        return sum(1 for p in self.core.participants.values() if p["state"] == "connected")
+
+    def wake_at(self) -> float | None:
+        """When a sleeping unit must wake to apply its timers (a disconnected participant's
+        grace, the session's own end), by the store's clock; None if it has none."""
+        times = [p["disconnected_at"] + self.core.grace for p in self.core.participants.values()
+                 if p["state"] == "disconnected" and p.get("disconnected_at") is not None]
+        empty_since = self.core.session.get("empty_since")
+        if empty_since is not None:
+            times.append(empty_since + self.core.grace)
+        return min(times) if times else None
+
+    # Joining --------------------------------------------------------------------------
+
+    async def join(self, identity: str, name: str, role: str) -> dict:
+        participant = await self.core.join(identity=identity, name=name, role=role)
+        await self._release_departed()
+        async with self._media_lock:
+            await self.media.join(participant["id"])
+        await self.core.notify()
+        return await self._welcome(participant)
+
+    async def resume(self, participant_id: str) -> dict:
+        participant = await self.core.resume(participant_id)
+        async with self._media_lock:
+            # The old peer connections went with the old connection: start media afresh
+            # (the client publishes again; its subscriptions are offered again).
+            gone = await self.media.restart(participant_id, "reconnected")
+        await self._record_unpublished(participant_id, gone)
+        await self.core.notify()
+        return await self._welcome(participant)
+
+    async def _welcome(self, participant: dict) -> dict:
+        """What a (re)joining participant needs: the session, who is here, tracks, chat, Q&A, rooms."""
+        core = self.core
+        return {
+            "participant": participant, **core.snapshot(), "tracks": self.media.track_list(),
+            "chat": await core.chat_history(participant["id"]),
+            "questions": core.question_list(),
+            "breakouts": core.breakout_view(),
+            "event": None if core.event is None else {
+                **core.event, "started": bool(core.meeting.get("started")),
+                "start_from": core.event["starts_at"] - START_EARLY,
+            },
+        }
+
+    def ready(self) -> dict:
+        return self.core.snapshot()
+
+    # Media ------------------------------------------------------------------------------
+
+    def _member(self, participant_id: str) -> dict:
+        p = self.core.participants.get(participant_id)
+        if p is None:
+            raise MediaserverError("not_joined", "this participant is not in the session")
+        return p
+
+    async def publish(self, participant_id: str, offer: str) -> str:
+        self.core.require_live()
+        p = self._member(participant_id)
+        if p["role"] == "subscriber":
+            raise MediaserverError(
+                "publish_not_allowed", "your role (subscriber) may not publish: ask to enable mic & camera first"
+            )
+        if self.core.room.get("media_mode") == "relayed":
+            raise MediaserverError("media_unavailable", "this room relays media peer to peer, which is not available yet")
+        async with self._media_lock:
+            seated = await self.core.take_stage(participant_id)  # on screen: 4 speakers, 6 others at most
+            try:
+                answer, added, removed = await self.media.publish(participant_id, offer)
+            except Exception:
+                if seated:  # the publication failed: give the seat back
+                    await self.core.leave_stage(participant_id)
+                raise
+        for t in added:
+            await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec=t.codec["name"])
+        await self._record_unpublished(participant_id, removed)
+        await self.core.notify()
+        return answer
+
+    async def subscribe_answer(self, participant_id: str, answer: str) -> None:
+        self._member(participant_id)
+        async with self._media_lock:
+            await self.media.subscribe_answer(participant_id, answer)
+            tracks = [s.track_id for s in self.media.subscribers[participant_id].slots if s.track_id]
+        await self.core.record(participant_id, "subscribed", visibility="log", track_ids=tracks)
+        await self.core.notify()
+
+    async def set_subscribed(self, participant_id: str, track_id: str, subscribed: bool) -> None:
+        self._member(participant_id)
+        async with self._media_lock:
+            await self.media.set_subscribed(participant_id, track_id, subscribed)
+        await self.core.record(
+            participant_id, "resubscribed" if subscribed else "unsubscribed", visibility="log", track_id=track_id
+        )
+        await self.core.notify()
+
+    async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> None:
+        self._member(participant_id)
+        async with self._media_lock:
+            await self.media.set_muted(participant_id, track_id, muted)
+        await self.core.record(participant_id, "muted" if muted else "unmuted", track_id=track_id)
+
+    async def media_lost(self, reason: str) -> None:
+        """The media worker lost every transport (it died): everyone starts media over."""
+        if self.ended:
+            return
+        async with self._media_lock:
+            gone = self.media.reset(reason)
+        for t in gone:
+            await self.core.record(t.participant_id, "track_unpublished", track_id=t.id, reason="media_reset")
+        await self.core.notify()
+
+    def transports(self) -> dict[str, tuple[str, str]]:
+        return self.media.transports()
+
+    def has_media(self) -> bool:
+        return bool(self.media.publish_transport) or any(s.transport_id for s in self.media.subscribers.values())
+
+    async def record_states(self, states: dict[str, str]) -> None:
+        """Media connection changes (checking, connected, failed) go in the participants' logs."""
+        owners = self.media.transports()
+        for tid, state in states.items():
+            if tid in owners and self._states.get(tid) != state:
+                pid, role = owners[tid]
+                if pid in self.core.participants and not self.ended:
+                    await self.core.record(pid, "connection_state", visibility="log", pc=role, state=state)
+                self._states[tid] = state
+        self._states = {tid: st for tid, st in self._states.items() if tid in owners}
+
+    async def record_quality(self, quality: dict[str, dict], now: float) -> None:
+        """Each receiving participant's connection quality (from its receiver reports) goes in its
+        log: on a change of grade at once, an unchanged one every ``QUALITY_REPEAT`` looks."""
+        owners = {tid: pid for tid, (pid, role) in self.media.transports().items() if role == "subscribe"}
+        for tid, q in quality.items():
+            pid = owners.get(tid)
+            if pid not in self.core.participants or self.ended:
+                continue
+            loss = round(q["fraction_lost"] * 100, 1)
+            jitter_ms = round(q["jitter"] / 90, 1)  # video clock (90 kHz); audio's 48 kHz reads lower
+            grade = "good" if loss < 2 and jitter_ms < 30 else "fair" if loss < 8 else "poor"
+            last = self._quality.get(pid)
+            if last and last[0] == grade and now - last[1] < QUALITY_REPEAT * self.quality_seconds:
+                continue
+            self._quality[pid] = (grade, now)
+            await self.core.record(pid, "quality", visibility="log", loss_percent=loss, jitter_ms=jitter_ms, grade=grade)
+
+    async def _record_unpublished(self, participant_id: str, tracks: list) -> None:
+        if self.ended:
+            return
+        for t in tracks:
+            await self.core.record(participant_id, "track_unpublished", track_id=t.id)
+
+    async def _release_departed(self) -> None:
+        """Free the media of participants who left (by leaving, grace timeout, replacement or the end)."""
+        departed, self.core.departed = self.core.departed, []
+        for pid in departed:
+            async with self._media_lock:
+                gone = await self.media.leave(pid)
+            await self._record_unpublished(pid, gone)
+        if departed:
+            await self.core.notify()
+
+    async def release_media(self) -> None:
+        """Close every transport of the session (it is going to sleep with nobody connected, or ended)."""
+        async with self._media_lock:
+            for pid in list(self.media.subscribers):
+                await self.media.leave(pid)
+
+    async def _unpublish(self, participant_id: str) -> None:
+        """Off the stage: stop forwarding its media now; its client closes its publish connection."""
+        async with self._media_lock:
+            gone = await self.media.unpublish(participant_id)
+        for t in gone:
+            await self.core.record(participant_id, "track_unpublished", track_id=t.id, reason="off_stage")
+        await self.core.notify()
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def disconnect(self, participant_id: str, connection_id: str | None = None) -> None:
+        await self.core.disconnect(participant_id, connection_id)
+
+    async def leave(self, participant_id: str, reason: str = "left") -> None:
+        await self.core.leave(participant_id, reason)
+        await self._release_departed()
+
+    async def set_role(self, by: str | None, participant_id: str, role: str) -> dict:
+        before = self.core.participants.get(participant_id, {}).get("on_stage")
+        row = await self.core.set_role(by, participant_id, role)
+        if before and not row.get("on_stage"):
+            await self._unpublish(participant_id)
+        return row
+
+    async def end(self, reason: str, by: str | None = None) -> dict:
+        session = await self.core.end(reason=reason, by=by)
+        self._sync_breakout_rooms()
+        await self._release_departed()
+        return session
+
+    async def tick(self) -> None:
+        """The timers: stale connections, expired grace periods, the session's end."""
+        await self.core.tick()
+        await self._release_departed()
+        if self.ended:
+            self._sync_breakout_rooms()
+
+    async def wait_events(
+        self, participant_id: str, after_seq: int, timeout: float, connection_id: str | None = None
+    ) -> dict:
+        media = self.media
+        result = await self.core.wait_events(
+            participant_id, after_seq, timeout, connection_id,
+            ready=lambda: self.broken or bool(media.outbox.get(participant_id)),
+        )
+        result["messages"] = [] if result.get("superseded") else media.take_outbox(participant_id)
+        return result
+
+    # Stage, chat, Q&A (rules in mediaserver.control.meeting) ---------------------------
+
+    async def start_session(self, by: str) -> dict:
+        return await self.core.start_session(by)
+
+    async def request_stage(self, participant_id: str) -> None:
+        await self.core.request_stage(participant_id)
+
+    async def cancel_stage_request(self, participant_id: str) -> None:
+        await self.core.cancel_stage_request(participant_id)
+
+    async def answer_stage_request(self, by: str, participant_id: str, approve: bool) -> None:
+        await self.core.answer_stage_request(by, participant_id, approve)
+
+    async def leave_stage(self, participant_id: str) -> None:
+        await self.core.leave_stage(participant_id)
+        await self._unpublish(participant_id)
+
+    async def remove_from_stage(self, by: str, participant_id: str) -> None:
+        await self.core.remove_from_stage(by, participant_id)
+        await self._unpublish(participant_id)
+
+    async def remove(self, by: str, participant_id: str) -> None:
+        await self.core.remove(by, participant_id)
+        await self._release_departed()
+
+    async def chat(self, participant_id: str, text: str, all_rooms: bool = False) -> dict:
+        return await self.core.chat(participant_id, text, all_rooms=all_rooms)
+
+    async def chat_history(self, participant_id: str, limit: int = 100) -> list[dict]:
+        self._member(participant_id)
+        return await self.core.chat_history(participant_id, limit)
+
+    async def ask(self, participant_id: str, text: str) -> dict:
+        return await self.core.ask(participant_id, text)
+
+    async def upvote(self, participant_id: str, question_id: str) -> dict:
+        return await self.core.upvote(participant_id, question_id)
+
+    async def settle_question(self, by: str, question_id: str, status: str, answer: str | None = None) -> dict:
+        return await self.core.settle_question(by, question_id, status, answer)
+
+    async def questions(self, participant_id: str) -> list[dict]:
+        p = self._member(participant_id)
+        return self.core.question_list(include_dismissed=p["role"] == "moderator")
+
+    # Breakout rooms -----------------------------------------------------------------------
+
+    async def breakouts(self, method: str, by: str, *args: Any) -> dict:
+        """Run one breakout-room operation of ``SessionCore`` (create_breakouts, rename_breakout,
+        delete_breakout, assign_breakout, auto_assign_breakouts, open_breakouts, close_breakouts,
+        visit_breakout), then bring the open rooms and everyone's media in line."""
+        if method not in BREAKOUT_OPERATIONS:
+            raise MediaserverError("invalid_request", f"no breakout operation {method!r}")
+        view = await getattr(self.core, method)(by, *args)
+        self._sync_breakout_rooms()
+        async with self._media_lock:
+            await self.media.refresh_all()  # a participant receives only its own room's tracks
+        await self.core.notify()
+        return view
+
+    def _sync_breakout_rooms(self) -> None:
+        """One ``BreakoutRoom`` per open room, knowing its name and members; none while closed."""
+        view = self.core.breakout_view()
+        wanted = {r["id"]: r["name"] for r in view["rooms"]} if view["open"] and not self.ended else {}
+        for breakout_id in [b for b in self.open_rooms if b not in wanted]:
+            del self.open_rooms[breakout_id]
+        for breakout_id, name in wanted.items():
+            members = sorted(pid for pid, p in self.core.participants.items() if p.get("breakout_id") == breakout_id)
+            room = self.open_rooms.get(breakout_id)
+            if room is None:
+                self.open_rooms[breakout_id] = room = BreakoutRoom(self.session_id, breakout_id, name)
+            room.update(name, members)
+
+    def breakout_info(self) -> list[dict]:
+        """What each open breakout room holds (its name and members)."""
+        return [room.info() for room in self.open_rooms.values()]

@@ -1,0 +1,203 @@
+"""A session host holding many sessions, without Ray: real SQLite store, a real media worker
+in-process, a clock the test moves. Isolation (one session's failure stays its own), sleep
+and waking (a session nobody is connected to keeps only its rows), timers of sleeping
+sessions, a session nobody has joined yet, and a restarted host taking its sessions back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mediaserver.control.directory import DirectoryCore
+from mediaserver.control.host import SessionHost
+from mediaserver.errors import MediaserverError
+from mediaserver.media.service import WorkerService
+from mediaserver.store import Store
+
+GRACE = 10.0
+ROOM = {
+    "name": "r", "type": "adhoc", "media_mode": "routed", "archive_mode": "manual", "encryption": "server",
+    "location_hint": None, "capacity": 50, "comment": None, "starts_at": None, "ends_at": None,
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def env(tmp_path):
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await store.migrate()
+    team = await store.ensure_team("t")
+    worker = WorkerService(bind_host="127.0.0.1", port=0, advertised_host=None, allowed_networks=["127.0.0.0/8"])
+    await worker.start()
+    clock = Clock()
+    cfg = {"grace_seconds": GRACE, "stale_seconds": 1e6, "tick_seconds": 3600, "default_max_live_sessions": 100,
+           "quality_seconds": 3600}
+    hosts = []
+
+    def new_host() -> SessionHost:
+        h = SessionHost("host:0", store, cfg, lambda index: worker, clock=clock)
+        hosts.append(h)
+        return h
+
+    directory = DirectoryCore(store, default_max_live_sessions=100, hosts=["host:0"], clock=clock)
+    yield store, team, clock, new_host, directory
+    for h in hosts:
+        await h.stop()
+    worker.worker.close()
+    await store.close()
+
+
+async def open_session(store: Store, team: dict, directory: DirectoryCore) -> str:
+    room = await store.create_room(team["id"], dict(ROOM))
+    return (await directory.open_session(room))["id"]
+
+
+async def test_a_failure_in_one_session_leaves_its_neighbours_untouched(env):
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    await host.start()
+    sids = [await open_session(store, team, directory) for _ in range(3)]
+    people = {}
+    for sid in sids:
+        p = (await host.call(sid, "join", "mod", "Mod", "moderator"))["participant"]
+        people[sid] = p["id"]
+        await host.call(sid, "chat", p["id"], "before")
+    broken, *others = sids
+    neighbours = {sid: host.units[sid] for sid in others}
+
+    async def fails(*_args, **_kw):
+        raise RuntimeError("a bug in this session's handling")
+
+    host.units[broken].core.chat = fails
+    with pytest.raises(MediaserverError) as e:
+        await host.call(broken, "chat", people[broken], "boom")
+    assert e.value.code == "internal"
+    assert broken not in host.units and host.faults == 1
+    for sid in others:  # the same units, never reloaded, still answering
+        assert host.units[sid] is neighbours[sid]
+        assert (await host.call(sid, "chat", people[sid], "after"))["text"] == "after"
+    # The failed session is rebuilt from the store on its next call, with its history.
+    said = await host.call(broken, "chat", people[broken], "again")
+    assert said["text"] == "again"
+    history = [m["text"] for m in await host.call(broken, "chat_history", people[broken])]
+    assert history == ["before", "again"]
+    # Its participant's media starts over (a new owner cannot know its peer connections).
+    assert host.units[broken].media.outbox[people[broken]][0]["type"] == "media_reset"
+
+
+async def test_a_session_nobody_is_connected_to_sleeps_and_wakes_with_its_state(env):
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    await host.start()
+    sid = await open_session(store, team, directory)
+    mod = (await host.call(sid, "join", "mod", "Mod", "moderator"))["participant"]
+    sub = (await host.call(sid, "join", "sub", "Sub", "subscriber"))["participant"]
+    await host.call(sid, "set_role", mod["id"], sub["id"], "publisher")
+    await host.call(sid, "chat", mod["id"], "hello")
+    await host.call(sid, "breakouts", "create_breakouts", mod["id"], ["Blue"])
+    await host.call(sid, "disconnect", mod["id"], mod["connection_id"])
+    await host.tick()
+    assert sid in host.units  # someone is still connected
+    clock.t += 2
+    await host.call(sid, "disconnect", sub["id"], sub["connection_id"])
+    await host.tick()
+    assert sid not in host.units and host.asleep[sid] == mod["joined_at"] + GRACE  # mod dropped first
+    # Someone comes back: the session wakes with everything it had.
+    back = await host.call(sid, "resume", sub["id"])
+    assert back["participant"]["role"] == "publisher" and back["participant"]["state"] == "connected"
+    assert [m["text"] for m in back["chat"]] == ["hello"]
+    assert [r["name"] for r in back["breakouts"]["rooms"]] == ["Blue"]
+    assert sid in host.units and sid not in host.asleep
+
+
+async def test_a_sleeping_session_wakes_for_its_timers(env):
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    await host.start()
+    sid = await open_session(store, team, directory)
+    a = (await host.call(sid, "join", "a", "A", "publisher"))["participant"]
+    await host.call(sid, "disconnect", a["id"], a["connection_id"])
+    await host.tick()
+    assert sid in host.asleep
+    clock.t += GRACE - 1
+    await host.tick()
+    assert sid in host.asleep  # not due yet
+    clock.t += 1
+    await host.tick()  # due: woken, its timers applied
+    await host.tick()
+    session = await store.get_session(sid)
+    assert session["status"] == "ended" and session["end_reason"] == "grace_timeout"
+    assert (await store.get_participant(a["id"]))["left_reason"] in ("grace_timeout", "session_ended")
+
+
+async def test_a_new_session_is_not_ended_before_its_first_join(env):
+    """However short the grace period and however slow the first join: the grace clock starts
+    when the last participant leaves, never before the first one is in."""
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    host.cfg = {**host.cfg, "grace_seconds": 0.001}
+    await host.start()
+    sid = await open_session(store, team, directory)
+    clock.t += 5  # the session row is old by now: its first join was slow to arrive
+    gate = asyncio.Event()
+    unit = await host._unit(sid)
+    original = unit.core._admit_to_event
+
+    async def slow_admission(*args):
+        await gate.wait()
+        return await original(*args)
+
+    unit.core._admit_to_event = slow_admission
+    join = asyncio.ensure_future(host.call(sid, "join", "a", "A", "publisher"))
+    await asyncio.sleep(0.05)
+    clock.t += 5
+    ticking = asyncio.ensure_future(host.tick())  # waits on the session's lock behind the join
+    await asyncio.sleep(0.05)
+    gate.set()
+    joined = await join
+    await ticking
+    assert joined["session"]["status"] == "live"
+    assert (await store.get_session(sid))["status"] == "live"
+
+
+async def test_a_session_whose_first_join_never_came_ends(env):
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    await host.start()
+    sid = await open_session(store, team, directory)
+    await host._reconcile()  # finds it in the store, placed here
+    await asyncio.sleep(0.05)
+    assert sid in host.units
+    clock.t += GRACE
+    await host.tick()
+    session = await store.get_session(sid)
+    assert session["status"] == "ended" and session["end_reason"] == "grace_timeout"
+
+
+async def test_a_restarted_host_takes_its_sessions_back(env):
+    store, team, clock, new_host, directory = env
+    first = new_host()
+    await first.start()
+    live = await open_session(store, team, directory)
+    idle = await open_session(store, team, directory)
+    a = (await first.call(live, "join", "a", "A", "moderator"))["participant"]
+    await first.call(live, "chat", a["id"], "kept")
+    b = (await first.call(idle, "join", "b", "B", "publisher"))["participant"]
+    await first.call(idle, "disconnect", b["id"], b["connection_id"])
+    await first.stop()  # as if its process died: nothing in memory survives
+    second = new_host()
+    await second.start()
+    await asyncio.sleep(0.1)
+    assert live in second.units and idle in second.asleep
+    unit = second.units[live]
+    assert unit.media.outbox[a["id"]] == [{"type": "media_reset", "reason": "the session was restored after a fault"}]
+    assert [m["text"] for m in await second.call(live, "chat_history", a["id"])] == ["kept"]
+    assert (await second.call(live, "chat", a["id"], "more"))["text"] == "more"
