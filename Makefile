@@ -46,12 +46,13 @@ test: install-test system-test-deps
 	else echo "error: cannot create a network namespace (unshare -n); run as root or enable user namespaces" >&2; exit 1; fi; \
 	$$NS sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'
 
-# Benchmarks 1 and 3 (loadtest/bench_fastpath.py) and 2 (loadtest/bench_janus.py, which installs
-# Debian's janus when run as root): tables on stdout, loopback only.
+# Benchmarks 1 and 3 (loadtest/bench_fastpath.py), 2 (loadtest/bench_janus.py, which installs
+# Debian's janus when run as root), 4 (loadtest/bench_sessions.py: what a session costs) and 5
+# (loadtest/bench_recovery.py: media back after a media worker dies): figures on stdout, loopback only.
 bench: install-test
 	@if unshare -n true 2>/dev/null; then NS="unshare -n"; else NS="unshare -rn"; fi; \
 	command -v janus >/dev/null || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null; \
-	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus'
+	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus && $(BIN)/python -m loadtest.bench_sessions && $(BIN)/python -m loadtest.bench_recovery'
 
 
 clean:

@@ -100,16 +100,18 @@ def _remote(cls: type) -> Any:
     return _remote_classes[cls]
 
 
-def get_or_create(cls: type, name: str, *args: Any) -> Any:
-    """The named actor, created if missing. Control actors are detached (they outlive any one
-    gateway), restart without limit, rebuild from the store, and take no CPU slot."""
+def get_or_create(cls: type, name: str, *args: Any, restart: bool = True) -> Any:
+    """The named actor, created if missing. Actors are detached (they outlive any one gateway)
+    and take no CPU slot. Control actors restart without limit and rebuild from the store;
+    ``restart=False`` leaves a dead actor dead, so callers see its death at once (a call to a
+    restarting actor fails only once it is back) and create it anew themselves."""
     return (
         _remote(cls)
         .options(
             name=name,  # in the current job's namespace, which actors inherit from their creator
             get_if_exists=True,
             lifetime="detached",
-            max_restarts=-1,
+            max_restarts=-1 if restart else 0,
             max_task_retries=0,
             num_cpus=0,
             # Async actors: this bounds the calls under way at once, long-polls included (a host

@@ -12,7 +12,7 @@ from typing import Any
 
 from actors import cluster, names
 from actors.host import SessionHostActor
-from actors.media import MediaWorkerActor
+from actors.media import media_worker
 from mediaserver.config import Settings
 from mediaserver.control.directory import DirectoryCore
 from mediaserver.errors import MediaserverError
@@ -58,7 +58,7 @@ class ControlPlane:
         for name in self.hosts:
             self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg)
         for i in range(self.cfg["media_workers"]):
-            cluster.get_or_create(MediaWorkerActor, names.media_worker(i), self.cfg, i)
+            media_worker(self.cfg, i)
 
     async def ready(self) -> list[dict]:
         """Wait until every host has taken on its sessions and every media worker listens."""

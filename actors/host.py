@@ -5,23 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from actors import cluster, names
-from actors.media import MediaWorkerActor
+from actors.media import RemoteWorker
 from mediaserver.control.host import SessionHost
 from mediaserver.store import Store
-
-
-class RemoteWorker:
-    """The ``mediaserver.control.media.Worker`` calls, made on a MediaWorkerActor."""
-
-    def __init__(self, handle: Any):
-        self._handle = handle
-
-    def __getattr__(self, method: str) -> Any:
-        async def call(*args: Any) -> Any:
-            return await cluster.call(self._handle, method, *args)
-
-        return call
 
 
 class SessionHostActor:
@@ -32,8 +18,7 @@ class SessionHostActor:
 
     def _worker(self, index: int) -> RemoteWorker:
         if index not in self._workers:
-            handle = cluster.get_or_create(MediaWorkerActor, names.media_worker(index), self._cfg, index)
-            self._workers[index] = RemoteWorker(handle)
+            self._workers[index] = RemoteWorker(self._cfg, index)
         return self._workers[index]
 
     async def call(self, session_id: str, method: str, args: tuple) -> Any:

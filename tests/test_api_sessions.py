@@ -386,3 +386,36 @@ async def test_pages_are_served(server, path):
     async with server.http() as http:
         r = await http.get(path)
         assert r.status_code == 200 and "<html" in r.text
+
+
+async def test_join_info_checks_a_link_as_the_join_would(server):
+    """What a join link is for, before anyone joins: the room, who, which role; a bad link is
+    refused with the code the join would give, and nothing is opened."""
+    import httpx
+
+    async with server.http() as http:
+        room = await make_room(http, name="Look before you join", comment="slides first", starts_at="2027-05-01T08:00:00Z")
+        other = await make_room(http, name="Other")
+        good = await make_token(http, room["id"], "ann", "subscriber")
+        key, secret = server.key["id"], server.key["secret"]
+        expired, _ = tokens.mint(key_id=key, secret=secret, room_id=room["id"], identity="x", role="publisher", ttl=10,
+                                 max_ttl=60, now=time.time() - 100)
+        async with httpx.AsyncClient(base_url=server.url) as anon:  # no API key: the token is the credential
+            r = await anon.post("/v1/join-info", json={"token": good, "room_id": room["id"]})
+            assert r.status_code == 200, r.text
+            info = r.json()
+            assert (info["room"]["name"], info["room"]["comment"], info["identity"], info["role"]) == (
+                "Look before you join", "slides first", "ann", "subscriber")
+            assert info["room"]["starts_at"].startswith("2027-05-01") and info["session_status"] is None
+            for token, room_id, status, code in (
+                (good, other["id"], 403, "token_wrong_room"),
+                (expired, room["id"], 401, "token_expired"),
+                (good[:-3] + "AAA", room["id"], 401, "token_invalid_signature"),
+                ("nope", room["id"], 401, "token_malformed"),
+            ):
+                r = await anon.post("/v1/join-info", json={"token": token, "room_id": room_id})
+                assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+            r = await anon.post("/v1/join-info", json={"token": good})
+            assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request")
+        sessions = (await http.get("/v1/sessions", params={"room_id": room["id"]})).json()["sessions"]
+        assert sessions == []  # looking opened nothing

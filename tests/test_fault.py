@@ -185,7 +185,7 @@ async def test_media_worker_killed_mid_session(fault_server, ray_client):
     """Ray restarts the media worker; the session tells its participants to start media over, and
     media flows again without anyone joining again by hand."""
     from actors import names
-    from tests.media_peers import join_media, loopback_only_ice, wait_for
+    from loadtest.peers import join_media, loopback_only_ice, wait_for
 
     loopback_only_ice()
     server = fault_server
@@ -219,7 +219,7 @@ async def test_media_worker_killed_mid_session(fault_server, ray_client):
 async def test_participant_reconnects_and_media_resumes(fault_server):
     """A publisher loses its connection (socket and peer connections) and comes back inside the
     grace period: same participant, and its viewers get its media again."""
-    from tests.media_peers import join_media, loopback_only_ice, wait_for
+    from loadtest.peers import join_media, loopback_only_ice, wait_for
 
     loopback_only_ice()
     server = fault_server
@@ -247,7 +247,7 @@ async def test_participant_reconnects_and_media_resumes(fault_server):
 async def test_host_restart_restores_media(fault_server, ray_client):
     """After a host restart, participants start media over and newcomers see the tracks that
     were already published."""
-    from tests.media_peers import join_media, loopback_only_ice, wait_for
+    from loadtest.peers import join_media, loopback_only_ice, wait_for
 
     loopback_only_ice()
     server = fault_server

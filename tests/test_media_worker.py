@@ -11,7 +11,7 @@ import pytest
 from mediaserver.fastpath_ref import KIND_RTP, classify
 from mediaserver.media.sdp import OutgoingTrack
 from mediaserver.media.worker import MediaWorker
-from tests.media_peers import accept, answer_offer, collect, loopback_only_ice, new_pc, publisher_offer, wait_for
+from loadtest.peers import accept, answer_offer, collect, loopback_only_ice, new_pc, publisher_offer, wait_for
 
 
 @pytest.fixture

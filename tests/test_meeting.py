@@ -9,7 +9,7 @@ import asyncio
 from aiortc import RTCPeerConnection
 
 from tests.helpers import Participant, join_room, make_room, make_token
-from tests.media_peers import join_media, loopback_only_ice, publisher_offer, wait_for
+from loadtest.peers import join_media, loopback_only_ice, publisher_offer, wait_for
 
 
 async def an_offer() -> str:

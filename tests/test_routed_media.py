@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.helpers import eventually, make_room
-from tests.media_peers import join_media, loopback_only_ice, wait_for
+from loadtest.peers import join_media, loopback_only_ice, wait_for
 
 
 def parse_metrics(text: str) -> dict[str, float]:

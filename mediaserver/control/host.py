@@ -274,14 +274,16 @@ class SessionHost:
 
     @staticmethod
     async def _wait_for_worker(worker: Worker) -> None:
-        delay = 0.05
+        """Until the worker (its successor, after a death) listens. A call to a worker being
+        created waits for it, so retries only bridge the moment the dead one is still named."""
+        delay = 0.02
         while True:
             try:
                 await worker.start()
                 return
             except MediaserverError:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                delay = min(delay * 2, 0.2)
 
     # Figures ------------------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
-"""aiortc peers for media tests: a publisher with a changing synthetic picture, subscribers that decode."""
+"""Real WebRTC participants with aiortc, for tests and benchmarks: a publisher with a changing
+synthetic picture, subscribers that decode, and a participant speaking the server's WebSocket."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import av
@@ -50,6 +52,7 @@ class Received:
     tasks: list[asyncio.Task] = field(default_factory=list)
     # Video frames by publisher: the server names each track "<participant id>/<mid>" in its msid.
     video_from: dict[str, int] = field(default_factory=dict)
+    first_frames_at: list[float] = field(default_factory=list)  # monotonic times of the first few video frames
 
 
 def collect(pc: RTCPeerConnection) -> Received:
@@ -64,6 +67,8 @@ def collect(pc: RTCPeerConnection) -> Received:
                 return
             if track.kind == "video":
                 got.video_frames += 1
+                if len(got.first_frames_at) < 10:
+                    got.first_frames_at.append(time.monotonic())
                 source = (track.id or "").split("/")[0]
                 got.video_from[source] = got.video_from.get(source, 0) + 1
                 y = frame.planes[0]
@@ -129,6 +134,7 @@ class MediaClient:
         self.got = collect(self.sub_pc)
         self.offers_answered = 0
         self.resets = 0
+        self.reset_times: list[float] = []  # monotonic times media_reset arrived
         self.published: dict | None = None  # what publish() was asked for, to publish again after a reset
         self._replies: dict[str, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
@@ -195,6 +201,7 @@ class MediaClient:
                     self.offers_answered += 1
                 elif msg["type"] == "media_reset":
                     self.resets += 1
+                    self.reset_times.append(time.monotonic())
                     await self._reset_pcs()
                     if self.published is not None:  # from a task: this reader must read the answer
                         asyncio.ensure_future(self.publish(**self.published))
@@ -244,10 +251,12 @@ class MediaClient:
 
 
 async def join_media(server, http, room: dict, identity: str, role: str = "publisher") -> MediaClient:
-    """A MediaClient that has joined ``room`` through ``server``."""
-    from tests.helpers import make_token
-
+    """A MediaClient that has joined ``room`` through ``server`` (anything with ``ws_url``;
+    ``http`` is an API-key client of it)."""
+    r = await http.post(f"/v1/rooms/{room['id']}/tokens", json={"identity": identity, "role": role})
+    r.raise_for_status()
     c = MediaClient(server.ws_url)
-    msg = await c.join(await make_token(http, room["id"], identity, role), room["id"])
-    assert msg["type"] == "joined", msg
+    msg = await c.join(r.json()["token"], room["id"])
+    if msg["type"] != "joined":
+        raise RuntimeError(f"join refused: {msg}")
     return c

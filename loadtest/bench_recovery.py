@@ -1,0 +1,88 @@
+"""Benchmark 5: how fast media comes back after a media worker dies.
+
+A publisher (aiortc, a changing synthetic picture and a tone) and a subscriber that decodes
+are in a session; the media worker's process is killed (SIGKILL) again and again. For each
+kill: when ``media_reset`` reached the subscriber, and when it decoded its first frames again,
+counted from the kill. Run inside ``unshare -n`` (``make bench`` does):
+
+    python -m loadtest.bench_recovery [--kills 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from loadtest.bench_sessions import Server
+from loadtest.peers import join_media, loopback_only_ice, wait_for
+
+
+async def run(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from actors import cluster, names
+
+    loopback_only_ice()
+    data = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    server = Server(data, {
+        "MEDIASERVER_DATA_DIR": str(data), "MEDIASERVER_MEDIA_PORT": "0", "MEDIASERVER_LOG_LEVEL": "warning",
+        "MEDIASERVER_MEDIA_ALLOWED_NETWORKS": '["127.0.0.0/8"]', "MEDIASERVER_RAY_NAMESPACE": "bench-recovery",
+    })
+    server.start()
+    server.ws_url = server.url.replace("http", "ws", 1) + "/v1/ws"
+    cluster.init((data / "ray_address").read_text().strip(), "bench-recovery")
+    rows = []
+    try:
+        async with httpx.AsyncClient(base_url=server.url, auth=(server.key, server.secret), timeout=60) as http:
+            room = (await http.post("/v1/rooms", json={"name": "recovery"})).json()
+            pub = await join_media(server, http, room, "pub")
+            sub = await join_media(server, http, room, "sub", "subscriber")
+            await pub.publish()
+            await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
+            for i in range(args.kills):
+                worker = cluster.find(names.media_worker(0))
+                pid = await cluster.call(worker, "pid")
+                resets, before = sub.resets, sub.got
+                await asyncio.sleep(args.gap)
+                killed = time.monotonic()
+                os.kill(pid, signal.SIGKILL)
+                await wait_for(lambda: sub.resets > resets and sub.got is not before, timeout=60)
+                await wait_for(lambda: len(sub.got.first_frames_at) >= 3, timeout=60)  # counted afresh
+                row = {
+                    "kill": i + 1,
+                    "media_reset_s": round(sub.reset_times[-1] - killed, 2),
+                    "frames_again_s": round(sub.got.first_frames_at[2] - killed, 2),
+                }
+                rows.append(row)
+                print(row, flush=True)
+            await pub.close()
+            await sub.close()
+    finally:
+        cluster.shutdown()
+        server.stop()
+    again = [r["frames_again_s"] for r in rows]
+    resets = [r["media_reset_s"] for r in rows]
+    return {
+        "kills": len(rows),
+        "media_reset_s": {"median": statistics.median(resets), "max": max(resets)},
+        "frames_again_s": {"median": statistics.median(again), "max": max(again)},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kills", type=int, default=12)
+    p.add_argument("--gap", type=float, default=3.0, help="seconds of media between kills")
+    print(json.dumps(asyncio.run(run(p.parse_args()))))
+
+
+if __name__ == "__main__":
+    main()
