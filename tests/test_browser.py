@@ -39,9 +39,9 @@ async def test_two_browsers_see_each_other(server, browser):
                 statuses = [await p.locator("#status").inner_text() for p in pages]
                 raise AssertionError(f"no video decoded: {[await frames(p) for p in pages]} {statuses} {errors}")
             await asyncio.sleep(0.5)
-        first = [max(await frames(p)) for p in pages]
+        first = [max(await frames(p), default=0) for p in pages]
         await asyncio.sleep(3)
-        later = [max(await frames(p)) for p in pages]
+        later = [max(await frames(p), default=0) for p in pages]
         assert all(b > a + 10 for a, b in zip(first, later)), f"decoding must keep going: {first} -> {later}"
 
         # Each page shows the other's video in a visible element of non-zero size.
@@ -60,9 +60,10 @@ async def test_two_browsers_see_each_other(server, browser):
         await ann.evaluate("window.room.ws.close(4999, 'network gone')")
         await ann.locator("#status", has_text="Reconnected.").wait_for(timeout=30000)
         assert await ann.evaluate("window.room.me.id") == me
-        bob_before = max(await frames(bob))
+        # (Bob's receiving side is renegotiated as Ann's tracks go and come: its stats may be empty a moment.)
+        bob_before = max(await frames(bob), default=0)
         deadline = asyncio.get_running_loop().time() + 60
-        while not ((await frames(ann)) and max(await frames(ann)) > 10 and max(await frames(bob)) > bob_before + 10):
+        while not (max(await frames(ann), default=0) > 10 and max(await frames(bob), default=0) > bob_before + 10):
             assert asyncio.get_running_loop().time() < deadline, (await frames(ann), await frames(bob), bob_before)
             await asyncio.sleep(0.5)
         assert errors == [], errors
