@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mediaserver.errors import MediaserverError
 
@@ -33,7 +34,7 @@ SYSTEM_CONFIG = {
 _local_node: Any = None  # the Ray node serve started, when it started one itself
 
 
-def init(address: str | None, namespace: str, *, verbose: bool = False) -> dict:
+def init(address: str | None, namespace: str, *, verbose: bool = False, labels: dict[str, str] | None = None) -> dict:
     """Join the Ray cluster at ``address``, or start a local one when it is None.
 
     A local instance is started lean: the Ray processes a single-node server never uses (the
@@ -45,18 +46,18 @@ def init(address: str | None, namespace: str, *, verbose: bool = False) -> dict:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            lean = _start_lean_node(verbose)
+            lean = _start_lean_node(verbose, labels or {})
             if lean:
                 ray.init(address=lean, **kwargs)
             else:
                 # "local": a new instance of our own, even if `ray start` left a cluster recorded on
                 # this machine (plain ray.init() would join that one, and it is not ours to stop).
-                ray.init(address="local", include_dashboard=False, _system_config=SYSTEM_CONFIG, **kwargs)
+                ray.init(address="local", include_dashboard=False, _system_config=SYSTEM_CONFIG, labels=labels, **kwargs)
     ctx = ray.get_runtime_context()
     return {"gcs_address": ctx.gcs_address, "namespace": namespace, "started_here": not address}
 
 
-def _start_lean_node(verbose: bool) -> str | None:
+def _start_lean_node(verbose: bool, labels: dict[str, str]) -> str | None:
     global _local_node
     try:
         from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
@@ -75,7 +76,7 @@ def _start_lean_node(verbose: bool) -> str | None:
             # Ray would advertise this host's routable address (it refuses loopback by default);
             # tests run in a loopback-only network namespace.
             node_ip_address="127.0.0.1", include_dashboard=False, no_monitor=True, include_log_monitor=verbose,
-            _system_config=system_config,
+            _system_config=system_config, labels=labels,
         )
         _local_node = LeanNode(params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
         return _local_node.address
@@ -100,11 +101,18 @@ def _remote(cls: type) -> Any:
     return _remote_classes[cls]
 
 
-def get_or_create(cls: type, name: str, *args: Any, restart: bool = True) -> Any:
+def get_or_create(
+    cls: type, name: str, *args: Any, restart: bool = True, node_id: str | None = None, pinned: bool = False
+) -> Any:
     """The named actor, created if missing. Actors are detached (they outlive any one gateway)
     and take no CPU slot. Control actors restart without limit and rebuild from the store;
     ``restart=False`` leaves a dead actor dead, so callers see its death at once (a call to a
-    restarting actor fails only once it is back) and create it anew themselves."""
+    restarting actor fails only once it is back) and create it anew themselves. ``node_id``
+    places it on that node: only there if ``pinned`` (it dies with the node), else preferably
+    there (restarted elsewhere if the node goes)."""
+    options: dict[str, Any] = {}
+    if node_id is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=not pinned)
     return (
         _remote(cls)
         .options(
@@ -112,6 +120,7 @@ def get_or_create(cls: type, name: str, *args: Any, restart: bool = True) -> Any
             get_if_exists=True,
             lifetime="detached",
             max_restarts=-1 if restart else 0,
+            **options,
             max_task_retries=0,
             num_cpus=0,
             # Async actors: this bounds the calls under way at once, long-polls included (a host
@@ -120,6 +129,15 @@ def get_or_create(cls: type, name: str, *args: Any, restart: bool = True) -> Any
         )
         .remote(*args)
     )
+
+
+def nodes() -> list[dict]:
+    """Every node of the cluster: {"id", "ip", "alive", "labels", "cpus"}."""
+    return [
+        {"id": n["NodeID"], "ip": n["NodeManagerAddress"], "alive": bool(n.get("Alive")), "labels": n.get("Labels") or {},
+         "cpus": int((n.get("Resources") or {}).get("CPU", 1))}
+        for n in ray.nodes()
+    ]
 
 
 def find(name: str) -> Any | None:

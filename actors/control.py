@@ -1,25 +1,32 @@
 """ControlPlane: what the gateway asks of the control plane, in plain async methods.
 
 Sessions live on session hosts (``SessionHostActor``, a few per node, each owning many
-sessions); the Directory (the store's placement columns, ``DirectoryCore``) says which.
+sessions); the Directory (the store's placement columns, ``DirectoryCore``) says which, and
+which media worker (``MediaWorkerActor``, a few per node) carries their media. Every gateway
+keeps the cluster in shape: each node Ray knows gets its hosts and media workers when it joins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-from actors import cluster, names
+from actors import cluster
 from actors.host import SessionHostActor
 from actors.media import media_worker
+from actors.view import ClusterView
 from mediaserver.config import Settings
 from mediaserver.control.directory import DirectoryCore
+from mediaserver.control.placement import Placement
+from mediaserver.control.topology import node_of
 from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.3)  # then every 0.3 s: a restarting host is back in about a second
+MAINTAIN_SECONDS = 2.0  # how often a gateway looks for new nodes and measures the media workers' load
 
 
 def actor_config(settings: Settings) -> dict:
@@ -38,6 +45,10 @@ def actor_config(settings: Settings) -> dict:
         or ("127.0.0.1" if settings.media_bind_host in ("0.0.0.0", "::") else settings.media_bind_host),
         "media_allowed_networks": list(settings.media_allowed_networks),
         "media_fastpath": settings.media_fastpath,
+        "media_worker_capacity": settings.media_worker_capacity,
+        "session_load_estimate": settings.session_load_estimate,
+        "region": settings.region,
+        "region_networks": dict(settings.region_networks),
         "quality_seconds": settings.quality_seconds,
     }
 
@@ -45,29 +56,63 @@ def actor_config(settings: Settings) -> dict:
 class ControlPlane:
     def __init__(self, settings: Settings, store: Store):
         self.cfg = actor_config(settings)
-        self.hosts = [names.host(i) for i in range(self.cfg["session_hosts"])]
+        self.store = store
+        self.view = ClusterView(self.cfg, store)
+        self.placement = Placement(region_networks=self.cfg["region_networks"], session_load_estimate=self.cfg["session_load_estimate"])
         self.directory = DirectoryCore(
-            store, default_max_live_sessions=self.cfg["default_max_live_sessions"], hosts=self.hosts,
-            media_workers=self.cfg["media_workers"],
+            store, default_max_live_sessions=self.cfg["default_max_live_sessions"], hosts=self._known_hosts,
+            workers=self.view.worker_loads, placement=self.placement,
         )
         self._handles: dict[str, Any] = {}  # host name -> actor handle
         self._host_of: dict[str, str] = {}  # session -> host name
+        self._counted: dict[str, tuple[float, float]] = {}  # worker -> (rtp_out, when) at the last look
+        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        """Create (or find) the hosts and media workers, so the first join finds them running."""
-        for name in self.hosts:
-            self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg)
-        for i in range(self.cfg["media_workers"]):
-            media_worker(self.cfg, i)
+    def _known_hosts(self) -> list[str]:
+        # A dead node's hosts are restarted elsewhere by Ray: they still hold their sessions.
+        return [h for n in self.view.nodes for h in n.hosts]
+
+    async def start(self) -> None:
+        """Bring every node's hosts and media workers up, and keep doing so for nodes that join."""
+        await self.view.refresh(force=True)
+        self._ensure_actors()
+        self._task = asyncio.ensure_future(self._maintain_forever())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    def _ensure_actors(self) -> None:
+        for node in self.view.nodes:
+            if not node.alive:
+                continue
+            for name in node.hosts:
+                if name not in self._handles:
+                    self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg, node_id=node.node_id)
+            for spec in node.workers:
+                media_worker(self.cfg, spec)
 
     async def ready(self) -> list[dict]:
         """Wait until every host has taken on its sessions and every media worker listens."""
-        workers = [cluster.find(names.media_worker(i)) for i in range(self.cfg["media_workers"])]
-        await asyncio.gather(*(cluster.call_retrying(w, "start") for w in workers if w is not None))
-        return list(await asyncio.gather(*(cluster.call_retrying(h, "ready") for h in self._handles.values())))
+        alive = [n for n in self.view.nodes if n.alive]
+        await asyncio.gather(*(cluster.call_retrying(media_worker(self.cfg, w), "start") for n in alive for w in n.workers))
+        return list(await asyncio.gather(*(cluster.call_retrying(self._handles[h], "ready") for n in alive for h in n.hosts)))
 
-    async def open_session(self, room: dict) -> dict:
-        session = await self.directory.open_session(room)
+    async def _maintain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTAIN_SECONDS)
+            try:
+                await self.view.refresh(force=True)
+                self._ensure_actors()
+                await self.media_stats()  # measures each worker's rate on the way
+            except Exception:
+                log.exception("looking after the cluster failed; trying again")
+
+    # Sessions --------------------------------------------------------------------------
+
+    async def open_session(self, room: dict, client_address: str | None = None) -> dict:
+        await self.view.refresh()
+        session = await self.directory.open_session(room, client_address)
         if session.get("host"):
             self._host_of[session["id"]] = session["host"]
         return session
@@ -79,9 +124,15 @@ class ControlPlane:
             if name is None:
                 raise MediaserverError("session_not_found", f"no session {session_id}")
             self._host_of[session_id] = name
+        return self._host_handle(name)
+
+    def _host_handle(self, name: str) -> Any:
         handle = self._handles.get(name)
         if handle is None:
-            handle = self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg)
+            node = self.view.node(node_of(name))
+            handle = self._handles[name] = cluster.get_or_create(
+                SessionHostActor, name, name, self.cfg, node_id=node.node_id if node and node.alive else None,
+            )
         return handle
 
     async def call(self, session_id: str, method: str, *args: Any, deadline: float = 30.0) -> Any:
@@ -106,32 +157,77 @@ class ControlPlane:
             await asyncio.sleep(delay)
             attempt += 1
 
+    def forget(self, session_id: str) -> None:
+        self._host_of.pop(session_id, None)
+
+    # Nodes -------------------------------------------------------------------------------
+
+    async def drain(self, node: str, *, move: bool = True) -> list[dict]:
+        """No new sessions on ``node``; unless ``move`` is false, its live sessions move off it,
+        one at a time (their participants start media over on a worker elsewhere)."""
+        await self.view.refresh(force=True)
+        if self.view.node(node) is None:
+            raise MediaserverError("not_found", f"no node {node} in the cluster")
+        await self.store.set_node_state(node, "draining")
+        await self.view.refresh(force=True)
+        moved = []
+        if move:
+            workers = [w.name for w in self.view.node(node).workers]
+            for s in await self.store.sessions_on_workers(workers):
+                to = await self.call_host(s["id"], "move_media", s["id"], s["media_worker"])
+                moved.append({"session_id": s["id"], "from": s["media_worker"], "to": to})
+        return moved
+
+    async def undrain(self, node: str) -> None:
+        await self.store.set_node_state(node, "active")
+        await self.view.refresh(force=True)
+
+    async def call_host(self, session_id: str, method: str, *args: Any) -> Any:
+        """A host-level operation on the host of ``session_id``."""
+        return await cluster.call_retrying(await self._host(session_id), method, *args)
+
+    # Figures -----------------------------------------------------------------------------
+
     async def media_stats(self) -> dict[str, dict]:
-        """Counters of every running media worker, by index."""
+        """Counters of every running media worker, by name, with what it forwards per second."""
         out = {}
-        for i in range(self.cfg["media_workers"]):
-            handle = cluster.find(names.media_worker(i))
-            if handle is None:
-                continue
-            try:
-                out[str(i)] = await cluster.call(handle, "stats")
-            except MediaserverError:
-                continue  # restarting: it shows again on the next scrape
+        now = time.monotonic()
+        for n in self.view.nodes:
+            for w in n.workers:
+                handle = cluster.find(w.name) if n.alive else None
+                if handle is None:
+                    continue
+                try:
+                    stats = await cluster.call(handle, "stats")
+                except MediaserverError:
+                    continue  # restarting: it shows again on the next look
+                sent = float(stats.get("rtp_out", 0))
+                before = self._counted.get(w.name)
+                if before is not None and now > before[1] and sent >= before[0]:
+                    self.view.rates[w.name] = (sent - before[0]) / (now - before[1])
+                self._counted[w.name] = (sent, now)
+                out[w.name] = {**stats, "node": n.ip, "region": n.region, "rate": round(self.view.rates.get(w.name, 0.0), 1)}
         return out
 
     async def host_stats(self) -> list[dict]:
         """What each running session host holds (restarting ones show again on the next look)."""
-        async def one(handle: Any) -> dict | None:
+        async def one(name: str) -> dict | None:
             try:
-                return await cluster.call(handle, "ready")
+                return await cluster.call(self._host_handle(name), "ready")
             except MediaserverError:
                 return None
 
-        found = await asyncio.gather(*(one(h) for h in self._handles.values()))
+        found = await asyncio.gather(*(one(h) for h in self._known_hosts()))
         return [f for f in found if f is not None]
 
-    def forget(self, session_id: str) -> None:
-        self._host_of.pop(session_id, None)
+    async def node_summary(self) -> list[dict]:
+        await self.view.refresh()
+        counts = await self.store.worker_sessions()
+        return [
+            {**n, "sessions": sum(counts.get(w, 0) for w in n["workers"]),
+             "rate": round(sum(self.view.rates.get(w, 0.0) for w in n["workers"]), 1)}
+            for n in self.view.summary()
+        ]
 
 
 __all__ = ["ControlPlane", "MediaserverError", "actor_config"]

@@ -6,28 +6,75 @@ import os
 from typing import Any
 
 from actors.media import RemoteWorker
+from actors.view import ClusterView
 from mediaserver.control.host import SessionHost
+from mediaserver.control.placement import Placement
+from mediaserver.control.topology import node_of
+from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
+
+
+class ClusterPlaces:
+    """``MediaPlaces`` on the Ray cluster: workers by name, checked against the nodes Ray knows."""
+
+    def __init__(self, cfg: dict, store: Store):
+        self.cfg = cfg
+        self.store = store
+        self.view = ClusterView(cfg, store)
+        self.placement = Placement(region_networks=cfg.get("region_networks"), session_load_estimate=cfg["session_load_estimate"])
+        self._clients: dict[str, RemoteWorker] = {}
+
+    def worker(self, name: str) -> RemoteWorker:
+        if name not in self._clients:
+            spec = self.view.worker(name)
+            if spec is None:
+                raise MediaserverError("unavailable", f"no media worker {name} in the cluster")
+            self._clients[name] = RemoteWorker(self.cfg, spec)
+        return self._clients[name]
+
+    async def usable(self, name: str) -> bool:
+        await self.view.refresh()
+        spec = self.view.worker(name)
+        if spec is None or not self.view.alive(spec.node):
+            await self.view.refresh(force=True)  # a node that just joined, or one that just died
+            spec = self.view.worker(name)
+        return spec is not None and self.view.alive(spec.node)
+
+    async def place(self, session_id: str, current: str | None, avoid: str | None) -> str:
+        await self.view.refresh(force=True)
+        loads = await self.view.worker_loads()
+        here = self.view.node(node_of(current)) if current else None
+        choice = self.placement.choose(
+            loads, region=here.region if here else None, exclude_nodes={node_of(avoid)} if avoid else set(),
+        )
+        row = await self.store.move_media(session_id, to=choice.name, only_if=current)
+        if row is None:
+            raise MediaserverError("session_not_found", f"no session {session_id}")
+        return row["media_worker"] or choice.name  # (someone else may have moved it first: theirs stands)
 
 
 class SessionHostActor:
     def __init__(self, name: str, cfg: dict):
-        self._cfg = cfg
-        self._workers: dict[int, RemoteWorker] = {}
-        self.host = SessionHost(name, Store(cfg["db_url"]), cfg, self._worker)
-
-    def _worker(self, index: int) -> RemoteWorker:
-        if index not in self._workers:
-            self._workers[index] = RemoteWorker(self._cfg, index)
-        return self._workers[index]
+        store = Store(cfg["db_url"])
+        self.places = ClusterPlaces(cfg, store)
+        self.host = SessionHost(name, store, cfg, self.places)
 
     async def call(self, session_id: str, method: str, args: tuple) -> Any:
-        await self.host.start()
+        await self._start()
         return await self.host.call(session_id, method, *args)
 
+    async def move_media(self, session_id: str, avoid: str | None) -> str:
+        """Move a session's media off the worker ``avoid`` (its node is draining)."""
+        await self._start()
+        return await self.host.move_media(session_id, "the media server is being drained", avoid)
+
     async def ready(self) -> dict:
-        await self.host.start()
+        await self._start()
         return self.host.summary()
+
+    async def _start(self) -> None:
+        await self.places.view.refresh()
+        await self.host.start()
 
     def pid(self) -> int:
         return os.getpid()

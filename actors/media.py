@@ -9,18 +9,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from actors import cluster, names
+from actors import cluster
+from mediaserver.control.topology import WorkerSpec
 
 
 class MediaWorkerActor:
-    def __init__(self, cfg: dict, index: int):
+    def __init__(self, cfg: dict, spec: WorkerSpec):
         from mediaserver.media.service import WorkerService
 
-        port = cfg["media_port"] + index if cfg["media_port"] else 0
         self.service = WorkerService(
-            bind_host=cfg["media_bind_host"],
-            port=port,
-            advertised_host=cfg["media_advertised_host"],
+            bind_host=spec.bind_host,
+            port=spec.port,
+            advertised_host=spec.advertised_host,
             allowed_networks=cfg["media_allowed_networks"],
             fastpath=cfg.get("media_fastpath", True),
         )
@@ -82,26 +82,27 @@ class MediaWorkerActor:
         return os.getpid()
 
 
-def media_worker(cfg: dict, index: int) -> Any:
-    """The handle of media worker ``index``, created if missing. Workers are not restarted by
-    Ray: their owners see a death within milliseconds and call this again, which starts a new
-    one under the same name (about 0.8 s here), instead of waiting out Ray's restart."""
-    return cluster.get_or_create(MediaWorkerActor, names.media_worker(index), cfg, index, restart=False)
+def media_worker(cfg: dict, spec: WorkerSpec) -> Any:
+    """The handle of the media worker ``spec`` names, created on its node if missing. Workers
+    are not restarted by Ray and die with their node: their owners see a death within
+    milliseconds and call this again, which starts a new one under the same name (about 0.8 s
+    here), instead of waiting out Ray's restart."""
+    return cluster.get_or_create(MediaWorkerActor, spec.name, cfg, spec, restart=False, node_id=spec.node_id, pinned=True)
 
 
 class RemoteWorker:
-    """The ``mediaserver.control.media.Worker`` calls, made on media worker ``index``. After
-    the worker died, the next call starts its successor."""
+    """The ``mediaserver.control.media.Worker`` calls, made on the media worker ``spec`` names.
+    After the worker died, the next call starts its successor (on the same node)."""
 
-    def __init__(self, cfg: dict, index: int):
+    def __init__(self, cfg: dict, spec: WorkerSpec):
         self._cfg = cfg
-        self._index = index
+        self.spec = spec
         self._handle: Any = None
 
     def __getattr__(self, method: str) -> Any:
         async def call(*args: Any) -> Any:
             if self._handle is None:
-                self._handle = media_worker(self._cfg, self._index)
+                self._handle = media_worker(self._cfg, self.spec)
             try:
                 return await cluster.call(self._handle, method, *args)
             except Exception as e:

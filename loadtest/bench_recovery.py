@@ -28,7 +28,7 @@ from loadtest.peers import join_media, loopback_only_ice, wait_for
 
 async def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from actors import cluster, names
+    from actors import cluster
 
     loopback_only_ice()
     data = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
@@ -48,7 +48,7 @@ async def run(args: argparse.Namespace) -> dict:
             await pub.publish()
             await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
             for i in range(args.kills):
-                worker = cluster.find(names.media_worker(0))
+                worker = cluster.find((await http.get(f"/v1/sessions/{pub.joined['session']['id']}")).json()["media_worker"])
                 pid = await cluster.call(worker, "pid")
                 resets, before = sub.resets, sub.got
                 await asyncio.sleep(args.gap)

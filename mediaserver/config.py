@@ -50,15 +50,22 @@ class Settings(BaseSettings):
     ping_seconds: float = Field(15.0, gt=0)  # WebSocket server pings
     join_timeout_seconds: float = Field(10.0, gt=0)  # time to send the first WebSocket message
     default_max_live_sessions: int = Field(10, ge=1)  # per team, unless the team says otherwise
-    session_hosts: int = Field(default_factory=lambda: default_session_hosts(), ge=1, le=64)  # per node
+    # Session hosts per node (of the node serve starts; cluster nodes say theirs in their labels,
+    # see mediaserver/control/topology.py). None: one per two CPUs, at least one.
+    session_hosts: int | None = Field(None, ge=1, le=64)
 
     # Media plane
-    media_workers: int = Field(1, ge=1, le=64)  # per node; DESIGN.md says one per core
+    media_workers: int | None = Field(None, ge=1, le=64)  # per node; None: one per CPU less one, at least one
     media_port: int = Field(7882, ge=0, le=65535)  # first worker's UDP port (+1 per worker); 0: any free port
     media_bind_host: str = "127.0.0.1"
     media_advertised_host: str | None = None  # the address clients send media to; the bind host if unset
     media_allowed_networks: list[str] = ["0.0.0.0/0", "::/0"]  # ICE answers only these client networks
     media_fastpath: bool = True  # forward in C (IPv4); false: the pure-Python reference path
+    media_worker_capacity: float = Field(250_000, gt=0)  # forwarded packets/s one media worker takes
+    session_load_estimate: float = Field(1_000, gt=0)  # packets/s held for a new session until it forwards its own
+    region: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # the region of the node serve starts
+    region_networks: dict[str, str] = {}  # client network (CIDR) -> region, for placing sessions near their people
+    trusted_proxies: list[str] = []  # proxies whose X-Forwarded-For is believed (CIDRs)
 
     # Tokens
     token_default_ttl: int = Field(24 * 3600, gt=0)
@@ -66,6 +73,24 @@ class Settings(BaseSettings):
     secret_key: str | None = None  # signs reconnect tokens; if unset, one is made and kept in the store
 
     log_level: str = "info"
+
+    @field_validator("region_networks")
+    @classmethod
+    def _known_networks(cls, v: dict[str, str]) -> dict[str, str]:
+        import ipaddress
+
+        for cidr in v:
+            ipaddress.ip_network(cidr, strict=False)  # a bad one stops the start, with its name
+        return v
+
+    @field_validator("trusted_proxies", "media_allowed_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in v:
+            ipaddress.ip_network(cidr, strict=False)
+        return v
 
     @field_validator("database_url")
     @classmethod
@@ -170,10 +195,3 @@ def reachable_address() -> str | None:
         if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
             return address
     return None
-
-
-def default_session_hosts() -> int:
-    """Session hosts per node: one per two cores, at least one. A host is one Python process
-    (about 60 MB) that holds thousands of sessions; more of them only buy CPU for the control
-    plane, which the media workers need more."""
-    return max(1, (os.cpu_count() or 1) // 2)

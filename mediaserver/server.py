@@ -110,18 +110,22 @@ def _db_where(url: str) -> str:
 
 async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     from actors import cluster
-    from actors.control import ControlPlane
+    from actors.control import ControlPlane, actor_config
+    from mediaserver.control.topology import local_labels
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await open_store(settings)
     boot = await bootstrap(store, settings)
     # Every gateway of a deployment must sign reconnect tokens alike, so the secret lives in the store.
     reconnect_secret = settings.secret_key or await store.server_value("reconnect_secret", new_secret)
-    ray_info = cluster.init(settings.ray_address, settings.ray_namespace, verbose=settings.log_level == "debug")
+    # The node serve starts itself carries the server's own media settings (a cluster's nodes
+    # carry theirs in the labels their operator gives `ray start`).
+    labels = local_labels(actor_config(settings))
+    ray_info = cluster.init(settings.ray_address, settings.ray_namespace, verbose=settings.log_level == "debug", labels=labels)
     (settings.data_dir / "ray_address").write_text(ray_info["gcs_address"])
     try:
         control = ControlPlane(settings, store)
-        control.start()
+        await control.start()
         await control.ready()  # hosts and media workers running before anyone is told the URL
         app = create_app(settings, store, control, reconnect_secret=reconnect_secret)
         config = uvicorn.Config(
@@ -143,6 +147,7 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
                 boot["join_url"] = demo_link(settings, boot)
             banner(settings, boot, ray_info, out, as_json=as_json)
         await task
+        await control.stop()
     finally:
         await store.close()
         cluster.shutdown()

@@ -184,7 +184,6 @@ async def test_breakout_rooms_are_held_by_their_sessions_host(fault_server, ray_
 async def test_media_worker_killed_mid_session(fault_server, ray_client):
     """Ray restarts the media worker; the session tells its participants to start media over, and
     media flows again without anyone joining again by hand."""
-    from actors import names
     from loadtest.peers import join_media, loopback_only_ice, wait_for
 
     loopback_only_ice()
@@ -196,7 +195,8 @@ async def test_media_worker_killed_mid_session(fault_server, ray_client):
         try:
             await pub.publish()
             await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)
-            worker = ray_client.find(names.media_worker(0))
+            name = (await http.get(f"/v1/sessions/{pub.joined['session']['id']}")).json()["media_worker"]
+            worker = ray_client.find(name)
             os.kill(await ray_client.call(worker, "pid"), signal.SIGKILL)
             await wait_for(lambda: pub.resets >= 1 and sub.resets >= 1, timeout=60)
             await wait_for(lambda: sub.got.video_frames >= 20, timeout=60)  # counted afresh after the reset

@@ -42,12 +42,24 @@ async def env(tmp_path):
            "quality_seconds": 3600}
     hosts = []
 
+    class OnePlace:
+        """One media worker, in-process, always there."""
+
+        def worker(self, name):
+            return worker
+
+        async def usable(self, name):
+            return name == "media:test:0"
+
+        async def place(self, session_id, current, avoid):
+            return (await store.move_media(session_id, to="media:test:0", only_if=current))["media_worker"]
+
     def new_host() -> SessionHost:
-        h = SessionHost("host:0", store, cfg, lambda index: worker, clock=clock)
+        h = SessionHost("host:test:0", store, cfg, OnePlace(), clock=clock)
         hosts.append(h)
         return h
 
-    directory = DirectoryCore(store, default_max_live_sessions=100, hosts=["host:0"], clock=clock)
+    directory = DirectoryCore(store, default_max_live_sessions=100, hosts=lambda: ["host:test:0"], clock=clock)
     yield store, team, clock, new_host, directory
     for h in hosts:
         await h.stop()

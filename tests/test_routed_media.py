@@ -80,9 +80,11 @@ async def test_publisher_reaches_three_subscribers_and_nobody_else(server):
             figures = parse_metrics(metrics)
             assert figures['mediaserver_participants'] >= 5
             assert figures['mediaserver_sessions{status="live"}'] >= 2
-            assert figures['mediaserver_media_rtp_out_total{worker="0"}'] > 3 * 60
-            assert figures['mediaserver_media_bytes_out_total{worker="0"}'] > 0
-            assert figures['mediaserver_media_worker_cpu_seconds_total{worker="0"}'] > 0
+            worker = (await http.get(f"/v1/sessions/{sid}")).json()["media_worker"]
+            assert worker.startswith("media:127.0.0.1:")
+            assert figures[f'mediaserver_media_rtp_out_total{{worker="{worker}"}}'] > 3 * 60
+            assert figures[f'mediaserver_media_bytes_out_total{{worker="{worker}"}}'] > 0
+            assert figures[f'mediaserver_media_worker_cpu_seconds_total{{worker="{worker}"}}'] > 0
             assert figures['mediaserver_joins_total{result="joined"}'] >= 5
             assert figures['mediaserver_ws_connections'] >= 5
 

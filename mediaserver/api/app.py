@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediaserver import __version__
 from mediaserver.api import events, people, rest, ws
+from mediaserver.api.clients import ClientAddress
 from mediaserver.api.docs import tidy_openapi
 from mediaserver.api.limits import BodyLimit
 from mediaserver.api.metrics import GatewayMetrics
@@ -41,6 +42,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.store = store
     app.state.control = control
     app.state.reconnect_secret = reconnect_secret
+    app.state.client_address = ClientAddress(settings.trusted_proxies)
     app.state.metrics = GatewayMetrics()
     app.include_router(rest.router)
     app.include_router(events.router)

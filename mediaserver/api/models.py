@@ -214,7 +214,7 @@ class Session(BaseModel):
     end_reason: str | None
     participant_count: int | None = None
     host: str | None = Field(None, description="The session host (control-plane actor) that owns it.")
-    media_worker: int | None = Field(None, description="The media worker its media goes through.")
+    media_worker: str | None = Field(None, description="The media worker its media goes through (media:<node>:<index>).")
 
     @classmethod
     def from_row(cls, row: dict, *, grace: float) -> "Session":

@@ -299,7 +299,10 @@ async def end_session(session_id: str, request: Request, caller: Auth) -> Sessio
 
 
 class WorkerHealth(BaseModel):
-    index: int
+    name: str = Field(description="media:<node>:<index>")
+    node: str
+    region: str
+    rate: float = Field(description="packets forwarded per second, over the last few seconds")
     port: int | None
     fastpath: bool | None
     transports: int
@@ -317,7 +320,20 @@ class HostHealth(BaseModel):
     faults: int = Field(description="sessions rebuilt from the store after an unexpected failure")
 
 
+class NodeHealth(BaseModel):
+    node: str = Field(description="the node's IP address, its name here")
+    region: str
+    alive: bool
+    state: str = Field(description="active, or draining (no new sessions)")
+    media_address: str | None = Field(description="where clients send its media")
+    workers: list[str]
+    hosts: list[str]
+    sessions: int = Field(description="unended sessions (all teams') whose media goes through it")
+    rate: float = Field(description="packets its workers forward per second")
+
+
 class ServerHealth(BaseModel):
+    nodes: list[NodeHealth]
     hosts: list[HostHealth] = Field(description="the session hosts (all teams' sessions)")
     workers: list[WorkerHealth]
     live_sessions: int = Field(description="your team's live sessions (those counting against the limit)")
@@ -333,19 +349,21 @@ async def server_health(request: Request, caller: Auth) -> ServerHealth:
     unended = await store.list_sessions(caller.team_id, status=["live", "ending_soon"], limit=1000)
     team = await store.get_team(caller.team_id)
     limit = team["max_live_sessions"] if team and team["max_live_sessions"] is not None else settings.default_max_live_sessions
+    control = request.app.state.control
     workers = []
-    for index, stats in sorted((await request.app.state.control.media_stats()).items(), key=lambda kv: int(kv[0])):
-        i = int(index)
+    for name, stats in sorted((await control.media_stats()).items()):
         numeric = {k: int(v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         workers.append(WorkerHealth(
-            index=i, port=stats.get("port"), fastpath=stats.get("fastpath"), transports=stats.get("transports", 0),
+            name=name, node=stats["node"], region=stats["region"], rate=float(stats.get("rate", 0.0)),
+            port=stats.get("port"), fastpath=stats.get("fastpath"), transports=stats.get("transports", 0),
             cpu_seconds=float(stats.get("cpu_seconds", 0.0)),
-            counters={k: v for k, v in numeric.items() if not k.startswith("drop_") and k not in ("port", "transports", "cpu_seconds")},
+            counters={k: v for k, v in numeric.items() if not k.startswith("drop_") and k not in ("port", "transports", "cpu_seconds", "rate")},
             drops={k[5:]: v for k, v in numeric.items() if k.startswith("drop_") and v},
-            sessions=[s["id"] for s in unended if s.get("media_worker") == i],
+            sessions=[s["id"] for s in unended if s.get("media_worker") == name],
         ))
     return ServerHealth(
-        hosts=[HostHealth(**h) for h in await request.app.state.control.host_stats()],
+        nodes=[NodeHealth(**{k: v for k, v in n.items() if k in NodeHealth.model_fields}) for n in await control.node_summary()],
+        hosts=[HostHealth(**h) for h in await control.host_stats()],
         workers=workers, live_sessions=sum(s["status"] == "live" for s in unended),
         ending_soon=sum(s["status"] == "ending_soon" for s in unended), max_live_sessions=limit,
     )

@@ -40,6 +40,7 @@ class Connection:
         self.store = state.store
         self.control = state.control
         self.reconnect_secret = state.reconnect_secret
+        self.client_address = state.client_address
         self.session_id: str | None = None
         self.participant_id: str | None = None
         self.role: str | None = None
@@ -154,7 +155,8 @@ class Connection:
                 raise MediaserverError(
                     "not_group_leader", "only the group's leaders and co-leaders may start a session for it; join once it is live"
                 )
-        session = await self.control.open_session(room)
+        client = self.ws.client.host if self.ws.client else None
+        session = await self.control.open_session(room, self.client_address(client, self.ws.headers.get("x-forwarded-for")))
         self.session_id = session["id"]
         result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role)
         ttl = max(grant.expires_at - time.time(), 0) + self.settings.grace_seconds

@@ -2,16 +2,18 @@
 
 The Directory is the store's placement columns (each session's host and media worker, chosen
 when it opens) read through this class: any gateway, and any restarted host, finds a session
-where it was put.
+where it was put. A new session's media goes where ``Placement`` says (its region, the worker
+with the most headroom) and its host is the least loaded one on that worker's node.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
-from mediaserver.control.media import worker_index
+from mediaserver.control.placement import Placement, WorkerLoad
+from mediaserver.control.topology import node_of
 from mediaserver.ids import new_id
 from mediaserver.store import Store
 
@@ -20,13 +22,15 @@ LOADS_TTL = 1.0  # seconds the hosts' session counts are reused between placemen
 
 class DirectoryCore:
     def __init__(
-        self, store: Store, *, default_max_live_sessions: int, hosts: list[str] | None = None, media_workers: int = 1,
+        self, store: Store, *, default_max_live_sessions: int, hosts: Callable[[], list[str]] | None = None,
+        workers: Callable[[], Awaitable[list[WorkerLoad]]] | None = None, placement: Placement | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self.store = store
         self.default_max_live_sessions = default_max_live_sessions
-        self.hosts = hosts or []
-        self.media_workers = media_workers
+        self.hosts = hosts or (lambda: [])  # the session hosts there are now
+        self.workers = workers  # the media workers there are now, with their loads
+        self.placement = placement or Placement()
         self.clock = clock
         self._loads: dict[str, int] = {}
         self._loads_at = -1e9
@@ -37,33 +41,49 @@ class DirectoryCore:
             return int(team["max_live_sessions"])
         return self.default_max_live_sessions
 
-    async def open_session(self, room: dict) -> dict:
+    async def open_session(self, room: dict, client_address: str | None = None) -> dict:
         """The room's unended session, started (and placed) if there is none.
 
         A session that is ``ending_soon`` does not count against the team's limit; a join
         that would bring it back to ``live`` is checked like a new session. The store checks
         the limit in the transaction that opens the session, so concurrent first joins of a
-        team's rooms cannot pass it together.
+        team's rooms cannot pass it together. A session is placed in the region of its room's
+        location hint, else of the first client's address.
         """
-        session_id = new_id("sess")
+        existing = await self.store.unended_session(room["id"])
+        if existing and existing["status"] == "live":
+            return existing  # (a join into a live session writes nothing here)
+        placement = None
+        if existing is None:
+            region = self.placement.region_of(room.get("location_hint")) or self.placement.region_of(client_address)
+            placement = await self.place(new_id("sess"), region)
         session, _created = await self.store.open_session(
-            room, self.clock(), default_limit=self.default_max_live_sessions, placement=await self.place(session_id),
+            room, self.clock(), default_limit=self.default_max_live_sessions, placement=placement,
         )
         return session
 
-    async def place(self, session_id: str) -> dict:
-        """Where a new session goes: the host holding the fewest unended sessions, and the media
-        worker its id picks."""
-        placement: dict = {"id": session_id, "media_worker": worker_index(session_id, self.media_workers)}
-        if self.hosts:
-            now = time.monotonic()
-            if now - self._loads_at > LOADS_TTL:
-                self._loads, self._loads_at = await self.store.host_loads(), now
-            fewest = min(self._loads.get(h, 0) for h in self.hosts)
-            host = random.choice([h for h in self.hosts if self._loads.get(h, 0) == fewest])
-            self._loads[host] = self._loads.get(host, 0) + 1
-            placement["host"] = host
+    async def place(self, session_id: str, region: str | None = None) -> dict:
+        """Where a new session goes: a media worker (by region and headroom), and the host with
+        the fewest unended sessions on that worker's node."""
+        placement: dict = {"id": session_id}
+        hosts = self.hosts()
+        if self.workers is not None:
+            worker = self.placement.choose(await self.workers(), region=region)
+            placement["media_worker"] = worker.name
+            near = [h for h in hosts if node_of(h) == worker.node]
+            hosts = near or hosts  # (a node's hosts are restarted elsewhere when it goes)
+        if hosts:
+            placement["host"] = await self._least_loaded(hosts)
         return placement
+
+    async def _least_loaded(self, hosts: list[str]) -> str:
+        now = time.monotonic()
+        if now - self._loads_at > LOADS_TTL:
+            self._loads, self._loads_at = await self.store.host_loads(), now
+        fewest = min(self._loads.get(h, 0) for h in hosts)
+        host = random.choice([h for h in hosts if self._loads.get(h, 0) == fewest])
+        self._loads[host] = self._loads.get(host, 0) + 1
+        return host
 
     async def host_of(self, session_id: str) -> str | None:
         """The host a session lives on. One placed nowhere we know (older, or on a host that no
@@ -71,13 +91,10 @@ class DirectoryCore:
         row = await self.store.get_session(session_id)
         if row is None:
             return None
-        if row.get("host") in self.hosts or not self.hosts:
+        hosts = self.hosts()
+        if row.get("host") in hosts or not hosts:
             return row.get("host")
-        where = await self.place(session_id)
-        moved = await self.store.place_session(
-            session_id, host=where["host"], media_worker=row.get("media_worker") if row.get("media_worker") is not None
-            else where["media_worker"], only_if_host=row.get("host"),
-        )
+        moved = await self.store.place_session(session_id, host=await self._least_loaded(hosts), only_if_host=row.get("host"))
         return moved["host"] if moved else None
 
     async def live_session_ids(self) -> list[str]:

@@ -20,7 +20,7 @@ import ctypes
 import gc
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from mediaserver.control.media import Worker
 from mediaserver.control.unit import SessionUnit
@@ -52,22 +52,31 @@ def release_memory() -> None:
         pass  # not glibc
 
 
+class MediaPlaces(Protocol):
+    """Where a host's sessions find their media workers (the cluster, for the Ray shell)."""
+
+    def worker(self, name: str) -> Worker: ...  # the client of a media worker, by name
+    async def usable(self, name: str) -> bool: ...  # it exists and its node is up (and not draining)
+    async def place(self, session_id: str, current: str | None, avoid: str | None) -> str: ...
+    # ^ a media worker for a session whose worker is unusable, or, ``avoid``, on another node
+    # than the one it is on (written to the store; the name it stands on is returned)
+
+
 class SessionHost:
     def __init__(
-        self, name: str, store: Store, cfg: dict, worker_for: Callable[[int], Worker], *,
-        clock: Callable[[], float] = time.time,
+        self, name: str, store: Store, cfg: dict, places: MediaPlaces, *, clock: Callable[[], float] = time.time,
     ):
         self.name = name
         self.store = store
         self.cfg = cfg
-        self.worker_for = worker_for  # media worker index -> its client
+        self.places = places
         self.clock = clock
         self.units: dict[str, SessionUnit] = {}
         self.asleep: dict[str, float | None] = {}  # session -> when its timers are due (None: none)
-        self._worker_of: dict[str, int] = {}  # session -> its media worker index
+        self._worker_of: dict[str, str] = {}  # session -> its media worker
         self._loading: dict[str, asyncio.Task] = {}
         self._ended_at: dict[str, float] = {}
-        self._watched: set[int] = set()
+        self._watched: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._started: asyncio.Task | None = None
         self._quality_at = 0.0
@@ -143,18 +152,20 @@ class SessionHost:
         row = await self.store.get_session(sid)
         if row is None:
             raise MediaserverError("session_not_found", f"no session {sid}")
-        index = row.get("media_worker") or 0
+        worker = row.get("media_worker")
+        if row["status"] != "ended" and (worker is None or not await self.places.usable(worker)):
+            worker = await self.places.place(sid, worker, None)  # its worker's node is gone (or it has none yet)
         unit = SessionUnit(
-            self.store, sid, self.worker_for(index), grace=self.cfg["grace_seconds"], stale=self.cfg["stale_seconds"],
+            self.store, sid, self.places.worker(worker), grace=self.cfg["grace_seconds"], stale=self.cfg["stale_seconds"],
             live_limit=self.cfg.get("default_max_live_sessions"), quality_seconds=self.cfg.get("quality_seconds", 10.0),
             clock=self.clock,
         )
         await unit.load(row)
         self.asleep.pop(sid, None)
         self.units[sid] = unit
-        self._worker_of[sid] = index
+        self._worker_of[sid] = worker
         if not unit.ended:
-            self._watch(index)
+            self._watch(worker)
         return unit
 
     def _drop_broken(self, sid: str, unit: SessionUnit) -> None:
@@ -222,13 +233,13 @@ class SessionHost:
         by_worker: dict[int, list[SessionUnit]] = {}
         for sid, unit in self.units.items():
             if not unit.ended and unit.has_media():
-                by_worker.setdefault(self._worker_of.get(sid, 0), []).append(unit)
+                by_worker.setdefault(self._worker_of[sid], []).append(unit)
         now = time.monotonic()
         quality_due = now - self._quality_at >= self.cfg.get("quality_seconds", 10.0)
         if quality_due:
             self._quality_at = now
-        for index, units in by_worker.items():
-            worker = self.worker_for(index)
+        for name, units in by_worker.items():
+            worker = self.places.worker(name)
             tids = [tid for u in units for tid in u.transports()]
             try:
                 states = await worker.transport_states(tids)
@@ -243,16 +254,17 @@ class SessionHost:
 
     # Media workers ---------------------------------------------------------------------------
 
-    def _watch(self, index: int) -> None:
-        if index not in self._watched:
-            self._watched.add(index)
-            self._tasks.append(asyncio.ensure_future(self._watch_worker(index)))
+    def _watch(self, name: str) -> None:
+        if name not in self._watched:
+            self._watched.add(name)
+            self._tasks.append(asyncio.ensure_future(self._watch_worker(name)))
 
-    async def _watch_worker(self, index: int) -> None:
+    async def _watch_worker(self, name: str) -> None:
         """A call to the worker that returns only if it dies: then every session on it starts
-        its media over, at once, and the watch waits for the worker to come back."""
-        worker = self.worker_for(index)
-        while True:
+        its media over, at once (on its successor; on a worker elsewhere if its node is gone),
+        and the watch goes on with the successor."""
+        worker = self.places.worker(name)
+        while any(w == name for w in self._worker_of.values()):
             try:
                 await worker.watch()
             except MediaserverError as e:
@@ -264,13 +276,28 @@ class SessionHost:
             except Exception:
                 await asyncio.sleep(1.0)
                 continue
-            log.warning("host %s: media worker %s is gone; its sessions start media over", self.name, index)
-            # Participants are told once the worker listens again: what they send before would be lost.
-            await self._wait_for_worker(worker)
-            await asyncio.gather(*(
-                u.media_lost("the media server restarted")
-                for sid, u in list(self.units.items()) if self._worker_of.get(sid) == index
-            ), return_exceptions=True)
+            log.warning("host %s: media worker %s is gone; its sessions start media over", self.name, name)
+            sids = [sid for sid, w in self._worker_of.items() if w == name]
+            if await self.places.usable(name):
+                # Participants are told once the worker listens again: what they send before would be lost.
+                await self._wait_for_worker(worker)
+                await asyncio.gather(*(self.units[s].media_lost("the media server restarted") for s in sids if s in self.units),
+                                     return_exceptions=True)
+            else:  # its node is gone: the sessions move to workers that are not
+                await asyncio.gather(*(self.move_media(s, "the media server's node went away") for s in sids), return_exceptions=True)
+        self._watched.discard(name)
+
+    async def move_media(self, session_id: str, reason: str = "the media server moved", avoid: str | None = None) -> str:
+        """Put a session's media on another worker (its own is gone, or its node is draining:
+        ``avoid``) and have its participants start media over there."""
+        unit = await self._unit(session_id)
+        current = self._worker_of.get(session_id)
+        target = await self.places.place(session_id, current, avoid)
+        if target != current:
+            await unit.use_worker(self.places.worker(target), reason)
+            self._worker_of[session_id] = target
+            self._watch(target)
+        return target
 
     @staticmethod
     async def _wait_for_worker(worker: Worker) -> None:

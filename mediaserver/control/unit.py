@@ -187,6 +187,17 @@ class SessionUnit:
             await self.core.record(t.participant_id, "track_unpublished", track_id=t.id, reason="media_reset")
         await self.core.notify()
 
+    async def use_worker(self, worker: Worker, reason: str) -> None:
+        """Move the session's media to another worker: what was on the old one is let go (it
+        is gone, or leaving), and everyone starts media over on the new one."""
+        old = self.worker
+        self.worker = self.media.worker = worker
+        try:
+            await old.close_participants(list(self.core.participants))
+        except Exception:
+            pass  # gone with its node
+        await self.media_lost(reason)
+
     def transports(self) -> dict[str, tuple[str, str]]:
         return self.media.transports()
 

@@ -81,9 +81,10 @@ sessions = Table(
     # Where the session lives: the session host (actor) that owns it and the media worker its
     # media goes through, chosen when it opens so any gateway or restarted host finds the same.
     Column("host", String(80), nullable=True),
-    Column("media_worker", Integer, nullable=True),
+    Column("media_worker", String(80), nullable=True),
     Index("ix_sessions_team_status", "team_id", "status"),
     Index("ix_sessions_host_status", "host", "status"),
+    Index("ix_sessions_worker_status", "media_worker", "status"),
     Index("ix_sessions_room", "room_id", "started_at"),
     # At most one session per room is not ended: the invariant the Directory relies on.
     Index(
@@ -279,4 +280,14 @@ invites = Table(
     Column("uses", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("max_uses IS NULL OR uses <= max_uses", name="ck_invites_uses"),
     Index("ix_invites_room", "room_id", "created_at"),
+)
+
+
+# A node an operator drains takes no new sessions (its live ones move off, or end where they are).
+media_nodes = Table(
+    "media_nodes",
+    metadata,
+    Column("node", String(80), primary_key=True),  # the node's IP, as topology names it
+    Column("state", String(12), nullable=False),  # active | draining
+    Column("updated_at", Float, nullable=False),
 )

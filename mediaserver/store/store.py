@@ -27,6 +27,7 @@ from mediaserver.store.schema import (
     api_keys,
     chat_messages,
     events,
+    media_nodes,
     participants,
     question_votes,
     questions,
@@ -314,15 +315,14 @@ class Store(EventStore, PeopleStore):
         async with self.engine.connect() as conn:
             return int((await conn.execute(q)).scalar_one())
 
-    async def place_session(self, session_id: str, *, host: str, media_worker: int | None, only_if_host: str | None) -> dict | None:
-        """Move an unended session to ``host`` (and ``media_worker``) if it is still where the
-        caller saw it (``only_if_host``; None: not placed yet), so concurrent movers agree on one
-        place. Returns the session as it stands."""
+    async def place_session(self, session_id: str, *, host: str, only_if_host: str | None) -> dict | None:
+        """Move an unended session to ``host`` if it is still where the caller saw it
+        (``only_if_host``; None: not placed yet), so concurrent movers agree on one place.
+        Returns the session as it stands."""
         async with self.write() as conn:
             cond = sessions.c.host.is_(None) if only_if_host is None else sessions.c.host == only_if_host
             await conn.execute(
-                sessions.update().where(sessions.c.id == session_id, sessions.c.status != "ended", cond)
-                .values(host=host, media_worker=media_worker)
+                sessions.update().where(sessions.c.id == session_id, sessions.c.status != "ended", cond).values(host=host)
             )
             row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).mappings().first()
         return dict(row) if row else None
@@ -341,6 +341,40 @@ class Store(EventStore, PeopleStore):
         )
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def worker_sessions(self) -> dict[str, int]:
+        """Unended sessions per media worker."""
+        q = sa.select(sessions.c.media_worker, sa.func.count()).where(sessions.c.status != "ended").group_by(sessions.c.media_worker)
+        async with self.engine.connect() as conn:
+            return {w: n for w, n in await conn.execute(q) if w is not None}
+
+    async def sessions_on_workers(self, workers: Iterable[str]) -> list[dict]:
+        """Unended sessions whose media goes through these workers (id, host, media_worker)."""
+        q = (sa.select(sessions.c.id, sessions.c.host, sessions.c.media_worker)
+             .where(sessions.c.media_worker.in_(list(workers)), sessions.c.status != "ended").order_by(sessions.c.started_at))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def node_states(self) -> dict[str, str]:
+        async with self.engine.connect() as conn:
+            return {n: st for n, st in await conn.execute(sa.select(media_nodes.c.node, media_nodes.c.state))}
+
+    async def set_node_state(self, node: str, state: str) -> None:
+        async with self.write() as conn:
+            done = await conn.execute(media_nodes.update().where(media_nodes.c.node == node).values(state=state, updated_at=time.time()))
+            if done.rowcount == 0:
+                await conn.execute(media_nodes.insert().values(node=node, state=state, updated_at=time.time()))
+
+    async def move_media(self, session_id: str, *, to: str, only_if: str | None) -> dict | None:
+        """Point an unended session at another media worker if it is still on ``only_if`` (so
+        hosts moving it at the same time agree on one). Returns the session as it stands."""
+        async with self.write() as conn:
+            cond = sessions.c.media_worker.is_(None) if only_if is None else sessions.c.media_worker == only_if
+            await conn.execute(
+                sessions.update().where(sessions.c.id == session_id, sessions.c.status != "ended", cond).values(media_worker=to)
+            )
+            row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).mappings().first()
+        return dict(row) if row else None
 
     async def host_loads(self) -> dict[str, int]:
         """Unended sessions per host."""

@@ -6,7 +6,6 @@ let auth = sessionStorage.getItem("mediaserver-auth");
 let view = "live";
 let selectedSession = null;
 let selectedParticipant = null;
-let lastForwarded = null; // {at, perWorker} for packets/s
 let roomFilter = null; // {id, name}: one room's sessions, live and ended
 
 const fmt = (iso) => (iso ? new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "–");
@@ -117,19 +116,17 @@ async function refreshHealth() {
   const h = await api("/v1/server");
   $("limit").textContent = `Live sessions: ${h.live_sessions} of ${h.max_live_sessions} allowed` +
     (h.ending_soon ? ` (and ${h.ending_soon} ending soon, not counted)` : "");
-  const now = Date.now();
-  const rates = {};
-  for (const w of h.workers) {
-    const out = w.counters.rtp_out || 0;
-    const before = lastForwarded?.perWorker[w.index];
-    rates[w.index] = before != null ? Math.max(0, (out - before) / ((now - lastForwarded.at) / 1000)) : null;
-  }
-  lastForwarded = { at: now, perWorker: Object.fromEntries(h.workers.map((w) => [w.index, w.counters.rtp_out || 0])) };
+  $("nodes").tBodies[0].replaceChildren(...h.nodes.map((n) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(n.node), cell(n.region), cell(!n.alive ? "gone" : n.state), cell(n.media_address || "–"),
+      cell(String(n.sessions)), cell(n.rate.toFixed(0)));
+    return tr;
+  }));
   $("workers").tBodies[0].replaceChildren(...h.workers.map((w) => {
     const tr = document.createElement("tr");
     const drops = Object.entries(w.drops).map(([k, v]) => `${k.replaceAll("_", " ")}: ${v}`).join(", ") || "none";
-    tr.append(cell(`#${w.index} (port ${w.port}${w.fastpath ? ", fast path" : ""})`), cell(w.sessions.join(", ") || "none"),
-      cell(String(w.transports)), cell(rates[w.index] == null ? "…" : rates[w.index].toFixed(0)), cell(drops));
+    tr.append(cell(`${w.name} (port ${w.port}${w.fastpath ? ", fast path" : ""})`), cell(w.sessions.join(", ") || "none"),
+      cell(String(w.transports)), cell(w.rate.toFixed(0)), cell(drops));
     return tr;
   }));
 }
