@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mediaserver.errors import MediaserverError
@@ -158,7 +158,8 @@ async def call(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
             raise MediaserverError(cause.code, cause.message) from None
         log.error("actor call %s failed: %r", method, e)
         raise MediaserverError("internal", f"the control plane failed on {method}") from None
-    except RayActorError as e:
+    except (RayActorError, ActorUnschedulableError) as e:
+        # Dead, restarting, or pinned to a node that is gone: the caller decides what next.
         raise MediaserverError("unavailable", f"the control plane is restarting ({type(e).__name__}); retry shortly") from None
 
 

@@ -60,17 +60,13 @@ class ControlPlane:
         self.view = ClusterView(self.cfg, store)
         self.placement = Placement(region_networks=self.cfg["region_networks"], session_load_estimate=self.cfg["session_load_estimate"])
         self.directory = DirectoryCore(
-            store, default_max_live_sessions=self.cfg["default_max_live_sessions"], hosts=self._known_hosts,
+            store, default_max_live_sessions=self.cfg["default_max_live_sessions"], hosts=self.view.live_hosts,
             workers=self.view.worker_loads, placement=self.placement,
         )
         self._handles: dict[str, Any] = {}  # host name -> actor handle
         self._host_of: dict[str, str] = {}  # session -> host name
         self._counted: dict[str, tuple[float, float]] = {}  # worker -> (rtp_out, when) at the last look
         self._task: asyncio.Task | None = None
-
-    def _known_hosts(self) -> list[str]:
-        # A dead node's hosts are restarted elsewhere by Ray: they still hold their sessions.
-        return [h for n in self.view.nodes for h in n.hosts]
 
     async def start(self) -> None:
         """Bring every node's hosts and media workers up, and keep doing so for nodes that join."""
@@ -88,7 +84,9 @@ class ControlPlane:
                 continue
             for name in node.hosts:
                 if name not in self._handles:
-                    self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg, node_id=node.node_id)
+                    # Pinned: a host that crashes comes back on its node; one whose node is gone
+                    # hands its sessions to the hosts of the others (see _rehome_orphans).
+                    self._handles[name] = cluster.get_or_create(SessionHostActor, name, name, self.cfg, node_id=node.node_id, pinned=True)
             for spec in node.workers:
                 media_worker(self.cfg, spec)
 
@@ -104,9 +102,26 @@ class ControlPlane:
             try:
                 await self.view.refresh(force=True)
                 self._ensure_actors()
+                await self._rehome_orphans()
                 await self.media_stats()  # measures each worker's rate on the way
             except Exception:
                 log.exception("looking after the cluster failed; trying again")
+
+    async def _rehome_orphans(self) -> None:
+        """Sessions owned by the hosts of a node that is gone move to hosts that are not (the
+        new host rebuilds them from the store; their media moves too if it was there)."""
+        for node in self.view.nodes:
+            if node.alive:
+                continue
+            for name in node.hosts:
+                for row in await self.store.host_sessions(name):
+                    self._host_of.pop(row["id"], None)
+                    await self.directory.host_of(row["id"])
+                # Pinned to a node that is gone, it would wait for it forever under its name: let
+                # it go, so the node's hosts start afresh if it comes back.
+                if name in self._handles:
+                    del self._handles[name]
+                    cluster.kill(name, restart=False)
 
     # Sessions --------------------------------------------------------------------------
 
@@ -130,8 +145,10 @@ class ControlPlane:
         handle = self._handles.get(name)
         if handle is None:
             node = self.view.node(node_of(name))
+            if node is None or not node.alive:
+                raise MediaserverError("unavailable", f"the node of {name} is gone")
             handle = self._handles[name] = cluster.get_or_create(
-                SessionHostActor, name, name, self.cfg, node_id=node.node_id if node and node.alive else None,
+                SessionHostActor, name, name, self.cfg, node_id=node.node_id, pinned=True,
             )
         return handle
 
@@ -153,7 +170,8 @@ class ControlPlane:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 if e.code != "unavailable" or loop.time() + delay > end:
                     raise
-            self._host_of.pop(session_id, None)  # ask the Directory again: the session may have moved
+            self._host_of.pop(session_id, None)  # ask the Directory again: the session may have moved,
+            await self.view.refresh(force=attempt > 0)  # or its host's node may be gone (it moves then)
             await asyncio.sleep(delay)
             attempt += 1
 
@@ -217,7 +235,7 @@ class ControlPlane:
             except MediaserverError:
                 return None
 
-        found = await asyncio.gather(*(one(h) for h in self._known_hosts()))
+        found = await asyncio.gather(*(one(h) for h in self.view.live_hosts()))
         return [f for f in found if f is not None]
 
     async def node_summary(self) -> list[dict]:

@@ -53,6 +53,7 @@ class Received:
     # Video frames by publisher: the server names each track "<participant id>/<mid>" in its msid.
     video_from: dict[str, int] = field(default_factory=dict)
     first_frames_at: list[float] = field(default_factory=list)  # monotonic times of the first few video frames
+    last_frame_at: float = 0.0  # monotonic time of the latest video frame
 
 
 def collect(pc: RTCPeerConnection) -> Received:
@@ -67,8 +68,9 @@ def collect(pc: RTCPeerConnection) -> Received:
                 return
             if track.kind == "video":
                 got.video_frames += 1
+                got.last_frame_at = time.monotonic()
                 if len(got.first_frames_at) < 10:
-                    got.first_frames_at.append(time.monotonic())
+                    got.first_frames_at.append(got.last_frame_at)
                 source = (track.id or "").split("/")[0]
                 got.video_from[source] = got.video_from.get(source, 0) + 1
                 y = frame.planes[0]
@@ -123,8 +125,9 @@ class MediaClient:
     """A participant as a WebRTC app would be: one WebSocket, a publish and a subscribe aiortc
     peer connection, answering the server's subscribe offers as they come."""
 
-    def __init__(self, ws_url: str):
+    def __init__(self, ws_url: str, local_addr: tuple[str, int] | None = None):
         self.ws_url = ws_url
+        self.local_addr = local_addr  # the WebSocket's source address (stands for the client's network)
         self.ws = None
         self.joined: dict = {}
         self.events: list[dict] = []
@@ -157,7 +160,8 @@ class MediaClient:
 
         import websockets
 
-        self.ws = await websockets.connect(self.ws_url)
+        extra = {"local_addr": self.local_addr} if self.local_addr else {}
+        self.ws = await websockets.connect(self.ws_url, **extra)
         await self.ws.send(json.dumps(first))
         msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
         if msg["type"] == "joined":
@@ -250,12 +254,14 @@ class MediaClient:
                 await pc.close()
 
 
-async def join_media(server, http, room: dict, identity: str, role: str = "publisher") -> MediaClient:
+async def join_media(
+    server, http, room: dict, identity: str, role: str = "publisher", local_addr: tuple[str, int] | None = None
+) -> MediaClient:
     """A MediaClient that has joined ``room`` through ``server`` (anything with ``ws_url``;
     ``http`` is an API-key client of it)."""
     r = await http.post(f"/v1/rooms/{room['id']}/tokens", json={"identity": identity, "role": role})
     r.raise_for_status()
-    c = MediaClient(server.ws_url)
+    c = MediaClient(server.ws_url, local_addr)
     msg = await c.join(r.json()["token"], room["id"])
     if msg["type"] != "joined":
         raise RuntimeError(f"join refused: {msg}")

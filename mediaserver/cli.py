@@ -146,6 +146,67 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> None:
     _print(args, {"revoked": args.key_id}, f"revoked {args.key_id}")
 
 
+async def _with_cluster(settings: Settings, args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
+    """Run ``fn(control)`` against the running cluster: the Ray address given, or the one the
+    local ``serve`` recorded in its data directory."""
+    import os
+
+    from actors import cluster
+    from actors.control import ControlPlane
+    from mediaserver.server import open_store
+
+    address = args.ray_address or settings.ray_address
+    recorded = settings.data_dir / "ray_address"
+    if not address and recorded.exists():
+        address = recorded.read_text().strip()
+    if not address:
+        raise MediaserverError("unavailable", "no cluster to talk to: give --ray-address HEAD:6379 (or run this next to `serve`)")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    cluster.init(address, settings.ray_namespace)
+    store = await open_store(settings)
+    try:
+        control = ControlPlane(settings, store)
+        await control.view.refresh(force=True)
+        return await fn(control)
+    finally:
+        await store.close()
+        cluster.shutdown()
+
+
+def cmd_nodes(args: argparse.Namespace) -> None:
+    async def run(control: Any) -> list[dict]:
+        await control.media_stats()  # a first reading of the counters
+        await asyncio.sleep(1.0)
+        await control.media_stats()  # and a second, for packets/s
+        return await control.node_summary()
+
+    nodes = asyncio.run(_with_cluster(_settings(args), args, run))
+    lines = [f"{'NODE':16} {'REGION':12} {'STATE':9} {'MEDIA ADDRESS':16} {'WORKERS':>7} {'SESSIONS':>8} {'PKT/S':>9}"]
+    for n in nodes:
+        state = n["state"] if n["alive"] else "gone"
+        lines.append(f"{n['node']:16} {n['region']:12} {state:9} {n['media_address'] or '-':16} {len(n['workers']):>7} "
+                     f"{n['sessions']:>8} {n['rate']:>9.0f}")
+    _print(args, {"nodes": nodes}, "\n".join(lines))
+
+
+def cmd_node_drain(args: argparse.Namespace) -> None:
+    async def run(control: Any) -> list[dict]:
+        return await control.drain(args.node, move=not args.keep_sessions)
+
+    moved = asyncio.run(_with_cluster(_settings(args), args, run))
+    text = f"{args.node} is draining: no new sessions go there"
+    if args.keep_sessions:
+        text += "; its live sessions stay until they end"
+    else:
+        text += "".join(f"\n  moved {m['session_id']}: {m['from']} -> {m['to']}" for m in moved) or "; it had no live sessions"
+    _print(args, {"node": args.node, "state": "draining", "moved": moved}, text)
+
+
+def cmd_node_undrain(args: argparse.Namespace) -> None:
+    asyncio.run(_with_cluster(_settings(args), args, lambda control: control.undrain(args.node)))
+    _print(args, {"node": args.node, "state": "active"}, f"{args.node} takes new sessions again")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mediaserver", description="Real-time video conferencing server.")
     parser.add_argument("--version", action="version", version=f"mediaserver {__version__}")
@@ -208,6 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("key_id")
     p.set_defaults(func=cmd_apikey_revoke)
+
+    p = sub.add_parser("nodes", help="the cluster's nodes: region, state, media address, workers, sessions, load")
+    _common(p)
+    p.add_argument("--ray-address", help="the cluster (default: the one the local serve started)")
+    p.set_defaults(func=cmd_nodes)
+    node = sub.add_parser("node", help="one node of the cluster").add_subparsers(dest="action", required=True)
+    p = node.add_parser("drain", help="take no new sessions on NODE; move its live ones off it")
+    _common(p)
+    p.add_argument("node", help="the node's IP address, as `mediaserver nodes` shows it")
+    p.add_argument("--keep-sessions", action="store_true", help="leave its live sessions where they are until they end")
+    p.add_argument("--ray-address", help="the cluster (default: the one the local serve started)")
+    p.set_defaults(func=cmd_node_drain)
+    p = node.add_parser("undrain", help="let NODE take new sessions again")
+    _common(p)
+    p.add_argument("node")
+    p.add_argument("--ray-address")
+    p.set_defaults(func=cmd_node_undrain)
     return parser
 
 

@@ -85,6 +85,7 @@ STATUS: dict[str, int] = {
     "invite_used_up": 410,
     "session_not_live": 409,
     "unavailable": 503,
+    "no_media_capacity": 503,  # every media worker is full or draining
     "internal": 500,
 }
 

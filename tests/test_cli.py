@@ -20,7 +20,7 @@ def env(tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["serve"], ["room"], ["room", "create"], ["room", "list"], ["token"], ["token", "create"], ["apikey"], ["apikey", "create"], ["apikey", "list"], ["apikey", "revoke"]],
+    [[], ["serve"], ["room"], ["room", "create"], ["room", "list"], ["token"], ["token", "create"], ["apikey"], ["apikey", "create"], ["apikey", "list"], ["apikey", "revoke"], ["nodes"], ["node"], ["node", "drain"], ["node", "undrain"]],
 )
 def test_help_everywhere(args):
     out = cli(*args, "--help").stdout

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ENDED_LINGER = 10.0  # an ended unit stays this long, so long-polls under way see the end
 RECONCILE_SECONDS = 5.0  # how often the host looks in the store for sessions placed on it
+SUCCESSOR_WAIT = 2.0  # a dead worker's successor normally listens within a second; longer, its node may be gone
 UNIT_METHODS = {
     "join", "resume", "ready", "publish", "subscribe_answer", "set_subscribed", "set_muted", "disconnect", "leave",
     "set_role", "end", "wait_events", "start_session", "request_stage", "cancel_stage_request",
@@ -277,14 +278,20 @@ class SessionHost:
                 await asyncio.sleep(1.0)
                 continue
             log.warning("host %s: media worker %s is gone; its sessions start media over", self.name, name)
-            sids = [sid for sid, w in self._worker_of.items() if w == name]
-            if await self.places.usable(name):
-                # Participants are told once the worker listens again: what they send before would be lost.
-                await self._wait_for_worker(worker)
+            while True:
+                sids = [sid for sid, w in self._worker_of.items() if w == name]
+                if not await self.places.usable(name):  # its node is gone: the sessions move to workers that are not
+                    await asyncio.gather(*(self.move_media(s, "the media server's node went away") for s in sids),
+                                         return_exceptions=True)
+                    break
+                try:
+                    # Participants are told once the worker listens again: what they send before would be lost.
+                    await asyncio.wait_for(self._wait_for_worker(worker), SUCCESSOR_WAIT)
+                except asyncio.TimeoutError:
+                    continue  # no successor yet: is its node still there?
                 await asyncio.gather(*(self.units[s].media_lost("the media server restarted") for s in sids if s in self.units),
                                      return_exceptions=True)
-            else:  # its node is gone: the sessions move to workers that are not
-                await asyncio.gather(*(self.move_media(s, "the media server's node went away") for s in sids), return_exceptions=True)
+                break
         self._watched.discard(name)
 
     async def move_media(self, session_id: str, reason: str = "the media server moved", avoid: str | None = None) -> str:

@@ -1,0 +1,261 @@
+"""A cluster as an operator scales one, simulated on this machine inside the test's loopback-only
+namespace: a Ray head (127.0.0.1, no media) and two nodes, 127.0.0.2 in region "eu" and
+127.0.0.3 in region "us", each started with `ray start` and its labels, a gateway joining them,
+PostgreSQL as the store. Sessions go to the hinted region, else to the first client's network
+(client networks 127.0.2.0/24 for eu and 127.0.3.0/24 for us), and spread by load; clients
+reach each node's worker at that node's address; a drained node's sessions move off it, and a
+node that dies has its sessions re-placed, media back within 5 s both times."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from loadtest.peers import join_media, loopback_only_ice, wait_for
+from tests.helpers import Participant, ServerProcess, cli, create_key, free_port, make_room, make_token, server_env
+
+RAY = str(Path(sys.executable).parent / "ray")
+# Each node's Ray, as the README tells operators: callers hear of a dead actor at once, no idle
+# workers in reserve, and a node that stops answering is declared dead within about 2 s.
+RAY_ENV = {
+    "RAY_AUTH_MODE": "token", "RAY_timeout_ms_task_wait_for_death_info": "100", "RAY_enable_worker_prestart": "0",
+    "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3", "RAY_health_check_timeout_ms": "500",
+}
+REGIONS = {"127.0.2.0/24": "eu", "127.0.3.0/24": "us"}
+
+pytestmark = pytest.mark.postgres
+
+
+class RayNodes:
+    """``ray start`` processes, each in a process group of its own so a node can be killed whole."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.address = ""
+
+    def start(self, ip: str, labels: str, *, head: bool = False) -> None:
+        log = self.base / f"ray-{ip}.log"
+        for _attempt in range(5):  # the head binds its port itself: if it was taken meanwhile, try another
+            args = [RAY, "start", f"--node-ip-address={ip}", "--num-cpus=1", f"--labels={labels}", "--block"]
+            if head:
+                port = free_port()
+                args += ["--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"]
+            else:
+                args += [f"--address={self.address}"]
+            proc = subprocess.Popen(args, env={**os.environ, **RAY_ENV}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            deadline = time.time() + 90
+            while time.time() < deadline and proc.poll() is None and "Ray runtime started" not in log.read_text():
+                time.sleep(0.3)
+            if proc.poll() is None:
+                break
+        assert proc.poll() is None, f"ray start on {ip} failed:\n{log.read_text()[-3000:]}"
+        self.procs[ip] = proc
+        if head:
+            self.address = f"{ip}:{port}"
+
+    def kill(self, ip: str) -> None:
+        """The node dies: its raylet, its workers, everything of it, at once."""
+        os.killpg(self.procs[ip].pid, signal.SIGKILL)
+        self.procs[ip].wait()
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: `ray start --block` stops what it started
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, postgres_url):
+    base = tmp_path_factory.mktemp("nodes")
+    subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, **RAY_ENV}, capture_output=True)
+    nodes = RayNodes(base)
+    try:
+        nodes.start("127.0.0.1", "mediaserver-media-workers=0,mediaserver-session-hosts=1", head=True)
+        nodes.start("127.0.0.2", "mediaserver-region=eu,mediaserver-media-workers=1,mediaserver-session-hosts=1")
+        nodes.start("127.0.0.3", "mediaserver-region=us,mediaserver-media-workers=1,mediaserver-session-hosts=1")
+        db = f"nodes_{uuid.uuid4().hex[:8]}"
+        host, port = postgres_url.rsplit("@", 1)[1].split("/")[0].split(":")
+        subprocess.run(["psql", "-h", host, "-p", port, "-U", "ms", "-d", "postgres", "-c", f"CREATE DATABASE {db}"],
+                       check=True, capture_output=True)
+        env = server_env(base, ray_address=nodes.address, database_url=postgres_url.rsplit("/", 1)[0] + f"/{db}",
+                         ray_namespace="nodes-test", region_networks=json.dumps(REGIONS), grace_seconds=30, stale_seconds=30)
+        env.update({k: v for k, v in RAY_ENV.items()})
+        gateway = ServerProcess(data_dir=base, env=env)
+        gateway.key = create_key(env)
+        gateway.start()
+        gateway.nodes = nodes
+        yield gateway
+        assert gateway.stop() == 0
+    finally:
+        nodes.stop()
+
+
+async def placed(http, session_id: str) -> str:
+    return (await http.get(f"/v1/sessions/{session_id}")).json()["media_worker"]
+
+
+def nodes_listed(gateway) -> dict[str, dict]:
+    out = cli("nodes", "--json", "--ray-address", gateway.nodes.address, env={**gateway.env, **RAY_ENV}).stdout
+    return {n["node"]: n for n in json.loads(out)["nodes"]}
+
+
+async def test_nodes_are_listed_with_their_regions(cluster):
+    listed = nodes_listed(cluster)
+    assert {ip: (n["region"], n["alive"], len(n["workers"])) for ip, n in listed.items()} == {
+        "127.0.0.1": ("default", True, 0), "127.0.0.2": ("eu", True, 1), "127.0.0.3": ("us", True, 1),
+    }
+    assert listed["127.0.0.2"]["media_address"] == "127.0.0.2"
+    async with cluster.http() as http:
+        server = (await http.get("/v1/server")).json()
+        assert {n["node"]: n["region"] for n in server["nodes"]} == {"127.0.0.1": "default", "127.0.0.2": "eu", "127.0.0.3": "us"}
+        assert sorted(w["name"] for w in server["workers"]) == ["media:127.0.0.2:0", "media:127.0.0.3:0"]
+
+
+async def test_sessions_go_to_their_region_and_spread_by_load(cluster):
+    async with cluster.http() as http:
+        async def first_join(room, local=None):
+            p = Participant(cluster)
+            token = await make_token(http, room["id"], "first", "moderator")
+            if local:
+                import websockets
+
+                p.ws = await websockets.connect(cluster.ws_url, local_addr=(local, 0), max_queue=None)
+                await p.send({"type": "join", "token": token, "room_id": room["id"]})
+                msg = await p.recv(30)
+                p.joined = msg
+            else:
+                msg = await p.join(token, room["id"])
+            assert msg["type"] == "joined", msg
+            return p, msg["session"]["id"]
+
+        eu = await make_room(http, name="hinted eu", location_hint="127.0.2.9")
+        us = await make_room(http, name="hinted us", location_hint="127.0.3.9")
+        from_us = await make_room(http, name="no hint, a client in us")
+        people = []
+        for room, local, want in ((eu, None, "media:127.0.0.2:0"), (us, None, "media:127.0.0.3:0"),
+                                  (from_us, "127.0.3.20", "media:127.0.0.3:0")):
+            p, sid = await first_join(room, local)
+            people.append(p)
+            assert await placed(http, sid) == want, room["name"]
+        # Without a region, new sessions go where there is the most headroom: both nodes get some.
+        before = {w: 0 for w in ("media:127.0.0.2:0", "media:127.0.0.3:0")}
+        for s in (await http.get("/v1/sessions", params={"status": "live,ending_soon", "limit": 200})).json()["sessions"]:
+            before[await placed(http, s["id"])] += 1
+        spread = dict(before)
+        for i in range(6):
+            p, sid = await first_join(await make_room(http, name=f"anywhere {i}"))
+            people.append(p)
+            spread[await placed(http, sid)] += 1
+        assert abs(spread["media:127.0.0.2:0"] - spread["media:127.0.0.3:0"]) <= 1, (before, spread)
+        for p in people:
+            await p.close()
+
+
+async def _call(cluster, http, room, region_ip: str):
+    """A publisher and a subscriber in ``room``, media flowing; returns them."""
+    pub = await join_media(cluster, http, room, "pub", local_addr=(region_ip, 0))
+    sub = await join_media(cluster, http, room, "sub", "subscriber", local_addr=(region_ip, 0))
+    reply = await pub.publish()
+    assert reply["type"] == "answer", reply
+    await wait_for(lambda: sub.got.video_frames >= 10, timeout=60)
+    return pub, sub, reply["sdp"]
+
+
+async def test_clients_reach_each_node_at_its_own_address(cluster):
+    loopback_only_ice()
+    async with cluster.http() as http:
+        for hint, node in (("127.0.2.7", "127.0.0.2"), ("127.0.3.7", "127.0.0.3")):
+            room = await make_room(http, name=f"media in {node}", location_hint=hint)
+            pub, sub, answer = await _call(cluster, http, room, hint.rsplit(".", 1)[0] + ".50")
+            try:
+                candidates = [line for line in answer.splitlines() if line.startswith("a=candidate")]
+                assert candidates and all(f" {node} " in c for c in candidates), candidates
+                assert len(set(sub.got.lumas)) >= 3
+            finally:
+                await pub.close()
+                await sub.close()
+
+
+async def _media_back(sub, before, started: float, timeout: float = 30) -> float:
+    """Seconds from ``started`` until the subscriber decodes frames again after its media reset
+    (``before``: what it was receiving until then)."""
+    await wait_for(lambda: sub.got is not before and len(sub.got.first_frames_at) >= 3, timeout=timeout)
+    return sub.got.first_frames_at[2] - started
+
+
+async def test_drain_moves_live_sessions_and_keeps_new_ones_away(cluster):
+    loopback_only_ice()
+    async with cluster.http() as http:
+        room = await make_room(http, name="to be drained", location_hint="127.0.2.8")
+        pub, sub, _ = await _call(cluster, http, room, "127.0.2.51")
+        sid = pub.joined["session"]["id"]
+        try:
+            assert await placed(http, sid) == "media:127.0.0.2:0"
+            started, before = time.monotonic(), sub.got
+            out = await asyncio.to_thread(
+                cli, "node", "drain", "127.0.0.2", "--json", "--ray-address", cluster.nodes.address, env={**cluster.env, **RAY_ENV}
+            )
+            moved = json.loads(out.stdout)["moved"]
+            assert {"session_id": sid, "from": "media:127.0.0.2:0", "to": "media:127.0.0.3:0"} in moved
+            await _media_back(sub, before, started)
+            gap = sub.got.first_frames_at[2] - before.last_frame_at  # what a viewer sees: frames stop, then resume
+            print(f"drain: video paused {gap:.2f} s while its session moved")
+            assert gap < 5.0
+            assert await placed(http, sid) == "media:127.0.0.3:0"
+            assert nodes_listed(cluster)["127.0.0.2"]["state"] == "draining"
+            # While it drains, even a session hinted to its region goes elsewhere.
+            p = Participant(cluster)
+            eu = await make_room(http, name="eu while draining", location_hint="127.0.2.9")
+            assert (await p.join(await make_token(http, eu["id"], "x"), eu["id"]))["type"] == "joined"
+            assert await placed(http, p.joined["session"]["id"]) == "media:127.0.0.3:0"
+            await p.close()
+        finally:
+            await pub.close()
+            await sub.close()
+            cli("node", "undrain", "127.0.0.2", "--ray-address", cluster.nodes.address, env={**cluster.env, **RAY_ENV})
+        assert nodes_listed(cluster)["127.0.0.2"]["state"] == "active"
+
+
+async def test_a_node_that_dies_has_its_sessions_placed_again(cluster):
+    loopback_only_ice()
+    async with cluster.http() as http:
+        room = await make_room(http, name="on a node about to die", location_hint="127.0.3.8")
+        pub, sub, _ = await _call(cluster, http, room, "127.0.3.52")
+        sid = pub.joined["session"]["id"]
+        try:
+            assert await placed(http, sid) == "media:127.0.0.3:0"
+            assert (await pub.command({"type": "chat", "text": "still here?"}))["type"] == "ack"
+            started, before = time.monotonic(), sub.got
+            cluster.nodes.kill("127.0.0.3")
+            try:
+                back = await _media_back(sub, before, started)
+            except AssertionError:
+                print("DEBUG", (await http.get(f"/v1/sessions/{sid}")).json(), (await http.get("/v1/server")).json()["nodes"],
+                      sub.resets, pub.resets, pub.errors, sub.errors)
+                raise
+            print(f"node loss: media back {back:.2f} s after the node died")
+            assert back < 5.0
+            assert await placed(http, sid) == "media:127.0.0.2:0"
+            history = await pub.command({"type": "chat_history"})
+            assert [m["text"] for m in history["data"]] == ["still here?"]  # nothing of the control plane lost
+            listed = nodes_listed(cluster)
+            assert listed["127.0.0.3"]["alive"] is False and listed["127.0.0.2"]["alive"] is True
+        finally:
+            await pub.close()
+            await sub.close()
