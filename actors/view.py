@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from actors import cluster
-from mediaserver.control.placement import WorkerLoad
+from mediaserver.control.placement import RECENT_SECONDS, WorkerLoad
 from mediaserver.control.topology import NodeSpec, WorkerSpec, describe
 from mediaserver.store import Store
 
@@ -65,10 +65,11 @@ class ClusterView:
     async def worker_loads(self) -> list[WorkerLoad]:
         """Every worker of every node, with its capacity, its sessions and what it forwards."""
         sessions = await self.store.worker_sessions()
+        recent = await self.store.worker_sessions(since=time.time() - RECENT_SECONDS)
         return [
             WorkerLoad(
                 w.name, n.ip, n.region, n.alive and not self.draining(n.ip), self.cfg["media_worker_capacity"],
-                rate=self.rates.get(w.name, 0.0), sessions=sessions.get(w.name, 0),
+                rate=self.rates.get(w.name, 0.0), sessions=sessions.get(w.name, 0), recent=recent.get(w.name, 0),
             )
             for n in self.nodes for w in n.workers
         ]

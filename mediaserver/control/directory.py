@@ -17,7 +17,7 @@ from mediaserver.control.topology import node_of
 from mediaserver.ids import new_id
 from mediaserver.store import Store
 
-LOADS_TTL = 1.0  # seconds the hosts' session counts are reused between placements
+LOADS_TTL = 1.0  # seconds the hosts' and workers' session counts are reused between placements
 
 
 class DirectoryCore:
@@ -34,6 +34,8 @@ class DirectoryCore:
         self.clock = clock
         self._loads: dict[str, int] = {}
         self._loads_at = -1e9
+        self._worker_loads: list[WorkerLoad] = []
+        self._workers_at = -1e9
 
     async def limit_for(self, team_id: str) -> int:
         team = await self.store.get_team(team_id)
@@ -68,7 +70,12 @@ class DirectoryCore:
         placement: dict = {"id": session_id}
         hosts = self.hosts()
         if self.workers is not None:
-            worker = self.placement.choose(await self.workers(), region=region)
+            now = time.monotonic()
+            if now - self._workers_at > LOADS_TTL:
+                self._worker_loads, self._workers_at = await self.workers(), now
+            worker = self.placement.choose(self._worker_loads, region=region)
+            worker.sessions += 1  # (counted here until the next look, so a burst spreads too)
+            worker.recent += 1
             placement["media_worker"] = worker.name
             near = [h for h in hosts if node_of(h) == worker.node]
             hosts = near or hosts  # (a node's hosts are restarted elsewhere when it goes)

@@ -5,11 +5,14 @@
   client to connect does; else any region will do. A region with no room left falls back to
   any other (media far away beats no media).
 - **Headroom.** Each worker declares a capacity in forwarded packets per second
-  (``media_worker_capacity``); its load is what it forwards now, or, when more, what its
-  sessions will soon forward (``session_load_estimate`` each: a session that just opened
-  forwards nothing yet). Draining nodes and nodes that are gone take no new sessions.
-- **Full.** When no worker has room for one more session, the session is refused with
-  ``no_media_capacity``; sessions already placed are never squeezed.
+  (``media_worker_capacity``); its load is what it forwards now, plus what the sessions placed
+  on it in the last ``RECENT_SECONDS`` will soon forward (``session_load_estimate`` each: a
+  session that just opened forwards nothing yet, and a burst of new ones must not all land on
+  the worker that looked idlest). Draining nodes and nodes that are gone take no new sessions.
+- **Full.** A worker is full when what it forwards leaves no room for one more session's
+  estimate (the sessions just placed steer the choice between workers, but do not make one
+  full: a session that never sends media costs nothing). When every worker is full, the
+  session is refused with ``no_media_capacity``; sessions already placed are never squeezed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from mediaserver.errors import MediaserverError
+
+RECENT_SECONDS = 10.0  # a session placed this recently counts by its estimate, not its traffic
 
 
 @dataclass
@@ -29,6 +34,7 @@ class WorkerLoad:
     capacity: float  # forwarded packets/s it takes
     rate: float = 0.0  # forwarded packets/s now
     sessions: int = 0  # unended sessions placed on it
+    recent: int = 0  # of those, placed in the last RECENT_SECONDS (their media may not flow yet)
 
 
 class Placement:
@@ -48,11 +54,11 @@ class Placement:
         return next((region for net, region in self.networks if ip.version == net.version and ip in net), None)
 
     def headroom(self, w: WorkerLoad) -> float:
-        return w.capacity - max(w.rate, w.sessions * self.estimate)
+        return w.capacity - w.rate - w.recent * self.estimate
 
     def choose(self, workers: list[WorkerLoad], *, region: str | None = None, exclude_nodes: set[str] = frozenset()) -> WorkerLoad:
         """The worker a new session goes to (its region's with the most headroom, else anyone's)."""
-        room = [w for w in workers if w.available and w.node not in exclude_nodes and self.headroom(w) >= self.estimate]
+        room = [w for w in workers if w.available and w.node not in exclude_nodes and w.capacity - w.rate >= self.estimate]
         if not room:
             raise MediaserverError(
                 "no_media_capacity",

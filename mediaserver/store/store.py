@@ -342,9 +342,11 @@ class Store(EventStore, PeopleStore):
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
 
-    async def worker_sessions(self) -> dict[str, int]:
-        """Unended sessions per media worker."""
+    async def worker_sessions(self, since: float | None = None) -> dict[str, int]:
+        """Unended sessions per media worker (``since``: only those started since then)."""
         q = sa.select(sessions.c.media_worker, sa.func.count()).where(sessions.c.status != "ended").group_by(sessions.c.media_worker)
+        if since is not None:
+            q = q.where(sessions.c.started_at >= since)
         async with self.engine.connect() as conn:
             return {w: n for w, n in await conn.execute(q) if w is not None}
 
