@@ -29,9 +29,10 @@ RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.3)  # then every 0.3 s: a restarting hos
 MAINTAIN_SECONDS = 2.0  # how often a gateway looks for new nodes and measures the media workers' load
 
 
-def actor_config(settings: Settings) -> dict:
+def actor_config(settings: Settings, relay_secret: str | None = None) -> dict:
     """The settings actors need, as plain data (actors may run on other nodes)."""
     return {
+        "relay_secret": relay_secret,  # the deployment's: media legs between workers derive their keys from it
         "db_url": settings.db_url,
         "grace_seconds": settings.grace_seconds,
         "stale_seconds": settings.stale_seconds,
@@ -47,6 +48,7 @@ def actor_config(settings: Settings) -> dict:
         "media_fastpath": settings.media_fastpath,
         "media_worker_capacity": settings.media_worker_capacity,
         "session_load_estimate": settings.session_load_estimate,
+        "session_receivers_per_worker": settings.session_receivers_per_worker,
         "region": settings.region,
         "region_networks": dict(settings.region_networks),
         "quality_seconds": settings.quality_seconds,
@@ -54,8 +56,8 @@ def actor_config(settings: Settings) -> dict:
 
 
 class ControlPlane:
-    def __init__(self, settings: Settings, store: Store):
-        self.cfg = actor_config(settings)
+    def __init__(self, settings: Settings, store: Store, relay_secret: str | None = None):
+        self.cfg = actor_config(settings, relay_secret)
         self.store = store
         self.view = ClusterView(self.cfg, store)
         self.placement = Placement(region_networks=self.cfg["region_networks"], session_load_estimate=self.cfg["session_load_estimate"])

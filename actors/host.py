@@ -11,6 +11,7 @@ from mediaserver.control.host import SessionHost
 from mediaserver.control.placement import Placement
 from mediaserver.control.topology import node_of
 from mediaserver.errors import MediaserverError
+from mediaserver.media.legs import leg_keys
 from mediaserver.store import Store
 
 
@@ -51,6 +52,17 @@ class ClusterPlaces:
         if row is None:
             raise MediaserverError("session_not_found", f"no session {session_id}")
         return row["media_worker"] or choice.name  # (someone else may have moved it first: theirs stands)
+
+
+    async def extra(self, session_id: str, using: list[str]) -> str:
+        """Another worker for a session's receivers: its home's region first, the most headroom."""
+        await self.view.refresh()
+        here = self.view.node(node_of(using[0])) if using else None
+        loads = [w for w in await self.view.worker_loads() if w.name not in using]
+        return self.placement.choose(loads, region=here.region if here else None).name
+
+    def leg_keys(self, a: str, b: str) -> tuple[str, str]:
+        return leg_keys(self.cfg["relay_secret"], a, b)
 
 
 class SessionHostActor:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from mediaserver import __version__, tokens
-from mediaserver.api.models import RoomCreate
+from mediaserver.api.models import RoomCreate, check_capacity
 from mediaserver.config import Settings, load_settings
 from mediaserver.errors import MediaserverError
 
@@ -62,6 +62,7 @@ def cmd_room_create(args: argparse.Namespace) -> None:
     fields = {k: getattr(args, k) for k in ("name", "type", "media_mode", "archive_mode", "encryption", "capacity", "comment", "location_hint", "starts_at", "ends_at")}
     try:
         body = RoomCreate(**{k: v for k, v in fields.items() if v is not None})
+        check_capacity(body.capacity, settings.max_room_capacity)
     except ValidationError as e:
         raise MediaserverError("invalid_request", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
 
@@ -153,6 +154,7 @@ async def _with_cluster(settings: Settings, args: argparse.Namespace, fn: Callab
 
     from actors import cluster
     from actors.control import ControlPlane
+    from mediaserver.ids import new_secret
     from mediaserver.server import open_store
 
     address = args.ray_address or settings.ray_address
@@ -165,7 +167,7 @@ async def _with_cluster(settings: Settings, args: argparse.Namespace, fn: Callab
     cluster.init(address, settings.ray_namespace)
     store = await open_store(settings)
     try:
-        control = ControlPlane(settings, store)
+        control = ControlPlane(settings, store, await store.server_value("relay_secret", new_secret))
         await control.view.refresh(force=True)
         return await fn(control)
     finally:

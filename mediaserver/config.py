@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     ping_seconds: float = Field(15.0, gt=0)  # WebSocket server pings
     join_timeout_seconds: float = Field(10.0, gt=0)  # time to send the first WebSocket message
     default_max_live_sessions: int = Field(10, ge=1)  # per team, unless the team says otherwise
+    max_room_capacity: int = Field(50, ge=1, le=100_000)  # participants a room may hold (raise it for webinars)
     # Session hosts per node (of the node serve starts; cluster nodes say theirs in their labels,
     # see mediaserver/control/topology.py). None: one per two CPUs, at least one.
     session_hosts: int | None = Field(None, ge=1, le=64)
@@ -63,6 +64,7 @@ class Settings(BaseSettings):
     media_fastpath: bool = True  # forward in C (IPv4); false: the pure-Python reference path
     media_worker_capacity: float = Field(250_000, gt=0)  # forwarded packets/s one media worker takes
     session_load_estimate: float = Field(1_000, gt=0)  # packets/s held for a new session until it forwards its own
+    session_receivers_per_worker: int = Field(1_000, ge=1)  # past this, a session's receivers go to another worker
     region: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # the region of the node serve starts
     region_networks: dict[str, str] = {}  # client network (CIDR) -> region, for placing sessions near their people
     trusted_proxies: list[str] = []  # proxies whose X-Forwarded-For is believed (CIDRs)

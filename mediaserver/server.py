@@ -124,7 +124,7 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     ray_info = cluster.init(settings.ray_address, settings.ray_namespace, verbose=settings.log_level == "debug", labels=labels)
     (settings.data_dir / "ray_address").write_text(ray_info["gcs_address"])
     try:
-        control = ControlPlane(settings, store)
+        control = ControlPlane(settings, store, await store.server_value("relay_secret", new_secret))
         await control.start()
         await control.ready()  # hosts and media workers running before anyone is told the URL
         app = create_app(settings, store, control, reconnect_secret=reconnect_secret)

@@ -54,6 +54,12 @@ async def env(tmp_path):
         async def place(self, session_id, current, avoid):
             return (await store.move_media(session_id, to="media:test:0", only_if=current))["media_worker"]
 
+        async def extra(self, session_id, using):
+            raise AssertionError("one worker is enough here")
+
+        def leg_keys(self, a, b):
+            raise AssertionError("no legs with one worker")
+
     def new_host() -> SessionHost:
         h = SessionHost("host:test:0", store, cfg, OnePlace(), clock=clock)
         hosts.append(h)

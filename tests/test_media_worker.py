@@ -397,3 +397,52 @@ async def test_a_flood_of_unknown_sources_does_not_crowd_out_known_clients(worke
         client.close()
         for s in noise:
             s.close()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fastpath", "reference"])
+async def test_a_track_relayed_to_another_worker_reaches_its_subscribers(fast):
+    """A publisher on worker A, a subscriber on worker B (another address), the track carried
+    once over an SRTP leg between them: the subscriber decodes it, and its keyframe requests
+    travel back over the leg to the publisher."""
+    from mediaserver.media.legs import leg_keys
+    from mediaserver.media.service import WorkerService
+
+    loopback_only_ice()
+    a = WorkerService(bind_host="127.0.0.1", port=0, advertised_host=None, allowed_networks=["127.0.0.0/8"], fastpath=fast)
+    b = WorkerService(bind_host="127.0.0.2", port=0, advertised_host=None, allowed_networks=["127.0.0.0/8"], fastpath=fast)
+    await a.start()
+    await b.start()
+    try:
+        pub_pc, pub = await publish(a.worker, "alice")
+        k1, k2 = leg_keys()
+        out = await a.relay("127.0.0.2", b.worker.port, rx=k2, tx=k1)
+        inn = await b.relay("127.0.0.1", a.worker.port, rx=k1, tx=k2)
+        assert (out["host"], inn["host"]) == ("127.0.0.1", "127.0.0.2")
+        again = await a.relay("127.0.0.2", b.worker.port, rx=k2, tx=k1)
+        assert again["id"] == out["id"]  # one leg per pair of workers
+        pc = new_pc()
+        got = collect(pc)
+        t = b.worker.create_transport("bob", "subscribe")
+        relayed = {tr.ssrc: random.getrandbits(32) for tr in pub.tracks}
+        outs = [
+            OutgoingTrack(mid=str(i), kind=tr.kind, ssrc=random.getrandbits(32), codec=tr.codec, stream_id="bob", track_id=f"t{i}")
+            for i, tr in enumerate(pub.tracks)
+        ]
+        b.worker.subscribe_answer(t.id, await answer_offer(pc, b.worker.subscribe_offer(t.id, outs)))
+        for tr, o in zip(pub.tracks, outs):
+            a.worker.route(pub.id, tr.ssrc, out["id"], relayed[tr.ssrc], tr.codec.payload_type, tr.kind == "video")
+            b.worker.route(inn["id"], relayed[tr.ssrc], t.id, o.ssrc, o.codec.payload_type, tr.kind == "video")
+        await wait_for(lambda: got.video_frames >= 30 and got.audio_frames >= 30, timeout=30)
+        assert len(set(got.lumas)) >= 5
+        assert a.worker.stats["rtp_out"] > 0 and b.worker.stats["rtp_in"] > 0
+        # The subscriber's decoder asks for a keyframe: B passes it over the leg, A to the publisher.
+        sent_before = a.worker.stats["pli_sent"] + a.worker.stats["pli_throttled"]
+        await asyncio.sleep(0.6)  # past A's throttle
+        for pkt, to in b.worker.forwarder.keyframes_for(t.id, b.worker.clock() + 1):  # (B's own throttle passed too)
+            b.worker._send_consented(pkt, to)
+        await wait_for(lambda: a.worker.stats["pli_sent"] + a.worker.stats["pli_throttled"] > sent_before, timeout=5)
+        await pc.close()
+        await pub_pc.close()
+    finally:
+        a.worker.close()
+        b.worker.close()

@@ -15,7 +15,18 @@ Encryption = Literal["server", "session_key", "passphrase"]
 Role = Literal["moderator", "publisher", "subscriber"]
 SessionStatus = Literal["live", "ending_soon", "ended"]
 
-MAX_CAPACITY = 50
+MAX_CAPACITY = 50  # participants in a session, unless the server allows more (max_room_capacity)
+CAPACITY_CEILING = 100_000  # what any server allows
+
+
+def check_capacity(capacity: int | None, allowed: int) -> None:
+    """A room's capacity within what this server allows (``max_room_capacity``)."""
+    from mediaserver.errors import MediaserverError
+
+    if capacity is not None and capacity > allowed:
+        raise MediaserverError(
+            "invalid_request", f"capacity is at most {allowed} participants on this server (max_room_capacity)"
+        )
 
 
 def to_dt(ts: float | None) -> datetime | None:
@@ -68,7 +79,7 @@ class RoomFields(Strict):
     location_hint: IPv4Address | IPv6Address | None = Field(
         None, description="An IP address near where most participants are; media is placed close to it."
     )
-    capacity: int | None = Field(None, ge=1, le=MAX_CAPACITY)
+    capacity: int | None = Field(None, ge=1, le=CAPACITY_CEILING, description="Participants at most (50 unless the server allows more).")
     comment: str | None = Field(None, max_length=2000)
     starts_at: datetime | None = None
     ends_at: datetime | None = None
@@ -96,7 +107,7 @@ class RoomCreate(RoomFields):
     media_mode: MediaMode = "auto"
     archive_mode: ArchiveMode = "manual"
     encryption: Encryption = "server"
-    capacity: int = Field(MAX_CAPACITY, ge=1, le=MAX_CAPACITY)
+    capacity: int = Field(MAX_CAPACITY, ge=1, le=CAPACITY_CEILING)
 
 
 class RoomUpdate(RoomFields):

@@ -33,6 +33,7 @@ from mediaserver.api.models import (
     SessionList,
     TokenRequest,
     TokenResponse,
+    check_capacity,
     to_dt,
     to_ts,
 )
@@ -72,6 +73,7 @@ async def _check_group(request: Request, caller: Caller, room_type: str, group_i
 
 @router.post("/rooms", status_code=201, response_model=Room, tags=["rooms"], responses=errors(AUTH, BODY, "group_not_found"))
 async def create_room(body: RoomCreate, request: Request, caller: Auth) -> Room:
+    check_capacity(body.capacity, request.app.state.settings.max_room_capacity)
     await _check_group(request, caller, body.type, body.group_id)
     row = await request.app.state.store.create_room(caller.team_id, body.to_row(only_set=False))
     return Room.from_row(row)
@@ -99,6 +101,7 @@ async def get_room(room_id: str, request: Request, caller: Auth) -> Room:
 async def update_room(room_id: str, body: RoomUpdate, request: Request, caller: Auth) -> Room:
     current = await _room(request, caller, room_id)
     changes = body.to_row(only_set=True)
+    check_capacity(changes.get("capacity"), request.app.state.settings.max_room_capacity)
     for required in ("name", "type", "media_mode", "archive_mode", "encryption", "capacity"):
         if required in changes and changes[required] is None:
             raise MediaserverError("invalid_request", f"{required} cannot be cleared")

@@ -61,6 +61,8 @@ class MediaPlaces(Protocol):
     async def place(self, session_id: str, current: str | None, avoid: str | None) -> str: ...
     # ^ a media worker for a session whose worker is unusable, or, ``avoid``, on another node
     # than the one it is on (written to the store; the name it stands on is returned)
+    async def extra(self, session_id: str, using: list[str]) -> str: ...  # one more worker for its receivers
+    def leg_keys(self, a: str, b: str) -> tuple[str, str]: ...  # the keys of the leg from worker a to b
 
 
 class SessionHost:
@@ -159,7 +161,8 @@ class SessionHost:
         unit = SessionUnit(
             self.store, sid, self.places.worker(worker), grace=self.cfg["grace_seconds"], stale=self.cfg["stale_seconds"],
             live_limit=self.cfg.get("default_max_live_sessions"), quality_seconds=self.cfg.get("quality_seconds", 10.0),
-            clock=self.clock,
+            clock=self.clock, home=worker, receivers_per_worker=self.cfg.get("session_receivers_per_worker"),
+            more=lambda using, sid=sid: self._more(sid, using), leg_keys=self.places.leg_keys,
         )
         await unit.load(row)
         self.asleep.pop(sid, None)
@@ -168,6 +171,12 @@ class SessionHost:
         if not unit.ended:
             self._watch(worker)
         return unit
+
+    async def _more(self, sid: str, using: list[str]) -> tuple[str, Worker]:
+        """One more worker for a session whose receivers fill the ones it has."""
+        name = await self.places.extra(sid, using)
+        self._watch(name)
+        return name, self.places.worker(name)
 
     def _drop_broken(self, sid: str, unit: SessionUnit) -> None:
         """Forget a unit that failed unexpectedly; the next call rebuilds it from the store (its
@@ -231,24 +240,25 @@ class SessionHost:
 
     async def _media_reports(self) -> None:
         """Connection states every tick, quality every ``quality_seconds``: one call per worker."""
-        by_worker: dict[int, list[SessionUnit]] = {}
+        by_worker: dict[str, list[SessionUnit]] = {}
         for sid, unit in self.units.items():
             if not unit.ended and unit.has_media():
-                by_worker.setdefault(self._worker_of[sid], []).append(unit)
+                for name in unit.media.worker_names():
+                    by_worker.setdefault(name, []).append(unit)
         now = time.monotonic()
         quality_due = now - self._quality_at >= self.cfg.get("quality_seconds", 10.0)
         if quality_due:
             self._quality_at = now
         for name, units in by_worker.items():
             worker = self.places.worker(name)
-            tids = [tid for u in units for tid in u.transports()]
+            tids = [tid for u in units for tid in u.transports(name)]
             try:
                 states = await worker.transport_states(tids)
                 quality = await worker.quality(tids) if quality_due else {}
             except MediaserverError:
                 continue  # restarting: the watch deals with it
             for u in units:
-                mine = u.transports()
+                mine = u.transports(name)
                 await u.record_states({t: s for t, s in states.items() if t in mine})
                 if quality_due:
                     await u.record_quality({t: q for t, q in quality.items() if t in mine}, self.clock())
@@ -265,7 +275,7 @@ class SessionHost:
         its media over, at once (on its successor; on a worker elsewhere if its node is gone),
         and the watch goes on with the successor."""
         worker = self.places.worker(name)
-        while any(w == name for w in self._worker_of.values()):
+        while any(name in u.media.worker_names() for u in self.units.values()) or name in self._worker_of.values():
             try:
                 await worker.watch()
             except MediaserverError as e:
@@ -278,6 +288,10 @@ class SessionHost:
                 await asyncio.sleep(1.0)
                 continue
             log.warning("host %s: media worker %s is gone; its sessions start media over", self.name, name)
+            # Sessions that sent only some receivers there: those start over, the rest goes on.
+            await asyncio.gather(*(u.lose_worker(name, "the media server restarted") for sid, u in list(self.units.items())
+                                   if self._worker_of.get(sid) != name and name in u.media.worker_names()),
+                                 return_exceptions=True)
             while True:
                 sids = [sid for sid, w in self._worker_of.items() if w == name]
                 if not await self.places.usable(name):  # its node is gone: the sessions move to workers that are not
@@ -301,7 +315,7 @@ class SessionHost:
         current = self._worker_of.get(session_id)
         target = await self.places.place(session_id, current, avoid)
         if target != current:
-            await unit.use_worker(self.places.worker(target), reason)
+            await unit.use_worker(target, self.places.worker(target), reason)
             self._worker_of[session_id] = target
             self._watch(target)
         return target

@@ -1,13 +1,21 @@
 """Who receives what in a session: publications, subscriptions and the routes they imply.
 
-A plain class the SessionActor owns. It talks to the session's media worker
-through ``worker`` (an object with the async methods below: a direct
-MediaWorker in tests, a Ray actor handle in the server) and queues the SDP
-offers each subscriber must receive in ``outbox``.
+A plain class a session's unit owns. It talks to the session's media workers
+through ``Worker`` objects (the async methods below: a direct WorkerService in
+tests, a Ray actor handle in the server) and queues the SDP offers each
+subscriber must receive in ``outbox``.
 
 Every participant subscribes to all published tracks of its room (the main
 room, or the breakout room it is in: ``room_of``) by default;
 ``unsubscribe``/``subscribe`` change that per track.
+
+Publishers send to the session's home worker. Receivers go there too, up to
+``receivers_per_worker``; past that, to another worker (``more`` finds one, on
+this node or another), and each published track a receiver there wants is
+relayed once over a leg between the two workers (SRTP with keys both sides
+derive from the deployment's secret, ``leg_keys``), and only while someone on
+that worker receives it. Keyframe requests, NACKs and reports travel back over
+the same leg.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from mediaserver.errors import MediaserverError
 
@@ -27,6 +35,7 @@ def worker_index(session_id: str, workers: int) -> int:
 
 
 class Worker(Protocol):
+    async def relay(self, peer_host: str, peer_port: int, rx: str, tx: str) -> dict: ...
     async def create_transport(self, participant_id: str, role: str) -> dict: ...
     async def close_transport(self, transport_id: str) -> None: ...
     async def publish(self, transport_id: str, offer: str) -> dict: ...
@@ -68,6 +77,7 @@ class Slot:
 
 @dataclass
 class Subscriber:
+    worker: str = ""  # the worker it receives from ("": the home worker)
     transport_id: str | None = None
     slots: list[Slot] = field(default_factory=list)
     unsubscribed: set[str] = field(default_factory=set)
@@ -75,14 +85,43 @@ class Subscriber:
     dirty: bool = False  # something changed while an offer was out
 
 
+HOME = ""  # the home worker's key in ``workers``
+
+
+@dataclass
+class Relay:
+    ssrc: int  # the SSRC the track has on the leg
+    receivers: set[str] = field(default_factory=set)  # participants on the far worker who receive it
+
+
 class MediaSession:
-    def __init__(self, worker: Worker, room_of: Callable[[str], str | None] = lambda pid: None):
-        self.worker = worker
+    def __init__(
+        self, worker: Worker, room_of: Callable[[str], str | None] = lambda pid: None, *,
+        receivers_per_worker: int | None = None,
+        more: Callable[[list[str]], Awaitable[tuple[str, Worker]]] | None = None,
+        leg_keys: Callable[[str, str], tuple[str, str]] | None = None, home: str = "home",
+    ):
+        self.workers: dict[str, Worker] = {HOME: worker}
+        self.names: dict[str, str] = {HOME: home}  # key -> the worker's name (for leg keys)
         self.room_of = room_of  # participant -> its breakout room (None: the main room)
+        self.receivers_per_worker = receivers_per_worker
+        self.more = more  # another worker for this session's receivers (given the names it has)
+        self.leg_keys = leg_keys  # (from, to) worker names -> (key from->to, key to->from), hex
         self.publish_transport: dict[str, str] = {}  # participant -> transport
         self.tracks: dict[str, Track] = {}
         self.subscribers: dict[str, Subscriber] = {}
         self.outbox: dict[str, list[dict]] = {}  # participant -> signaling messages to deliver
+        self.legs: dict[str, tuple[str, str]] = {}  # far worker -> (leg's id on home, leg's id there)
+        self.relays: dict[tuple[str, str], Relay] = {}  # (track, far worker) -> its relay
+
+    @property
+    def worker(self) -> Worker:
+        """The home worker: publishers, and the first receivers."""
+        return self.workers[HOME]
+
+    @worker.setter
+    def worker(self, worker: Worker) -> None:
+        self.workers[HOME] = worker
 
     # Publishing ------------------------------------------------------------------
 
@@ -125,8 +164,69 @@ class MediaSession:
         for pid, sub in self.subscribers.items():
             for slot in sub.slots:
                 if slot.track_id == t.id:
-                    await self.worker.unroute(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id)
+                    await self._unroute(t, pid, sub)
                     slot.track_id = None
+
+    # Routes (across workers) --------------------------------------------------------
+
+    async def _route(self, t: Track, pid: str, sub: Subscriber, slot: Slot) -> None:
+        src, ssrc = self.publish_transport[t.participant_id], t.ssrc
+        if sub.worker != HOME:
+            src, ssrc = await self._relay(t, pid, sub.worker)
+        await self.workers[sub.worker].route(src, ssrc, sub.transport_id, slot.ssrc, slot.codec["payload_type"], t.kind == "video")
+
+    async def _unroute(self, t: Track, pid: str, sub: Subscriber) -> None:
+        if sub.transport_id is None:
+            return
+        if sub.worker == HOME:
+            await self.worker.unroute(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id)
+            return
+        relay = self.relays.get((t.id, sub.worker))
+        if relay is None:
+            return
+        await self.workers[sub.worker].unroute(self.legs[sub.worker][1], relay.ssrc, sub.transport_id)
+        relay.receivers.discard(pid)
+        if not relay.receivers:  # nobody there receives it now: stop sending it there
+            del self.relays[(t.id, sub.worker)]
+            await self.worker.unroute(self.publish_transport[t.participant_id], t.ssrc, self.legs[sub.worker][0])
+
+    async def _relay(self, t: Track, pid: str, far: str) -> tuple[str, int]:
+        """The track as the far worker receives it over the leg: (leg's id there, SSRC)."""
+        out_id, in_id = await self._leg(far)
+        relay = self.relays.get((t.id, far))
+        if relay is None:
+            relay = self.relays[(t.id, far)] = Relay(random.getrandbits(32))
+            await self.worker.route(self.publish_transport[t.participant_id], t.ssrc, out_id, relay.ssrc,
+                                    t.codec["payload_type"], t.kind == "video")
+        relay.receivers.add(pid)
+        return in_id, relay.ssrc
+
+    async def _leg(self, far: str) -> tuple[str, str]:
+        if far not in self.legs:
+            here, there = self.names[HOME], self.names[far]
+            forth, back = self.leg_keys(here, there)
+            a = (await self.worker.start())["relay"]
+            b = (await self.workers[far].start())["relay"]
+            out = await self.worker.relay(b["host"], b["port"], back, forth)
+            inn = await self.workers[far].relay(a["host"], a["port"], forth, back)
+            self.legs[far] = (out["id"], inn["id"])
+        return self.legs[far]
+
+    async def _receiver_worker(self) -> str:
+        """Where a new receiver goes: the first of the session's workers with room, else one more."""
+        if self.receivers_per_worker is None or self.more is None:
+            return HOME
+        counts = {key: 0 for key in self.workers}
+        for sub in self.subscribers.values():
+            if sub.transport_id:
+                counts[sub.worker] = counts.get(sub.worker, 0) + 1
+        for key, n in counts.items():
+            if n < self.receivers_per_worker:
+                return key
+        name, worker = await self.more(list(self.names.values()))
+        key = name
+        self.workers[key], self.names[key] = worker, name
+        return key
 
     # Subscribing -------------------------------------------------------------------
 
@@ -177,8 +277,8 @@ class MediaSession:
         for slot in sub.slots:
             if slot.track_id and slot.track_id not in wanted:
                 t = self.tracks.get(slot.track_id)
-                if t is not None and sub.transport_id:
-                    await self.worker.unroute(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id)
+                if t is not None:
+                    await self._unroute(t, participant_id, sub)
                 slot.track_id = None
                 changed = True
         for tid, t in wanted.items():
@@ -195,8 +295,9 @@ class MediaSession:
         if not changed or not any(s.track_id for s in sub.slots) and sub.transport_id is None:
             return
         if sub.transport_id is None:
-            sub.transport_id = (await self.worker.create_transport(participant_id, "subscribe"))["id"]
-        offer = await self.worker.subscribe_offer(sub.transport_id, [self._slot_data(s) for s in sub.slots])
+            sub.worker = await self._receiver_worker()
+            sub.transport_id = (await self.workers[sub.worker].create_transport(participant_id, "subscribe"))["id"]
+        offer = await self.workers[sub.worker].subscribe_offer(sub.transport_id, [self._slot_data(s) for s in sub.slots])
         sub.offer_pending = True
         self.outbox.setdefault(participant_id, []).append({"type": "offer", "pc": "subscribe", "sdp": offer})
 
@@ -210,15 +311,11 @@ class MediaSession:
         sub = self.subscribers.get(participant_id)
         if sub is None or not sub.offer_pending or sub.transport_id is None:
             raise MediaserverError("invalid_request", "there is no subscribe offer waiting for an answer")
-        await self.worker.subscribe_answer(sub.transport_id, answer)
+        await self.workers[sub.worker].subscribe_answer(sub.transport_id, answer)
         sub.offer_pending = False
         for s in sub.slots:
             if s.track_id:
-                t = self.tracks[s.track_id]
-                await self.worker.route(
-                    self.publish_transport[t.participant_id], t.ssrc, sub.transport_id, s.ssrc, s.codec["payload_type"],
-                    t.kind == "video",
-                )
+                await self._route(self.tracks[s.track_id], participant_id, sub, s)
         if sub.dirty:
             sub.dirty = False
             await self.refresh(participant_id)
@@ -241,7 +338,12 @@ class MediaSession:
             await self._drop_track(t)
         sub = self.subscribers.pop(participant_id, None)
         if sub and sub.transport_id:
-            await self.worker.close_transport(sub.transport_id)
+            if sub.worker != HOME:  # (a closed transport takes its routes with it; a relay is counted here)
+                for slot in sub.slots:
+                    t = self.tracks.get(slot.track_id) if slot.track_id else None
+                    if t is not None:
+                        await self._unroute(t, participant_id, sub)
+            await self.workers[sub.worker].close_transport(sub.transport_id)
         tid = self.publish_transport.pop(participant_id, None)
         if tid:
             await self.worker.close_transport(tid)
@@ -257,20 +359,51 @@ class MediaSession:
         return gone
 
     def reset(self, reason: str) -> list[Track]:
-        """The worker lost every transport (it restarted): forget them, keep who is here and what
-        they chose not to receive, and tell everyone to start their media again."""
+        """The home worker lost every transport (it restarted): forget them (and the other
+        workers: receivers are placed afresh), keep who is here and what they chose not to
+        receive, and tell everyone to start their media again."""
         gone = list(self.tracks.values())
         self.tracks.clear()
         self.publish_transport.clear()
+        self.legs.clear()
+        self.relays.clear()
+        for key in [k for k in self.workers if k != HOME]:
+            del self.workers[key], self.names[key]
         for pid, sub in list(self.subscribers.items()):
             self.subscribers[pid] = Subscriber(unsubscribed=set(sub.unsubscribed))
             self.outbox[pid] = [{"type": "media_reset", "reason": reason}]
         return gone
 
-    def transports(self) -> dict[str, tuple[str, str]]:
-        """transport id -> (participant, "publish" | "subscribe"), for every open transport."""
-        out = {tid: (pid, "publish") for pid, tid in self.publish_transport.items()}
-        out.update({s.transport_id: (pid, "subscribe") for pid, s in self.subscribers.items() if s.transport_id})
+    async def lose_worker(self, name: str, reason: str) -> None:
+        """A worker that only receivers used is gone: they start over (elsewhere); the rest of
+        the session goes on. The tracks it was sent over its leg stop being sent."""
+        key = next((k for k, n in self.names.items() if n == name and k != HOME), None)
+        if key is None:
+            return
+        for (track_id, far), relay in list(self.relays.items()):
+            if far == key:
+                del self.relays[(track_id, far)]
+                t = self.tracks.get(track_id)
+                if t is not None:
+                    await self.worker.unroute(self.publish_transport[t.participant_id], t.ssrc, self.legs[key][0])
+        self.legs.pop(key, None)
+        del self.workers[key], self.names[key]
+        for pid, sub in list(self.subscribers.items()):
+            if sub.worker == key:
+                self.subscribers[pid] = Subscriber(unsubscribed=set(sub.unsubscribed))
+                self.outbox[pid] = [{"type": "media_reset", "reason": reason}]
+                await self.refresh(pid)
+
+    def worker_names(self) -> list[str]:
+        return list(self.names.values())
+
+    def transports(self, worker: str | None = None) -> dict[str, tuple[str, str]]:
+        """transport id -> (participant, "publish" | "subscribe"), for every open transport (on
+        the worker named ``worker``, if given)."""
+        key = None if worker is None else next((k for k, n in self.names.items() if n == worker), "?")
+        out = {} if key not in (None, HOME) else {tid: (pid, "publish") for pid, tid in self.publish_transport.items()}
+        out.update({s.transport_id: (pid, "subscribe") for pid, s in self.subscribers.items()
+                    if s.transport_id and (key is None or s.worker == key)})
         return out
 
     def take_outbox(self, participant_id: str) -> list[dict]:

@@ -32,11 +32,14 @@ class SessionUnit:
     def __init__(
         self, store: Store, session_id: str, worker: Worker, *, grace: float, stale: float,
         live_limit: int | None = None, quality_seconds: float = 10.0, clock: Callable[[], float] = time.time,
+        **media: Any,
     ):
+        """``media``: how receivers may span workers (``MediaSession``'s ``home``, ``more``,
+        ``leg_keys``, ``receivers_per_worker``)."""
         self.session_id = session_id
         self.core = SessionCore(store, session_id, grace=grace, stale=stale, live_limit=live_limit, clock=clock)
         self.worker = worker
-        self.media = MediaSession(worker, room_of=self.core.room_of)
+        self.media = MediaSession(worker, room_of=self.core.room_of, **media)
         self.open_rooms: dict[str, BreakoutRoom] = {}  # the open breakout rooms
         self.quality_seconds = quality_seconds
         self._media_lock = asyncio.Lock()  # media operations change shared tables across awaits
@@ -187,19 +190,28 @@ class SessionUnit:
             await self.core.record(t.participant_id, "track_unpublished", track_id=t.id, reason="media_reset")
         await self.core.notify()
 
-    async def use_worker(self, worker: Worker, reason: str) -> None:
+    async def lose_worker(self, name: str, reason: str) -> None:
+        """A worker some of its receivers used is gone: they start over; everyone else goes on."""
+        if self.ended:
+            return
+        async with self._media_lock:
+            await self.media.lose_worker(name, reason)
+        await self.core.notify()
+
+    async def use_worker(self, name: str, worker: Worker, reason: str) -> None:
         """Move the session's media to another worker: what was on the old one is let go (it
         is gone, or leaving), and everyone starts media over on the new one."""
         old = self.worker
         self.worker = self.media.worker = worker
+        self.media.names[""] = name
         try:
             await old.close_participants(list(self.core.participants))
         except Exception:
             pass  # gone with its node
         await self.media_lost(reason)
 
-    def transports(self) -> dict[str, tuple[str, str]]:
-        return self.media.transports()
+    def transports(self, worker: str | None = None) -> dict[str, tuple[str, str]]:
+        return self.media.transports(worker)
 
     def has_media(self) -> bool:
         return bool(self.media.publish_transport) or any(s.transport_id for s in self.media.subscribers.values())

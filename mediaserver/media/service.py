@@ -12,7 +12,12 @@ from typing import Iterable
 
 from mediaserver.ids import new_id
 from mediaserver.media.sdp import Codec, OutgoingTrack
+from mediaserver.media.legs import LEG_PROFILE
+from mediaserver.media.srtp import BY_NAME, SrtpKeys
 from mediaserver.media.worker import MediaWorker
+
+
+RELAY_PROFILE = BY_NAME[LEG_PROFILE]
 
 
 class WorkerService:
@@ -32,12 +37,26 @@ class WorkerService:
         if not self.started:
             await self.worker.start()
             self.started = True
-        return {"port": self.worker.port, "host": self.worker.advertised_host, "incarnation": self.incarnation}
+        return {"port": self.worker.port, "host": self.worker.advertised_host, "incarnation": self.incarnation,
+                "relay": self.relay_address()}
 
     async def watch(self) -> None:
         """Never returns: owners keep this call open, and its failure tells them at once that the
         worker (and every transport on it) is gone."""
         await asyncio.Event().wait()
+
+    async def relay(self, peer_host: str, peer_port: int, rx: str, tx: str) -> dict:
+        """The leg to or from the worker at ``peer_host:peer_port`` (``MediaWorker.relay``), with
+        SRTP keys (hex, AEAD_AES_128_GCM key + salt) for what it receives and what it sends."""
+        keys = SrtpKeys(RELAY_PROFILE, rx=bytes.fromhex(rx), tx=bytes.fromhex(tx))
+        t = self.worker.relay((peer_host, peer_port), keys)
+        return {"id": t.id, **self.relay_address()}
+
+    def relay_address(self) -> dict:
+        """Where other workers reach this one, and where its packets come from: its bind
+        address (a wildcard bind answers from the advertised one, which must then be its own)."""
+        bind = self.worker.bind_host
+        return {"host": self.worker.advertised_host if bind in ("0.0.0.0", "::") else bind, "port": self.worker.port}
 
     async def create_transport(self, participant_id: str, role: str) -> dict:
         t = self.worker.create_transport(participant_id, role)

@@ -28,6 +28,7 @@ from mediaserver.media import sdp
 from mediaserver.media.dtls import DtlsServer, ServerCertificate
 from mediaserver.media.forwarder import Forwarder, Route
 from mediaserver.media.ice import CONSENT_TIMEOUT, AllowedNetworks, IceCredentials, answer_binding
+from mediaserver.media.srtp import SrtpKeys
 
 log = logging.getLogger(__name__)
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -37,7 +38,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 class Transport:
     id: str
     participant_id: str
-    role: str  # publish | subscribe
+    role: str  # publish | subscribe | relay (a leg to another worker: keys from the control plane, no ICE/DTLS)
     ice: IceCredentials = field(default_factory=IceCredentials)
     remote: sdp.RemoteDescription | None = None
     addr: tuple | None = None  # the selected pair's remote address: where media goes
@@ -163,6 +164,27 @@ class MediaWorker:
         self.transports[t.id] = t
         self._by_ufrag[t.ice.ufrag] = t
         self.forwarder.add_endpoint(t.id)
+        return t
+
+    def relay(self, peer: tuple[str, int], keys: SrtpKeys) -> Transport:
+        """The leg to (or from) another worker at ``peer``: one per peer worker, shared by every
+        session whose media crosses between the two. Its SRTP keys come from the control plane,
+        which gives the other side the mirror image; there is no ICE or DTLS on it, and consent
+        never lapses. Called again (a worker restarted), it takes the new keys."""
+        peer = (socket.gethostbyname(peer[0]), int(peer[1]))
+        t = self._by_addr.get(peer)
+        if t is None or t.role != "relay":
+            t = Transport(new_id("relay"), "", "relay")
+            self.transports[t.id] = t
+            self.forwarder.add_endpoint(t.id)
+            t.addr = peer
+            self._by_addr[peer] = t
+            self.forwarder.set_address(t.id, peer)
+        t.consent_at = float("inf")
+        if self.fast:
+            self.forwarder.set_consent(t.id, 1e18)
+        self.forwarder.set_keys(t.id, keys)
+        self._set_state(t, "connected")
         return t
 
     def close_transport(self, tid: str) -> None:
