@@ -34,6 +34,10 @@ class MediaWorkerActor:
         await self.service.start()
         await self.service.watch()
 
+    async def relay(self, peer_host: str, peer_port: int, rx: str, tx: str) -> dict:
+        await self.service.start()
+        return await self.service.relay(peer_host, peer_port, rx, tx)
+
     async def create_transport(self, participant_id: str, role: str) -> dict:
         await self.service.start()
         return await self.service.create_transport(participant_id, role)

@@ -94,11 +94,16 @@ async def test_a_failure_in_one_session_leaves_its_neighbours_untouched(env):
     async def fails(*_args, **_kw):
         raise RuntimeError("a bug in this session's handling")
 
-    host.units[broken].core.chat = fails
+    old = host.units[broken]
+    old.core.chat = fails
     with pytest.raises(MediaserverError) as e:
         await host.call(broken, "chat", people[broken], "boom")
     assert e.value.code == "internal"
     assert broken not in host.units and host.faults == 1
+    # A call still under way on the dropped unit writes nothing: only its successor does.
+    with pytest.raises(MediaserverError) as e:
+        await old.core.ask(people[broken], "from the old one?")
+    assert e.value.code == "unavailable"
     for sid in others:  # the same units, never reloaded, still answering
         assert host.units[sid] is neighbours[sid]
         assert (await host.call(sid, "chat", people[sid], "after"))["text"] == "after"

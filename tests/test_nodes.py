@@ -93,8 +93,10 @@ def cluster(tmp_path_factory, postgres_url):
         host, port = postgres_url.rsplit("@", 1)[1].split("/")[0].split(":")
         subprocess.run(["psql", "-h", host, "-p", port, "-U", "ms", "-d", "postgres", "-c", f"CREATE DATABASE {db}"],
                        check=True, capture_output=True)
+        # Two receivers per worker per session, so a small session already spans nodes.
         env = server_env(base, ray_address=nodes.address, database_url=postgres_url.rsplit("/", 1)[0] + f"/{db}",
-                         ray_namespace="nodes-test", region_networks=json.dumps(REGIONS), grace_seconds=30, stale_seconds=30)
+                         ray_namespace="nodes-test", region_networks=json.dumps(REGIONS), grace_seconds=30, stale_seconds=30,
+                         session_receivers_per_worker=2)
         env.update({k: v for k, v in RAY_ENV.items()})
         gateway = ServerProcess(data_dir=base, env=env)
         gateway.key = create_key(env)
@@ -190,6 +192,30 @@ async def test_clients_reach_each_node_at_its_own_address(cluster):
             finally:
                 await pub.close()
                 await sub.close()
+
+
+async def test_a_session_larger_than_a_worker_spans_nodes(cluster):
+    """Four viewers and two receivers per worker: two receive from the eu node, two from the us
+    node, where the publisher's tracks arrive once, over the leg between the workers."""
+    loopback_only_ice()
+    async with cluster.http() as http:
+        room = await make_room(http, name="a session over two nodes", location_hint="127.0.2.6")
+        pub = await join_media(cluster, http, room, "pub", local_addr=("127.0.2.60", 0))
+        assert (await pub.publish())["type"] == "answer"
+        viewers = [await join_media(cluster, http, room, f"v{i}", "subscriber", local_addr=("127.0.2.60", 0)) for i in range(4)]
+        try:
+            await wait_for(lambda: all(v.got.video_frames >= 10 for v in viewers), timeout=60)
+            assert all(len(set(v.got.lumas)) >= 3 for v in viewers)
+            server = (await http.get("/v1/server")).json()
+            transports = {w["name"]: w["transports"] for w in server["workers"]}
+            assert transports["media:127.0.0.2:0"] >= 3 and transports["media:127.0.0.3:0"] >= 2  # (+ the legs)
+            sid = pub.joined["session"]["id"]
+            eu = next(w for w in server["workers"] if w["name"] == "media:127.0.0.2:0")
+            us = next(w for w in server["workers"] if w["name"] == "media:127.0.0.3:0")
+            assert sid in eu["sessions"] and us["counters"].get("rtp_in", 0) > 0  # us receives the track over the leg
+        finally:
+            for c in (pub, *viewers):
+                await c.close()
 
 
 async def _media_back(sub, before, started: float, timeout: float = 30) -> float:

@@ -185,6 +185,7 @@ class SessionHost:
         if self.units.get(sid) is unit:
             del self.units[sid]
         unit.broken = True
+        unit.core.retired = True  # calls still under way on it write nothing now: the new one does
         asyncio.ensure_future(unit.core.notify())
 
     # Timers --------------------------------------------------------------------------------

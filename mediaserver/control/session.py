@@ -64,6 +64,7 @@ class SessionCore(MeetingRules):
         self.event: dict | None = None
         self.loaded_at = 0.0  # when this owner loaded the session (its clock)
         self.joining = 0  # joins under way: a session nobody has joined yet is not ended under them
+        self.retired = False  # its owner let it go: it writes nothing more
 
     async def ensure_loaded(self, session: dict | None = None) -> None:
         async with self._load_lock:
@@ -379,6 +380,9 @@ class SessionCore(MeetingRules):
             tx.change.live_limit = self.live_limit  # counts against the team's limit again: checked in the write
 
     async def _commit(self, tx: _Tx) -> None:
+        if self.retired:
+            # Its owner gave it up (a failure, or the session moved): another owner writes now.
+            raise MediaserverError("unavailable", "the session is being rebuilt; try again")
         if tx.session.get("status") != "ended":
             self._update_emptiness(tx)
         tx.change.session = {**tx.session, "last_seq": tx.seq}
