@@ -250,3 +250,27 @@ async def test_directory_limit_counts_live_not_ending_soon(env):
     with pytest.raises(MediaserverError) as e:
         await directory.open_session(room1)
     assert e.value.code == "session_limit_reached"
+
+
+async def test_a_large_audience_hears_of_the_staff_only(env):
+    """Past 50 participants (a webinar), viewers' comings and goings reach the staff only, and
+    a viewer's welcome lists the staff and itself: no viewer hears of every other viewer."""
+    store, team, clock = env
+    core = await new_session(store, team, clock, capacity=80)
+    host = await core.join(identity="host", name="Host", role="moderator")
+    viewers = [await core.join(identity=f"v{i}", name=f"V{i}", role="subscriber") for i in range(60)]
+    first, late = viewers[0], viewers[-1]
+    seen_by_viewer = await core.wait_events(first["id"], 0, 0.01, first["connection_id"])
+    seen_by_host = await core.wait_events(host["id"], 0, 0.01, host["connection_id"])
+    joined = lambda r: {e["participant_id"] for e in r["events"] if e["type"] == "joined"}  # noqa: E731
+    assert joined(seen_by_host) == {host["id"]} | {v["id"] for v in viewers}
+    # The first 49 viewers joined a small session: everyone heard of them; past 50, only the staff.
+    assert {v["id"] for v in viewers[:49]} <= joined(seen_by_viewer)
+    assert late["id"] not in joined(seen_by_viewer)
+    assert late["id"] in joined(await core.wait_events(late["id"], 0, 0.01, late["connection_id"]))  # its own, yes
+    listed = {p["id"] for p in core.snapshot(late["id"])["participants"]}
+    assert listed == {host["id"], late["id"]}
+    assert len(core.snapshot(host["id"])["participants"]) == 61
+    await core.leave(late["id"])
+    stored = {e["seq"]: e["visibility"] for e in await store.session_events(core.session_id)}
+    assert "staff" in stored.values()

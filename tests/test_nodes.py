@@ -10,80 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from loadtest.peers import join_media, loopback_only_ice, wait_for
-from tests.helpers import Participant, ServerProcess, cli, create_key, free_port, make_room, make_token, server_env
+from loadtest.simcluster import RAY_ENV, RayNodes
+from tests.helpers import Participant, ServerProcess, cli, create_key, make_room, make_token, server_env
 
-RAY = str(Path(sys.executable).parent / "ray")
-# Each node's Ray, as the README tells operators: callers hear of a dead actor at once, no idle
-# workers in reserve, and a node that stops answering is declared dead within about 2 s.
-RAY_ENV = {
-    "RAY_AUTH_MODE": "token", "RAY_timeout_ms_task_wait_for_death_info": "100", "RAY_enable_worker_prestart": "0",
-    "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3", "RAY_health_check_timeout_ms": "500",
-}
 REGIONS = {"127.0.2.0/24": "eu", "127.0.3.0/24": "us"}
 
 pytestmark = pytest.mark.postgres
 
 
-class RayNodes:
-    """``ray start`` processes, each in a process group of its own so a node can be killed whole."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.address = ""
-
-    def start(self, ip: str, labels: str, *, head: bool = False) -> None:
-        log = self.base / f"ray-{ip}.log"
-        for _attempt in range(5):  # the head binds its port itself: if it was taken meanwhile, try another
-            args = [RAY, "start", f"--node-ip-address={ip}", "--num-cpus=1", f"--labels={labels}", "--block"]
-            if head:
-                port = free_port()
-                args += ["--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats"]
-            else:
-                args += [f"--address={self.address}"]
-            proc = subprocess.Popen(args, env={**os.environ, **RAY_ENV}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            deadline = time.time() + 90
-            while time.time() < deadline and proc.poll() is None and "Ray runtime started" not in log.read_text():
-                time.sleep(0.3)
-            if proc.poll() is None:
-                break
-        assert proc.poll() is None, f"ray start on {ip} failed:\n{log.read_text()[-3000:]}"
-        self.procs[ip] = proc
-        if head:
-            self.address = f"{ip}:{port}"
-
-    def kill(self, ip: str) -> None:
-        """The node dies: its raylet, its workers, everything of it, at once."""
-        os.killpg(self.procs[ip].pid, signal.SIGKILL)
-        self.procs[ip].wait()
-
-    def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: `ray start --block` stops what it started
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, postgres_url):
     base = tmp_path_factory.mktemp("nodes")
-    subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, **RAY_ENV}, capture_output=True)
     nodes = RayNodes(base)
     try:
         nodes.start("127.0.0.1", "mediaserver-media-workers=0,mediaserver-session-hosts=1", head=True)

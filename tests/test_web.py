@@ -118,6 +118,8 @@ async def test_meeting_page_and_dashboard(server, browser):
         await timeline.get_by_text("asked to enable mic & camera").wait_for()
         await timeline.get_by_text("chat: “hello from the phone”").wait_for()
         await dash.locator("#workers", has_text="fast path").wait_for()
+        await dash.locator("#nodes", has_text="127.0.0.1").wait_for()  # the node, its region and state
+        assert "default" in await dash.locator("#nodes").inner_text()
         await dash.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         await dash.get_by_role("button", name="All sessions of this room").click()
         await dash.locator("#sessions-title", has_text="Sessions of Design review").wait_for()

@@ -26,6 +26,11 @@ from mediaserver.ids import new_id
 from mediaserver.store import Store
 
 RECENT_EVENTS = 512  # broadcast events kept in memory for long-polls; older ones come from the store
+# Past this many participants (a webinar, where the server allows rooms that large), the
+# audience's comings and goings reach only the staff (speakers and those who may publish), and
+# an audience member is told of the staff only: every viewer hearing of every other is O(n^2).
+AUDIENCE_BROADCAST = 50
+VISIBLE = ("broadcast", "room", "staff")  # what participants are sent (room and staff events filtered each)
 
 
 class SessionCore(MeetingRules):
@@ -106,12 +111,20 @@ class SessionCore(MeetingRules):
     def ended(self) -> bool:
         return self.session.get("status") == "ended"
 
-    def snapshot(self) -> dict:
-        return {
-            "session": dict(self.session),
-            "participants": [dict(p) for p in self.participants.values()],
-            "last_seq": self.last_seq,
-        }
+    def snapshot(self, for_participant: str | None = None) -> dict:
+        """The session and who is in it, as ``for_participant`` may see it (all, if None)."""
+        people = self.participants.values()
+        viewer = self.participants.get(for_participant) if for_participant else None
+        if viewer is not None and viewer["role"] == "subscriber" and len(self.participants) > AUDIENCE_BROADCAST:
+            people = [p for p in people if p["role"] != "subscriber" or p["id"] == for_participant]
+        return {"session": dict(self.session), "participants": [dict(p) for p in people], "last_seq": self.last_seq}
+
+    def _presence(self, tx: _Tx, pid: str) -> str:
+        """The visibility of a participant's joining, leaving or dropping off (see AUDIENCE_BROADCAST)."""
+        if tx.participant(pid)["role"] != "subscriber":
+            return "broadcast"
+        present = sum(1 for q in set(self.participants) | set(tx.participants) if tx.participant(q)["state"] != "left")
+        return "staff" if present > AUDIENCE_BROADCAST else "broadcast"
 
     def _connected_count(self, tx: _Tx) -> int:
         ids = set(self.participants) | set(tx.participants)
@@ -155,7 +168,7 @@ class SessionCore(MeetingRules):
                 "breakout_id": None,
             }
             tx.add_participant(row)
-            tx.event("joined", row["id"], identity=identity, name=name, role=role)
+            tx.event("joined", row["id"], self._presence(tx, row["id"]), identity=identity, name=name, role=role)
             await self._commit(tx)
             self.last_seen[row["id"]] = tx.now
             return self._connected(row["id"])
@@ -171,7 +184,7 @@ class SessionCore(MeetingRules):
                 )
             tx = _Tx(self, self.clock())
             tx.update_participant(participant_id, state="connected", disconnected_at=None)
-            tx.event("reconnected", participant_id, was=p["state"])
+            tx.event("reconnected", participant_id, self._presence(tx, participant_id), was=p["state"])
             await self._commit(tx)
             self.last_seen[participant_id] = tx.now
             return self._connected(participant_id)
@@ -196,7 +209,7 @@ class SessionCore(MeetingRules):
                 return  # an older connection of a participant that already resumed
             tx = _Tx(self, self.clock())
             tx.update_participant(participant_id, state="disconnected", disconnected_at=tx.now)
-            tx.event("disconnected", participant_id)
+            tx.event("disconnected", participant_id, self._presence(tx, participant_id))
             await self._commit(tx)
 
     async def leave(self, participant_id: str, reason: str = "left") -> None:
@@ -253,7 +266,7 @@ class SessionCore(MeetingRules):
             for pid, p in self.participants.items():
                 if p["state"] == "connected" and tx.now - self.last_seen.get(pid, tx.now) > self.stale:
                     tx.update_participant(pid, state="disconnected", disconnected_at=tx.now)
-                    tx.event("disconnected", pid, reason="stale")
+                    tx.event("disconnected", pid, self._presence(tx, pid), reason="stale")
                 elif p["state"] == "disconnected" and tx.now - p["disconnected_at"] >= self.grace:
                     self._leave(tx, pid, "grace_timeout")
             self._update_emptiness(tx)
@@ -326,7 +339,10 @@ class SessionCore(MeetingRules):
         else:
             evs = [e for e in self.recent if e["seq"] > after_seq]
         room = self.room_of(participant_id)
-        evs = [e for e in evs if e["visibility"] != "room" or e["data"].get("breakout_id") == room]
+        me = self.participants.get(participant_id)
+        staff = me is not None and me["role"] != "subscriber"
+        evs = [e for e in evs if (e["visibility"] != "room" or e["data"].get("breakout_id") == room)
+               and (e["visibility"] != "staff" or staff or e["participant_id"] == participant_id)]
         superseded = not self.is_current(participant_id, connection_id)
         return {"events": evs, "last_seq": self.last_seq, "status": self.session["status"], "superseded": superseded}
 
@@ -357,8 +373,9 @@ class SessionCore(MeetingRules):
             self._changed.notify_all()
 
     def _leave(self, tx: _Tx, pid: str, reason: str) -> None:
+        visibility = self._presence(tx, pid)  # (counted while it is still here)
         tx.update_participant(pid, state="left", left_at=tx.now, left_reason=reason)
-        tx.event("left", pid, reason=reason)
+        tx.event("left", pid, visibility, reason=reason)
 
     def _end(self, tx: _Tx, reason: str, by: str | None) -> None:
         if by is not None:
@@ -399,6 +416,6 @@ class SessionCore(MeetingRules):
                 self.participants[pid] = row
         self.last_seq = tx.seq
         self._apply_questions(tx)
-        self.recent.extend(e for e in tx.change.events if e["visibility"] in ("broadcast", "room"))
+        self.recent.extend(e for e in tx.change.events if e["visibility"] in VISIBLE)
         async with self._changed:
             self._changed.notify_all()

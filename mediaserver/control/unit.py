@@ -113,7 +113,7 @@ class SessionUnit:
         """What a (re)joining participant needs: the session, who is here, tracks, chat, Q&A, rooms."""
         core = self.core
         return {
-            "participant": participant, **core.snapshot(), "tracks": self.media.track_list(),
+            "participant": participant, **core.snapshot(participant["id"]), "tracks": self.media.track_list(),
             "chat": await core.chat_history(participant["id"]),
             "questions": core.question_list(),
             "breakouts": core.breakout_view(),

@@ -475,7 +475,7 @@ class Store(EventStore, PeopleStore):
     ) -> list[dict]:
         q = sa.select(events).where(events.c.session_id == session_id, events.c.seq > after_seq)
         if broadcast_only:  # what participants are sent (room events are filtered per participant)
-            q = q.where(events.c.visibility.in_(("broadcast", "room")))
+            q = q.where(events.c.visibility.in_(("broadcast", "room", "staff")))
         q = q.order_by(events.c.seq).limit(limit)
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
