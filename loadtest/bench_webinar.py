@@ -91,13 +91,10 @@ async def run(args: argparse.Namespace) -> dict:
                 health = (await http.get("/v1/server")).json()
                 result["workers"] = {w["name"]: {"transports": w["transports"], "rtp_in": w["counters"].get("rtp_in", 0),
                                                  "rtp_out": w["counters"].get("rtp_out", 0)} for w in health["workers"]}
+                print(json.dumps(result), flush=True)  # before the 1,000 clients close, which takes a while
                 return result
             finally:
-                for x in [pub, *subs]:
-                    try:
-                        await x.close()
-                    except Exception:
-                        pass
+                await asyncio.gather(*(x.close() for x in [pub, *subs]), return_exceptions=True)
     finally:
         if server is not None:
             server.stop()
@@ -110,8 +107,7 @@ def main() -> None:
     p.add_argument("--bitrate", type=float, default=64_000, help="the publisher's video, bit/s")
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--batch", type=int, default=50)
-    out = asyncio.run(run(p.parse_args()))
-    print(json.dumps(out))
+    asyncio.run(run(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -274,3 +274,25 @@ async def test_a_large_audience_hears_of_the_staff_only(env):
     await core.leave(late["id"])
     stored = {e["seq"]: e["visibility"] for e in await store.session_events(core.session_id)}
     assert "staff" in stored.values()
+
+
+async def test_a_viewers_long_poll_sleeps_through_what_it_does_not_see(env):
+    """A staff-only event wakes the staff's long-polls, not the viewers': with 1,000 viewers,
+    each join past 50 would otherwise send 1,000 polls round the gateway for nothing."""
+    store, team, clock = env
+    core = await new_session(store, team, clock, capacity=80)
+    host = await core.join(identity="host", name="Host", role="moderator")
+    viewers = [await core.join(identity=f"v{i}", name=f"V{i}", role="subscriber") for i in range(55)]
+    me = viewers[0]
+    seq = core.last_seq
+    viewer_poll = asyncio.create_task(core.wait_events(me["id"], seq, 1.0, me["connection_id"]))
+    host_poll = asyncio.create_task(core.wait_events(host["id"], seq, 1.0, host["connection_id"]))
+    await asyncio.sleep(0.05)
+    late = await core.join(identity="late", name="Late", role="subscriber")  # past 50: staff only
+    got = await asyncio.wait_for(host_poll, 0.5)
+    assert late["id"] in {e["participant_id"] for e in got["events"]}
+    await asyncio.sleep(0.1)
+    assert not viewer_poll.done()  # still asleep: nothing in it for a viewer
+    await core.chat(host["id"], "welcome")  # something everyone sees wakes it
+    got = await asyncio.wait_for(viewer_poll, 0.5)
+    assert [e["type"] for e in got["events"]] == ["chat"]

@@ -323,8 +323,15 @@ class SessionCore(MeetingRules):
             return {"events": [], "last_seq": self.last_seq, "status": self.session["status"], "superseded": True}
         self.touch(participant_id)
         deadline = asyncio.get_running_loop().time() + timeout
+        checked = after_seq
         async with self._changed:
-            while self.last_seq <= after_seq and not self.ended and not ready():
+            while not self.ended and not ready():
+                # Wake only for what this participant sees: a webinar's staff-only presence events
+                # must not send every viewer's long-poll round the gateway again.
+                if self.last_seq > checked:
+                    if self._news_for(participant_id, checked):
+                        break
+                    checked = self.last_seq
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
@@ -338,15 +345,33 @@ class SessionCore(MeetingRules):
             evs = await self.store.session_events(self.session_id, after_seq=after_seq, broadcast_only=True)
         else:
             evs = [e for e in self.recent if e["seq"] > after_seq]
-        room = self.room_of(participant_id)
-        me = self.participants.get(participant_id)
-        staff = me is not None and me["role"] != "subscriber"
-        evs = [e for e in evs if (e["visibility"] != "room" or e["data"].get("breakout_id") == room)
-               and (e["visibility"] != "staff" or staff or e["participant_id"] == participant_id)]
+        sees = self._viewer(participant_id)
+        evs = [e for e in evs if sees(e)]
         superseded = not self.is_current(participant_id, connection_id)
         return {"events": evs, "last_seq": self.last_seq, "status": self.session["status"], "superseded": superseded}
 
     # Internals ----------------------------------------------------------------
+
+    def _viewer(self, participant_id: str) -> Callable[[dict], bool]:
+        """Whether ``participant_id`` sees a broadcast event (room-scoped, staff-only)."""
+        room = self.room_of(participant_id)
+        me = self.participants.get(participant_id)
+        staff = me is not None and me["role"] != "subscriber"
+        return lambda e: ((e["visibility"] != "room" or e["data"].get("breakout_id") == room)
+                          and (e["visibility"] != "staff" or staff or e["participant_id"] == participant_id))
+
+    def _news_for(self, participant_id: str, after_seq: int) -> bool:
+        """Whether an event after ``after_seq`` is for this participant (newest first, so a
+        wake costs only what is new; older than what we keep: assume yes, the store answers)."""
+        if not self.recent or after_seq + 1 < self.recent[0]["seq"]:
+            return True
+        sees = self._viewer(participant_id)
+        for e in reversed(self.recent):
+            if e["seq"] <= after_seq:
+                return False
+            if sees(e):
+                return True
+        return False
 
     def require_live(self) -> None:
         if self.ended:
