@@ -296,3 +296,7 @@ async def test_a_viewers_long_poll_sleeps_through_what_it_does_not_see(env):
     await core.chat(host["id"], "welcome")  # something everyone sees wakes it
     got = await asyncio.wait_for(viewer_poll, 0.5)
     assert [e["type"] for e in got["events"]] == ["chat"]
+    # Polling on from last_seq skips what it was not meant to see (no poll answers at once forever).
+    await core.join(identity="later", name="Later", role="subscriber")
+    quiet = await core.wait_events(me["id"], got["last_seq"], 0.05, me["connection_id"])
+    assert quiet["events"] == [] and quiet["last_seq"] == core.last_seq > got["last_seq"]

@@ -376,6 +376,8 @@ class Connection:
                     elif ev["type"] == "left" and not self.leaving:
                         self.finished = True
                         return await self.close(m.CLOSE_REMOVED, ev["data"].get("reason", "removed"))
+            # Past what this participant was not meant to see, too: the next poll starts there.
+            self.last_seq = max(self.last_seq, res.get("last_seq", 0))
 
     async def _send_event(self, ev: dict) -> None:
         self.last_seq = max(self.last_seq, ev["seq"])

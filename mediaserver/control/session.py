@@ -26,6 +26,7 @@ from mediaserver.ids import new_id
 from mediaserver.store import Store
 
 RECENT_EVENTS = 512  # broadcast events kept in memory for long-polls; older ones come from the store
+STORE_PAGE = 1000  # events read from the store per long-poll answer, for one far behind
 # Past this many participants (a webinar, where the server allows rooms that large), the
 # audience's comings and goings reach only the staff (speakers and those who may publish), and
 # an audience member is told of the staff only: every viewer hearing of every other is O(n^2).
@@ -341,14 +342,17 @@ class SessionCore(MeetingRules):
                     break
         self.touch(participant_id)
         oldest = self.recent[0]["seq"] if self.recent else self.last_seq + 1
+        covered = self.last_seq  # every event up to here was looked at (last_seq: poll on from there)
         if after_seq + 1 < oldest:
-            evs = await self.store.session_events(self.session_id, after_seq=after_seq, broadcast_only=True)
+            evs = await self.store.session_events(self.session_id, after_seq=after_seq, broadcast_only=True, limit=STORE_PAGE)
+            if len(evs) == STORE_PAGE:
+                covered = evs[-1]["seq"]
         else:
             evs = [e for e in self.recent if e["seq"] > after_seq]
         sees = self._viewer(participant_id)
         evs = [e for e in evs if sees(e)]
         superseded = not self.is_current(participant_id, connection_id)
-        return {"events": evs, "last_seq": self.last_seq, "status": self.session["status"], "superseded": superseded}
+        return {"events": evs, "last_seq": covered, "status": self.session["status"], "superseded": superseded}
 
     # Internals ----------------------------------------------------------------
 
