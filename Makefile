@@ -16,14 +16,16 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
+# A local coturn (TURN for participants) starts with it when Debian's coturn is installed.
 run: install
-	$(BIN)/mediaserver serve $(ARGS)
+	$(BIN)/mediaserver serve --turn-local auto $(ARGS)
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
 # Debian packages the tests use: PostgreSQL (store tests), Chromium (browser tests, driven by
-# Playwright with executable_path), iproute2 and util-linux (a loopback-only network namespace).
+# Playwright with executable_path), coturn (TURN), iproute2 and util-linux (a loopback-only
+# network namespace).
 # Installed only when missing.
 system-test-deps:
 	@need=""; \
@@ -32,6 +34,7 @@ system-test-deps:
 	command -v ip >/dev/null 2>&1 || need="$$need iproute2"; \
 	command -v unshare >/dev/null 2>&1 || need="$$need util-linux"; \
 	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	command -v turnserver >/dev/null 2>&1 || need="$$need coturn"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

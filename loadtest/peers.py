@@ -40,8 +40,15 @@ class ChangingVideo(VideoStreamTrack):
         return frame
 
 
-def new_pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+def new_pc(ice_servers: list[dict] | None = None, relay: bool = False) -> RTCPeerConnection:
+    """A peer connection with these RTCIceServer dicts (none: no STUN, not aiortc's public default);
+    ``relay``: TURN candidates only."""
+    from aiortc import RTCIceServer, RTCIceTransportPolicy
+
+    servers = [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+               for s in ice_servers or []]
+    policy = RTCIceTransportPolicy.RELAY if relay else RTCIceTransportPolicy.ALL
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
 
 
 @dataclass
@@ -125,13 +132,17 @@ class MediaClient:
     """A participant as a WebRTC app would be: one WebSocket, a publish and a subscribe aiortc
     peer connection, answering the server's subscribe offers as they come."""
 
-    def __init__(self, ws_url: str, local_addr: tuple[str, int] | None = None):
+    def __init__(self, ws_url: str, local_addr: tuple[str, int] | None = None, ice: str = "none"):
         self.ws_url = ws_url
         self.local_addr = local_addr  # the WebSocket's source address (stands for the client's network)
+        # "none": no ICE servers; "server": those `joined` gives; "relay": those, TURN candidates only.
+        self.ice = ice
+        self.ice_servers: list[dict] = []
         self.ws = None
         self.joined: dict = {}
         self.events: list[dict] = []
         self.errors: list[dict] = []
+        self.signals: list[dict] = []  # relayed rooms: signal, peer_closed, peers_changed
         self.pub_pc: RTCPeerConnection | None = None
         self.sub_pc = new_pc()
         self.got = collect(self.sub_pc)
@@ -143,6 +154,9 @@ class MediaClient:
         self._reader: asyncio.Task | None = None
         self._n = 0
         self._changed = asyncio.Event()
+
+    def new_pc(self) -> RTCPeerConnection:
+        return new_pc(self.ice_servers if self.ice != "none" else None, relay=self.ice == "relay")
 
     @property
     def id(self) -> str:
@@ -166,6 +180,12 @@ class MediaClient:
         msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
         if msg["type"] == "joined":
             self.joined = msg
+            if self.ice != "none":
+                self.ice_servers = msg.get("ice_servers", [])
+                if self.sub_pc.remoteDescription is None:  # not used yet: one with the servers instead
+                    await self.sub_pc.close()
+                    self.sub_pc = self.new_pc()
+                    self.got = collect(self.sub_pc)
             self._reader = asyncio.ensure_future(self._read())
         return msg
 
@@ -181,7 +201,7 @@ class MediaClient:
             if pc is not None:
                 await pc.close()
         self.pub_pc = None
-        self.sub_pc = new_pc()
+        self.sub_pc = self.new_pc()
         self.got_before_reset = self.got
         self.got = collect(self.sub_pc)
 
@@ -211,6 +231,8 @@ class MediaClient:
                         asyncio.ensure_future(self.publish(**self.published))
                 elif msg["type"] == "event":
                     self.events.append(msg)
+                elif msg["type"] in ("signal", "peer_closed", "peers_changed"):
+                    self.signals.append(msg)
                 elif msg["type"] == "ping":
                     await self.ws.send(json.dumps({"type": "pong"}))
                 elif msg["type"] == "error":
@@ -231,7 +253,7 @@ class MediaClient:
 
     async def publish(self, *, video: bool = True, audio: bool = True) -> dict:
         self.published = {"video": video, "audio": audio}
-        self.pub_pc = new_pc()
+        self.pub_pc = self.new_pc()
         offer = await publisher_offer(self.pub_pc, video=video, audio=audio)
         reply = await self.command({"type": "offer", "pc": "publish", "sdp": offer})
         if reply["type"] == "answer":
@@ -255,13 +277,14 @@ class MediaClient:
 
 
 async def join_media(
-    server, http, room: dict, identity: str, role: str = "publisher", local_addr: tuple[str, int] | None = None
+    server, http, room: dict, identity: str, role: str = "publisher", local_addr: tuple[str, int] | None = None,
+    ice: str = "none",
 ) -> MediaClient:
     """A MediaClient that has joined ``room`` through ``server`` (anything with ``ws_url``;
     ``http`` is an API-key client of it)."""
     r = await http.post(f"/v1/rooms/{room['id']}/tokens", json={"identity": identity, "role": role})
     r.raise_for_status()
-    c = MediaClient(server.ws_url, local_addr)
+    c = MediaClient(server.ws_url, local_addr, ice=ice)
     msg = await c.join(r.json()["token"], room["id"])
     if msg["type"] != "joined":
         raise RuntimeError(f"join refused: {msg}")

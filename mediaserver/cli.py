@@ -20,7 +20,7 @@ from mediaserver.errors import MediaserverError
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         k: getattr(args, k, None)
-        for k in ("host", "port", "public_url", "data_dir", "database_url", "ray_address", "grace_seconds", "log_level")
+        for k in ("host", "port", "public_url", "data_dir", "database_url", "ray_address", "grace_seconds", "log_level", "turn_local")
     }
     return load_settings(args.config, **overrides)
 
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
     p.add_argument("--grace-seconds", type=float, help="how long a session outlives its last participant (default 420)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--turn-local", choices=["off", "auto", "on"],
+                   help="start a coturn for participants on the media address (auto: if Debian's coturn is installed)")
     p.set_defaults(func=cmd_serve)
 
     room = sub.add_parser("room", help="rooms").add_subparsers(dest="action", required=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     join_timeout_seconds: float = Field(10.0, gt=0)  # time to send the first WebSocket message
     default_max_live_sessions: int = Field(10, ge=1)  # per team, unless the team says otherwise
     max_room_capacity: int = Field(50, ge=1, le=100_000)  # participants a room may hold (raise it for webinars)
+    relayed_max_participants: int = Field(4, ge=2, le=16)  # a peer-to-peer (relayed) session's participants at most
     # Session hosts per node (of the node serve starts; cluster nodes say theirs in their labels,
     # see mediaserver/control/topology.py). None: one per two CPUs, at least one.
     session_hosts: int | None = Field(None, ge=1, le=64)
@@ -68,6 +69,17 @@ class Settings(BaseSettings):
     region: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # the region of the node serve starts
     region_networks: dict[str, str] = {}  # client network (CIDR) -> region, for placing sessions near their people
     trusted_proxies: list[str] = []  # proxies whose X-Forwarded-For is believed (CIDRs)
+
+    # ICE servers given to every participant (in `joined`): STUN, and TURN with short-lived
+    # credentials from turn_secret (coturn's static-auth-secret, use-auth-secret), valid turn_ttl s.
+    stun_urls: list[str] = []  # e.g. ["stun:turn.example.com:3478"]
+    turn_urls: list[str] = []  # e.g. ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349"]
+    turn_secret: str | None = None
+    turn_ttl: int = Field(86400, ge=60, le=7 * 86400)
+    # serve starts its own coturn on the media address: "auto" when Debian's coturn is installed
+    # (make run), "on" (fail without it), "off"; its port is turn_local_port (UDP and TCP).
+    turn_local: Literal["off", "auto", "on"] = "off"
+    turn_local_port: int = Field(3478, ge=1, le=65535)
 
     # Tokens
     token_default_ttl: int = Field(24 * 3600, gt=0)
@@ -93,6 +105,20 @@ class Settings(BaseSettings):
         for cidr in v:
             ipaddress.ip_network(cidr, strict=False)
         return v
+
+    @field_validator("stun_urls", "turn_urls")
+    @classmethod
+    def _ice_urls(cls, v: list[str]) -> list[str]:
+        for url in v:  # RFC 7064 (stun:, stuns:) and RFC 7065 (turn:, turns:) URIs
+            if not url.split(":", 1)[0] in ("stun", "stuns", "turn", "turns") or len(url.split(":", 1)[-1]) < 1:
+                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        return v
+
+    @model_validator(mode="after")
+    def _turn_needs_secret(self) -> "Settings":
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("turn_urls need turn_secret (the TURN server's static-auth-secret) to make credentials")
+        return self
 
     @field_validator("database_url")
     @classmethod

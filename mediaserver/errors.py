@@ -33,10 +33,15 @@ STATUS: dict[str, int] = {
     "room_full": 409,
     "not_moderator": 403,
     "not_joined": 409,
-    "media_unavailable": 501,
     "invalid_sdp": 400,
     "publish_not_allowed": 403,
     "unsupported_codec": 400,
+    # relayed (peer-to-peer) rooms
+    "relayed_media": 409,  # a routed call in a relayed room
+    "routed_media": 409,  # a peer-to-peer call in a routed room
+    "relayed_session_full": 409,  # past relayed_max_participants
+    "not_publishing": 409,  # a link whose publisher sends nothing
+    "not_in_your_room": 403,  # a link across breakout rooms
     # stage and media permissions
     "stage_full": 409,  # 6 participants are on screen already
     "speakers_full": 409,  # 4 speakers are on screen already

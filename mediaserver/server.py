@@ -16,6 +16,7 @@ from mediaserver.api.app import create_app
 from mediaserver.config import Settings
 from mediaserver.ids import new_secret
 from mediaserver.store import Store
+from mediaserver.turn import IceServers, LocalTurn
 
 log = logging.getLogger("mediaserver")
 DEFAULT_TEAM = "default"
@@ -81,6 +82,7 @@ def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO, *, as_js
         "api_docs": f"{settings.base_url}/docs",
         "store": f"{settings.db_url.split('://')[0]} ({_db_where(settings.db_url)})",
         "ray": {"address": ray_info["gcs_address"], "started_here": ray_info["started_here"]},
+        "turn": boot.get("turn"),
         "warnings": settings.url_warnings(),
     }
     if as_json:
@@ -98,6 +100,7 @@ def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO, *, as_js
         f"  API docs:   {info['api_docs']}\n"
         f"  Store:      {info['store']}\n"
         f"  Ray:        {ray_info['gcs_address']} ({where})\n"
+        f"  TURN:       {boot.get('turn') or 'none (set turn_urls and turn_secret, or turn_local)'}\n"
         f"{warnings}"
         f"Press Ctrl-C to stop.\n\n"
     )
@@ -106,6 +109,32 @@ def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO, *, as_js
 
 def _db_where(url: str) -> str:
     return url.split(":///", 1)[1] if url.startswith("sqlite") else url.rsplit("@", 1)[-1]
+
+
+def ice_servers(settings: Settings, boot: dict) -> tuple[IceServers, LocalTurn | None]:
+    """The ICE servers participants get, and the local coturn serve started for them (if any)."""
+    ice = IceServers(list(settings.stun_urls), list(settings.turn_urls), settings.turn_secret, settings.turn_ttl)
+    if settings.turn_local == "off" or (settings.turn_local == "auto" and not LocalTurn.installed()):
+        if settings.turn_urls:
+            boot["turn"] = ", ".join(settings.turn_urls)
+        return ice, None
+    host = settings.media_advertised_host or settings.media_bind_host
+    if host in ("0.0.0.0", "::", ""):
+        from mediaserver.config import reachable_address
+
+        host = reachable_address() or "127.0.0.1"
+    local = LocalTurn(host, settings.turn_local_port, settings.turn_secret or new_secret())
+    try:
+        local.start()
+    except RuntimeError as e:
+        if settings.turn_local == "on":
+            raise
+        boot["turn"] = f"not started ({e})"[:200]
+        log.warning("local coturn not started: %s", e)
+        return ice, None
+    ice = IceServers(ice.stun_urls or local.stun_urls, [*local.urls, *ice.turn_urls], local.secret, settings.turn_ttl)
+    boot["turn"] = f"{local.urls[0]} (coturn started here; stops with the server)"
+    return ice, local
 
 
 async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
@@ -121,13 +150,14 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     # The node serve starts itself carries the server's own media settings (a cluster's nodes
     # carry theirs in the labels their operator gives `ray start`).
     labels = local_labels(actor_config(settings))
+    ice, local_turn = ice_servers(settings, boot)
     ray_info = cluster.init(settings.ray_address, settings.ray_namespace, verbose=settings.log_level == "debug", labels=labels)
     (settings.data_dir / "ray_address").write_text(ray_info["gcs_address"])
     try:
         control = ControlPlane(settings, store, await store.server_value("relay_secret", new_secret))
         await control.start()
         await control.ready()  # hosts and media workers running before anyone is told the URL
-        app = create_app(settings, store, control, reconnect_secret=reconnect_secret)
+        app = create_app(settings, store, control, reconnect_secret=reconnect_secret, ice_servers=ice)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -151,6 +181,8 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     finally:
         await store.close()
         cluster.shutdown()
+        if local_turn is not None:
+            local_turn.stop()
 
 
 def serve(settings: Settings, out: TextIO = sys.stdout, *, as_json: bool = False) -> None:

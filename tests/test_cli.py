@@ -127,3 +127,52 @@ def test_serve_json_prints_the_banner_as_json(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
+
+
+def test_serve_starts_a_local_turn_server_when_asked(tmp_path):
+    """`make run` (serve --turn-local auto) starts Debian's coturn on the media address, says so in
+    the banner, gives participants its credentials and stops it on the way out."""
+    import asyncio
+    import random
+
+    import pytest
+
+    from loadtest.peers import MediaClient
+    from mediaserver.turn import LocalTurn, stun_answers
+    from tests.helpers import create_key
+
+    if not LocalTurn.installed():
+        pytest.skip("Debian's coturn is not installed (make test installs it)")
+    for attempt in range(5):  # coturn cannot be given port 0: try ports until one is free
+        port = random.randint(30000, 39999)
+        env = server_env(tmp_path / str(attempt), turn_local="on", turn_local_port=port)
+        srv = ServerProcess(data_dir=tmp_path / str(attempt), env=env)
+        srv.key = create_key(env)
+        try:
+            srv.start()
+            break
+        except Exception:
+            srv.stop()
+    else:
+        raise AssertionError("serve with a local coturn did not start on any of 5 ports")
+    try:
+        turn_line = re.search(r"TURN:\s+(.+)", srv.log()).group(1)
+        assert turn_line.startswith(f"turn:127.0.0.1:{port}?transport=udp") and "started here" in turn_line
+        assert stun_answers("127.0.0.1", port)
+
+        async def joined() -> dict:
+            async with srv.http() as http:
+                room = (await http.post("/v1/rooms", json={"name": "turn"})).json()
+                token = (await http.post(f"/v1/rooms/{room['id']}/tokens", json={"identity": "a"})).json()["token"]
+            c = MediaClient(srv.ws_url)
+            try:
+                return await c.join(token, room["id"])
+            finally:
+                await c.close()
+
+        servers = asyncio.run(joined())["ice_servers"]
+        turn = next(s for s in servers if "username" in s)
+        assert f"turn:127.0.0.1:{port}?transport=udp" in turn["urls"] and turn["credential"]
+    finally:
+        assert srv.stop() == 0, srv.log()
+    assert not stun_answers("127.0.0.1", port), "coturn must stop with the server"

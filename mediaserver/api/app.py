@@ -22,6 +22,7 @@ from mediaserver.api.metrics import GatewayMetrics
 from mediaserver.config import Settings
 from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
+from mediaserver.turn import IceServers
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
@@ -32,7 +33,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secret: str) -> FastAPI:
+def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secret: str,
+               ice_servers: IceServers | None = None) -> FastAPI:
     app = FastAPI(
         title="mediaserver",
         version=__version__,
@@ -42,6 +44,9 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.store = store
     app.state.control = control
     app.state.reconnect_secret = reconnect_secret
+    app.state.ice_servers = ice_servers or IceServers(
+        list(settings.stun_urls), list(settings.turn_urls), settings.turn_secret, settings.turn_ttl
+    )
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     app.state.metrics = GatewayMetrics()
     app.include_router(rest.router)

@@ -220,13 +220,60 @@ class BreakoutVisit(ClientMessage):
     breakout_id: str | None = Field(None, max_length=64)
 
 
+# Relayed (peer-to-peer) rooms: each publisher offers one peer connection to each room mate.
+class PeerTrack(ClientMessage):
+    name: str = Field(..., min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")  # e.g. the transceiver's mid
+    kind: Literal["audio", "video"]
+
+
+class PeerPublish(ClientMessage):
+    """What I now send my room mates directly (an empty list: nothing); answered with my tracks."""
+
+    type: Literal["peer_publish"]
+    tracks: list[PeerTrack] = Field(..., max_length=4)
+
+
+class Signal(ClientMessage):
+    """An offer, answer or ICE candidate for one room mate, on the link whose publisher is
+    ``link`` (me when I offer my media, the other when I answer or receive)."""
+
+    type: Literal["signal"]
+    to: str = Field(..., max_length=64)
+    link: str = Field(..., max_length=64)
+    kind: Literal["offer", "answer", "candidate"]
+    sdp: str | None = Field(None, max_length=65536)
+    candidate: str | None = Field(None, max_length=1024)  # "" or absent with kind candidate: end of candidates
+    sdp_mid: str | None = Field(None, max_length=64)
+    sdp_mline_index: int | None = Field(None, ge=0, le=255)
+
+    @model_validator(mode="after")
+    def _has_what_it_says(self) -> "Signal":
+        if self.kind in ("offer", "answer") and not self.sdp:
+            raise ValueError(f"a {self.kind} carries sdp")
+        if self.kind == "candidate" and self.sdp:
+            raise ValueError("a candidate carries candidate, not sdp")
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"type", "id", "to", "link"}, exclude_none=True)
+
+
+class QualityReport(ClientMessage):
+    """Relayed rooms: what I receive from my peers, from my own getStats (loss since my last
+    report, jitter), for my connection-quality log and the dashboard."""
+
+    type: Literal["quality_report"]
+    loss_percent: float = Field(..., ge=0, le=100)
+    jitter_ms: float = Field(..., ge=0, le=60_000)
+
+
 AnyClientMessage = Annotated[
     Union[
         Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute,
         StartSession, RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
         Chat, ChatHistory, Ask, Upvote, AnswerQuestion, Questions,
         BreakoutCreate, BreakoutRename, BreakoutDelete, BreakoutAssign, BreakoutAutoAssign, BreakoutOpen,
-        BreakoutClose, BreakoutVisit,
+        BreakoutClose, BreakoutVisit, PeerPublish, Signal, QualityReport,
     ],
     Field(discriminator="type"),
 ]
@@ -260,6 +307,9 @@ class Joined(ServerMessage):
     # For an event's session: {"slot_id", "starts_at", "start_from", "spots", "started"}; speakers
     # start it (start_session) from start_from on; participants join once it has started.
     event: dict[str, Any] | None = None
+    # RTCIceServer entries for every peer connection: STUN, and TURN with credentials for this
+    # participant (TURN REST scheme) that expire; a resume brings fresh ones.
+    ice_servers: list[dict[str, Any]] = []
 
 
 class ServerAnswer(ServerMessage):
@@ -285,6 +335,37 @@ class MediaReset(ServerMessage):
 
     type: Literal["media_reset"] = "media_reset"
     reason: str
+
+
+class ServerSignal(ServerMessage):
+    """A room mate's offer, answer or candidate (relayed rooms); ``from`` sent it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    type: Literal["signal"] = "signal"
+    from_: str = Field(..., alias="from", serialization_alias="from")
+    link: str
+    kind: Literal["offer", "answer", "candidate"]
+    sdp: str | None = None
+    candidate: str | None = None
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+
+class PeerClosed(ServerMessage):
+    """Relayed rooms: close your links with this participant (only those it publishes on, when
+    ``as_publisher_only``): it left, or left the stage."""
+
+    type: Literal["peer_closed"] = "peer_closed"
+    participant_id: str
+    as_publisher_only: bool
+    reason: str
+
+
+class PeersChanged(ServerMessage):
+    """Relayed rooms: who is in your room changed (breakout rooms): close links with anyone who is
+    not in your room now, and offer yours to those who are."""
+
+    type: Literal["peers_changed"] = "peers_changed"
 
 
 class Ack(ServerMessage):

@@ -41,6 +41,7 @@ class Connection:
         self.control = state.control
         self.reconnect_secret = state.reconnect_secret
         self.client_address = state.client_address
+        self.ice_servers = state.ice_servers
         self.session_id: str | None = None
         self.participant_id: str | None = None
         self.role: str | None = None
@@ -53,10 +54,6 @@ class Connection:
         self._handling = 0  # commands being carried out
         self._idle = asyncio.Event()  # set while none is
         self._idle.set()
-
-    async def send(self, msg: m.ServerMessage) -> None:
-        async with self._send_lock:
-            await self.ws.send_text(msg.model_dump_json())
 
     async def close(self, code: int, reason: str = "") -> None:
         try:
@@ -201,6 +198,7 @@ class Connection:
                 questions=result.get("questions", []),
                 breakouts=result.get("breakouts", {}),
                 event=result.get("event"),
+                ice_servers=self.ice_servers.for_participant(p["id"]),
             )
         )
 
@@ -276,6 +274,15 @@ class Connection:
             await self.send(m.Ack(id=msg.id))
         elif isinstance(msg, m.Candidate):
             await self.send(m.Ack(id=msg.id))  # ICE-lite learns the address from the checks themselves
+        elif isinstance(msg, m.PeerPublish):
+            tracks = await self.control.call(sid, "peer_publish", pid, [t.model_dump(exclude={"id"}) for t in msg.tracks])
+            await self.send(m.Ack(id=msg.id, data={"tracks": tracks}))
+        elif isinstance(msg, m.Signal):
+            await self.control.call(sid, "signal", pid, msg.to, msg.link, msg.payload())
+            await self.send(m.Ack(id=msg.id))
+        elif isinstance(msg, m.QualityReport):
+            await self.control.call(sid, "client_quality", pid, msg.loss_percent, msg.jitter_ms)
+            await self.send(m.Ack(id=msg.id))
         elif isinstance(msg, m.Subscribe):
             await self.control.call(sid, "set_subscribed", pid, msg.track_id, msg.subscribed)
             await self.send(m.Ack(id=msg.id))
@@ -361,11 +368,6 @@ class Connection:
             if res.get("superseded"):
                 self.finished = True  # the participant lives on in its newer connection
                 return await self.close(m.CLOSE_REMOVED, "superseded")
-            for signal in res.get("messages", []):
-                if signal["type"] == "media_reset":
-                    await self.send(m.MediaReset(reason=signal["reason"]))
-                else:
-                    await self.send(m.ServerOffer(sdp=signal["sdp"]))
             for ev in res["events"]:
                 await self._send_event(ev)
                 if ev["type"] == "session_ended":
@@ -378,6 +380,27 @@ class Connection:
                         return await self.close(m.CLOSE_REMOVED, ev["data"].get("reason", "removed"))
             # Past what this participant was not meant to see, too: the next poll starts there.
             self.last_seq = max(self.last_seq, res.get("last_seq", 0))
+            # Signaling after the events it follows from (a peer's offer after its stage_joined).
+            for signal in res.get("messages", []):
+                await self.send(self._signal_message(signal))
+
+    @staticmethod
+    def _signal_message(signal: dict) -> m.ServerMessage:
+        kind = signal["type"]
+        if kind == "media_reset":
+            return m.MediaReset(reason=signal["reason"])
+        if kind == "signal":
+            return m.ServerSignal(**{k: v for k, v in signal.items() if k != "type"})
+        if kind == "peer_closed":
+            return m.PeerClosed(participant_id=signal["participant_id"], as_publisher_only=signal["as_publisher_only"],
+                                reason=signal["reason"])
+        if kind == "peers_changed":
+            return m.PeersChanged()
+        return m.ServerOffer(sdp=signal["sdp"])
+
+    async def send(self, msg: m.ServerMessage) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(msg.model_dump_json(by_alias=True))
 
     async def _send_event(self, ev: dict) -> None:
         self.last_seq = max(self.last_seq, ev["seq"])

@@ -50,6 +50,7 @@ class SessionCore(MeetingRules):
         self.grace = grace
         self.stale = stale
         self.live_limit = live_limit  # the server's default limit on a team's live sessions
+        self.relayed_max = 4  # participants of a relayed (peer-to-peer) session at most
         self.clock = clock
         self.session: dict[str, Any] = {}
         self.room: dict[str, Any] = {}
@@ -152,6 +153,12 @@ class SessionCore(MeetingRules):
             capacity = int(self.room.get("capacity") or 50)
             if len(present) >= capacity:
                 raise MediaserverError("room_full", f"the session is full ({capacity} participants)")
+            if self.room.get("media_mode") == "relayed" and len(present) >= self.relayed_max:
+                raise MediaserverError(
+                    "relayed_session_full",
+                    f"this room connects participants directly, which works for up to {self.relayed_max}; "
+                    "ask its owner to switch it to routed media (media_mode: routed) for more",
+                )
             await self._admit_to_event(tx, identity, role, present)
             row = {
                 "id": new_id("part"),

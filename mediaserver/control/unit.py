@@ -16,6 +16,7 @@ from typing import Any, Callable
 from mediaserver.control.breakout import BreakoutRoom
 from mediaserver.control.media import MediaSession, Worker
 from mediaserver.control.meeting import START_EARLY
+from mediaserver.control.mesh import PeerMesh
 from mediaserver.control.session import SessionCore
 from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
@@ -32,14 +33,15 @@ class SessionUnit:
     def __init__(
         self, store: Store, session_id: str, worker: Worker, *, grace: float, stale: float,
         live_limit: int | None = None, quality_seconds: float = 10.0, clock: Callable[[], float] = time.time,
-        **media: Any,
+        relayed_max: int = 4, **media: Any,
     ):
         """``media``: how receivers may span workers (``MediaSession``'s ``home``, ``more``,
         ``leg_keys``, ``receivers_per_worker``)."""
         self.session_id = session_id
         self.core = SessionCore(store, session_id, grace=grace, stale=stale, live_limit=live_limit, clock=clock)
+        self.core.relayed_max = relayed_max
         self.worker = worker
-        self.media = MediaSession(worker, room_of=self.core.room_of, **media)
+        self.media: MediaSession | PeerMesh = MediaSession(worker, room_of=self.core.room_of, **media)
         self.open_rooms: dict[str, BreakoutRoom] = {}  # the open breakout rooms
         self.quality_seconds = quality_seconds
         self._media_lock = asyncio.Lock()  # media operations change shared tables across awaits
@@ -57,6 +59,8 @@ class SessionUnit:
         await self.core.ensure_loaded(session)
         if self.core.ended:
             return
+        if self.relayed and not isinstance(self.media, PeerMesh):  # (known once the room is read)
+            self.media = PeerMesh(room_of=self.core.room_of)
         async with self._media_lock:
             if self._adopted:
                 return
@@ -71,6 +75,10 @@ class SessionUnit:
                 self.media.reset("the session was restored after a fault")
         self._sync_breakout_rooms()
         await self.core.notify()
+
+    @property
+    def relayed(self) -> bool:
+        return self.core.room.get("media_mode") == "relayed"
 
     @property
     def ended(self) -> bool:
@@ -141,8 +149,10 @@ class SessionUnit:
             raise MediaserverError(
                 "publish_not_allowed", "your role (subscriber) may not publish: ask to enable mic & camera first"
             )
-        if self.core.room.get("media_mode") == "relayed":
-            raise MediaserverError("media_unavailable", "this room relays media peer to peer, which is not available yet")
+        if isinstance(self.media, PeerMesh):
+            raise MediaserverError(
+                "relayed_media", "this room connects participants directly: publish with peer_publish and signal each peer"
+            )
         async with self._media_lock:
             seated = await self.core.take_stage(participant_id)  # on screen: 4 speakers, 6 others at most
             try:
@@ -157,8 +167,46 @@ class SessionUnit:
         await self.core.notify()
         return answer
 
+    async def peer_publish(self, participant_id: str, tracks: list[dict]) -> list[dict]:
+        """Relayed: what this participant now sends its room mates directly; the same stage rules
+        as a routed publication. Returns its tracks (ids ``<participant>/<name>``)."""
+        self.core.require_live()
+        p = self._member(participant_id)
+        mesh = self._mesh()
+        if p["role"] == "subscriber":
+            raise MediaserverError(
+                "publish_not_allowed", "your role (subscriber) may not publish: ask to enable mic & camera first"
+            )
+        async with self._media_lock:
+            seated = await self.core.take_stage(participant_id) if tracks else False
+            try:
+                added, removed = mesh.publish(participant_id, tracks)
+            except Exception:
+                if seated:
+                    await self.core.leave_stage(participant_id)
+                raise
+        for t in added:
+            await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec="peer")
+        await self._record_unpublished(participant_id, removed)
+        await self.core.notify()
+        return [t.public() for t in mesh.publishing(participant_id)]
+
+    async def signal(self, participant_id: str, to: str, link: str, payload: dict) -> None:
+        """Relayed: pass an offer, answer or ICE candidate to one room mate."""
+        self.core.require_live()
+        self._member(participant_id)
+        self._mesh().signal(participant_id, to, link, payload)
+        await self.core.notify()
+
+    def _mesh(self) -> PeerMesh:
+        if not isinstance(self.media, PeerMesh):
+            raise MediaserverError("routed_media", "this room's media goes through the server: publish with an offer")
+        return self.media
+
     async def subscribe_answer(self, participant_id: str, answer: str) -> None:
         self._member(participant_id)
+        if isinstance(self.media, PeerMesh):
+            raise MediaserverError("relayed_media", "this room connects participants directly: answer your peers' offers")
         async with self._media_lock:
             await self.media.subscribe_answer(participant_id, answer)
             tracks = [s.track_id for s in self.media.subscribers[participant_id].slots if s.track_id]
@@ -182,7 +230,7 @@ class SessionUnit:
 
     async def media_lost(self, reason: str) -> None:
         """The media worker lost every transport (it died): everyone starts media over."""
-        if self.ended:
+        if self.ended or isinstance(self.media, PeerMesh):
             return
         async with self._media_lock:
             gone = self.media.reset(reason)
@@ -202,7 +250,10 @@ class SessionUnit:
         """Move the session's media to another worker: what was on the old one is let go (it
         is gone, or leaving), and everyone starts media over on the new one."""
         old = self.worker
-        self.worker = self.media.worker = worker
+        self.worker = worker
+        if isinstance(self.media, PeerMesh):
+            return  # its media never used a worker
+        self.media.worker = worker
         self.media.names[""] = name
         try:
             await old.close_participants(list(self.core.participants))
@@ -235,14 +286,26 @@ class SessionUnit:
             pid = owners.get(tid)
             if pid not in self.core.participants or self.ended:
                 continue
-            loss = round(q["fraction_lost"] * 100, 1)
-            jitter_ms = round(q["jitter"] / 90, 1)  # video clock (90 kHz); audio's 48 kHz reads lower
-            grade = "good" if loss < 2 and jitter_ms < 30 else "fair" if loss < 8 else "poor"
-            last = self._quality.get(pid)
-            if last and last[0] == grade and now - last[1] < QUALITY_REPEAT * self.quality_seconds:
-                continue
-            self._quality[pid] = (grade, now)
-            await self.core.record(pid, "quality", visibility="log", loss_percent=loss, jitter_ms=jitter_ms, grade=grade)
+            # (jitter in the video clock, 90 kHz; audio's 48 kHz reads lower)
+            await self._log_quality(pid, round(q["fraction_lost"] * 100, 1), round(q["jitter"] / 90, 1), now, "server")
+
+    async def client_quality(self, participant_id: str, loss_percent: float, jitter_ms: float) -> None:
+        """Relayed rooms: what a participant receives from its peers, from its own getStats (no
+        media worker sees its media), logged like the server's own measurements."""
+        self._member(participant_id)
+        self._mesh()
+        await self._log_quality(participant_id, round(loss_percent, 1), round(jitter_ms, 1), self.core.clock(), "client")
+
+    async def _log_quality(self, pid: str, loss: float, jitter_ms: float, now: float, source: str) -> None:
+        if self.ended:
+            return
+        grade = "good" if loss < 2 and jitter_ms < 30 else "fair" if loss < 8 else "poor"
+        last = self._quality.get(pid)
+        if last and last[0] == grade and now - last[1] < QUALITY_REPEAT * self.quality_seconds:
+            return
+        self._quality[pid] = (grade, now)
+        await self.core.record(pid, "quality", visibility="log", loss_percent=loss, jitter_ms=jitter_ms, grade=grade,
+                               measured_by=source)
 
     async def _record_unpublished(self, participant_id: str, tracks: list) -> None:
         if self.ended:

@@ -7,6 +7,10 @@
 //
 // Media model: a "publish" peer connection where we offer our tracks and the server answers, and a
 // "subscribe" peer connection where the server offers the tracks we receive and we answer.
+// In a relayed room (media_mode "relayed") media goes directly between browsers instead: each
+// publisher offers one peer connection to each room mate, and the server only carries the offers,
+// answers and ICE candidates (and keeps the rules: who may publish, breakout rooms, removals).
+// The same calls and events work in both.
 // If the connection drops, the room reconnects by itself inside the session's grace period (as the
 // same participant) and publishes again; events "reconnecting" and "reconnected" tell the page.
 //
@@ -17,15 +21,19 @@
 // name ("chat", "question_asked", "stage_requested", "moved", "session_ended", ...); the room keeps
 // .participants, .tracks, .chatMessages, .questions and .breakouts up to date.
 
-const PC_CONFIG = { iceServers: [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
+// ICE servers (STUN, TURN with short-lived credentials) come from the server in "joined".
+const PC_CONFIG = { bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
 
 export class MediaserverError extends Error {
   constructor(code, message) { super(message); this.code = code; }
 }
 
 export class Room extends EventTarget {
-  constructor({ token, roomId, url } = {}) {
+  // iceTransportPolicy "relay" sends all media through TURN (e.g. to check a TURN server).
+  constructor({ token, roomId, url, iceTransportPolicy } = {}) {
     super();
+    this.iceServers = [];
+    this.iceTransportPolicy = iceTransportPolicy || "all";
     this.token = token;
     this.roomId = roomId;
     this.url = url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`;
@@ -42,9 +50,25 @@ export class Room extends EventTarget {
     this._stream = null; // what we publish, to publish again after a reconnect or a media reset
     this._reconnectToken = null;
     this._closing = false;
+    this.links = new Map(); // relayed rooms: "<publisher>><receiver>" -> {pc, pending candidates, ...}
+    this._peerPublishing = false;
     this.chatMessages = [];
     this.questions = new Map(); // id -> question
     this.breakouts = { rooms: [], open: false, plan: {} };
+  }
+
+  get relayed() { return !!(this.roomInfo && this.roomInfo.media_mode === "relayed"); }
+  get isPublishing() { return this.relayed ? this._peerPublishing : !!this.publishPc; }
+
+  // The server's id of one of our published tracks (for setMuted).
+  trackIdOf(track) {
+    if (this.relayed) return this._peerNames && this._peerNames.has(track) ? `${this.me.id}/${this._peerNames.get(track)}` : null;
+    const tr = this.publishPc && this.publishPc.getTransceivers().find((t) => t.sender.track === track);
+    return tr && tr.mid != null ? `${this.me.id}/${tr.mid}` : null;
+  }
+
+  _pcConfig() {
+    return { ...PC_CONFIG, iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy };
   }
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
@@ -76,6 +100,7 @@ export class Room extends EventTarget {
           joined = true;
           this.me = msg.participant; this.session = msg.session; this.roomInfo = msg.room;
           this._reconnectToken = msg.reconnect_token; this._grace = msg.grace_seconds;
+          this.iceServers = msg.ice_servers || [];
           this.participants.clear(); msg.participants.forEach((p) => this.participants.set(p.id, p));
           this.tracks.clear(); msg.tracks.forEach((t) => this.tracks.set(t.id, t));
           this.chatMessages = msg.chat || [];
@@ -83,6 +108,7 @@ export class Room extends EventTarget {
           this.breakouts = msg.breakouts && msg.breakouts.rooms ? msg.breakouts : { rooms: [], open: false, plan: {} };
           this.event = msg.event || null; // an event's session: {starts_at, start_from, started}
           this._emit(msg.resumed ? "reconnected" : "joined", msg);
+          if (this.relayed && !this._qualityTimer) this._qualityTimer = setInterval(() => this._reportQuality().catch(() => {}), 10000);
           resolve(msg);
         } else if (msg.type === "error" && !joined) {
           reject(new MediaserverError(msg.code, msg.message));
@@ -111,6 +137,8 @@ export class Room extends EventTarget {
   async _resetMedia() {
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
     this.publishPc = this.subscribePc = null;
+    this._closeLinks(() => true);
+    this._peerPublishing = false;
     this._emit("media_reset", {});
     if (this._stream) await this.publish(this._stream, this._publishOptions);
   }
@@ -127,6 +155,14 @@ export class Room extends EventTarget {
       this._signals = this._signals.then(() => this._answer(msg.sdp)).catch(failed);
     } else if (msg.type === "media_reset") {
       this._signals = this._signals.then(() => this._resetMedia()).catch(failed);
+    } else if (msg.type === "signal") {
+      this._signals = this._signals.then(() => this._onSignal(msg)).catch(failed);
+    } else if (msg.type === "peer_closed") {
+      const gone = msg.participant_id;
+      this._closeLinks((l) => l.publisher === gone || (!msg.as_publisher_only && l.receiver === gone));
+      if (!msg.as_publisher_only) this._emit("peer_closed", { participantId: gone });
+    } else if (msg.type === "peers_changed") {
+      this._signals = this._signals.then(() => this._peersChanged()).catch(failed);
     } else if (msg.type === "ping") {
       this.ws.send(JSON.stringify({ type: "pong" }));
     } else if (msg.type === "event") {
@@ -164,6 +200,11 @@ export class Room extends EventTarget {
       if (msg.event === "moved") this.me.breakout_id = d.breakout_id;
       // Off the stage (by ourselves or a speaker): stop sending; the server forwards nothing of ours now.
       if (msg.event === "stage_left") this._stopPublishing();
+    }
+    // Relayed: a room mate who (re)joined gets an offer of what we publish.
+    if (this.relayed && this._peerPublishing && (msg.event === "joined" || msg.event === "reconnected")
+        && msg.participant_id !== this.me.id && this._mate(msg.participant_id)) {
+      this._offerTo(msg.participant_id);
     }
     this._emit("event", msg);
     this._emit(msg.event, msg);
@@ -206,7 +247,8 @@ export class Room extends EventTarget {
   async publish(stream, options = {}) {
     this._stream = stream;
     this._publishOptions = options;
-    if (!this.publishPc) this.publishPc = new RTCPeerConnection(PC_CONFIG);
+    if (this.relayed) return this._peerPublish();
+    if (!this.publishPc) this.publishPc = new RTCPeerConnection(this._pcConfig());
     for (const track of stream.getTracks()) {
       const transceiver = this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
       if (track.kind === "video" && options.videoCodec && transceiver.setCodecPreferences) {
@@ -224,6 +266,7 @@ export class Room extends EventTarget {
   // Share the screen as one more video track of our publication (renegotiated on the publish
   // connection); stops by itself when the browser's sharing ends.
   async shareScreen() {
+    if (this.relayed) return this._peerShareScreen();
     if (!this.publishPc) throw new MediaserverError("not_on_stage", "turn on your camera or microphone (go on stage) first");
     const screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
     const track = screen.getVideoTracks()[0];
@@ -239,7 +282,9 @@ export class Room extends EventTarget {
     const { stream, transceiver } = this._screen;
     this._screen = null;
     stream.getTracks().forEach((t) => t.stop());
-    if (this.publishPc) {
+    if (this.relayed) {
+      if (this._peerPublishing) await this._peerPublish();
+    } else if (this.publishPc) {
       transceiver.stop();
       await this._renegotiate();
     }
@@ -256,7 +301,7 @@ export class Room extends EventTarget {
 
   async _answer(sdp) {
     if (!this.subscribePc) {
-      this.subscribePc = new RTCPeerConnection(PC_CONFIG);
+      this.subscribePc = new RTCPeerConnection(this._pcConfig());
       this.subscribePc.ontrack = (e) => {
         const [stream] = e.streams;
         this._emit("track", { track: e.track, stream, participantId: stream ? stream.id : null });
@@ -272,6 +317,8 @@ export class Room extends EventTarget {
     if (this._screen) { this._screen.stream.getTracks().forEach((t) => t.stop()); this._screen = null; }
     if (this.publishPc) this.publishPc.close();
     this.publishPc = null;
+    if (this.me) this._closeLinks((l) => l.publisher === this.me.id);
+    this._peerPublishing = false;
     if (this._stream) this._stream.getTracks().forEach((t) => t.stop());
     this._stream = null;
     this._emit("unpublished", {});
@@ -316,17 +363,16 @@ export class Room extends EventTarget {
   // Connection quality of what we receive, per participant: "good", "fair" or "poor".
   async quality() {
     const out = {};
-    if (!this.subscribePc) return out;
-    const stats = await this.subscribePc.getStats();
-    const byMid = {};
-    this.subscribePc.getTransceivers().forEach((t) => { if (t.mid != null && t.receiver.track) byMid[t.receiver.track.id] = t; });
-    stats.forEach((s) => {
-      if (s.type !== "inbound-rtp" || s.kind !== "video") return;
-      const received = s.packetsReceived || 0, lost = Math.max(s.packetsLost || 0, 0);
-      const loss = received + lost ? lost / (received + lost) : 0;
-      const owner = (s.trackIdentifier || "").split("/")[0];
-      out[owner] = loss < 0.02 && (s.jitter || 0) < 0.03 ? "good" : loss < 0.08 ? "fair" : "poor";
-    });
+    for (const [publisher, pc] of this._receiving()) {
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+        const received = s.packetsReceived || 0, lost = Math.max(s.packetsLost || 0, 0);
+        const loss = received + lost ? lost / (received + lost) : 0;
+        const owner = publisher || (s.trackIdentifier || "").split("/")[0]; // (routed: the server names tracks "<participant>/<mid>")
+        out[owner] = loss < 0.02 && (s.jitter || 0) < 0.03 ? "good" : loss < 0.08 ? "fair" : "poor";
+      });
+    }
     return out;
   }
 
@@ -343,22 +389,192 @@ export class Room extends EventTarget {
   // microphone, screen): nothing keeps a device on after leaving.
   close() {
     this._closing = true;
+    clearInterval(this._qualityTimer);
     this._stopPublishing();
+    this._closeLinks(() => true);
     if (this.subscribePc) this.subscribePc.close();
     this.subscribePc = null;
     if (this.ws && this.ws.readyState <= 1) this.ws.close();
   }
 
+  // The peer connections we receive on: the subscribe one (routed), one per publisher (relayed).
+  _receiving() {
+    if (!this.relayed) return this.subscribePc ? [[null, this.subscribePc]] : [];
+    return [...this.links.values()].filter((l) => l.receiver === this.me.id).map((l) => [l.publisher, l.pc]);
+  }
+
   // Decoded video frames per remote track (from getStats), e.g. for a quality indicator or a test.
   async receivedVideo() {
-    if (!this.subscribePc) return [];
-    const stats = await this.subscribePc.getStats();
     const out = [];
-    stats.forEach((s) => {
-      if (s.type !== "inbound-rtp" || s.kind !== "video") return;
-      const codec = s.codecId && stats.get(s.codecId);
-      out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0, codec: codec ? codec.mimeType : null });
-    });
+    for (const [publisher, pc] of this._receiving()) {
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+        const codec = s.codecId && stats.get(s.codecId);
+        out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0,
+          codec: codec ? codec.mimeType : null, participantId: publisher });
+      });
+    }
     return out;
+  }
+
+  // Relayed rooms ---------------------------------------------------------------------------
+
+  // No media worker sees a relayed room's media: tell the server what we receive (loss since the
+  // last report, the worst jitter), for our quality log and the operator's dashboard.
+  async _reportQuality() {
+    if (this._closing || !this.ws || this.ws.readyState !== 1) return;
+    let received = 0, lost = 0, jitter = 0, any = false;
+    const totals = {};
+    for (const [publisher, pc] of this._receiving()) {
+      (await pc.getStats()).forEach((s) => {
+        if (s.type !== "inbound-rtp") return;
+        any = true;
+        const key = `${publisher}/${s.ssrc}`, last = (this._lastTotals || {})[key] || { r: 0, l: 0 };
+        totals[key] = { r: s.packetsReceived || 0, l: Math.max(s.packetsLost || 0, 0) };
+        received += Math.max(totals[key].r - last.r, 0); lost += Math.max(totals[key].l - last.l, 0);
+        jitter = Math.max(jitter, (s.jitter || 0) * 1000);
+      });
+    }
+    this._lastTotals = totals;
+    if (!any) return;
+    const loss = received + lost ? (100 * lost) / (received + lost) : 0;
+    await this.request({ type: "quality_report", loss_percent: Math.min(loss, 100), jitter_ms: Math.min(jitter, 60000) });
+  }
+
+  _mate(pid) {
+    const p = this.participants.get(pid);
+    return p && p.state !== "disconnected" && (p.breakout_id || null) === (this.me.breakout_id || null);
+  }
+
+  _outTracks() {
+    const tracks = this._stream ? [...this._stream.getTracks()] : [];
+    if (this._screen) tracks.push(...this._screen.stream.getTracks());
+    return tracks;
+  }
+
+  // Tell the server what we send (the stage rules apply as when routed), then offer it to
+  // every room mate (or renegotiate the links we have).
+  async _peerPublish() {
+    this._peerNames = this._peerNames || new Map();
+    const tracks = this._outTracks();
+    tracks.forEach((t) => { if (!this._peerNames.has(t)) this._peerNames.set(t, `${t.kind}${this._peerNames.size}`); });
+    await this.request({ type: "peer_publish", tracks: tracks.map((t) => ({ name: this._peerNames.get(t), kind: t.kind })) });
+    this._peerPublishing = tracks.length > 0;
+    for (const p of this.participants.values()) {
+      if (p.id !== this.me.id && this._mate(p.id)) this._offerTo(p.id);
+    }
+  }
+
+  async _peerShareScreen() {
+    if (!this._peerPublishing) throw new MediaserverError("not_on_stage", "turn on your camera or microphone (go on stage) first");
+    const screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    const track = screen.getVideoTracks()[0];
+    this._screen = { stream: screen, transceiver: null };
+    track.onended = () => this.stopScreen().catch((err) => this._emit("error", err));
+    await this._peerPublish();
+    this._emit("screen", { sharing: true, track });
+    return track;
+  }
+
+  _link(publisher, receiver, create) {
+    const key = `${publisher}>${receiver}`;
+    let link = this.links.get(key);
+    if (!link && create) {
+      const pc = new RTCPeerConnection(this._pcConfig());
+      link = { key, publisher, receiver, pc, pending: [], answered: null, senders: new Map() };
+      const other = publisher === this.me.id ? receiver : publisher;
+      pc.onicecandidate = (e) => {
+        const c = e.candidate;
+        this.request({ type: "signal", to: other, link: publisher, kind: "candidate", candidate: c ? c.candidate : "",
+          sdp_mid: c ? c.sdpMid : null, sdp_mline_index: c ? c.sdpMLineIndex : null }).catch(() => {});
+      };
+      if (receiver === this.me.id) {
+        pc.ontrack = (e) => this._emit("track", { track: e.track, stream: e.streams[0], participantId: publisher });
+      }
+      this.links.set(key, link);
+      this._watchConnection(pc, "peer");
+    }
+    return link;
+  }
+
+  _closeLinks(which) {
+    for (const [key, link] of [...this.links]) {
+      if (!which(link)) continue;
+      link.pc.close();
+      if (link.answered) link.answered.resolve();
+      this.links.delete(key);
+    }
+  }
+
+  // One offer at a time per link (the next waits for the answer to the last, on the link's own
+  // chain, not the message chain that will bring the answer): the publisher always offers, so
+  // offers never cross.
+  _offerTo(pid) {
+    if (!this._peerPublishing || this._closing) return;
+    const link = this._link(this.me.id, pid, true);
+    link.chain = (link.chain || Promise.resolve()).then(() => this._negotiate(link))
+      .catch((err) => { if (!this._closing && this.links.get(link.key) === link) this._emit("error", err); });
+  }
+
+  async _negotiate(link) {
+    if (this.links.get(link.key) !== link) return; // closed meanwhile
+    const wanted = this._outTracks();
+    for (const [track, sender] of link.senders) {
+      if (!wanted.includes(track)) { link.pc.removeTrack(sender); link.senders.delete(track); }
+    }
+    for (const track of wanted) {
+      if (link.senders.has(track)) continue;
+      const stream = this._screen && this._screen.stream.getTracks().includes(track) ? this._screen.stream : this._stream;
+      const tr = link.pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+      const codec = this._publishOptions && this._publishOptions.videoCodec;
+      if (track.kind === "video" && codec && tr.setCodecPreferences) {
+        const c = RTCRtpSender.getCapabilities("video").codecs.filter((x) => x.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
+        if (c.length) tr.setCodecPreferences(c);
+      }
+      link.senders.set(track, tr.sender);
+    }
+    await link.pc.setLocalDescription(await link.pc.createOffer());
+    const answered = new Promise((resolve) => { link.answered = { resolve }; });
+    await this.request({ type: "signal", to: link.receiver, link: this.me.id, kind: "offer", sdp: link.pc.localDescription.sdp });
+    await Promise.race([answered, new Promise((r) => setTimeout(r, 15000))]);
+  }
+
+  async _onSignal(msg) {
+    const me = this.me.id;
+    if (msg.kind === "offer") {
+      const link = this._link(msg.from, me, true);
+      await link.pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+      await this._flush(link);
+      await link.pc.setLocalDescription(await link.pc.createAnswer());
+      await this.request({ type: "signal", to: msg.from, link: msg.from, kind: "answer", sdp: link.pc.localDescription.sdp });
+    } else if (msg.kind === "answer") {
+      const link = this._link(me, msg.from, false);
+      if (!link) return;
+      await link.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+      await this._flush(link);
+      if (link.answered) { link.answered.resolve(); link.answered = null; }
+    } else if (msg.kind === "candidate") {
+      const link = msg.link === me ? this._link(me, msg.from, false) : this._link(msg.from, me, true);
+      if (!link) return;
+      link.pending.push(msg);
+      if (link.pc.remoteDescription) await this._flush(link);
+    }
+  }
+
+  async _flush(link) {
+    const pending = link.pending.splice(0);
+    for (const c of pending) {
+      await link.pc.addIceCandidate(c.candidate ? { candidate: c.candidate, sdpMid: c.sdp_mid, sdpMLineIndex: c.sdp_mline_index } : null)
+        .catch(() => {}); // (a candidate of an m-line since removed: harmless)
+    }
+  }
+
+  async _peersChanged() {
+    this._closeLinks((l) => !this._mate(l.publisher === this.me.id ? l.receiver : l.publisher));
+    if (!this._peerPublishing) return;
+    for (const p of this.participants.values()) {
+      if (p.id !== this.me.id && this._mate(p.id) && !this.links.has(`${this.me.id}>${p.id}`)) this._offerTo(p.id);
+    }
   }
 }

@@ -33,6 +33,8 @@ const MESSAGES = {
   stage_full: "Six participants are on screen already. Try again when someone leaves the stage.",
   speakers_full: "Four speakers are on screen already.",
   rate_limited: "You are sending messages too fast: wait a moment.",
+  relayed_session_full: "This room connects participants directly, which works for a few people only, and it is full. " +
+    "Ask its owner to switch it to routed media for larger meetings.",
 };
 const explain = (err) => MESSAGES[err.code] || err.message || String(err);
 const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
@@ -157,13 +159,14 @@ async function join() {
       if (!r.ok) throw new MediaserverError(body.error.code, body.error.message);
       token = body.token; roomId = body.room_id;
     }
-    room = window.room = new Room({ token, roomId });
+    // ?ice=relay: all media through the TURN server (to check one works from here).
+    room = window.room = new Room({ token, roomId, iceTransportPolicy: params.get("ice") === "relay" ? "relay" : "all" });
     wire(room);
     const joined = await room.connect();
     showRoomInfo(joined.room);
     $("prejoin").hidden = true;
     $("meeting").hidden = false;
-    status(`Joined as ${joined.participant.name}.`);
+    status(`Joined as ${joined.participant.name}.${room.relayed ? " Audio and video go directly between participants (peer to peer)." : ""}`);
     if (joined.participant.role !== "subscriber" && !mediaOff) await goOnStage();
     render();
     setInterval(poll, 2000);
@@ -201,8 +204,8 @@ async function toggle(kindName, button, on, off) {
   track.enabled = !track.enabled;
   button.textContent = track.enabled ? on : off;
   button.setAttribute("aria-pressed", String(!track.enabled));
-  const tr = room.publishPc?.getTransceivers().find((t) => t.sender.track === track);
-  if (tr && tr.mid != null) await room.setMuted(`${room.me.id}/${tr.mid}`, !track.enabled).catch(() => {});
+  const id = room.trackIdOf(track);
+  if (id) await room.setMuted(id, !track.enabled).catch(() => {});
 }
 
 // Rendering -------------------------------------------------------------------------------
@@ -232,7 +235,7 @@ function button(text, onclick, label) {
 }
 
 const isSpeaker = () => room && room.me && room.me.role === "moderator";
-const publishing = () => room && room.publishPc && preview;
+const publishing = () => room && room.isPublishing && preview;
 
 function render() {
   if (!room || !room.me || over) return;
@@ -438,6 +441,10 @@ function wire(r) {
     else finish("You left the session.");
   });
   r.addEventListener("media_failed", ({ detail }) => {
+    if (detail.pc === "peer") {
+      return status("Audio and video cannot connect directly to another participant. Their network or yours may block " +
+        "direct connections; the server's TURN relay (turn_urls) gets through most firewalls. Chat and Q&A still work.", "error");
+    }
     const where = detail.address ? ` at ${detail.address} (UDP)` : "";
     status(`Audio and video cannot connect to the media server${where}. Check that your network (firewall, VPN or ` +
       "proxy) lets UDP through to it; if others can't connect either, the server's media address may be set wrong " +

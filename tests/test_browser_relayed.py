@@ -1,0 +1,111 @@
+"""Relayed (peer-to-peer) rooms on the meeting page: three Chromium participants each decode the
+other two directly (no media worker forwards a packet), a removed participant's links close, and
+a fifth participant is refused with a message that says what to do."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.browsers import ARTIFACTS, needs_chromium
+from tests.helpers import make_room, make_token
+
+pytestmark = needs_chromium
+
+LINKS = """() => [...window.room.links.values()].map((l) => [l.publisher, l.receiver, l.pc.connectionState])"""
+
+
+async def decoded_from(page) -> dict[str, int]:
+    """Frames decoded so far, by the participant they come from."""
+    out: dict[str, int] = {}
+    for s in await page.evaluate("window.room ? window.room.receivedVideo() : []"):
+        out[s["participantId"]] = max(out.get(s["participantId"], 0), s["framesDecoded"])
+    return out
+
+
+async def rtp_in(http) -> int:
+    return sum(w["counters"].get("rtp_in", 0) for w in (await http.get("/v1/server")).json()["workers"])
+
+
+async def until(check, timeout: float = 60, what: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.5)
+
+
+async def test_three_browsers_in_a_mesh(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with server.http() as http:
+        room = await make_room(http, name="Mesh call", media_mode="relayed")
+        before = await rtp_in(http)
+        pages, ids, errors = [], [], []
+        for identity, role in (("ann", "moderator"), ("bob", "publisher"), ("cat", "publisher")):
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+            page.on("pageerror", lambda e, who=identity: errors.append(f"{who}: {e}"))
+            page.on("console", lambda m, who=identity: errors.append(f"{who}: {m.text}") if m.type == "error" else None)
+            await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], identity, role)}")
+            await page.get_by_role("button", name="Join now").click()
+            await page.wait_for_function("window.room && window.room.me && window.room.isPublishing")
+            ids.append(await page.evaluate("window.room.me.id"))
+            pages.append(page)
+            if len(pages) == 2:  # two first: a pair, then a third joins the mesh
+                async def pair() -> bool:
+                    got = [await decoded_from(p) for p in pages]
+                    return got[0].get(ids[1], 0) > 10 and got[1].get(ids[0], 0) > 10
+                await until(pair, what="the first two must decode each other")
+
+        async def everyone() -> bool:
+            for me, page in zip(ids, pages):
+                got = await decoded_from(page)
+                if any(got.get(other, 0) <= 10 for other in ids if other != me):
+                    return False
+            return True
+
+        await until(everyone, what="each page must decode both others")
+        first = [await decoded_from(p) for p in pages]
+        await asyncio.sleep(2)
+        later = [await decoded_from(p) for p in pages]
+        assert all(later[i][k] > first[i][k] + 10 for i in range(3) for k in first[i]), (first, later)
+        assert await rtp_in(http) == before, "peer-to-peer media must not reach a media worker"
+        # Three tiles of video on each page: mine and the two others'.
+        for page in pages:
+            shown = await page.evaluate("[...document.querySelectorAll('#grid video')].filter(v => v.videoWidth > 0).length")
+            assert shown == 3, shown
+        await pages[0].screenshot(path=str(ARTIFACTS / "meeting-relayed.png"))
+
+        # The pages report what they receive (no worker sees it): the session's record grades each.
+        sid = await pages[0].evaluate("window.room.session.id")
+
+        async def graded() -> bool:
+            parts = (await http.get(f"/v1/sessions/{sid}")).json()["participants"]
+            return all(p["quality"] and p["quality"]["grade"] == "good" for p in parts if p["id"] in ids)
+
+        await until(graded, timeout=25, what="each page's own quality reports must reach the record")
+
+        # A fourth and fifth: the fifth is refused, with what to do.
+        extra = []
+        for identity in ("dan", "eve"):
+            page = await (await browser.new_context()).new_page()
+            await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], identity, 'subscriber')}&media=off")
+            await page.get_by_role("button", name="Join now").click()
+            extra.append(page)
+        await extra[0].wait_for_function("window.room && window.room.me")
+        await extra[1].locator("#status", has_text="routed").wait_for(timeout=15000)
+
+        # Ann removes Cat: every link with Cat closes, on every page; Ann and Bob go on.
+        cat = ids[2]
+        await pages[0].evaluate(f"window.room.removeParticipant('{cat}')")
+
+        async def cat_gone() -> bool:
+            for page in (pages[0], pages[1], extra[0]):
+                if any(cat in (p, r) for p, r, _ in await page.evaluate(LINKS)):
+                    return False
+            return True
+
+        await until(cat_gone, timeout=20, what="links with the removed participant must close")
+        assert await pages[2].evaluate("window.room.links.size") == 0
+        mid = [await decoded_from(p) for p in pages[:2]]
+        await asyncio.sleep(1.5)
+        end = [await decoded_from(p) for p in pages[:2]]
+        assert end[0][ids[1]] > mid[0][ids[1]] and end[1][ids[0]] > mid[1][ids[0]], (mid, end)
+        assert [e for e in errors if "removed" not in e.lower()] == [], errors
