@@ -50,6 +50,7 @@ def actor_config(settings: Settings, relay_secret: str | None = None) -> dict:
         "session_load_estimate": settings.session_load_estimate,
         "session_receivers_per_worker": settings.session_receivers_per_worker,
         "relayed_max_participants": settings.relayed_max_participants,
+        "auto_back_to_direct": settings.auto_back_to_direct,
         "region": settings.region,
         "region_networks": dict(settings.region_networks),
         "quality_seconds": settings.quality_seconds,

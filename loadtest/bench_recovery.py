@@ -42,7 +42,7 @@ async def run(args: argparse.Namespace) -> dict:
     rows = []
     try:
         async with httpx.AsyncClient(base_url=server.url, auth=(server.key, server.secret), timeout=60) as http:
-            room = (await http.post("/v1/rooms", json={"name": "recovery"})).json()
+            room = (await http.post("/v1/rooms", json={"name": "recovery", "media_mode": "routed"})).json()
             pub = await join_media(server, http, room, "pub")
             sub = await join_media(server, http, room, "sub", "subscriber")
             await pub.publish()

@@ -102,7 +102,7 @@ cdef enum Stat:
     S_DROP_SUBSCRIBER_NOT_READY, S_DROP_PROTECT, S_DROP_NO_CONSENT, S_DROP_UNKNOWN, S_DROP_SEND
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
-    S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN
+    S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED
     S_COUNT
 
 STAT_NAMES = (
@@ -111,7 +111,7 @@ STAT_NAMES = (
     "drop_subscriber_not_ready", "drop_protect", "drop_no_consent", "drop_unknown", "drop_send",
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
-    "drop_dtls_no_ice", "drop_slow_unknown",
+    "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -246,6 +246,7 @@ cdef struct Track:
     int cap
     Slot* cache  # NACK_CACHE slots, allocated with the first packet
     double last_pli
+    bint pli_held  # a request the throttle held back: sent when its window ends
     double last_remb
     Asked* asked  # UPSTREAM_RING slots, allocated with the first NACK sent upstream
     bint has_highest
@@ -524,11 +525,11 @@ cdef class FastPath:
         else:
             for t in range(self.tracks.size() + 1):
                 if t == self.tracks.size():
-                    self.tracks.push_back(Track(False, 0, 0, NULL, 0, 0, NULL, 0.0, 0.0, NULL, False, 0))
+                    self.tracks.push_back(Track(False, 0, 0, NULL, 0, 0, NULL, 0.0, False, 0.0, NULL, False, 0))
                     break
                 if not self.tracks[t].used:
                     break
-            self.tracks[t] = Track(True, s, src_ssrc, NULL, 0, 0, NULL, -1e18, -1e18, NULL, False, 0)
+            self.tracks[t] = Track(True, s, src_ssrc, NULL, 0, 0, NULL, -1e18, False, -1e18, NULL, False, 0)
             self.by_track[pair(s, src_ssrc)] = t
         tr = &self.tracks[t]
         for r in range(tr.nroutes):
@@ -569,8 +570,8 @@ cdef class FastPath:
 
     # Packets from Python (tests, and what the control path sends) -------------------
 
-    def handle_rtp(self, bytes data, tuple addr):
-        return self._handle(data, addr, 0.0, False)
+    def handle_rtp(self, bytes data, tuple addr, double now=0.0):
+        return self._handle(data, addr, now, False)
 
     def handle_rtcp(self, bytes data, tuple addr, double now):
         return self._handle(data, addr, now, True)
@@ -716,6 +717,9 @@ cdef class FastPath:
             tr.has_highest = True
         for r in range(tr.nroutes):
             self._send_rtp(&tr.routes[r], p, length, now, out)
+        if tr.pli_held and now - tr.last_pli >= PLI_INTERVAL:
+            self.counts[<int>S_PLI_DEFERRED] += 1
+            self._request_keyframe(deref(it).second, now, out)
 
     cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out) noexcept nogil:
         cdef int length = n
@@ -995,11 +999,13 @@ cdef class FastPath:
         cdef Track* tr = &self.tracks[t]
         cdef uint8_t msg[12]
         if now - tr.last_pli < PLI_INTERVAL:
-            self.counts[<int>S_PLI_THROTTLED] += 1  # at most one per track per 500 ms
+            self.counts[<int>S_PLI_THROTTLED] += 1  # at most one per track per 500 ms...
+            tr.pli_held = True  # ...and the held one goes when the window ends (a late subscriber's)
             return
         if not self._ready(tr.src):
             return
         tr.last_pli = now
+        tr.pli_held = False
         self.counts[<int>S_PLI_SENT] += 1
         msg[0] = 0x81
         msg[1] = PSFB

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     default_max_live_sessions: int = Field(10, ge=1)  # per team, unless the team says otherwise
     max_room_capacity: int = Field(50, ge=1, le=100_000)  # participants a room may hold (raise it for webinars)
     relayed_max_participants: int = Field(4, ge=2, le=16)  # a peer-to-peer (relayed) session's participants at most
+    auto_back_to_direct: bool = False  # an auto room that went routed goes peer to peer again when two remain
     # Session hosts per node (of the node serve starts; cluster nodes say theirs in their labels,
     # see mediaserver/control/topology.py). None: one per two CPUs, at least one.
     session_hosts: int | None = Field(None, ge=1, le=64)

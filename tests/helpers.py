@@ -222,7 +222,8 @@ class Participant:
 
 
 async def make_room(http: httpx.AsyncClient, **fields: Any) -> dict:
-    r = await http.post("/v1/rooms", json={"name": "test room", **fields})
+    # Routed unless a test says otherwise (the API's default, auto, is peer to peer for two).
+    r = await http.post("/v1/rooms", json={"name": "test room", "media_mode": "routed", **fields})
     assert r.status_code == 201, r.text
     return r.json()
 

@@ -40,7 +40,7 @@ async def test_room_crud(server):
         patched = r.json()
         assert (patched["name"], patched["comment"], patched["capacity"], patched["type"]) == ("Q4 review", None, 50, "group")
 
-        defaults = await make_room(http, name="Defaults")
+        defaults = (await http.post("/v1/rooms", json={"name": "Defaults"})).json()
         assert (defaults["type"], defaults["media_mode"], defaults["capacity"], defaults["encryption"]) == ("adhoc", "auto", 50, "server")
 
         r = await http.get("/v1/rooms", params={"q": "q4 REV"})

@@ -109,3 +109,58 @@ async def test_three_browsers_in_a_mesh(server, browser):
         end = [await decoded_from(p) for p in pages[:2]]
         assert end[0][ids[1]] > mid[0][ids[1]] and end[1][ids[0]] > mid[1][ids[0]], (mid, end)
         assert [e for e in errors if "removed" not in e.lower()] == [], errors
+
+
+async def test_an_auto_room_goes_from_direct_to_routed_when_a_third_joins(server, browser):
+    """Two pages peer to peer; a third joins; within 2 s of the switch every page decodes both
+    others through the media worker, and the first two's video never stops for long."""
+    async with server.http() as http:
+        room = await make_room(http, name="Auto call", media_mode="auto")
+        pages, ids = [], []
+
+        async def open_page(identity: str):
+            page = await (await browser.new_context()).new_page()
+            await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], identity, 'moderator')}&autojoin=1")
+            await page.wait_for_function("window.room && window.room.me && window.room.isPublishing")
+            # Note when this page hears of the switch (its own clock).
+            await page.evaluate("window.room.addEventListener('media_mode_changed', () => { window.switchedAt = performance.now(); })")
+            pages.append(page)
+            ids.append(await page.evaluate("window.room.me.id"))
+
+        for who in ("ann", "bob"):
+            await open_page(who)
+        assert await pages[0].evaluate("window.room.mediaMode") == "relayed"
+
+        async def pair() -> bool:
+            got = [await decoded_from(p) for p in pages]
+            return got[0].get(ids[1], 0) > 10 and got[1].get(ids[0], 0) > 10
+        await until(pair, what="the first two must decode each other directly")
+        direct = await rtp_in(http)
+
+        await open_page("cat")
+        assert await pages[2].evaluate("window.room.mediaMode") == "routed"
+        # Each of the first two: time from hearing of the switch to decoding both others again.
+        waits = []
+        for i, page in enumerate(pages[:2]):
+            others = [x for x in ids if x != ids[i]]
+            waits.append(await page.evaluate("""async (others) => {
+                while (window.switchedAt === undefined) await new Promise((r) => setTimeout(r, 20));
+                for (;;) {
+                  const got = {};
+                  for (const s of await window.room.receivedVideo()) got[s.participantId] = Math.max(got[s.participantId] || 0, s.framesDecoded);
+                  if (others.every((o) => (got[o] || 0) >= 3)) return performance.now() - window.switchedAt;
+                  await new Promise((r) => setTimeout(r, 50));
+                }
+            }""", others))
+        print("switch waits ms", waits)
+        assert all(w < 2000 for w in waits), f"video back through the server {waits} ms after the switch"
+        assert await rtp_in(http) > direct, "routed now: the media worker forwards"
+
+        async def all_routed() -> bool:
+            for me, page in zip(ids, pages):
+                got = await decoded_from(page)
+                if any(got.get(o, 0) <= 10 for o in ids if o != me):
+                    return False
+            return True
+        await until(all_routed, timeout=30, what="all three decode both others through the server")
+        assert await pages[0].evaluate("window.room.links.size") == 0

@@ -32,9 +32,9 @@ async def env(tmp_path):
     await store.close()
 
 
-async def new_session(store: Store, team: dict, clock: Clock, capacity: int = 50) -> SessionCore:
+async def new_session(store: Store, team: dict, clock: Clock, capacity: int = 50, media_mode: str = "routed") -> SessionCore:
     room = await store.create_room(team["id"], {
-        "name": "r", "type": "adhoc", "media_mode": "routed", "archive_mode": "manual", "encryption": "server",
+        "name": "r", "type": "adhoc", "media_mode": media_mode, "archive_mode": "manual", "encryption": "server",
         "location_hint": None, "capacity": capacity, "comment": None, "starts_at": None, "ends_at": None,
     })
     directory = DirectoryCore(store, default_max_live_sessions=5, clock=clock)
@@ -300,3 +300,27 @@ async def test_a_viewers_long_poll_sleeps_through_what_it_does_not_see(env):
     await core.join(identity="later", name="Later", role="subscriber")
     quiet = await core.wait_events(me["id"], got["last_seq"], 0.05, me["connection_id"])
     assert quiet["events"] == [] and quiet["last_seq"] == core.last_seq > got["last_seq"]
+
+
+async def test_an_auto_room_can_go_back_to_direct_when_two_remain(env):
+    """With auto_back_to_direct (off by default): routed from the third, direct again at two."""
+    store, team, clock = env
+    core = await new_session(store, team, clock, media_mode="auto")
+    core.auto_back_to_direct = True
+    await core.join(identity="a", name="A", role="moderator")
+    await core.join(identity="b", name="B", role="publisher")
+    assert core.media_mode == "relayed"
+    c = await core.join(identity="c", name="C", role="publisher")
+    assert core.media_mode == "routed"
+    await core.leave(c["id"])
+    assert core.media_mode == "relayed"
+    assert (await reloaded(core)).media_mode == "relayed"
+    changes = [(e["data"]["mode"], e["data"]["reason"]) for e in await store.session_events(core.session_id)
+               if e["type"] == "media_mode_changed"]
+    assert changes == [("routed", "more_than_two"), ("relayed", "two_or_fewer")]
+    # Off (the default): it stays routed.
+    core2 = await new_session(store, team, clock, media_mode="auto")
+    for i in range(3):
+        await core2.join(identity=f"p{i}", name=f"P{i}", role="publisher")
+    await core2.leave(next(iter(core2.participants)))
+    assert core2.media_mode == "routed"

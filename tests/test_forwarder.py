@@ -73,7 +73,7 @@ def transcript(
     out = []
     for sender, data, now in inputs:
         kind = "rtcp" if 192 <= data[1] <= 223 else "rtp"
-        sent = fw.handle_rtcp(data, addr_of[sender], now) if kind == "rtcp" else fw.handle_rtp(data, addr_of[sender])
+        sent = fw.handle_rtcp(data, addr_of[sender], now) if kind == "rtcp" else fw.handle_rtp(data, addr_of[sender], now)
         for pkt, to in sent:
             if kind == "rtp" and (who[to], struct.unpack_from("!H", pkt, 2)[0]) in lose:
                 continue
@@ -159,6 +159,31 @@ def test_pli_and_fir_reach_the_publisher_throttled(setup):
     for _, _, p in out:
         assert struct.unpack_from("!BBHII", p) == (0x81, 206, 2, rtcp.SERVER_SSRC, PUB_SSRC)
     assert fw.stats["pli_sent"] == 2 and fw.stats["pli_throttled"] == 1
+
+
+def test_a_held_keyframe_request_goes_when_its_window_ends(setup):
+    """Two subscribers ready 100 ms apart: the second's request is held, not dropped, and goes
+    to the publisher with its first packet once 500 ms have passed since the first request."""
+    fw, peers = setup
+
+    def pli(sub, ssrc):
+        return peers[sub].out.protect_rtcp(rtcp.pli(ssrc, sender_ssrc=0x77))
+
+    def pub(seq, now):
+        return ("pub", peers["pub"].out.protect(rtp(seq)), now)
+
+    out = transcript(fw, peers, [
+        ("s1", pli("s1", 0x2001), 10.0),
+        ("s2", pli("s2", 0x2002), 10.1),  # throttled: held
+        pub(1, 10.2), pub(2, 10.45),  # inside the window: forwarded, nothing more
+        pub(3, 10.55),  # the window has ended: the held request goes now, once
+        pub(4, 10.6), pub(5, 11.2),
+    ])
+    to_pub = [i for i, (who, kind, _) in enumerate(out) if who == "pub"]
+    assert len(to_pub) == 2 and fw.stats["pli_deferred"] == 1 and fw.stats["pli_sent"] == 2
+    # The deferred one comes right after packet 3's copies: 2 PLIs, 5 packets to each of 2 subscribers.
+    assert to_pub[1] == 1 + 2 * 3
+    assert fw.stats["pli_throttled"] == 1
 
 
 def test_removing_endpoints_and_routes(setup):
@@ -271,6 +296,7 @@ def recorded_session(peers: dict) -> tuple[list, frozenset]:
         ("s2", s2.out.protect_rtcp(rr + rtcp.pli(0x2002, sender_ssrc=0x77)), t + 0.04),  # compound RR + PLI
         ("s1", s1.out.protect_rtcp(rtcp.pli(0x2001, sender_ssrc=0x77)), t + 0.1),  # throttled
         ("s1", s1.out.protect_rtcp(rtcp.pli(0x2001, sender_ssrc=0x77)), t + 0.6),
+        ("s2", s2.out.protect_rtcp(rtcp.pli(0x2002, sender_ssrc=0x77)), t + 0.65),  # held: sent with the RTP at t + 1.5
         ("s1", s1.out.protect_rtcp(rtcp.remb(900_000, [0x2001], sender_ssrc=0x77)), t + 0.7),
         ("s2", s2.out.protect_rtcp(rtcp.remb(400_000, [0x2002], sender_ssrc=0x77)), t + 0.8),
         ("s2", s2.out.protect_rtcp(rtcp.remb(300_000, [0x2002], sender_ssrc=0x77)), t + 1.3),
@@ -312,6 +338,6 @@ def test_fast_path_matches_the_reference_packet_for_packet(profile):
     assert fast_stats == ref_stats and fast_quality == ref_quality
     # The sequence exercised what it is meant to.
     for key in ("drop_srtp", "drop_too_big", "drop_unknown_ssrc", "drop_srtcp", "nack_served", "nack_missed", "nack_upstream",
-                "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded"):
+                "pli_sent", "pli_throttled", "pli_deferred", "remb_sent", "sr_forwarded"):
         assert ref_stats.get(key, 0) > 0, key
     assert ref_quality[("s2", 0x2002)]["fraction_lost"] == 0.125

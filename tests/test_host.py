@@ -224,3 +224,60 @@ async def test_a_restarted_host_takes_its_sessions_back(env):
     assert unit.media.outbox[a["id"]] == [{"type": "media_reset", "reason": "the session was restored after a fault"}]
     assert [m["text"] for m in await second.call(live, "chat_history", a["id"])] == ["kept"]
     assert (await second.call(live, "chat", a["id"], "more"))["text"] == "more"
+
+
+async def test_an_auto_room_is_direct_for_two_and_routed_from_the_third(env):
+    """Auto rooms: peer to peer while two are in, through the server once a third joins (every
+    participant told, their direct tracks gone, the server's tracks from then on); the choice
+    survives a host that died, and stays when people leave (no flapping)."""
+    store, team, clock, new_host, directory = env
+    room = await store.create_room(team["id"], {**ROOM, "media_mode": "auto"})
+    sid = (await directory.open_session(room))["id"]
+    host = new_host()
+    a = await host.call(sid, "join", "a", "A", "moderator")
+    b = await host.call(sid, "join", "b", "B", "publisher")
+    assert a["media_mode"] == b["media_mode"] == "relayed"
+    pa = a["participant"]
+    await host.call(sid, "peer_publish", pa["id"], [{"name": "video0", "kind": "video"}])
+    with pytest.raises(MediaserverError) as e:
+        await host.call(sid, "publish", pa["id"], "v=0")
+    assert e.value.code == "relayed_media"
+
+    c = await host.call(sid, "join", "c", "C", "publisher")
+    assert c["media_mode"] == "routed" and c["tracks"] == []
+    seen = await host.call(sid, "wait_events", pa["id"], a["last_seq"], 0.05, pa["connection_id"])
+    changes = [e["data"] for e in seen["events"] if e["type"] == "media_mode_changed"]
+    assert changes == [{"mode": "routed", "reason": "more_than_two"}]
+    assert any(e["type"] == "track_unpublished" and e["data"]["reason"] == "media_mode_changed" for e in seen["events"])
+    with pytest.raises(MediaserverError) as e:
+        await host.call(sid, "peer_publish", pa["id"], [])
+    assert e.value.code == "routed_media"
+
+    # Its host dies: the session comes back routed; two leave, it stays routed.
+    await host.stop()
+    second = new_host()
+    await second.call(sid, "leave", c["participant"]["id"])
+    again = await second.call(sid, "resume", pa["id"])
+    assert again["media_mode"] == "routed"
+    with pytest.raises(MediaserverError) as e:
+        await second.call(sid, "signal", pa["id"], b["participant"]["id"], pa["id"], {"kind": "candidate", "candidate": ""})
+    assert e.value.code == "routed_media"
+
+
+async def test_an_auto_room_whose_peers_cannot_connect_goes_routed(env):
+    store, team, clock, new_host, directory = env
+    room = await store.create_room(team["id"], {**ROOM, "media_mode": "auto"})
+    sid = (await directory.open_session(room))["id"]
+    host = new_host()
+    a = (await host.call(sid, "join", "a", "A", "moderator"))["participant"]
+    await host.call(sid, "join", "b", "B", "publisher")
+    await host.call(sid, "direct_failed", a["id"])
+    assert (await host.call(sid, "join", "b", "B", "publisher"))["media_mode"] == "routed"  # (b again: replaced)
+    events = await store.session_events(sid)
+    assert [e["data"]["reason"] for e in events if e["type"] == "media_mode_changed"] == ["direct_connection_failed"]
+    # A routed or relayed room does not change its mode.
+    routed = (await directory.open_session(await store.create_room(team["id"], dict(ROOM))))["id"]
+    r = (await host.call(routed, "join", "a", "A", "moderator"))["participant"]
+    with pytest.raises(MediaserverError) as e:
+        await host.call(routed, "direct_failed", r["id"])
+    assert e.value.code == "invalid_request"

@@ -267,13 +267,20 @@ class QualityReport(ClientMessage):
     jitter_ms: float = Field(..., ge=0, le=60_000)
 
 
+class DirectFailed(ClientMessage):
+    """Auto rooms: I cannot connect to a peer directly (and no TURN got me through): route the
+    session's media through the server."""
+
+    type: Literal["direct_failed"]
+
+
 AnyClientMessage = Annotated[
     Union[
         Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute,
         StartSession, RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
         Chat, ChatHistory, Ask, Upvote, AnswerQuestion, Questions,
         BreakoutCreate, BreakoutRename, BreakoutDelete, BreakoutAssign, BreakoutAutoAssign, BreakoutOpen,
-        BreakoutClose, BreakoutVisit, PeerPublish, Signal, QualityReport,
+        BreakoutClose, BreakoutVisit, PeerPublish, Signal, QualityReport, DirectFailed,
     ],
     Field(discriminator="type"),
 ]
@@ -310,6 +317,9 @@ class Joined(ServerMessage):
     # RTCIceServer entries for every peer connection: STUN, and TURN with credentials for this
     # participant (TURN REST scheme) that expire; a resume brings fresh ones.
     ice_servers: list[dict[str, Any]] = []
+    # How media goes now: "routed" (through the server) or "relayed" (directly between
+    # participants); an auto room changes it with a media_mode_changed event.
+    media_mode: str = "routed"
 
 
 class ServerAnswer(ServerMessage):
@@ -396,7 +406,8 @@ class SessionEvent(ServerMessage):
     role_changed, track_published, track_unpublished, muted, unmuted, session_ended;
     stage_joined, stage_left, stage_requested, stage_request_cancelled, stage_approved,
     stage_declined; chat; question_asked, question_upvoted, question_answered,
-    question_dismissed; breakouts_changed, breakouts_opened, breakouts_closed, moved.
+    question_dismissed; breakouts_changed, breakouts_opened, breakouts_closed, moved;
+    media_mode_changed (auto rooms: ``mode`` and ``reason``).
     ``participant_id`` is whom it is about."""
 
     type: Literal["event"] = "event"

@@ -199,6 +199,7 @@ class Connection:
                 breakouts=result.get("breakouts", {}),
                 event=result.get("event"),
                 ice_servers=self.ice_servers.for_participant(p["id"]),
+                media_mode=result.get("media_mode", "routed"),
             )
         )
 
@@ -279,6 +280,9 @@ class Connection:
             await self.send(m.Ack(id=msg.id, data={"tracks": tracks}))
         elif isinstance(msg, m.Signal):
             await self.control.call(sid, "signal", pid, msg.to, msg.link, msg.payload())
+            await self.send(m.Ack(id=msg.id))
+        elif isinstance(msg, m.DirectFailed):
+            await self.control.call(sid, "direct_failed", pid)
             await self.send(m.Ack(id=msg.id))
         elif isinstance(msg, m.QualityReport):
             await self.control.call(sid, "client_quality", pid, msg.loss_percent, msg.jitter_ms)

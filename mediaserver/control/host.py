@@ -35,7 +35,7 @@ SUCCESSOR_WAIT = 2.0  # a dead worker's successor normally listens within a seco
 UNIT_METHODS = {
     "join", "resume", "ready", "publish", "subscribe_answer", "set_subscribed", "set_muted", "disconnect", "leave",
     "set_role", "end", "wait_events", "start_session", "request_stage", "cancel_stage_request",
-    "answer_stage_request", "leave_stage", "remove_from_stage", "remove", "peer_publish", "signal", "client_quality", "chat", "chat_history", "ask", "upvote",
+    "answer_stage_request", "leave_stage", "remove_from_stage", "remove", "peer_publish", "signal", "client_quality", "direct_failed", "chat", "chat_history", "ask", "upvote",
     "settle_question", "questions", "breakouts", "breakout_info",
 }
 
@@ -163,7 +163,7 @@ class SessionHost:
             live_limit=self.cfg.get("default_max_live_sessions"), quality_seconds=self.cfg.get("quality_seconds", 10.0),
             clock=self.clock, home=worker, receivers_per_worker=self.cfg.get("session_receivers_per_worker"),
             more=lambda using, sid=sid: self._more(sid, using), leg_keys=self.places.leg_keys,
-            relayed_max=self.cfg.get("relayed_max_participants", 4),
+            relayed_max=self.cfg.get("relayed_max_participants", 4), auto_back_to_direct=self.cfg.get("auto_back_to_direct", False),
         )
         await unit.load(row)
         self.asleep.pop(sid, None)

@@ -26,6 +26,7 @@ from mediaserver.ids import new_id
 from mediaserver.store import Store
 
 RECENT_EVENTS = 512  # broadcast events kept in memory for long-polls; older ones come from the store
+AUTO_DIRECT_MAX = 2  # an auto room's media goes directly between this many participants at most
 STORE_PAGE = 1000  # events read from the store per long-poll answer, for one far behind
 # Past this many participants (a webinar, where the server allows rooms that large), the
 # audience's comings and goings reach only the staff (speakers and those who may publish), and
@@ -51,6 +52,7 @@ class SessionCore(MeetingRules):
         self.stale = stale
         self.live_limit = live_limit  # the server's default limit on a team's live sessions
         self.relayed_max = 4  # participants of a relayed (peer-to-peer) session at most
+        self.auto_back_to_direct = False  # an auto room goes back to peer to peer when two remain
         self.clock = clock
         self.session: dict[str, Any] = {}
         self.room: dict[str, Any] = {}
@@ -403,6 +405,22 @@ class SessionCore(MeetingRules):
             tx.event(type_, participant_id, visibility, **data)
             await self._commit(tx)
 
+    async def direct_failed(self, participant_id: str) -> bool:
+        """A participant of an auto room cannot connect to a peer directly (and no TURN got it
+        through): the session's media goes through the server from now on. False if it did."""
+        async with self._lock:
+            self.require_live()
+            if participant_id not in self.participants:
+                raise MediaserverError("not_joined", "this participant is not in the session")
+            if self.room.get("media_mode") != "auto":
+                raise MediaserverError("invalid_request", "only an automatic (auto) room changes how its media goes")
+            tx = _Tx(self, self.clock())
+            if not self.route_media(tx, "direct_connection_failed"):
+                return False
+            tx.event("direct_failed", participant_id, visibility="log")
+            await self._commit(tx)
+            return True
+
     async def notify(self) -> None:
         """Wake long-polls (e.g. a signaling message is waiting for someone)."""
         async with self._changed:
@@ -423,6 +441,42 @@ class SessionCore(MeetingRules):
         tx.session.update(status="ended", ended_at=tx.now, end_reason=reason)
         tx.event("session_ended", None, reason=reason, by=by)
 
+    @property
+    def media_mode(self) -> str:
+        """How this session's media goes now: "routed" or "relayed" (an auto room: either)."""
+        mode = self.room.get("media_mode") or "routed"
+        if mode != "auto":
+            return mode
+        return (self.session.get("meeting") or {}).get("media_mode") or "relayed"
+
+    def route_media(self, tx: _Tx, reason: str) -> bool:
+        """An auto room goes routed now (e.g. peers cannot connect directly); False if it was."""
+        if self.room.get("media_mode") != "auto" or (tx.meeting().get("media_mode") or "relayed") == "routed":
+            return False
+        tx.set_meeting(media_mode="routed", media_mode_pinned=True)  # (not back to direct: it failed)
+        tx.event("media_mode_changed", None, mode="routed", reason=reason)
+        return True
+
+    def _settle_media_mode(self, tx: _Tx) -> None:
+        """Auto rooms: directly between two participants, through the server from a third on
+        (and back to direct when two remain, if ``auto_back_to_direct``: off by default, so a
+        third who comes and goes does not flip everyone's media twice)."""
+        if self.room.get("media_mode") != "auto":
+            return
+        meeting = tx.meeting()
+        mode = meeting.get("media_mode") or "relayed"
+        present = sum(1 for pid in set(self.participants) | set(tx.participants) if tx.participant(pid)["state"] != "left")
+        want, reason = mode, None
+        if mode == "relayed" and present > AUTO_DIRECT_MAX:
+            want, reason = "routed", "more_than_two"
+        elif (mode == "routed" and self.auto_back_to_direct and 0 < present <= AUTO_DIRECT_MAX
+              and not meeting.get("media_mode_pinned")):
+            want, reason = "relayed", "two_or_fewer"
+        if meeting.get("media_mode") != want:
+            tx.set_meeting(media_mode=want)
+        if reason:
+            tx.event("media_mode_changed", None, mode=want, reason=reason)
+
     def _update_emptiness(self, tx: _Tx) -> None:
         connected = self._connected_count(tx)
         empty_since = tx.session.get("empty_since", self.session.get("empty_since"))
@@ -438,6 +492,7 @@ class SessionCore(MeetingRules):
             raise MediaserverError("unavailable", "the session is being rebuilt; try again")
         if tx.session.get("status") != "ended":
             self._update_emptiness(tx)
+            self._settle_media_mode(tx)
         tx.change.session = {**tx.session, "last_seq": tx.seq}
         await self.store.apply(tx.change)  # raises before memory changes: nothing half-applied
         self.session.update(tx.change.session)

@@ -33,13 +33,15 @@ class SessionUnit:
     def __init__(
         self, store: Store, session_id: str, worker: Worker, *, grace: float, stale: float,
         live_limit: int | None = None, quality_seconds: float = 10.0, clock: Callable[[], float] = time.time,
-        relayed_max: int = 4, **media: Any,
+        relayed_max: int = 4, auto_back_to_direct: bool = False, **media: Any,
     ):
         """``media``: how receivers may span workers (``MediaSession``'s ``home``, ``more``,
         ``leg_keys``, ``receivers_per_worker``)."""
         self.session_id = session_id
         self.core = SessionCore(store, session_id, grace=grace, stale=stale, live_limit=live_limit, clock=clock)
         self.core.relayed_max = relayed_max
+        self.core.auto_back_to_direct = auto_back_to_direct
+        self._media_kw = media  # (to make the MediaSession anew when an auto room goes routed)
         self.worker = worker
         self.media: MediaSession | PeerMesh = MediaSession(worker, room_of=self.core.room_of, **media)
         self.open_rooms: dict[str, BreakoutRoom] = {}  # the open breakout rooms
@@ -59,7 +61,7 @@ class SessionUnit:
         await self.core.ensure_loaded(session)
         if self.core.ended:
             return
-        if self.relayed and not isinstance(self.media, PeerMesh):  # (known once the room is read)
+        if self.relayed and not isinstance(self.media, PeerMesh):  # (known once the session is read)
             self.media = PeerMesh(room_of=self.core.room_of)
         async with self._media_lock:
             if self._adopted:
@@ -78,7 +80,34 @@ class SessionUnit:
 
     @property
     def relayed(self) -> bool:
-        return self.core.room.get("media_mode") == "relayed"
+        """Media directly between participants now (a relayed room, or an auto one of two)."""
+        return self.core.media_mode == "relayed"
+
+    async def _sync_media_mode(self) -> None:
+        """An auto room changed how its media goes (a third joined, or peers could not connect):
+        close what the old way had, start the new way for everyone (the clients follow the
+        media_mode_changed event: they close their peer connections and publish the new way)."""
+        if self.ended or self.relayed == isinstance(self.media, PeerMesh):
+            return
+        async with self._media_lock:
+            old = self.media
+            gone = list(old.tracks.values())
+            if isinstance(old, MediaSession):
+                for pid in list(old.subscribers):
+                    await old.leave(pid)  # closes its transports
+                self.media = PeerMesh(room_of=self.core.room_of)
+            else:
+                kw = {**self._media_kw, "home": self.media_home}
+                self.media = MediaSession(self.worker, room_of=self.core.room_of, **kw)
+            for pid in self.core.participants:
+                await self.media.join(pid)
+        for t in gone:
+            await self.core.record(t.participant_id, "track_unpublished", track_id=t.id, reason="media_mode_changed")
+        await self.core.notify()
+
+    @property
+    def media_home(self) -> str:
+        return self._media_kw.get("home", "home") if isinstance(self.media, PeerMesh) else self.media.names[""]
 
     @property
     def ended(self) -> bool:
@@ -102,6 +131,7 @@ class SessionUnit:
     async def join(self, identity: str, name: str, role: str) -> dict:
         participant = await self.core.join(identity=identity, name=name, role=role)
         await self._release_departed()
+        await self._sync_media_mode()
         async with self._media_lock:
             await self.media.join(participant["id"])
         await self.core.notify()
@@ -122,6 +152,7 @@ class SessionUnit:
         core = self.core
         return {
             "participant": participant, **core.snapshot(participant["id"]), "tracks": self.media.track_list(),
+            "media_mode": core.media_mode,
             "chat": await core.chat_history(participant["id"]),
             "questions": core.question_list(),
             "breakouts": core.breakout_view(),
@@ -198,6 +229,12 @@ class SessionUnit:
         self._mesh().signal(participant_id, to, link, payload)
         await self.core.notify()
 
+    async def direct_failed(self, participant_id: str) -> None:
+        """Auto rooms: a participant could not reach a peer directly: everyone goes routed."""
+        self._member(participant_id)
+        if await self.core.direct_failed(participant_id):
+            await self._sync_media_mode()
+
     def _mesh(self) -> PeerMesh:
         if not isinstance(self.media, PeerMesh):
             raise MediaserverError("routed_media", "this room's media goes through the server: publish with an offer")
@@ -252,6 +289,7 @@ class SessionUnit:
         old = self.worker
         self.worker = worker
         if isinstance(self.media, PeerMesh):
+            self._media_kw["home"] = name
             return  # its media never used a worker
         self.media.worker = worker
         self.media.names[""] = name
@@ -321,6 +359,7 @@ class SessionUnit:
                 gone = await self.media.leave(pid)
             await self._record_unpublished(pid, gone)
         if departed:
+            await self._sync_media_mode()
             await self.core.notify()
 
     async def release_media(self) -> None:

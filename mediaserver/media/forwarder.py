@@ -57,6 +57,7 @@ class Forwarder:
     # (subscriber endpoint, SSRC it sees) -> (publisher endpoint, publisher SSRC), for feedback
     reverse: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     last_pli: dict[tuple[str, int], float] = field(default_factory=dict)
+    pli_held: set[tuple[str, int]] = field(default_factory=set)  # throttled requests, sent when the window ends
     # (publisher endpoint, publisher SSRC) -> ring of (sequence number, plaintext packet), slot seq % NACK_CACHE
     cache: dict[tuple[str, int], list] = field(default_factory=dict)
     # (subscriber endpoint, SSRC it sees) -> its latest reception report (loss, jitter)
@@ -114,7 +115,7 @@ class Forwarder:
         self.stats[f"drop_{reason}"] += 1
         return []
 
-    def handle_rtp(self, data: bytes, addr: tuple) -> list[tuple[bytes, tuple]]:
+    def handle_rtp(self, data: bytes, addr: tuple, now: float = 0.0) -> list[tuple[bytes, tuple]]:
         ep = self.by_addr.get(addr)
         if ep is None or not ep.ready:
             return self._drop("not_ready")  # no ICE and DTLS from this address: never forwarded
@@ -138,6 +139,12 @@ class Forwarder:
             sent = self._send_to(dst_id, route, plain)
             if sent:
                 out.append(sent)
+        source = (ep.id, ssrc)
+        if source in self.pli_held and now - self.last_pli.get(source, float("-inf")) >= PLI_INTERVAL:
+            # A keyframe request the throttle held back (a subscriber ready just after another):
+            # sent with the publisher's first packet after the window, not dropped.
+            self.stats["pli_deferred"] += 1
+            out += self._request_keyframe(source, now)
         return out
 
     def _send_to(self, dst_id: str, route: Route, plain: bytes) -> tuple[bytes, tuple] | None:
@@ -192,11 +199,13 @@ class Forwarder:
     def _request_keyframe(self, source: tuple[str, int], now: float) -> list[tuple[bytes, tuple]]:
         if now - self.last_pli.get(source, float("-inf")) < PLI_INTERVAL:
             self.stats["pli_throttled"] += 1
+            self.pli_held.add(source)
             return []
         publisher = self.endpoints.get(source[0])
         if publisher is None or not publisher.ready:
             return []
         self.last_pli[source] = now
+        self.pli_held.discard(source)
         self.stats["pli_sent"] += 1
         return [(publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr)]
 

@@ -257,7 +257,7 @@ class MediaWorker:
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         kind = classify(data)
         if kind == KIND_RTP:
-            for pkt, to in self.forwarder.handle_rtp(data, addr):
+            for pkt, to in self.forwarder.handle_rtp(data, addr, self.clock()):
                 self._send_consented(pkt, to)
         elif kind == KIND_RTCP:
             for pkt, to in self.forwarder.handle_rtcp(data, addr, self.clock()):

@@ -57,7 +57,8 @@ export class Room extends EventTarget {
     this.breakouts = { rooms: [], open: false, plan: {} };
   }
 
-  get relayed() { return !!(this.roomInfo && this.roomInfo.media_mode === "relayed"); }
+  // How media goes now: "relayed" (directly) or "routed"; an auto room changes it as people come.
+  get relayed() { return this.mediaMode === "relayed"; }
   get isPublishing() { return this.relayed ? this._peerPublishing : !!this.publishPc; }
 
   // The server's id of one of our published tracks (for setMuted).
@@ -101,6 +102,7 @@ export class Room extends EventTarget {
           this.me = msg.participant; this.session = msg.session; this.roomInfo = msg.room;
           this._reconnectToken = msg.reconnect_token; this._grace = msg.grace_seconds;
           this.iceServers = msg.ice_servers || [];
+          this.mediaMode = msg.media_mode || "routed";
           this.participants.clear(); msg.participants.forEach((p) => this.participants.set(p.id, p));
           this.tracks.clear(); msg.tracks.forEach((t) => this.tracks.set(t.id, t));
           this.chatMessages = msg.chat || [];
@@ -201,6 +203,9 @@ export class Room extends EventTarget {
       // Off the stage (by ourselves or a speaker): stop sending; the server forwards nothing of ours now.
       if (msg.event === "stage_left") this._stopPublishing();
     }
+    if (msg.event === "media_mode_changed") {
+      this._signals = this._signals.then(() => this._switchMode(d.mode)).catch((err) => this._emit("error", err));
+    }
     // Relayed: a room mate who (re)joined gets an offer of what we publish.
     if (this.relayed && this._peerPublishing && (msg.event === "joined" || msg.event === "reconnected")
         && msg.participant_id !== this.me.id && this._mate(msg.participant_id)) {
@@ -224,6 +229,10 @@ export class Room extends EventTarget {
     const report = () => {
       if (pc._reported || this._closing) return;
       pc._reported = true;
+      // An auto room falls back to routing through the server when peers cannot connect.
+      if (which === "peer" && this.roomInfo && this.roomInfo.media_mode === "auto") {
+        return this.request({ type: "direct_failed" }).catch(() => {});
+      }
       const sdp = (pc.remoteDescription && pc.remoteDescription.sdp) || "";
       const cand = sdp.match(/a=candidate:\S+ \d+ udp \d+ (\S+) (\d+)/i);
       this._emit("media_failed", { pc: which, state: pc.connectionState, address: cand ? `${cand[1]}:${cand[2]}` : null });
@@ -309,7 +318,9 @@ export class Room extends EventTarget {
     }
     await this.subscribePc.setRemoteDescription({ type: "offer", sdp });
     await this.subscribePc.setLocalDescription(await this.subscribePc.createAnswer());
-    await this.request({ type: "answer", pc: "subscribe", sdp: this.subscribePc.localDescription.sdp });
+    // Not waiting for the server's ack: its next offer comes only once it has this answer.
+    this.request({ type: "answer", pc: "subscribe", sdp: this.subscribePc.localDescription.sdp })
+      .catch((err) => { if (!this._closing) this._emit("error", err); });
     this._watchConnection(this.subscribePc, "subscribe");
   }
 
@@ -411,14 +422,32 @@ export class Room extends EventTarget {
       stats.forEach((s) => {
         if (s.type !== "inbound-rtp" || s.kind !== "video") return;
         const codec = s.codecId && stats.get(s.codecId);
+        // (routed: the server names each track "<participant>/<mid>")
+        const owner = publisher || (s.trackIdentifier || "").split("/")[0] || null;
         out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0,
-          codec: codec ? codec.mimeType : null, participantId: publisher });
+          codec: codec ? codec.mimeType : null, participantId: owner });
       });
     }
     return out;
   }
 
   // Relayed rooms ---------------------------------------------------------------------------
+
+  // An auto room changed how its media goes: close every peer connection, publish the new way
+  // (the server's subscribe offers follow when it is routed now).
+  async _switchMode(mode) {
+    if (mode === this.mediaMode || this._closing) return;
+    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
+    this.publishPc = this.subscribePc = null;
+    this._closeLinks(() => true);
+    this._peerPublishing = false;
+    if (this._screen) { this._screen.stream.getTracks().forEach((t) => t.stop()); this._screen = null; this._emit("screen", { sharing: false }); }
+    this.mediaMode = mode;
+    this._emit("media_mode_changed", { mode });
+    // Not awaited: the server's subscribe offers (next on this chain) need not wait for our own
+    // publication to be answered; the two connections come up side by side.
+    if (this._stream) this.publish(this._stream, this._publishOptions).catch((err) => this._emit("error", err));
+  }
 
   // No media worker sees a relayed room's media: tell the server what we receive (loss since the
   // last report, the worst jitter), for our quality log and the operator's dashboard.

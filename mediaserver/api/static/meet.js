@@ -452,6 +452,11 @@ function wire(r) {
   });
   r.addEventListener("reconnecting", () => status("Connection lost – reconnecting…", "warn"));
   r.addEventListener("reconnected", () => { status("Reconnected."); render(); });
+  r.addEventListener("media_mode_changed", ({ detail }) => {
+    for (const el of [...document.querySelectorAll(".tile")]) if (el.id !== `tile-${r.me.id}`) el.remove();
+    status(detail.mode === "routed" ? "More people joined: audio and video now go through the server."
+      : "Audio and video now go directly between participants (peer to peer).");
+  });
   r.addEventListener("media_reset", () => {
     for (const el of [...document.querySelectorAll(".tile")]) if (el.id !== `tile-${r.me.id}`) el.remove();
   });
