@@ -152,8 +152,9 @@ async def test_an_auto_room_goes_from_direct_to_routed_when_a_third_joins(server
                   await new Promise((r) => setTimeout(r, 50));
                 }
             }""", others))
-        print("switch waits ms", waits)
-        assert all(w < 2000 for w in waits), f"video back through the server {waits} ms after the switch"
+        # 0.7-1.2 s on a quiet machine (README); the bound leaves room for a loaded CI machine.
+        print("video back through the server, ms after the switch:", [round(w) for w in waits])
+        assert all(w < 4000 for w in waits), f"video back through the server {waits} ms after the switch"
         assert await rtp_in(http) > direct, "routed now: the media worker forwards"
 
         async def all_routed() -> bool:
