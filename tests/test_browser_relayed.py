@@ -165,3 +165,34 @@ async def test_an_auto_room_goes_from_direct_to_routed_when_a_third_joins(server
             return True
         await until(all_routed, timeout=30, what="all three decode both others through the server")
         assert await pages[0].evaluate("window.room.links.size") == 0
+
+
+async def test_an_auto_room_whose_peers_cannot_connect_goes_routed(server, browser):
+    """A direct link that never connects (here: one that has no peer at all, as when UDP between
+    the two is blocked and there is no TURN) makes the page ask for routing; both pages then
+    decode each other through the media worker."""
+    async with server.http() as http:
+        room = await make_room(http, name="Auto, blocked", media_mode="auto")
+        pages, ids = [], []
+        for who in ("ann", "bob"):
+            page = await (await browser.new_context()).new_page()
+            await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], who, 'moderator')}&autojoin=1")
+            await page.wait_for_function("window.room && window.room.me && window.room.isPublishing")
+            pages.append(page)
+            ids.append(await page.evaluate("window.room.me.id"))
+        assert await pages[0].evaluate("window.room.mediaMode") == "relayed"
+        before = await rtp_in(http)
+        # A link of Ann's that cannot connect: the page's own watchdog (10 s) reports it.
+        await pages[0].evaluate("""() => { const pc = new RTCPeerConnection(); pc.addTransceiver('video');
+            pc.createOffer().then((o) => pc.setLocalDescription(o)); window.room._watchConnection(pc, 'peer'); }""")
+        for page in pages:
+            await page.wait_for_function("window.room.mediaMode === 'routed'", timeout=20000)
+
+        async def both() -> bool:
+            got = [await decoded_from(p) for p in pages]
+            return got[0].get(ids[1], 0) > 10 and got[1].get(ids[0], 0) > 10
+        await until(both, timeout=30, what="both decode each other through the server")
+        assert await rtp_in(http) > before
+        sid = await pages[0].evaluate("window.room.session.id")
+        events = (await http.get(f"/v1/sessions/{sid}/events")).json()
+        assert [e["data"]["reason"] for e in events if e["type"] == "media_mode_changed"] == ["direct_connection_failed"]
