@@ -46,6 +46,7 @@ def actor_config(settings: Settings, relay_secret: str | None = None) -> dict:
         or ("127.0.0.1" if settings.media_bind_host in ("0.0.0.0", "::") else settings.media_bind_host),
         "media_allowed_networks": list(settings.media_allowed_networks),
         "media_fastpath": settings.media_fastpath,
+        "media_tap_dir": str(settings.media_tap_dir) if settings.media_tap_dir else None,
         "media_worker_capacity": settings.media_worker_capacity,
         "session_load_estimate": settings.session_load_estimate,
         "session_receivers_per_worker": settings.session_receivers_per_worker,

@@ -23,6 +23,7 @@ class MediaWorkerActor:
             advertised_host=spec.advertised_host,
             allowed_networks=cfg["media_allowed_networks"],
             fastpath=cfg.get("media_fastpath", True),
+            tap_dir=cfg.get("media_tap_dir"),
         )
 
     # One method per WorkerService call (Ray needs them on the class). Each makes sure the port is

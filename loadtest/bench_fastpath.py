@@ -119,7 +119,7 @@ def _server(mode: str, setup: dict, conn) -> None:
     conn.send("bye")
 
 
-def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration: float) -> dict:
+def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration: float, packet: int = PACKET) -> dict:
     """One run: a publisher at out_rate/fanout packets/s, forwarded to ``fanout`` subscribers."""
     from pylibsrtp import Policy, Session
 
@@ -151,7 +151,7 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
     try:
         port = parent.recv()
         session = Session(Policy(key=endpoints["pub"][1], ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_id))
-        stream = _wire.Stream(pub.fileno(), ("127.0.0.1", port), PUB_SSRC, PACKET, session=session)
+        stream = _wire.Stream(pub.fileno(), ("127.0.0.1", port), PUB_SSRC, packet, session=session)
         sink = _wire.Sink([s.fileno() for s in subs], stream)
         rate = out_rate / fanout
         _wire.run(stream, sink, rate, 0.5)  # warm up: caches, buffers, the reference's first calls
@@ -257,9 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", nargs="+", default=["SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM"])
     ap.add_argument("--capacity", action="store_true", help="benchmark 3: subscribers per worker at 2 Mbps")
     ap.add_argument("--counts", type=int, nargs="+", default=[250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000])
+    ap.add_argument("--e2ee", action="store_true",
+                    help="end-to-end encrypted frames: 30 bytes more per packet (tag and trailer), against plain")
     args = ap.parse_args(argv)
     _pin(CLIENT_CPU)
     print(f"machine: {machine()}")
+    if args.e2ee:
+        return e2ee_rows(args)
     if args.capacity:
         print(f"benchmark 3: 2 Mbps video subscribers on one worker (fast path, {args.profiles[0]}), {args.duration:g} s per step")
         best, _ = capacity(args.profiles[0], args.duration, args.counts)
@@ -276,6 +280,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print(ratios(rows))
+    return 0
+
+
+E2EE_OVERHEAD = 30  # per encrypted frame: the 16-byte AES-GCM tag and the 14-byte trailer (e2ee.js)
+
+
+def e2ee_rows(args) -> int:
+    """The server's cost of end-to-end encrypted media: the same path, packets a little longer
+    (here every packet carries a whole frame's overhead: the worst case), side by side."""
+    profile = args.profiles[0]
+    print(f"end-to-end encrypted frames against plain ones, fast path, {profile}, {args.rate:,.0f} pkt/s offered")
+    print(f"{'fan-out':>7} {'plain CPU-us/pkt':>17} {'e2ee CPU-us/pkt':>16} {'ratio':>6}")
+    for fanout in args.fanout:
+        _raise_fd_limit(fanout + 64)
+        plain = measure("fastpath", profile, fanout, args.rate, args.duration, PACKET)
+        sealed = measure("fastpath", profile, fanout, args.rate, args.duration, PACKET + E2EE_OVERHEAD)
+        print(f"{fanout:>7} {plain['cpu_us_per_packet']:>17.2f} {sealed['cpu_us_per_packet']:>16.2f} "
+              f"{sealed['cpu_us_per_packet'] / plain['cpu_us_per_packet']:>6.2f}", flush=True)
     return 0
 
 

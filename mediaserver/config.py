@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     media_advertised_host: str | None = None  # the address clients send media to; the bind host if unset
     media_allowed_networks: list[str] = ["0.0.0.0/0", "::/0"]  # ICE answers only these client networks
     media_fastpath: bool = True  # forward in C (IPv4); false: the pure-Python reference path
+    # Debugging: with media_fastpath false, each worker writes the first packets it forwards
+    # (SRTP removed) here as JSON lines, to see what the server sees. Never on a real deployment.
+    media_tap_dir: Path | None = None
     media_worker_capacity: float = Field(250_000, gt=0)  # forwarded packets/s one media worker takes
     session_load_estimate: float = Field(1_000, gt=0)  # packets/s held for a new session until it forwards its own
     session_receivers_per_worker: int = Field(1_000, ge=1)  # past this, a session's receivers go to another worker

@@ -52,6 +52,7 @@ STATUS: dict[str, int] = {
     # chat and Q&A
     "message_empty": 422,
     "message_too_long": 422,
+    "message_not_encrypted": 422,  # plain text in an end-to-end encrypted room
     "rate_limited": 429,
     "question_not_found": 404,
     "already_voted": 409,

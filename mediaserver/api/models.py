@@ -226,6 +226,9 @@ class Session(BaseModel):
     participant_count: int | None = None
     host: str | None = Field(None, description="The session host (control-plane actor) that owns it.")
     media_worker: str | None = Field(None, description="The media worker its media goes through (media:<node>:<index>).")
+    end_to_end_encrypted: bool = Field(False, description=(
+        "Its room's encryption is session_key or passphrase: media, chat and questions are encrypted in the "
+        "participants' browsers, and the server (this API, the dashboard) cannot show their content."))
 
     @classmethod
     def from_row(cls, row: dict, *, grace: float) -> "Session":
@@ -242,6 +245,7 @@ class Session(BaseModel):
             participant_count=row.get("participant_count"),
             host=row.get("host"),
             media_worker=row.get("media_worker"),
+            end_to_end_encrypted=row.get("room_encryption") in ("session_key", "passphrase"),
         )
 
 

@@ -15,6 +15,7 @@ with a seat on screen) or declines. A seat is taken by the first publication
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 from typing import Any
 
@@ -35,7 +36,28 @@ QUESTION_BURST, QUESTION_WINDOW = 3, 30.0
 CHAT_HISTORY = 100  # messages a (re)joining participant gets
 
 
-def _text(value: str, limit: int, what: str) -> str:
+E2EE = ("session_key", "passphrase")  # end-to-end encrypted rooms: their browsers hold the key
+CIPHERTEXT_PREFIX = "e2ee1:"  # mediaserver.js's encrypted text: the prefix, then base64(IV + ciphertext + tag)
+_CIPHERTEXT = re.compile(r"e2ee1:[A-Za-z0-9+/]+={0,2}")
+
+
+def _ciphertext_limit(limit: int) -> int:
+    """The longest encrypted form of ``limit`` characters (UTF-8 up to 4 bytes each, base64)."""
+    return len(CIPHERTEXT_PREFIX) + 4 * ((12 + 4 * limit + 16 + 2) // 3)
+
+
+def _text(value: str, limit: int, what: str, encrypted: bool = False) -> str:
+    """A chat message, question or answer as stored. In an end-to-end encrypted room it must be
+    ciphertext (the server never holds the plain text, so it cannot count its characters: the
+    browser does, and the limit here is that of the longest ciphertext)."""
+    if encrypted:
+        value = value or ""
+        if not _CIPHERTEXT.fullmatch(value):
+            raise MediaserverError("message_not_encrypted", f"this room is end-to-end encrypted: send the {what} encrypted "
+                                   "(mediaserver.js does), never in the clear")
+        if len(value) > _ciphertext_limit(limit):
+            raise MediaserverError("message_too_long", f"the {what} is longer than {limit} characters")
+        return value
     value = (value or "").strip()
     if not value:
         raise MediaserverError("message_empty", f"the {what} is empty")
@@ -67,6 +89,11 @@ class MeetingRules:
     participants: dict[str, dict]
     session: dict[str, Any]
     session_id: str
+    room: dict[str, Any]
+
+    @property
+    def _encrypted(self) -> bool:
+        return self.room.get("encryption") in E2EE
 
     def _init_meeting(self) -> None:
         self.questions: dict[str, dict] = {}  # id -> row with "voters" (a set)
@@ -303,7 +330,7 @@ class MeetingRules:
         async with self._lock:
             self.require_live()
             p = self._member(participant_id)
-            text = _text(text, MAX_CHAT, "message")
+            text = _text(text, MAX_CHAT, "message", self._encrypted)
             if all_rooms:
                 self._require_moderator(participant_id)
             now = self.clock()
@@ -326,7 +353,7 @@ class MeetingRules:
         async with self._lock:
             self.require_live()
             p = self._member(participant_id)
-            text = _text(text, MAX_QUESTION, "question")
+            text = _text(text, MAX_QUESTION, "question", self._encrypted)
             now = self.clock()
             self._rate(self._asked, participant_id, now, QUESTION_BURST, QUESTION_WINDOW, "questions")
             tx = Tx(self, now)
@@ -371,7 +398,7 @@ class MeetingRules:
             if status not in ("answered", "dismissed"):
                 raise MediaserverError("invalid_request", "status is answered or dismissed")
             if answer is not None:
-                answer = _text(answer, MAX_ANSWER, "answer")
+                answer = _text(answer, MAX_ANSWER, "answer", self._encrypted)
             tx = Tx(self, self.clock())
             values = {"status": status, "answered_by": by, "updated_at": tx.now}
             if answer is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pylibsrtp
 
@@ -70,6 +71,9 @@ class Forwarder:
     # (publisher endpoint, publisher SSRC) -> the highest sequence number received (modulo 2^16)
     highest: dict[tuple[str, int], int] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
+    # Sees each RTP packet forwarded, SRTP removed (receiver id, plaintext): a debugging and test
+    # aid (what the server sees of an end-to-end encrypted frame); the fast path has none.
+    tap: Callable[[str, bytes], None] | None = None
 
     # Control -------------------------------------------------------------------
 
@@ -152,6 +156,8 @@ class Forwarder:
         if dst is None or not dst.ready:
             self.stats["drop_subscriber_not_ready"] += 1
             return None
+        if self.tap is not None:
+            self.tap(dst_id, plain)
         pkt = bytearray(plain)
         rewrite_rtp(pkt, route.ssrc, route.seq_delta, route.ts_delta)
         pkt[1] = (pkt[1] & 0x80) | route.payload_type

@@ -62,6 +62,30 @@ class _Protocol(asyncio.DatagramProtocol):
             log.exception("packet from %s not handled", addr)
 
 
+class PacketTap:
+    """Writes the first ``limit`` RTP packets the reference forwarder sends on, SRTP removed, one
+    JSON line each (receiver, payload type, marker, payload in hex), to a file of its own in
+    ``directory`` (media_tap_dir): to see what the server sees, e.g. of encrypted frames."""
+
+    def __init__(self, directory: str, limit: int = 5000):
+        import os
+
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"tap-{os.getpid()}-{id(self):x}.jsonl")
+        self.left = limit
+
+    def __call__(self, receiver: str, plain: bytes) -> None:
+        if self.left <= 0:
+            return
+        self.left -= 1
+        import json
+
+        header = 12 + 4 * (plain[0] & 0x0F)  # (header extensions are not negotiated)
+        line = {"to": receiver, "pt": plain[1] & 0x7F, "marker": bool(plain[1] & 0x80), "payload": plain[header:].hex()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 class MediaWorker:
     def __init__(
         self,
@@ -73,6 +97,7 @@ class MediaWorker:
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[Transport], None] | None = None,
         fastpath: bool = True,
+        tap_dir: str | None = None,
     ):
         self.bind_host = bind_host
         self.requested_port = port
@@ -84,6 +109,8 @@ class MediaWorker:
         # The fast path speaks IPv4 (its endpoint keys are address:port in 48 bits).
         self.fast = fastpath and ipaddress.ip_address(socket.gethostbyname(bind_host)).version == 4
         self.forwarder: Forwarder | FastPath = FastPath() if self.fast else Forwarder()
+        if tap_dir and not self.fast:
+            self.forwarder.tap = PacketTap(tap_dir)
         self.counts: Counter = Counter()  # the slow path's own (STUN, DTLS, errors)
         self.transports: dict[str, Transport] = {}
         self._by_ufrag: dict[str, Transport] = {}

@@ -391,7 +391,7 @@ class Store(EventStore, PeopleStore):
 
     async def get_session(self, session_id: str, team_id: str | None = None) -> dict | None:
         q = (
-            sa.select(sessions, rooms.c.name.label("room_name"))
+            sa.select(sessions, rooms.c.name.label("room_name"), rooms.c.encryption.label("room_encryption"))
             .join(rooms, rooms.c.id == sessions.c.room_id)
             .where(sessions.c.id == session_id)
         )
@@ -421,6 +421,7 @@ class Store(EventStore, PeopleStore):
             sa.select(
                 sessions,
                 rooms.c.name.label("room_name"),
+                rooms.c.encryption.label("room_encryption"),
                 sa.func.coalesce(counts.c.n, 0).label("participant_count"),
             )
             .join(rooms, rooms.c.id == sessions.c.room_id)

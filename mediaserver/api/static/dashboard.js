@@ -72,7 +72,8 @@ async function refreshRecord() {
   const rooms = (s.breakouts && s.breakouts.rooms) || [];
   $("record-summary").textContent = `${s.status === "ending_soon" ? "ending soon" : s.status} · started ${fmt(s.started_at)}` +
     `${s.ended_at ? ` · ended ${fmt(s.ended_at)} (${s.end_reason})` : ""} · duration ${duration(s.started_at, s.ended_at)}` +
-    ` · ${s.participants.length} participant${s.participants.length === 1 ? "" : "s"}${rooms.length ? ` · ${rooms.length} breakout rooms` : ""}`;
+    ` · ${s.participants.length} participant${s.participants.length === 1 ? "" : "s"}${rooms.length ? ` · ${rooms.length} breakout rooms` : ""}` +
+    (s.end_to_end_encrypted ? " · end-to-end encrypted: its media, chat and questions cannot be shown here" : "");
   $("participants").tBodies[0].replaceChildren(...s.participants.map((p) => {
     const tr = document.createElement("tr");
     tr.tabIndex = 0;
@@ -87,6 +88,9 @@ async function refreshRecord() {
   if (selectedParticipant) await refreshTimeline();
 }
 
+// End-to-end encrypted text is the participants' to read, not the server's.
+const readable = (text) => (String(text).startsWith("e2ee1:") ? "(end-to-end encrypted)" : `“${text}”`);
+
 const DESCRIBE = {
   joined: "joined", left: (d) => `left (${d.reason})`, disconnected: "connection lost", reconnected: "reconnected",
   track_published: (d) => `published ${d.kind} (${d.codec})`, track_unpublished: "stopped publishing a track",
@@ -94,7 +98,7 @@ const DESCRIBE = {
   stage_approved: "request approved", stage_declined: "request declined", stage_joined: "went on screen",
   stage_left: (d) => `left the stage (${d.reason})`, role_changed: (d) => `role: ${d.role}`,
   moved: (d) => (d.breakout_id ? `moved to a breakout room (${d.breakout_id})` : "back to the main room"),
-  chat: (d) => `chat: “${d.message.text}”`, question_asked: (d) => `asked: “${d.question.text}”`,
+  chat: (d) => `chat: ${readable(d.message.text)}`, question_asked: (d) => `asked: ${readable(d.question.text)}`,
   question_upvoted: "upvoted a question", session_ended: (d) => `session ended (${d.reason})`,
   quality: (d) => `reception ${d.grade}: ${d.loss_percent}% lost, ${d.jitter_ms} ms jitter`,
 };

@@ -21,6 +21,12 @@
 // name ("chat", "question_asked", "stage_requested", "moved", "session_ended", ...); the room keeps
 // .participants, .tracks, .chatMessages, .questions and .breakouts up to date.
 
+// End to end encryption (rooms whose encryption is session_key or passphrase): pass
+// { e2ee: new FrameCrypto(key) } (see e2ee.js): every frame sent is encrypted and every frame
+// received decrypted here, and chat and Q&A text too; the server only ever sees ciphertext.
+import { FrameCrypto, attach, isEncryptedText, useEncodedStreams } from "./e2ee.js";
+export { FrameCrypto };
+
 // ICE servers (STUN, TURN with short-lived credentials) come from the server in "joined".
 const PC_CONFIG = { bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
 
@@ -30,8 +36,10 @@ export class MediaserverError extends Error {
 
 export class Room extends EventTarget {
   // iceTransportPolicy "relay" sends all media through TURN (e.g. to check a TURN server).
-  constructor({ token, roomId, url, iceTransportPolicy } = {}) {
+  constructor({ token, roomId, url, iceTransportPolicy, e2ee } = {}) {
     super();
+    this.e2ee = e2ee || null;
+    this._failedAt = {}; // participant -> when we last said its frames would not decrypt
     this.iceServers = [];
     this.iceTransportPolicy = iceTransportPolicy || "all";
     this.token = token;
@@ -69,7 +77,42 @@ export class Room extends EventTarget {
   }
 
   _pcConfig() {
-    return { ...PC_CONFIG, iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy };
+    const config = { ...PC_CONFIG, iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy };
+    if (this.e2ee && useEncodedStreams) config.encodedInsertableStreams = true;
+    return config;
+  }
+
+  // Send a track on a peer connection (encrypted end to end when the room is); VP8 when
+  // encrypted or asked for (options.videoCodec), as the frame format needs.
+  _addSender(pc, track, stream, options = {}) {
+    const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    const codec = this.e2ee ? "VP8" : options.videoCodec;
+    if (this.e2ee && options.videoCodec && options.videoCodec.toUpperCase() !== "VP8") {
+      throw new MediaserverError("unsupported_codec", "end-to-end encrypted rooms send VP8 video");
+    }
+    if (track.kind === "video" && codec && transceiver.setCodecPreferences) {
+      const wanted = RTCRtpSender.getCapabilities("video").codecs.filter((c) => c.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
+      if (!wanted.length) throw new MediaserverError("unsupported_codec", `this browser cannot send ${codec}`);
+      transceiver.setCodecPreferences(wanted);
+    }
+    if (this.e2ee) attach(transceiver.sender, "send", track.kind, this.e2ee);
+    return transceiver;
+  }
+
+  // A track we receive: decrypted first when the room is encrypted end to end.
+  _received(e, participantId) {
+    if (this.e2ee && !e.receiver._e2ee) {
+      e.receiver._e2ee = true;
+      attach(e.receiver, "recv", e.track.kind, this.e2ee, () => this._undecryptable(participantId));
+    }
+    this._emit("track", { track: e.track, stream: e.streams[0], participantId });
+  }
+
+  _undecryptable(participantId) {
+    const now = Date.now();
+    if (now - (this._failedAt[participantId] || 0) < 5000) return;
+    this._failedAt[participantId] = now;
+    this._emit("decrypt_failed", { participantId });
   }
 
   _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
@@ -109,6 +152,7 @@ export class Room extends EventTarget {
           this.questions = new Map((msg.questions || []).map((q) => [q.id, q]));
           this.breakouts = msg.breakouts && msg.breakouts.rooms ? msg.breakouts : { rooms: [], open: false, plan: {} };
           this.event = msg.event || null; // an event's session: {starts_at, start_from, started}
+          this._openAll();
           this._emit(msg.resumed ? "reconnected" : "joined", msg);
           if (this.relayed && !this._qualityTimer) this._qualityTimer = setInterval(() => this._reportQuality().catch(() => {}), 10000);
           resolve(msg);
@@ -181,8 +225,11 @@ export class Room extends EventTarget {
     else if (msg.event === "track_published") this.tracks.set(d.track_id, { id: d.track_id, participant_id: msg.participant_id, kind: d.kind, muted: false });
     else if (msg.event === "track_unpublished") this.tracks.delete(d.track_id);
     else if ((msg.event === "muted" || msg.event === "unmuted") && this.tracks.has(d.track_id)) this.tracks.get(d.track_id).muted = msg.event === "muted";
-    else if (msg.event === "chat") this.chatMessages.push(d.message);
-    else if (msg.event.startsWith("question_") && d.question) this.questions.set(d.question.id, d.question);
+    else if (msg.event === "chat") { this.chatMessages.push(d.message); this._openText(d.message, "text"); }
+    else if (msg.event.startsWith("question_") && d.question) {
+      this.questions.set(d.question.id, d.question);
+      this._openText(d.question, "text"); this._openText(d.question, "answer");
+    }
     else if (msg.event === "question_upvoted" && this.questions.has(d.question_id)) this.questions.get(d.question_id).votes = d.votes;
     else if (msg.event.startsWith("breakouts_")) this.breakouts = { rooms: d.rooms, open: d.open, plan: d.plan };
     else if (msg.event === "session_started" && this.event) this.event.started = true;
@@ -258,14 +305,7 @@ export class Room extends EventTarget {
     this._publishOptions = options;
     if (this.relayed) return this._peerPublish();
     if (!this.publishPc) this.publishPc = new RTCPeerConnection(this._pcConfig());
-    for (const track of stream.getTracks()) {
-      const transceiver = this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
-      if (track.kind === "video" && options.videoCodec && transceiver.setCodecPreferences) {
-        const wanted = RTCRtpSender.getCapabilities("video").codecs.filter((c) => c.mimeType.toLowerCase() === `video/${options.videoCodec.toLowerCase()}`);
-        if (!wanted.length) throw new MediaserverError("unsupported_codec", `this browser cannot send ${options.videoCodec}`);
-        transceiver.setCodecPreferences(wanted);
-      }
-    }
+    for (const track of stream.getTracks()) this._addSender(this.publishPc, track, stream, options);
     await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
     const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp });
     await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
@@ -279,7 +319,7 @@ export class Room extends EventTarget {
     if (!this.publishPc) throw new MediaserverError("not_on_stage", "turn on your camera or microphone (go on stage) first");
     const screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
     const track = screen.getVideoTracks()[0];
-    this._screen = { stream: screen, transceiver: this.publishPc.addTransceiver(track, { direction: "sendonly", streams: [screen] }) };
+    this._screen = { stream: screen, transceiver: this._addSender(this.publishPc, track, screen) };
     track.onended = () => this.stopScreen().catch((err) => this._emit("error", err));
     await this._renegotiate();
     this._emit("screen", { sharing: true, track });
@@ -311,10 +351,7 @@ export class Room extends EventTarget {
   async _answer(sdp) {
     if (!this.subscribePc) {
       this.subscribePc = new RTCPeerConnection(this._pcConfig());
-      this.subscribePc.ontrack = (e) => {
-        const [stream] = e.streams;
-        this._emit("track", { track: e.track, stream, participantId: stream ? stream.id : null });
-      };
+      this.subscribePc.ontrack = (e) => this._received(e, e.streams[0] ? e.streams[0].id : null);
     }
     await this.subscribePc.setRemoteDescription({ type: "offer", sdp });
     await this.subscribePc.setLocalDescription(await this.subscribePc.createAnswer());
@@ -354,11 +391,21 @@ export class Room extends EventTarget {
   removeFromStage(participantId) { return this.request({ type: "remove_from_stage", participant_id: participantId }); }
   removeParticipant(participantId) { return this.request({ type: "remove_participant", participant_id: participantId }); }
   // Chat and Q&A.
-  async chat(text, allRooms = false) { return (await this.request({ type: "chat", text, all_rooms: allRooms })).data; }
-  async ask(text) { return (await this.request({ type: "ask", text })).data; }
+  async chat(text, allRooms = false) {
+    const m = (await this.request({ type: "chat", text: await this._seal(text, 1000), all_rooms: allRooms })).data;
+    return this._openText(m, "text").then(() => m);
+  }
+  async ask(text) {
+    const q = (await this.request({ type: "ask", text: await this._seal(text, 500) })).data;
+    return this._openText(q, "text").then(() => q);
+  }
   async upvote(questionId) { return (await this.request({ type: "upvote", question_id: questionId })).data; }
   async answerQuestion(questionId, status = "answered", answer = null) {
-    return (await this.request({ type: "answer_question", question_id: questionId, status, answer })).data;
+    const q = (await this.request({ type: "answer_question", question_id: questionId, status,
+      answer: answer == null ? answer : await this._seal(answer, 1000) })).data;
+    await this._openText(q, "text");
+    await this._openText(q, "answer");
+    return q;
   }
   // Breakout rooms (speakers).
   async _breakout(msg) { const r = await this.request(msg); this.breakouts = r.data; this._emit("breakouts", r.data); return r.data; }
@@ -429,6 +476,35 @@ export class Room extends EventTarget {
       });
     }
     return out;
+  }
+
+  // End-to-end encrypted text ------------------------------------------------------------------
+
+  // What we send: the text itself, or (encrypted rooms) its ciphertext; the limit is the
+  // server's, on what a person wrote.
+  async _seal(text, limit) {
+    if (!this.e2ee || text == null) return text;
+    if (text.trim() && text.length > limit) throw new MediaserverError("message_too_long", `at most ${limit} characters`);
+    return this.e2ee.encryptText(text);
+  }
+
+  // Decrypt obj[field] in place (encrypted rooms): the plain text, or null with
+  // obj.undecryptable set when it is not ours to read; "decrypted" tells the page.
+  async _openText(obj, field) {
+    if (!this.e2ee || !obj || !isEncryptedText(obj[field])) return;
+    const cipher = obj[field];
+    obj[field] = "";
+    obj.decrypting = true;
+    const plain = await this.e2ee.decryptText(cipher);
+    obj.decrypting = false;
+    obj[field] = plain;
+    if (plain === null) obj.undecryptable = true;
+    this._emit("decrypted", obj);
+  }
+
+  _openAll() {
+    for (const m of this.chatMessages) this._openText(m, "text");
+    for (const q of this.questions.values()) { this._openText(q, "text"); this._openText(q, "answer"); }
   }
 
   // Relayed rooms ---------------------------------------------------------------------------
@@ -519,7 +595,7 @@ export class Room extends EventTarget {
           sdp_mid: c ? c.sdpMid : null, sdp_mline_index: c ? c.sdpMLineIndex : null }).catch(() => {});
       };
       if (receiver === this.me.id) {
-        pc.ontrack = (e) => this._emit("track", { track: e.track, stream: e.streams[0], participantId: publisher });
+        pc.ontrack = (e) => this._received(e, publisher);
       }
       this.links.set(key, link);
       this._watchConnection(pc, "peer");
@@ -555,12 +631,7 @@ export class Room extends EventTarget {
     for (const track of wanted) {
       if (link.senders.has(track)) continue;
       const stream = this._screen && this._screen.stream.getTracks().includes(track) ? this._screen.stream : this._stream;
-      const tr = link.pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
-      const codec = this._publishOptions && this._publishOptions.videoCodec;
-      if (track.kind === "video" && codec && tr.setCodecPreferences) {
-        const c = RTCRtpSender.getCapabilities("video").codecs.filter((x) => x.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
-        if (c.length) tr.setCodecPreferences(c);
-      }
+      const tr = this._addSender(link.pc, track, stream, this._publishOptions || {});
       link.senders.set(track, tr.sender);
     }
     await link.pc.setLocalDescription(await link.pc.createOffer());

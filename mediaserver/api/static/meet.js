@@ -2,6 +2,7 @@
 // session: a video grid of who is on screen, stage controls, people, chat, Q&A and, for
 // speakers, requests and breakout rooms. Built on /static/mediaserver.js.
 import { Room, MediaserverError } from "/static/mediaserver.js";
+import { FrameCrypto, keyFromPassphrase, keyFromSessionKey, newSessionKey } from "/static/e2ee.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -13,6 +14,9 @@ const mediaOff = params.get("media") === "off";
 let room = null;
 let preview = null; // the camera/microphone stream shown before joining (and published after)
 let over = false; // left, ended or removed: nothing on the page reaches the session any more
+let encryption = "server"; // the room's: "server", or end to end with "session_key" / "passphrase"
+// A session key travels only in the link's fragment (#key=...), which browsers never send.
+let sessionKey = new URLSearchParams(location.hash.slice(1)).get("key");
 
 const MESSAGES = {
   room_full: "This session is full: no more participants can join.",
@@ -85,7 +89,39 @@ async function listDevices() {
   }
 }
 
-async function prejoin(name, nameFixed, willPublish) {
+// End to end encrypted rooms: ask for the passphrase, or find (or, for a speaker opening the
+// room first, make) the session key. False when this page cannot join.
+function prepareEncryption(role) {
+  if (encryption === "passphrase") {
+    $("passphrase-row").hidden = false;
+    $("passphrase").required = true;
+    note("End-to-end encrypted with a passphrase: everyone types the same one. If it is lost, the session's content cannot be read by anyone.");
+  } else if (encryption === "session_key") {
+    if (!sessionKey && role === "moderator") {
+      sessionKey = newSessionKey();
+      history.replaceState(null, "", `${location.pathname}${location.search}#key=${sessionKey}`);
+      note("End-to-end encrypted. A key was made in this browser: share this page's full link, with its #key= part, " +
+        "with everyone who joins (the key never reaches the server). Without it nobody can see or hear the session.");
+    } else if (!sessionKey) {
+      status("This meeting is end-to-end encrypted: open the full link you were sent (it ends with #key=…).", "error");
+      return false;
+    } else {
+      note("End-to-end encrypted: the key is in your link and never reaches the server.");
+    }
+  }
+  return true;
+}
+
+function note(text) { $("e2ee-note").hidden = false; $("e2ee-note").textContent = text; }
+
+async function frameCrypto() {
+  if (encryption === "passphrase") return new FrameCrypto(await keyFromPassphrase($("passphrase").value, roomId));
+  if (encryption === "session_key") return new FrameCrypto(await keyFromSessionKey(sessionKey));
+  return null;
+}
+
+async function prejoin(name, nameFixed, willPublish, role) {
+  if (!prepareEncryption(role)) return;
   $("join").disabled = true; // until the preview is ready
   $("prejoin").hidden = false;
   $("name").value = name || "";
@@ -110,14 +146,16 @@ async function init() {
       const body = await r.json();
       if (!r.ok) throw new MediaserverError(body.error.code, body.error.message);
       showRoomInfo(body);
+      encryption = body.encryption || "server";
       if (!body.live) status(MESSAGES.session_not_live, "warn");
-      return prejoin("", false, true);
+      return prejoin("", false, true, body.role);
     }
     if (!token) return signIn();
     // The link is checked before the camera goes on: a bad or expired one is refused right here.
     const info = await postJson("/v1/join-info", { token, room_id: roomId });
     showRoomInfo(info.room);
-    await prejoin(info.name || info.identity, true, info.role !== "subscriber");
+    encryption = info.room.encryption || "server";
+    await prejoin(info.name || info.identity, true, info.role !== "subscriber", info.role);
   } catch (err) {
     status(explain(err), "error");
   }
@@ -134,7 +172,9 @@ function signIn() {
       const grant = await postJson(`/v1/rooms/${encodeURIComponent(roomId)}/join-token`, {}, { Authorization: `Bearer ${login.token}` });
       token = grant.token;
       $("sign-in").hidden = true;
-      await prejoin(login.user.name, true, grant.role !== "subscriber");
+      const info = await postJson("/v1/join-info", { token, room_id: roomId });
+      encryption = info.room.encryption || "server";
+      await prejoin(login.user.name, true, grant.role !== "subscriber", grant.role);
     } catch (err) {
       status(explain(err), "error");
     }
@@ -160,7 +200,8 @@ async function join() {
       token = body.token; roomId = body.room_id;
     }
     // ?ice=relay: all media through the TURN server (to check one works from here).
-    room = window.room = new Room({ token, roomId, iceTransportPolicy: params.get("ice") === "relay" ? "relay" : "all" });
+    room = window.room = new Room({ token, roomId, iceTransportPolicy: params.get("ice") === "relay" ? "relay" : "all",
+      e2ee: await frameCrypto() });
     wire(room);
     const joined = await room.connect();
     showRoomInfo(joined.room);
@@ -290,11 +331,18 @@ function render() {
   renderChat(); renderQuestions(); renderRooms();
 }
 
+// Text as the page shows it: encrypted text is shown once decrypted, or says why it cannot be.
+function shown(obj, field) {
+  if (obj.decrypting) return "…";
+  if (obj[field] == null && obj.undecryptable) return "cannot decrypt: check the passphrase";
+  return obj[field] || "";
+}
+
 function renderChat() {
   $("chat").replaceChildren(...room.chatMessages.map((m) => {
     const li = document.createElement("li");
     const b = document.createElement("b"); b.textContent = `${m.name}:`;
-    li.append(b, m.text);
+    li.append(b, shown(m, "text"));
     if (m.breakout_id === "*") { const s = document.createElement("span"); s.className = "tag"; s.textContent = "to all rooms"; li.append(" ", s); }
     return li;
   }));
@@ -308,10 +356,10 @@ function renderQuestions() {
   $("questions").replaceChildren(...qs.map((q) => {
     const li = document.createElement("li");
     li.className = q.status;
-    const text = document.createElement("span"); text.className = "text"; text.textContent = q.text;
+    const text = document.createElement("span"); text.className = "text"; text.textContent = shown(q, "text");
     const meta = document.createElement("span"); meta.className = "tag"; meta.textContent = `${q.name} · ${q.votes} vote${q.votes === 1 ? "" : "s"}${q.status === "answered" ? " · answered" : ""}`;
     li.append(text, meta);
-    if (q.answer) { const a = document.createElement("span"); a.className = "text"; a.textContent = `Answer: ${q.answer}`; li.append(a); }
+    if (q.answer || q.undecryptable) { const a = document.createElement("span"); a.className = "text"; a.textContent = `Answer: ${shown(q, "answer")}`; li.append(a); }
     if (q.status === "open") {
       if (q.participant_id !== room.me.id) li.append(button("Upvote", () => room.upvote(q.id), `Upvote: ${q.text}`));
       if (isSpeaker()) {
@@ -452,6 +500,15 @@ function wire(r) {
   });
   r.addEventListener("reconnecting", () => status("Connection lost – reconnecting…", "warn"));
   r.addEventListener("reconnected", () => { status("Reconnected."); render(); });
+  r.addEventListener("decrypted", () => { renderChat(); renderQuestions(); });
+  r.addEventListener("decrypt_failed", ({ detail }) => {
+    const el = $(`tile-${detail.participantId}`);
+    if (!el || el.querySelector(".notice")) return;
+    const n = document.createElement("span");
+    n.className = "notice"; n.setAttribute("role", "status");
+    n.textContent = "Cannot decrypt: check the passphrase";
+    el.append(n);
+  });
   r.addEventListener("media_mode_changed", ({ detail }) => {
     for (const el of [...document.querySelectorAll(".tile")]) if (el.id !== `tile-${r.me.id}`) el.remove();
     status(detail.mode === "routed" ? "More people joined: audio and video now go through the server."
