@@ -143,6 +143,7 @@ class MediaClient:
         self.events: list[dict] = []
         self.errors: list[dict] = []
         self.signals: list[dict] = []  # relayed rooms: signal, peer_closed, peers_changed
+        self.marks: dict[str, float] = {}  # monotonic times of a join's steps (first of each), for benchmarks
         self.pub_pc: RTCPeerConnection | None = None
         self.sub_pc = new_pc()
         self.got = collect(self.sub_pc)
@@ -175,10 +176,12 @@ class MediaClient:
         import websockets
 
         extra = {"local_addr": self.local_addr} if self.local_addr else {}
+        self.marks.setdefault("start", time.monotonic())
         self.ws = await websockets.connect(self.ws_url, **extra)
         await self.ws.send(json.dumps(first))
         msg = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
         if msg["type"] == "joined":
+            self.marks.setdefault("joined", time.monotonic())
             self.joined = msg
             if self.ice != "none":
                 self.ice_servers = msg.get("ice_servers", [])
@@ -216,12 +219,25 @@ class MediaClient:
                 if msg.get("id") and msg["id"] in self._replies:
                     self._replies.pop(msg["id"]).set_result(msg)
                 elif msg["type"] == "offer":
+                    self.marks.setdefault("offer", time.monotonic())
+                    pc = self.sub_pc
+                    if "connected" not in self.marks:
+                        @pc.on("connectionstatechange")
+                        def _state(pc=pc) -> None:
+                            if pc.connectionState == "connected":
+                                self.marks.setdefault("connected", time.monotonic())  # DTLS done
+
+                        @pc.on("iceconnectionstatechange")
+                        def _ice(pc=pc) -> None:
+                            if pc.iceConnectionState in ("connected", "completed"):
+                                self.marks.setdefault("ice", time.monotonic())
                     try:
                         answer = await answer_offer(self.sub_pc, msg["sdp"])
                     except Exception as e:  # keep reading; the test sees what went wrong
                         self.errors.append({"type": "client_error", "message": repr(e)})
                         continue
                     await self.ws.send(json.dumps({"type": "answer", "pc": "subscribe", "sdp": answer}))
+                    self.marks.setdefault("answered", time.monotonic())
                     self.offers_answered += 1
                 elif msg["type"] == "media_reset":
                     self.resets += 1

@@ -67,7 +67,7 @@ export class Room extends EventTarget {
 
   // How media goes now: "relayed" (directly) or "routed"; an auto room changes it as people come.
   get relayed() { return this.mediaMode === "relayed"; }
-  get isPublishing() { return this.relayed ? this._peerPublishing : !!this.publishPc; }
+  get isPublishing() { return this.relayed ? this._peerPublishing || !!this._peerPending : !!this.publishPc; }
 
   // The server's id of one of our published tracks (for setMuted).
   trackIdOf(track) {
@@ -204,9 +204,12 @@ export class Room extends EventTarget {
     } else if (msg.type === "signal") {
       this._signals = this._signals.then(() => this._onSignal(msg)).catch(failed);
     } else if (msg.type === "peer_closed") {
-      const gone = msg.participant_id;
-      this._closeLinks((l) => l.publisher === gone || (!msg.as_publisher_only && l.receiver === gone));
-      if (!msg.as_publisher_only) this._emit("peer_closed", { participantId: gone });
+      // In order with the offers before it (one still being answered must not outlive this).
+      this._signals = this._signals.then(() => {
+        const gone = msg.participant_id;
+        this._closeLinks((l) => l.publisher === gone || (!msg.as_publisher_only && l.receiver === gone));
+        if (!msg.as_publisher_only) this._emit("peer_closed", { participantId: gone });
+      }).catch(failed);
     } else if (msg.type === "peers_changed") {
       this._signals = this._signals.then(() => this._peersChanged()).catch(failed);
     } else if (msg.type === "ping") {
@@ -564,7 +567,14 @@ export class Room extends EventTarget {
     this._peerNames = this._peerNames || new Map();
     const tracks = this._outTracks();
     tracks.forEach((t) => { if (!this._peerNames.has(t)) this._peerNames.set(t, `${t.kind}${this._peerNames.size}`); });
-    await this.request({ type: "peer_publish", tracks: tracks.map((t) => ({ name: this._peerNames.get(t), kind: t.kind })) });
+    // isPublishing from now on, as a routed publish() is from its first line (a page drawing
+    // itself meanwhile keeps our own tile); offers only once the server has our tracks.
+    this._peerPending = true;
+    try {
+      await this.request({ type: "peer_publish", tracks: tracks.map((t) => ({ name: this._peerNames.get(t), kind: t.kind })) });
+    } finally {
+      this._peerPending = false;
+    }
     this._peerPublishing = tracks.length > 0;
     for (const p of this.participants.values()) {
       if (p.id !== this.me.id && this._mate(p.id)) this._offerTo(p.id);
@@ -655,8 +665,8 @@ export class Room extends EventTarget {
       await this._flush(link);
       if (link.answered) { link.answered.resolve(); link.answered = null; }
     } else if (msg.kind === "candidate") {
-      const link = msg.link === me ? this._link(me, msg.from, false) : this._link(msg.from, me, true);
-      if (!link) return;
+      const link = msg.link === me ? this._link(me, msg.from, false) : this._link(msg.from, me, false);
+      if (!link) return; // (a link closed meanwhile: its candidates are of no use)
       link.pending.push(msg);
       if (link.pc.remoteDescription) await this._flush(link);
     }
