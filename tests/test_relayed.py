@@ -160,3 +160,38 @@ async def test_peer_calls_in_a_routed_room_say_so(server):
             assert await error_of(ann, {"type": "quality_report", "loss_percent": 0, "jitter_ms": 0}) == "routed_media"
         finally:
             await ann.close()
+
+
+async def test_relayed_limits_hold_under_a_burst_and_bad_input_is_refused(server):
+    """Eight joins at once into a relayed room: four get in, four hear relayed_session_full
+    (the session's owner checks each join in turn); malformed peer messages are refused."""
+    import asyncio
+
+    from loadtest.peers import MediaClient
+
+    async with server.http() as http:
+        room = await make_room(http, name="p2p burst", media_mode="relayed")
+        tokens = [(await http.post(f"/v1/rooms/{room['id']}/tokens", json={"identity": f"b{i}", "role": "publisher"})).json()["token"]
+                  for i in range(8)]
+        clients = [MediaClient(server.ws_url) for _ in tokens]
+        replies = await asyncio.gather(*(c.join(t, room["id"]) for c, t in zip(clients, tokens)))
+        try:
+            kinds = sorted(r["type"] if r["type"] == "joined" else r["code"] for r in replies)
+            assert kinds == ["joined"] * 4 + ["relayed_session_full"] * 4, kinds
+            me = next(c for c, r in zip(clients, replies) if r["type"] == "joined")
+            other = next(c for c, r in zip(clients, replies) if r["type"] == "joined" and c is not me)
+            bad = [
+                {"type": "peer_publish", "tracks": [{"name": f"t{i}", "kind": "video"} for i in range(5)]},  # too many
+                {"type": "peer_publish", "tracks": [{"name": "no spaces", "kind": "video"}]},
+                {"type": "peer_publish", "tracks": [{"name": "v", "kind": "data"}]},
+                {"type": "signal", "to": other.id, "link": me.id, "kind": "offer", "sdp": "x" * 70_000},  # oversized
+                {"type": "signal", "to": other.id, "link": me.id, "kind": "candidate", "sdp": "v=0"},
+                {"type": "quality_report", "loss_percent": "1", "jitter_ms": 1},  # a string is not a number
+                {"type": "direct_failed", "extra": 1},
+            ]
+            for msg in bad:
+                assert await error_of(me, msg) == "invalid_request", msg
+            assert await error_of(me, {"type": "direct_failed"}) == "invalid_request"  # not an auto room
+        finally:
+            for c in clients:
+                await c.close()
