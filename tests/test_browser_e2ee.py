@@ -161,3 +161,21 @@ async def test_session_key_travels_in_the_link_fragment_only(server, browser):
         await dash.get_by_role("row", name="Participant ann").click()
         await dash.locator("#timeline").get_by_text("chat: (end-to-end encrypted)").wait_for()
         assert "for our eyes only" not in await dash.content()
+
+
+async def test_peer_to_peer_rooms_encrypt_too(server, browser):
+    """A relayed room with a passphrase: the two pages' direct links carry encrypted frames,
+    which they decode to the real picture."""
+    async with server.http() as http:
+        room = await make_room(http, name="Secret pair", media_mode="relayed", encryption="passphrase")
+        link = lambda who: f"{server.url}/join/{room['id']}?token={who}"  # noqa: E731
+        ann, ann_id = await open_page(browser, link(await make_token(http, room["id"], "ann", "moderator")), "open sesame")
+        bob, bob_id = await open_page(browser, link(await make_token(http, room["id"], "bob", "publisher")), "open sesame")
+
+        async def pair() -> bool:
+            return (await decoded_from(ann)).get(bob_id, 0) > 10 and (await decoded_from(bob)).get(ann_id, 0) > 10
+        await until(pair, what="the same passphrase must decode over the direct links")
+        assert await ann.evaluate("window.room.links.size") == 2 and await ann.evaluate("!!window.room.e2ee")
+        seen = await ann.evaluate(PATCH, [bob_id, 0.5, 0.9])
+        own = await bob.evaluate(PATCH, [bob_id, 0.5, 0.9])
+        assert seen and own and all(abs(a - b) < 40 for a, b in zip(seen, own)), (seen, own)
