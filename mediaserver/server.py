@@ -113,7 +113,7 @@ def _db_where(url: str) -> str:
 
 def ice_servers(settings: Settings, boot: dict) -> tuple[IceServers, LocalTurn | None]:
     """The ICE servers participants get, and the local coturn serve started for them (if any)."""
-    ice = IceServers(list(settings.stun_urls), list(settings.turn_urls), settings.turn_secret, settings.turn_ttl)
+    ice = IceServers.from_settings(settings)
     if settings.turn_local == "off" or (settings.turn_local == "auto" and not LocalTurn.installed()):
         if settings.turn_urls:
             boot["turn"] = ", ".join(settings.turn_urls)

@@ -41,6 +41,10 @@ class IceServers:
     turn_secret: str | None = None
     turn_ttl: float = 86400
 
+    @classmethod
+    def from_settings(cls, settings) -> "IceServers":
+        return cls(list(settings.stun_urls), list(settings.turn_urls), settings.turn_secret, settings.turn_ttl)
+
     def for_participant(self, participant_id: str) -> list[dict]:
         out: list[dict] = []
         if self.stun_urls:

@@ -44,9 +44,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.store = store
     app.state.control = control
     app.state.reconnect_secret = reconnect_secret
-    app.state.ice_servers = ice_servers or IceServers(
-        list(settings.stun_urls), list(settings.turn_urls), settings.turn_secret, settings.turn_ttl
-    )
+    app.state.ice_servers = ice_servers or IceServers.from_settings(settings)
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     app.state.metrics = GatewayMetrics()
     app.include_router(rest.router)

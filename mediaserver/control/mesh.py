@@ -35,6 +35,12 @@ class PeerMesh:
     def publishing(self, participant_id: str) -> list[Track]:
         return [t for t in self.tracks.values() if t.participant_id == participant_id]
 
+    def _drop_tracks(self, participant_id: str) -> list[Track]:
+        gone = self.publishing(participant_id)
+        for t in gone:
+            del self.tracks[t.id]
+        return gone
+
     def publish(self, participant_id: str, tracks: list[dict]) -> tuple[list[Track], list[Track]]:
         """What a participant now sends its room mates ([{"name", "kind"}]): (added, removed)."""
         if len(tracks) > MAX_TRACKS:
@@ -53,9 +59,7 @@ class PeerMesh:
     async def unpublish(self, participant_id: str) -> list[Track]:
         """Off the stage: its links close (the server tells each receiver; the publisher's client
         closes its side on its own stage_left)."""
-        gone = self.publishing(participant_id)
-        for t in gone:
-            del self.tracks[t.id]
+        gone = self._drop_tracks(participant_id)
         if gone:
             self._close_links(participant_id, "off_stage")
         return gone
@@ -110,9 +114,7 @@ class PeerMesh:
         self.present.add(participant_id)
 
     async def leave(self, participant_id: str) -> list[Track]:
-        gone = self.publishing(participant_id)
-        for t in gone:
-            del self.tracks[t.id]
+        gone = self._drop_tracks(participant_id)
         self.present.discard(participant_id)
         self.outbox.pop(participant_id, None)
         self._close_links(participant_id, "left", only_as_publisher=False)

@@ -29,6 +29,13 @@ BREAKOUT_OPERATIONS = {
 }
 
 
+def _may_publish(p: dict) -> None:
+    if p["role"] == "subscriber":
+        raise MediaserverError(
+            "publish_not_allowed", "your role (subscriber) may not publish: ask to enable mic & camera first"
+        )
+
+
 class SessionUnit:
     def __init__(
         self, store: Store, session_id: str, worker: Worker, *, grace: float, stale: float,
@@ -176,10 +183,7 @@ class SessionUnit:
     async def publish(self, participant_id: str, offer: str) -> str:
         self.core.require_live()
         p = self._member(participant_id)
-        if p["role"] == "subscriber":
-            raise MediaserverError(
-                "publish_not_allowed", "your role (subscriber) may not publish: ask to enable mic & camera first"
-            )
+        _may_publish(p)
         if isinstance(self.media, PeerMesh):
             raise MediaserverError(
                 "relayed_media", "this room connects participants directly: publish with peer_publish and signal each peer"
@@ -204,10 +208,7 @@ class SessionUnit:
         self.core.require_live()
         p = self._member(participant_id)
         mesh = self._mesh()
-        if p["role"] == "subscriber":
-            raise MediaserverError(
-                "publish_not_allowed", "your role (subscriber) may not publish: ask to enable mic & camera first"
-            )
+        _may_publish(p)
         async with self._media_lock:
             seated = await self.core.take_stage(participant_id) if tracks else False
             try:

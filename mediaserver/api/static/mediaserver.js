@@ -180,11 +180,16 @@ export class Room extends EventTarget {
     this._emit("closed", { code: 4000, reason: "could not reconnect" });
   }
 
-  async _resetMedia() {
+  // Every peer connection of ours (to the server, and to peers), as after a media reset.
+  _closeConnections() {
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
     this.publishPc = this.subscribePc = null;
     this._closeLinks(() => true);
     this._peerPublishing = false;
+  }
+
+  async _resetMedia() {
+    this._closeConnections();
     this._emit("media_reset", {});
     if (this._stream) await this.publish(this._stream, this._publishOptions);
   }
@@ -516,10 +521,7 @@ export class Room extends EventTarget {
   // (the server's subscribe offers follow when it is routed now).
   async _switchMode(mode) {
     if (mode === this.mediaMode || this._closing) return;
-    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
-    this.publishPc = this.subscribePc = null;
-    this._closeLinks(() => true);
-    this._peerPublishing = false;
+    this._closeConnections();
     if (this._screen) { this._screen.stream.getTracks().forEach((t) => t.stop()); this._screen = null; this._emit("screen", { sharing: false }); }
     this.mediaMode = mode;
     this._emit("media_mode_changed", { mode });
