@@ -18,7 +18,11 @@ def test_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv(CONFIG_ENV, str(toml))
     s = load_settings()
     assert (s.port, s.grace_seconds, s.host) == (9000, 60, "0.0.0.0")
-    assert s.base_url == "http://127.0.0.1:9000"  # a wildcard bind is not an address to give out
+    # A wildcard bind is not an address to give out: this machine's reachable one is (loopback
+    # where there is none, as in make test's namespace; both cases are tested below).
+    from mediaserver.config import reachable_address
+
+    assert s.base_url == f"http://{reachable_address() or '127.0.0.1'}:9000"
     monkeypatch.setenv("MEDIASERVER_PORT", "9100")
     s = load_settings()
     assert (s.port, s.grace_seconds) == (9100, 60)
@@ -70,3 +74,24 @@ def test_a_wildcard_host_gives_links_with_an_address_others_reach():
     assert url == "http://127.0.0.1:9000" and warnings == "1"  # only loopback: said so
     assert Settings(host="0.0.0.0", public_url="https://meet.example.org/").base_url == "https://meet.example.org"
     assert Settings(host="0.0.0.0", public_url="https://meet.example.org").url_warnings() == []
+
+
+def test_ice_server_settings_are_checked():
+    """TURN needs its shared secret, and every ICE URL is a stun:/turn: one; what passes gives
+    each participant credentials that expire after turn_ttl."""
+    import time
+
+    from mediaserver.turn import IceServers
+
+    with pytest.raises(ValidationError, match="turn_secret"):
+        Settings(turn_urls=["turn:turn.example.com:3478"])
+    with pytest.raises(ValidationError, match="not a stun:"):
+        Settings(stun_urls=["http://stun.example.com"])
+    with pytest.raises(ValidationError):
+        Settings(turn_local="sometimes")
+    ok = Settings(stun_urls=["stun:s.example.com"], turn_urls=["turns:t.example.com:5349"], turn_secret="k", turn_ttl=120)
+    servers = IceServers.from_settings(ok).for_participant("part_x")
+    assert servers[0] == {"urls": ["stun:s.example.com"]}
+    expiry, who = servers[1]["username"].split(":")
+    assert who == "part_x" and 115 <= int(expiry) - time.time() <= 125 and servers[1]["credential"]
+    assert IceServers.from_settings(Settings()).for_participant("part_x") == []
