@@ -24,8 +24,8 @@ install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
 # Debian packages the tests use: PostgreSQL (store tests), Chromium (browser tests, driven by
-# Playwright with executable_path), coturn (TURN), iproute2 and util-linux (a loopback-only
-# network namespace).
+# Playwright with executable_path), coturn (TURN), FFmpeg (composed archives, and ffprobe to
+# read archives back), iproute2 and util-linux (a loopback-only network namespace).
 # Installed only when missing.
 system-test-deps:
 	@need=""; \
@@ -35,6 +35,7 @@ system-test-deps:
 	command -v unshare >/dev/null 2>&1 || need="$$need util-linux"; \
 	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
 	command -v turnserver >/dev/null 2>&1 || need="$$need coturn"; \
+	command -v ffprobe >/dev/null 2>&1 || need="$$need ffmpeg"; \
 	if [ -n "$$need" ]; then \
 	  echo "installing Debian packages:$$need"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

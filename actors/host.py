@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from actors.media import RemoteWorker
+from actors.recorder import RemoteRecorder
 from actors.view import ClusterView
 from mediaserver.control.host import SessionHost
 from mediaserver.control.placement import Placement
@@ -24,6 +25,7 @@ class ClusterPlaces:
         self.view = ClusterView(cfg, store)
         self.placement = Placement(region_networks=cfg.get("region_networks"), session_load_estimate=cfg["session_load_estimate"])
         self._clients: dict[str, RemoteWorker] = {}
+        self._recorders: dict[str, RemoteRecorder] = {}  # node -> its recorder
 
     def worker(self, name: str) -> RemoteWorker:
         if name not in self._clients:
@@ -32,6 +34,15 @@ class ClusterPlaces:
                 raise MediaserverError("unavailable", f"no media worker {name} in the cluster")
             self._clients[name] = RemoteWorker(self.cfg, spec)
         return self._clients[name]
+
+    def recorder(self, worker: str) -> RemoteRecorder:
+        """The recorder on the node of the media worker named ``worker``."""
+        spec = self.view.worker(worker)
+        if spec is None:
+            raise MediaserverError("unavailable", f"no media worker {worker} in the cluster")
+        if spec.node not in self._recorders:
+            self._recorders[spec.node] = RemoteRecorder(self.cfg, spec)
+        return self._recorders[spec.node]
 
     async def usable(self, name: str) -> bool:
         await self.view.refresh()

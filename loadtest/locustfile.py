@@ -59,6 +59,7 @@ class MeetingUser(User):
         self.last_chat = self.last_question = 0.0
         self.questions: list[str] = []
         self.ws = None
+        self.closed_by_server = ""
         self._join()
         if MEDIA_EVERY and self.number % MEDIA_EVERY == 1:
             gevent.spawn(self.media)  # beside the other tasks, as a participant with a camera would
@@ -92,13 +93,21 @@ class MeetingUser(User):
         if msg["type"] != "joined":
             raise CommandFailed(f"{msg.get('code')}: {msg.get('message')}")
         self.joined = msg
+        self.closed_by_server = ""
+        self.opened = (first["type"], time.monotonic())
         self.reader = gevent.spawn(self._read, self.ws)
         return msg
 
     def _read(self, ws) -> None:
         try:
             while True:
-                msg = json.loads(ws.recv())
+                opcode, data = ws.recv_data()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    # Why the server let us go (RFC 6455 section 5.5.1): a failure then names its cause.
+                    code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                    self.closed_by_server = f"{code} {data[2:].decode(errors='replace')}".strip()
+                    return
+                msg = json.loads(data)
                 if msg.get("id") in self.replies:
                     self.replies.pop(msg["id"]).set(msg)
                 elif msg["type"] == "ping":
@@ -107,6 +116,8 @@ class MeetingUser(User):
             return  # closed
 
     def command(self, msg: dict) -> dict:
+        if self.closed_by_server:
+            raise CommandFailed(f"the server closed the connection ({self.closed_by_server})")
         mid = f"u{next(self.ids)}"
         waiter = self.replies[mid] = AsyncResult()
         self.ws.send(json.dumps({**msg, "id": mid}))
@@ -207,9 +218,19 @@ class MeetingUser(User):
         events.request.fire(request_type="media", name=f"delivered loss={result['loss']:.2%}", response_time=result["latency_p99_ms"],
                             response_length=result["packets_delivered"], exception=None)
 
+    def _leave(self) -> dict:
+        try:
+            return self.command({"type": "leave"})
+        except OSError as e:  # say what the connection went through: a failure names its cause
+            how, when = getattr(self, "opened", ("?", time.monotonic()))
+            raise CommandFailed(
+                f"{e!r} on a connection opened by {how} {time.monotonic() - when:.1f} s before; its reader "
+                f"{'ended' if self.reader.dead else 'running'}; closed by the server: {self.closed_by_server or 'no'}"
+            ) from None
+
     def on_stop(self) -> None:
         if self.ws is not None:
-            self._measure("leave", lambda: self.command({"type": "leave"}))
+            self._measure("leave", self._leave)
             try:
                 self.ws.close()
             except Exception:

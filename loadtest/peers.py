@@ -40,6 +40,106 @@ class ChangingVideo(VideoStreamTrack):
         return frame
 
 
+COUNTER_BITS = 16
+COUNTER_SIZE = (320, 240)  # 4 x 4 blocks of 80 x 60: bright = 1, dark = 0 (survive any codec)
+
+
+class CounterVideo(VideoStreamTrack):
+    """Frames that carry their own number (``COUNTER_BITS`` bits as bright and dark blocks), so
+    whoever decodes them (a subscriber, an archive read back) can tell which frames it got."""
+
+    def __init__(self, count: list[int] | None = None) -> None:
+        super().__init__()
+        self._count = count if count is not None else [0]  # (shared with its successors)
+
+    @property
+    def sent(self) -> int:
+        return self._count[0]
+
+    def fresh(self) -> "CounterVideo":
+        """A new track that counts on from this one (a closed peer connection ends its tracks)."""
+        return CounterVideo(self._count)
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = counter_frame(self._count[0])
+        frame.pts, frame.time_base = pts, time_base
+        self._count[0] += 1
+        return frame
+
+
+def counter_frame(n: int) -> av.VideoFrame:
+    w, h = COUNTER_SIZE
+    bw, bh = w // 4, h // 4
+    rows = []
+    for by in range(4):
+        line = b"".join(bytes([235 if n >> (by * 4 + bx) & 1 else 16]) * bw for bx in range(4))
+        rows.append(line * bh)
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, data in zip(frame.planes, (b"".join(rows), None, None)):
+        plane.update(data if data is not None else bytes([128]) * plane.buffer_size)
+    return frame
+
+
+def read_counter(frame: av.VideoFrame, box: tuple[int, int, int, int] | None = None) -> int:
+    """The number a ``CounterVideo`` frame carries (sampled at each block's centre); ``box``
+    (x, y, width, height): where in ``frame`` the picture is (e.g. a cell of a composed grid)."""
+    if box is None:
+        frame, box = frame.reformat(width=COUNTER_SIZE[0], height=COUNTER_SIZE[1], format="gray"), (0, 0, *COUNTER_SIZE)
+    else:
+        frame = frame.reformat(format="gray")
+    plane = frame.planes[0]
+    data, stride = bytes(plane), plane.line_size
+    x0, y0, w, h = box
+    bw, bh = w / 4, h / 4
+    n = 0
+    for bit in range(COUNTER_BITS):
+        by, bx = divmod(bit, 4)
+        if data[int(y0 + by * bh + bh / 2) * stride + int(x0 + bx * bw + bw / 2)] > 128:
+            n |= 1 << bit
+    return n
+
+
+class Tone(AudioStreamTrack):
+    """A steady sine tone (``hz``), in the frames aiortc's silence track would send."""
+
+    def __init__(self, hz: float = 440.0) -> None:
+        super().__init__()
+        self.hz = hz
+        self.samples = 0
+
+    def fresh(self) -> "Tone":
+        t = Tone(self.hz)
+        t.samples = self.samples
+        return t
+
+    async def recv(self) -> av.AudioFrame:
+        import math
+        import struct
+
+        frame = await super().recv()  # (its timing and format: 20 ms of s16)
+        n, rate, channels = frame.samples, frame.sample_rate, len(frame.layout.channels)
+        values = [int(8000 * math.sin(2 * math.pi * self.hz * (self.samples + i) / rate)) for i in range(n)]
+        frame.planes[0].update(struct.pack(f"<{channels * n}h", *(v for v in values for _ in range(channels))))
+        self.samples += n
+        return frame
+
+
+def tone_strength(samples: list[float], hz: float, rate: int = 48000) -> float:
+    """How much of ``samples`` is at ``hz``, relative to their power (Goertzel): near 1 for a pure tone."""
+    import math
+
+    if not samples:
+        return 0.0
+    k = 2 * math.cos(2 * math.pi * hz / rate)
+    s1 = s2 = 0.0
+    for x in samples:
+        s1, s2 = x + k * s1 - s2, s1
+    power = s1 * s1 + s2 * s2 - k * s1 * s2
+    energy = sum(x * x for x in samples)
+    return 2 * power / (len(samples) * energy) if energy else 0.0
+
+
 def new_pc(ice_servers: list[dict] | None = None, relay: bool = False) -> RTCPeerConnection:
     """A peer connection with these RTCIceServer dicts (none: no STUN, not aiortc's public default);
     ``relay``: TURN candidates only."""
@@ -93,17 +193,18 @@ def collect(pc: RTCPeerConnection) -> Received:
 
 
 async def publisher_offer(
-    pc: RTCPeerConnection, *, video: bool = True, audio: bool = True, video_codec: str | None = None
+    pc: RTCPeerConnection, *, video: bool = True, audio: bool = True, video_codec: str | None = None,
+    video_track=None, audio_track=None,
 ) -> str:
     if video:
-        sender = pc.addTrack(ChangingVideo())
+        sender = pc.addTrack(video_track or ChangingVideo())
         if video_codec:  # offer only this codec, as an app that insists on it would
             from aiortc import RTCRtpSender
 
             codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == f"video/{video_codec.lower()}"]
             next(t for t in pc.getTransceivers() if t.sender is sender).setCodecPreferences(codecs)
     if audio:
-        pc.addTrack(AudioStreamTrack())
+        pc.addTrack(audio_track or AudioStreamTrack())
     await pc.setLocalDescription(await pc.createOffer())
     return pc.localDescription.sdp
 
@@ -267,10 +368,18 @@ class MediaClient:
         await self.ws.send(json.dumps({**msg, "id": mid}))
         return await asyncio.wait_for(fut, timeout)
 
-    async def publish(self, *, video: bool = True, audio: bool = True) -> dict:
-        self.published = {"video": video, "audio": audio}
+    async def publish(self, *, video: bool = True, audio: bool = True, video_track=None, audio_track=None,
+                      video_codec: str | None = None) -> dict:
+        """``video_track``/``audio_track``: what to send (default: a changing picture, silence);
+        after a media reset the same tracks are published again."""
+        # (tracks that ended with a closed peer connection are replaced by ones that go on from them)
+        video_track, audio_track = (t.fresh() if t is not None and t.readyState == "ended" and hasattr(t, "fresh") else t
+                                    for t in (video_track, audio_track))
+        self.published = {"video": video, "audio": audio, "video_track": video_track, "audio_track": audio_track,
+                           "video_codec": video_codec}
         self.pub_pc = self.new_pc()
-        offer = await publisher_offer(self.pub_pc, video=video, audio=audio)
+        offer = await publisher_offer(self.pub_pc, video=video, audio=audio, video_track=video_track, audio_track=audio_track,
+                                      video_codec=video_codec)
         reply = await self.command({"type": "offer", "pc": "publish", "sdp": offer})
         if reply["type"] == "answer":
             await accept(self.pub_pc, reply["sdp"])

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # Debugging: with media_fastpath false, each worker writes the first packets it forwards
     # (SRTP removed) here as JSON lines, to see what the server sees. Never on a real deployment.
     media_tap_dir: Path | None = None
+
+    # Archives: where recorders write them (default: data_dir/archives; in a cluster, storage
+    # every node shares), and how long one records before it stops (always mode: and the next begins)
+    archive_dir: Path | None = None
+    archive_max_seconds: float = Field(4 * 3600.0, gt=0)
     media_worker_capacity: float = Field(250_000, gt=0)  # forwarded packets/s one media worker takes
     session_load_estimate: float = Field(1_000, gt=0)  # packets/s held for a new session until it forwards its own
     session_receivers_per_worker: int = Field(1_000, ge=1)  # past this, a session's receivers go to another worker

@@ -90,6 +90,14 @@ STATUS: dict[str, int] = {
     "invite_revoked": 410,
     "invite_used_up": 410,
     "session_not_live": 409,
+    # archives
+    "archive_not_found": 404,
+    "archive_already_recording": 409,  # one archive records a session at a time
+    "archive_not_recording": 409,  # stopping one that has stopped
+    "archive_in_progress": 409,  # deleting or downloading one not ready yet
+    "archive_requires_routed": 409,  # a relayed room's media never reaches the server
+    "archive_not_allowed_e2ee": 409,  # the server cannot read end-to-end encrypted media
+    "archive_file_not_found": 404,
     "unavailable": 503,
     "no_media_capacity": 503,  # every media worker is full or draining
     "internal": 500,

@@ -218,6 +218,58 @@ async def test_media_worker_killed_mid_session(fault_server, ray_client):
             await sub.close()
 
 
+async def test_an_archive_goes_on_in_new_segments_after_its_media_worker_dies(fault_server, ray_client, tmp_path):
+    """The recorder is not the worker: killing the worker mid-archive loses nothing recorded
+    before the fault, and the tracks published again after the reset go on in second segments."""
+    import av
+
+    from loadtest.peers import CounterVideo, Tone, join_media, loopback_only_ice, read_counter, wait_for
+
+    loopback_only_ice()
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="archive through a crash")
+        pub = await join_media(server, http, room, "pub", "moderator")
+        video = CounterVideo()
+        try:
+            await pub.publish(video_track=video, audio_track=Tone())
+            sid = pub.joined["session"]["id"]
+            await wait_for(lambda: video.sent > 10)
+            archive = (await http.post(f"/v1/sessions/{sid}/archives", json={})).json()
+            await asyncio.sleep(2)
+            before = video.sent
+            name = (await http.get(f"/v1/sessions/{sid}")).json()["media_worker"]
+            os.kill(await ray_client.call(ray_client.find(name), "pid"), signal.SIGKILL)
+            await wait_for(lambda: pub.resets >= 1, timeout=60)
+            resumed = video.sent
+            await wait_for(lambda: video.sent > resumed + 60, timeout=60)  # 2 s more after the reset
+            await http.post(f"/v1/archives/{archive['id']}/stop")
+
+            async def ready():
+                a = (await http.get(f"/v1/archives/{archive['id']}")).json()
+                return a if a["status"] in ("ready", "failed") else None
+
+            done = await eventually(ready, timeout=60)
+            assert done["status"] == "ready", done
+            r = await http.get(f"/v1/archives/{archive['id']}/files/manifest.json")
+            segments = [s for s in r.json()["segments"] if s["kind"] == "video"]
+            assert len(segments) == 2 and segments[0]["track_id"] == segments[1]["track_id"], segments
+            assert segments[1]["offset"] > segments[0]["offset"] + 1.5
+            counters = []
+            for s in segments:
+                path = tmp_path / s["file"]
+                path.write_bytes((await http.get(f"/v1/archives/{archive['id']}/files/{s['file']}")).content)
+                with av.open(str(path)) as c:
+                    counters.append([read_counter(f) for f in c.decode(video=0)])
+            first, second = counters
+            # Everything up to the kill is in the first file (frames in the last ~100 ms before
+            # it may have been in flight), and the second goes on after the reset.
+            assert first and first[-1] >= before - 5 and len(set(first)) >= 0.9 * (first[-1] - first[0]), first[-5:]
+            assert second and second[0] > first[-1] and second[-1] > resumed + 30, (first[-1], second[:3], resumed)
+        finally:
+            await pub.close()
+
+
 async def test_participant_reconnects_and_media_resumes(fault_server):
     """A publisher loses its connection (socket and peer connections) and comes back inside the
     grace period: same participant, and its viewers get its media again."""

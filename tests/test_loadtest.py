@@ -36,7 +36,7 @@ async def test_locust_smoke_run_has_no_failures(server, tmp_path):
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = out.decode(errors="replace")
-    assert proc.returncode == 0, text[-4000:]
+    assert proc.returncode == 0, text[-4000:] + "\n--- server log ---\n" + server.log()[-3000:]
     with open(tmp_path / "run_stats.csv") as f:
         rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
     total = rows[("", "Aggregated")]

@@ -28,7 +28,7 @@ async def test_migrate_is_repeatable(store: Store):
     await store.migrate()  # already at head: nothing to do, no error
     async with store.engine.connect() as conn:
         version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar_one()
-    assert version == "0007"
+    assert version == "0008"
 
 
 async def test_migrations_build_exactly_the_schema_module(store: Store):

@@ -219,3 +219,23 @@ async def test_a_vote_is_stored_once(stores):
     assert sum(r is None for r in results) == 1
     assert all(isinstance(r, IntegrityError) for r in results if r is not None)
     assert (await stores[0].session_questions(session["id"]))[0]["voters"] == ["part_b"]
+
+
+async def test_one_archive_records_a_session_and_it_stops_once(stores):
+    team = await stores[0].ensure_team("archives")
+    room = await stores[0].create_room(team["id"], {**ROOM})
+    session, _ = await stores[0].open_session(room, time.time())
+    ok, refused = await burst(stores, [lambda s, i=i: s.create_archive(session, f"take {i}", "individual", None)
+                                       for i in range(BURST)])
+    assert len(ok) == 1 and refused == ["archive_already_recording"] * (BURST - 1)
+    archive = ok[0]
+    results: list = []
+
+    async def stop(s):
+        results.append(await s.finish_archive(archive["id"], frm="recording", to="processing", stop_reason="api"))
+
+    await burst(stores, [stop for _ in range(8)])
+    assert sum(r is not None for r in results) == 1  # one stop wins; the others see it stopped
+    assert [a["status"] for a in await stores[0].list_archives(team["id"], session_id=session["id"])] == ["processing"]
+    again, _ = await burst(stores, [lambda s: s.create_archive(session, "next", "both", None)])
+    assert len(again) == 1  # a stopped archive no longer counts: the next may record

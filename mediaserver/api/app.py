@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mediaserver import __version__
-from mediaserver.api import events, people, rest, ws
+from mediaserver.api import archives, events, people, rest, ws
 from mediaserver.api.clients import ClientAddress
 from mediaserver.api.docs import tidy_openapi
 from mediaserver.api.limits import BodyLimit
@@ -48,6 +48,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     app.state.metrics = GatewayMetrics()
     app.include_router(rest.router)
+    app.include_router(archives.router)
     app.include_router(events.router)
     app.include_router(people.router)
     app.add_api_websocket_route("/v1/ws", ws.websocket_endpoint)

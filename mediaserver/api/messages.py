@@ -274,13 +274,28 @@ class DirectFailed(ClientMessage):
     type: Literal["direct_failed"]
 
 
+class ArchiveStart(ClientMessage):
+    """Moderators: start recording the session (answered with the archive)."""
+
+    type: Literal["archive_start"]
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")
+    output: Literal["individual", "composed", "both"] = "individual"
+
+
+class ArchiveStop(ClientMessage):
+    """Moderators: stop the archive recording now (or the one named)."""
+
+    type: Literal["archive_stop"]
+    archive_id: str | None = Field(None, max_length=64)
+
+
 AnyClientMessage = Annotated[
     Union[
         Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute,
         StartSession, RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
         Chat, ChatHistory, Ask, Upvote, AnswerQuestion, Questions,
         BreakoutCreate, BreakoutRename, BreakoutDelete, BreakoutAssign, BreakoutAutoAssign, BreakoutOpen,
-        BreakoutClose, BreakoutVisit, PeerPublish, Signal, QualityReport, DirectFailed,
+        BreakoutClose, BreakoutVisit, PeerPublish, Signal, QualityReport, DirectFailed, ArchiveStart, ArchiveStop,
     ],
     Field(discriminator="type"),
 ]
@@ -320,6 +335,8 @@ class Joined(ServerMessage):
     # How media goes now: "routed" (through the server) or "relayed" (directly between
     # participants); an auto room changes it with a media_mode_changed event.
     media_mode: str = "routed"
+    # The archive recording the session now ({"id", "name", "started_at"}), if one is.
+    archive: dict[str, Any] | None = None
 
 
 class ServerAnswer(ServerMessage):

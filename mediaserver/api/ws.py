@@ -200,6 +200,7 @@ class Connection:
                 event=result.get("event"),
                 ice_servers=self.ice_servers.for_participant(p["id"]),
                 media_mode=result.get("media_mode", "routed"),
+                archive=result.get("archive"),
             )
         )
 
@@ -287,6 +288,12 @@ class Connection:
         elif isinstance(msg, m.QualityReport):
             await self.control.call(sid, "client_quality", pid, msg.loss_percent, msg.jitter_ms)
             await self.send(m.Ack(id=msg.id))
+        elif isinstance(msg, m.ArchiveStart):
+            data = await self.control.call(sid, "start_archive", pid, msg.name, msg.output)
+            await self.send(m.Ack(id=msg.id, data=data))
+        elif isinstance(msg, m.ArchiveStop):
+            data = await self.control.call(sid, "stop_archive", pid, msg.archive_id)
+            await self.send(m.Ack(id=msg.id, data=data))
         elif isinstance(msg, m.Subscribe):
             await self.control.call(sid, "set_subscribed", pid, msg.track_id, msg.subscribed)
             await self.send(m.Ack(id=msg.id))

@@ -36,7 +36,7 @@ UNIT_METHODS = {
     "join", "resume", "ready", "publish", "subscribe_answer", "set_subscribed", "set_muted", "disconnect", "leave",
     "set_role", "end", "wait_events", "start_session", "request_stage", "cancel_stage_request",
     "answer_stage_request", "leave_stage", "remove_from_stage", "remove", "peer_publish", "signal", "client_quality", "direct_failed", "chat", "chat_history", "ask", "upvote",
-    "settle_question", "questions", "breakouts", "breakout_info",
+    "settle_question", "questions", "breakouts", "breakout_info", "start_archive", "stop_archive",
 }
 
 
@@ -63,6 +63,7 @@ class MediaPlaces(Protocol):
     # than the one it is on (written to the store; the name it stands on is returned)
     async def extra(self, session_id: str, using: list[str]) -> str: ...  # one more worker for its receivers
     def leg_keys(self, a: str, b: str) -> tuple[str, str]: ...  # the keys of the leg from worker a to b
+    def recorder(self, worker: str) -> Any: ...  # the recorder on a media worker's node (archives)
 
 
 class SessionHost:
@@ -164,6 +165,7 @@ class SessionHost:
             clock=self.clock, home=worker, receivers_per_worker=self.cfg.get("session_receivers_per_worker"),
             more=lambda using, sid=sid: self._more(sid, using), leg_keys=self.places.leg_keys,
             relayed_max=self.cfg.get("relayed_max_participants", 4), auto_back_to_direct=self.cfg.get("auto_back_to_direct", False),
+            recorder=getattr(self.places, "recorder", None), archive_max_seconds=self.cfg.get("archive_max_seconds", 4 * 3600),
         )
         await unit.load(row)
         self.asleep.pop(sid, None)
@@ -206,7 +208,7 @@ class SessionHost:
     async def tick(self) -> None:
         """Every unit's timers, their media's states and quality, sleep and waking."""
         now = self.clock()
-        units = [(sid, u) for sid, u in self.units.items() if u.core.next_timer() <= now or u.core.departed]
+        units = [(sid, u) for sid, u in self.units.items() if u.next_timer() <= now or u.core.departed]
         results = await asyncio.gather(*(u.tick() for _, u in units), return_exceptions=True)
         for (sid, unit), res in zip(units, results):
             if isinstance(res, Exception) and not isinstance(res, MediaserverError):

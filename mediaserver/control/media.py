@@ -89,6 +89,21 @@ HOME = ""  # the home worker's key in ``workers``
 
 
 @dataclass
+class Recording:
+    """An archive being recorded: every published track also goes to ``recorder`` (a
+    ``RecorderService``: direct in tests, a Ray actor on the home worker's node in the server),
+    over one leg from the home worker like the legs between workers."""
+
+    archive_id: str
+    recorder: Any
+    keys: tuple[str, str]  # (worker -> recorder, recorder -> worker), hex
+    name_of: Callable[[str], str] = lambda pid: ""
+    address: dict | None = None
+    leg: str | None = None  # the leg's transport on the home worker (made with the first track)
+    ssrcs: dict[str, int] = field(default_factory=dict)  # track -> its SSRC on the leg
+
+
+@dataclass
 class Relay:
     ssrc: int  # the SSRC the track has on the leg
     receivers: set[str] = field(default_factory=set)  # participants on the far worker who receive it
@@ -113,6 +128,7 @@ class MediaSession:
         self.outbox: dict[str, list[dict]] = {}  # participant -> signaling messages to deliver
         self.legs: dict[str, tuple[str, str]] = {}  # far worker -> (leg's id on home, leg's id there)
         self.relays: dict[tuple[str, str], Relay] = {}  # (track, far worker) -> its relay
+        self.recording: Recording | None = None
 
     @property
     def worker(self) -> Worker:
@@ -149,6 +165,8 @@ class MediaSession:
             added.append(track)
         for t in removed:
             await self._drop_track(t)
+        for t in added:
+            await self._record_track(t)
         await self._refresh_all(exclude=participant_id)
         return result["answer"], added, removed
 
@@ -160,12 +178,63 @@ class MediaSession:
         return t
 
     async def _drop_track(self, t: Track) -> None:
+        await self._unrecord_track(t)
         self.tracks.pop(t.id, None)
         for pid, sub in self.subscribers.items():
             for slot in sub.slots:
                 if slot.track_id == t.id:
                     await self._unroute(t, pid, sub)
                     slot.track_id = None
+
+    # Recording ---------------------------------------------------------------------------
+
+    async def record(self, recording: Recording) -> None:
+        """Start sending every track, and every track published from now on, to a recorder."""
+        self.recording = recording
+        recording.address = await recording.recorder.start_archive(recording.archive_id, recording.keys[0], recording.keys[1])
+        for t in list(self.tracks.values()):
+            await self._record_track(t)
+
+    async def _record_track(self, t: Track) -> None:
+        rec = self.recording
+        if rec is None or t.id in rec.ssrcs or t.participant_id not in self.publish_transport:
+            return
+        if rec.leg is None:
+            leg = await self.worker.relay(rec.address["host"], rec.address["port"], rec.keys[1], rec.keys[0])
+            rec.leg = leg["id"]
+        ssrc = rec.ssrcs[t.id] = random.getrandbits(32)
+        info = {"track_id": t.id, "participant_id": t.participant_id, "kind": t.kind, "codec": t.codec["name"],
+                "clock_rate": t.codec.get("clock_rate", 90000), "name": rec.name_of(t.participant_id)}
+        await rec.recorder.add_track(rec.archive_id, ssrc, info)
+        await self.worker.route(self.publish_transport[t.participant_id], t.ssrc, rec.leg, ssrc,
+                                t.codec["payload_type"], t.kind == "video")
+
+    async def _unrecord_track(self, t: Track) -> None:
+        rec = self.recording
+        ssrc = rec.ssrcs.pop(t.id, None) if rec else None
+        if ssrc is None:
+            return
+        tid = self.publish_transport.get(t.participant_id)
+        if tid and rec.leg:
+            await self.worker.unroute(tid, t.ssrc, rec.leg)
+        await rec.recorder.end_track(rec.archive_id, ssrc)  # its file is finished now
+
+    async def stop_recording(self) -> dict:
+        """Stop sending to the recorder and let it finish its files: what it wrote."""
+        rec, self.recording = self.recording, None
+        if rec is None:
+            return {"segments": [], "skipped": [], "known": False}
+        try:
+            for track_id in list(rec.ssrcs):
+                t = self.tracks.get(track_id)
+                tid = self.publish_transport.get(t.participant_id) if t else None
+                if tid and rec.leg:
+                    await self.worker.unroute(tid, t.ssrc, rec.leg)
+            if rec.leg:
+                await self.worker.close_transport(rec.leg)
+        except Exception:
+            pass  # the worker is gone: so are its routes
+        return await rec.recorder.stop_archive(rec.archive_id)
 
     # Routes (across workers) --------------------------------------------------------
 
@@ -365,6 +434,10 @@ class MediaSession:
         gone = list(self.tracks.values())
         self.tracks.clear()
         self.publish_transport.clear()
+        if self.recording is not None:
+            # Its leg went with the worker; the tracks published again start new segments.
+            self.recording.leg = None
+            self.recording.ssrcs.clear()
         self.legs.clear()
         self.relays.clear()
         for key in [k for k in self.workers if k != HOME]:

@@ -421,6 +421,16 @@ class SessionCore(MeetingRules):
             await self._commit(tx)
             return True
 
+    async def go_routed(self, reason: str) -> bool:
+        """An auto room's media goes through the server from now on (e.g. it is being archived)."""
+        async with self._lock:
+            self.require_live()
+            tx = _Tx(self, self.clock())
+            if not self.route_media(tx, reason):
+                return False
+            await self._commit(tx)
+            return True
+
     async def notify(self) -> None:
         """Wake long-polls (e.g. a signaling message is waiting for someone)."""
         async with self._changed:

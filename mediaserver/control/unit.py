@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Any, Callable
 
+from mediaserver.control.archive import Archiver
 from mediaserver.control.breakout import BreakoutRoom
 from mediaserver.control.media import MediaSession, Worker
 from mediaserver.control.meeting import START_EARLY
@@ -29,6 +30,10 @@ BREAKOUT_OPERATIONS = {
 }
 
 
+def _no_recorder(worker: str) -> Any:
+    raise MediaserverError("unavailable", "this server records no archives")
+
+
 def _may_publish(p: dict) -> None:
     if p["role"] == "subscriber":
         raise MediaserverError(
@@ -40,10 +45,12 @@ class SessionUnit:
     def __init__(
         self, store: Store, session_id: str, worker: Worker, *, grace: float, stale: float,
         live_limit: int | None = None, quality_seconds: float = 10.0, clock: Callable[[], float] = time.time,
-        relayed_max: int = 4, auto_back_to_direct: bool = False, **media: Any,
+        relayed_max: int = 4, auto_back_to_direct: bool = False, recorder: Callable[[str], Any] | None = None,
+        archive_max_seconds: float = 4 * 3600, **media: Any,
     ):
         """``media``: how receivers may span workers (``MediaSession``'s ``home``, ``more``,
-        ``leg_keys``, ``receivers_per_worker``)."""
+        ``leg_keys``, ``receivers_per_worker``); ``recorder``: a media worker's name -> the
+        recorder beside it (archives)."""
         self.session_id = session_id
         self.core = SessionCore(store, session_id, grace=grace, stale=stale, live_limit=live_limit, clock=clock)
         self.core.relayed_max = relayed_max
@@ -59,6 +66,11 @@ class SessionUnit:
         self._quality: dict[str, tuple[str, float]] = {}  # participant -> (grade, when) last logged
         self.calls = 0  # calls under way: a unit with none and nobody connected may be put to sleep
         self.broken = False  # failed unexpectedly: its host has dropped it, waiting calls are let go
+        derive = media.get("leg_keys")
+        self.archives = Archiver(
+            self, recorder or _no_recorder, max_seconds=archive_max_seconds, clock=clock,
+            keys=(lambda aid: derive(f"archive {aid}", "recorder")) if derive else None,
+        )
 
     # Loading ----------------------------------------------------------------------
 
@@ -67,6 +79,7 @@ class SessionUnit:
         it finds were connected to an owner that is gone, so their media starts over (``media_reset``)."""
         await self.core.ensure_loaded(session)
         if self.core.ended:
+            await self.archives.adopt()  # (one still recording when it ended is stopped now)
             return
         if self.relayed and not isinstance(self.media, PeerMesh):  # (known once the session is read)
             self.media = PeerMesh(room_of=self.core.room_of)
@@ -82,6 +95,8 @@ class SessionUnit:
                 for pid in restored:
                     await self.media.join(pid)
                 self.media.reset("the session was restored after a fault")
+        if not self.relayed:
+            await self.archives.adopt()
         self._sync_breakout_rooms()
         await self.core.notify()
 
@@ -141,6 +156,7 @@ class SessionUnit:
         await self._sync_media_mode()
         async with self._media_lock:
             await self.media.join(participant["id"])
+        await self.archives.on_join()
         await self.core.notify()
         return await self._welcome(participant)
 
@@ -160,6 +176,10 @@ class SessionUnit:
         return {
             "participant": participant, **core.snapshot(participant["id"]), "tracks": self.media.track_list(),
             "media_mode": core.media_mode,
+            "archive": None if self.archives.current is None else {
+                "id": self.archives.current["id"], "name": self.archives.current["name"],
+                "started_at": self.archives.current["started_at"],
+            },
             "chat": await core.chat_history(participant["id"]),
             "questions": core.question_list(),
             "breakouts": core.breakout_view(),
@@ -397,6 +417,7 @@ class SessionUnit:
         session = await self.core.end(reason=reason, by=by)
         self._sync_breakout_rooms()
         await self._release_departed()
+        await self.archives.on_end()
         return session
 
     async def tick(self) -> None:
@@ -405,6 +426,22 @@ class SessionUnit:
         await self._release_departed()
         if self.ended:
             self._sync_breakout_rooms()
+            await self.archives.on_end()
+        else:
+            await self.archives.tick(self.core.clock())
+
+    def next_timer(self) -> float:
+        """When ``tick`` may change something: the session's timers, an archive's time limit."""
+        due = self.archives.due()
+        return min(self.core.next_timer(), due if due is not None else float("inf"))
+
+    # Archives ----------------------------------------------------------------------------
+
+    async def start_archive(self, by: str | None, name: str | None = None, output: str = "individual") -> dict:
+        return await self.archives.start(by, name, output)
+
+    async def stop_archive(self, by: str | None, archive_id: str | None = None) -> dict:
+        return await self.archives.stop(by, archive_id, reason="moderator" if by else "api")
 
     async def wait_events(
         self, participant_id: str, after_seq: int, timeout: float, connection_id: str | None = None

@@ -291,3 +291,36 @@ media_nodes = Table(
     Column("state", String(12), nullable=False),  # active | draining
     Column("updated_at", Float, nullable=False),
 )
+
+
+# A session's recordings: its track files and, when asked, one composed file (see
+# mediaserver/control/archive.py). ``files``: [{name, kind, size}] once written.
+archives = Table(
+    "archives",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("team_id", String(40), ForeignKey("teams.id"), nullable=False),
+    Column("session_id", String(40), ForeignKey("sessions.id"), nullable=False),
+    Column("room_id", String(40), ForeignKey("rooms.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("output", String(12), nullable=False),  # individual | composed | both
+    Column("status", String(12), nullable=False),  # recording | processing | ready | failed
+    Column("started_at", Float, nullable=False),
+    Column("started_by", String(40), nullable=True),  # the moderator's participant id (None: the API or always mode)
+    Column("stopped_at", Float, nullable=True),
+    Column("stop_reason", String(20), nullable=True),  # moderator | api | session_ended | max_duration | failed
+    Column("files", JSON, nullable=False, server_default=text("'[]'")),
+    Column("size", Integer, nullable=False, server_default=text("0")),
+    Column("error", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_archives_team", "team_id", "started_at"),
+    Index("ix_archives_session", "session_id", "started_at"),
+    # At most one archive per session records at a time: the database holds the rule.
+    Index(
+        "ux_archives_one_recording_per_session",
+        "session_id",
+        unique=True,
+        sqlite_where=text("status = 'recording'"),
+        postgresql_where=text("status = 'recording'"),
+    ),
+)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id, new_secret
+from mediaserver.store.archive_store import ArchiveStore
 from mediaserver.store.event_store import EventStore
 from mediaserver.store.inloop import InLoopEngine
 from mediaserver.store.locking import lock_row
@@ -66,7 +67,7 @@ def _matches(q: str, *columns: Any) -> Any:
     return sa.or_(*(sa.func.lower(sa.func.coalesce(c, "")).like(pattern, escape="\\") for c in columns))
 
 
-class Store(EventStore, PeopleStore):
+class Store(EventStore, PeopleStore, ArchiveStore):
     def __init__(self, url: str, *, echo: bool = False):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")

@@ -85,7 +85,34 @@ async function refreshRecord() {
     tr.onclick = tr.onkeydown = (e) => { if (e.type === "click" || e.key === "Enter") { selectedParticipant = p; refreshTimeline(); } };
     return tr;
   }));
+  await refreshArchives(s.id);
   if (selectedParticipant) await refreshTimeline();
+}
+
+const size = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.ceil(n / 1e3)} kB`);
+
+async function refreshArchives(sessionId) {
+  const { archives } = await api(`/v1/archives?session_id=${encodeURIComponent(sessionId)}`);
+  $("archives").hidden = !archives.length;
+  $("archives").tBodies[0].replaceChildren(...archives.map((a) => {
+    const tr = document.createElement("tr");
+    const files = a.files.map((f) => `${f.name} (${size(f.size)})`).join(", ") || "–";
+    const recorded = `${fmt(a.started_at)} – ${a.stopped_at ? `${fmt(a.stopped_at)} (${a.stop_reason})` : "now"}`;
+    const td = document.createElement("td");
+    if (a.status === "ready") {
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = "Download"; b.setAttribute("aria-label", `Download the archive ${a.name}`);
+      b.onclick = async () => {  // (the API key is a header, so the file comes through fetch)
+        const r = await fetch(`/v1/archives/${a.id}/zip`, { headers: { Authorization: `Basic ${auth}` } });
+        if (!r.ok) return status(`Download failed (${r.status}).`, true);
+        const link = Object.assign(document.createElement("a"), { href: URL.createObjectURL(await r.blob()), download: `${a.id}.zip` });
+        link.click(); URL.revokeObjectURL(link.href);
+      };
+      td.append(b);
+    }
+    tr.append(cell(a.name), cell(a.error ? `${a.status}: ${a.error}` : a.status), cell(recorded), cell(files), cell(size(a.size)), td);
+    return tr;
+  }));
 }
 
 // End-to-end encrypted text is the participants' to read, not the server's.
@@ -101,6 +128,7 @@ const DESCRIBE = {
   chat: (d) => `chat: ${readable(d.message.text)}`, question_asked: (d) => `asked: ${readable(d.question.text)}`,
   question_upvoted: "upvoted a question", session_ended: (d) => `session ended (${d.reason})`,
   quality: (d) => `reception ${d.grade}: ${d.loss_percent}% lost, ${d.jitter_ms} ms jitter`,
+  archive_started: (d) => `started recording (${d.output})`, archive_stopped: (d) => `recording stopped (${d.reason})`,
 };
 
 async function refreshTimeline() {

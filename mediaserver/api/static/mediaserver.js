@@ -152,6 +152,7 @@ export class Room extends EventTarget {
           this.questions = new Map((msg.questions || []).map((q) => [q.id, q]));
           this.breakouts = msg.breakouts && msg.breakouts.rooms ? msg.breakouts : { rooms: [], open: false, plan: {} };
           this.event = msg.event || null; // an event's session: {starts_at, start_from, started}
+          this.archive = msg.archive || null; // the archive recording the session: {id, name, started_at}
           this._openAll();
           this._emit(msg.resumed ? "reconnected" : "joined", msg);
           if (this.relayed && !this._qualityTimer) this._qualityTimer = setInterval(() => this._reportQuality().catch(() => {}), 10000);
@@ -241,6 +242,9 @@ export class Room extends EventTarget {
     else if (msg.event === "question_upvoted" && this.questions.has(d.question_id)) this.questions.get(d.question_id).votes = d.votes;
     else if (msg.event.startsWith("breakouts_")) this.breakouts = { rooms: d.rooms, open: d.open, plan: d.plan };
     else if (msg.event === "session_started" && this.event) this.event.started = true;
+    else if (msg.event === "archive_started") this.archive = { id: d.archive_id, name: d.name, started_at: msg.at };
+    else if (msg.event === "archive_stopped" && this.archive && this.archive.id === d.archive_id) this.archive = null;
+    if (msg.event === "archive_started" || msg.event === "archive_stopped") this._emit("archive", this.archive);
     const p = this.participants.get(msg.participant_id);
     if (p) {
       if (msg.event === "role_changed") p.role = d.role;
@@ -392,6 +396,9 @@ export class Room extends EventTarget {
     if (this.event) this.event.started = true;
     return r;
   }
+  // Moderators: record the session (output: "individual" | "composed" | "both"), and stop.
+  startArchive(output = "individual", name) { return this.request({ type: "archive_start", output, ...(name ? { name } : {}) }); }
+  stopArchive() { return this.request({ type: "archive_stop" }); }
   requestStage() { return this.request({ type: "request_stage" }); }
   cancelStageRequest() { return this.request({ type: "cancel_stage_request" }); }
   answerStageRequest(participantId, approve) { return this.request({ type: "answer_stage_request", participant_id: participantId, approve }); }

@@ -289,6 +289,14 @@ function render() {
   $("end").hidden = $("tab-rooms").hidden = $("all-rooms-label").hidden = !isSpeaker();
   // An event's session: its speakers start it, from five minutes before its slot.
   $("start-session").hidden = !isSpeaker() || !room.event || room.event.started;
+  // Everyone sees that the session is being recorded; speakers start and stop it (end-to-end
+  // encrypted and relayed rooms cannot be recorded: the server never sees their media).
+  $("recording").hidden = !room.archive;
+  $("recording").title = room.archive ? `Recording: ${room.archive.name}` : "";
+  const recordable = room.roomInfo && room.roomInfo.media_mode !== "relayed" && encryption === "server";
+  $("record").hidden = !isSpeaker() || !recordable;
+  $("record").textContent = room.archive ? "Stop recording" : "Record";
+  $("record").setAttribute("aria-pressed", String(!!room.archive));
   if (room.event && !room.event.started) {
     const from = room.event.start_from * 1000;
     const early = Date.now() < from;
@@ -481,6 +489,7 @@ function wire(r) {
     render();
   });
   r.addEventListener("breakouts", render);
+  r.addEventListener("archive", ({ detail }) => { status(detail ? "This session is being recorded." : "Recording stopped."); render(); });
   r.addEventListener("unpublished", () => { preview = null; render(); });
   r.addEventListener("closed", ({ detail }) => {
     if (detail.code === 4003) finish(detail.reason === "removed" ? "A speaker removed you from the session." : "You joined from somewhere else.", "warn");
@@ -528,6 +537,11 @@ $("leave").onclick = async () => {
 };
 // Ending is for everyone at once: ask first.
 $("end").onclick = () => $("confirm-end").showModal();
+$("record").onclick = async () => {
+  $("record").disabled = true;
+  try { await (room.archive ? room.stopArchive() : room.startArchive("both")); } catch (err) { status(explain(err), "warn"); }
+  finally { $("record").disabled = false; render(); }
+};
 $("confirm-end").addEventListener("close", () => {
   if ($("confirm-end").returnValue === "end") room.endSession().catch((err) => status(explain(err), "warn"));
 });

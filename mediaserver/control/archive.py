@@ -1,0 +1,208 @@
+"""A session's archives: the rules for starting and stopping them, always mode and the time limit.
+
+A plain class each ``SessionUnit`` owns. The store holds the record (one archive recording per
+session at most: the database checks it) and the recorder writes the files (see
+``mediaserver/media/recorder.py``); the unit's ``MediaSession`` sends the tracks there.
+
+- Only routed media reaches the server: a relayed room refuses (``archive_requires_routed``),
+  an automatic one goes routed for good; end-to-end encrypted media cannot be read by the
+  server (``archive_not_allowed_e2ee``).
+- ``archive_mode: always``: an archive starts with the session's first participant and stops
+  when the session ends; one that reaches ``max_seconds`` stops and, in always mode, the next
+  begins at once.
+- On stop the recorder finishes the track files and writes ``manifest.json``; with a composed
+  output the archive stays ``processing`` until the composed MP4 is built, then is ``ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from mediaserver.control.media import Recording
+from mediaserver.errors import MediaserverError
+from mediaserver.media.legs import leg_keys
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("individual", "composed", "both")
+E2EE = ("session_key", "passphrase")
+
+
+def public(row: dict) -> dict:
+    """An archive as the API shows it."""
+    keys = ("id", "session_id", "room_id", "name", "output", "status", "started_at", "started_by", "stopped_at",
+            "stop_reason", "files", "size", "error")
+    return {k: row.get(k) for k in keys}
+
+
+class Archiver:
+    def __init__(self, unit: Any, recorder: Callable[[str], Any], *, max_seconds: float = 4 * 3600,
+                 clock: Callable[[], float], keys: Callable[[str], tuple[str, str]] | None = None):
+        self.unit = unit  # the SessionUnit (its core, media and media lock)
+        self.recorder = recorder  # media worker name -> the recorder client on that worker's node
+        # archive -> its leg's keys: derived, so an owner that restarts reaches the same recorder
+        self.keys = keys or (lambda archive_id: leg_keys())
+        self.max_seconds = max_seconds
+        self.clock = clock
+        self.current: dict | None = None  # the archive recording now (its row)
+        self._finishing: set[asyncio.Task] = set()
+
+    @property
+    def core(self) -> Any:
+        return self.unit.core
+
+    def _recording(self, archive_id: str) -> Recording:
+        core = self.core
+        return Recording(archive_id, self.recorder(self.unit.media_home), self.keys(archive_id),
+                         name_of=lambda pid: (core.participants.get(pid) or {}).get("name") or "")
+
+    async def adopt(self) -> None:
+        """On loading: an archive the store says is recording goes on (the recorder keeps its
+        files; tracks published from now on start new segments), or stops if the session ended."""
+        row = await self.core.store.recording_archive(self.unit.session_id)
+        if row is None:
+            return
+        self.current = row
+        if self.core.ended:
+            await self.on_end()
+            return
+        try:
+            async with self.unit._media_lock:
+                await self.unit.media.record(self._recording(row["id"]))
+        except Exception as e:
+            log.warning("archive %s of %s not taken up again: %r", row["id"], self.unit.session_id, e)
+            await self.stop(None, row["id"], reason="failed", error=f"the recorder was lost: {e}"[:500])
+
+    def refusal(self) -> MediaserverError | None:
+        room = self.core.room
+        if room.get("encryption") in E2EE:
+            return MediaserverError(
+                "archive_not_allowed_e2ee",
+                "this room's media is end-to-end encrypted: the server cannot read it, so it cannot archive it",
+            )
+        if room.get("media_mode") == "relayed":
+            return MediaserverError(
+                "archive_requires_routed",
+                "this room connects participants directly (relayed): only routed or auto rooms can be archived",
+            )
+        return None
+
+    async def start(self, by: str | None, name: str | None, output: str) -> dict:
+        core = self.core
+        core.require_live()
+        if by is not None:
+            core._require_moderator(by)
+        if output not in OUTPUTS:
+            raise MediaserverError("invalid_request", f"output must be one of {', '.join(OUTPUTS)}")
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
+        if core.media_mode == "relayed":  # an auto room: media through the server from now on
+            await core.go_routed("archive_started")
+            await self.unit._sync_media_mode()
+        name = (name or f"{core.room.get('name') or 'Session'} archive").strip()[:100]
+        row = await core.store.create_archive(core.session, name, output, by)
+        try:
+            async with self.unit._media_lock:
+                await self.unit.media.record(self._recording(row["id"]))
+        except Exception as e:
+            log.warning("archive %s of %s did not start: %r", row["id"], self.unit.session_id, e)
+            await core.store.finish_archive(row["id"], frm="recording", to="failed", stopped_at=self.clock(),
+                                            stop_reason="failed", error=f"the recorder did not start: {e}"[:500])
+            raise MediaserverError("unavailable", "the recorder could not start; try again") from None
+        self.current = row
+        await core.record(by, "archive_started", archive_id=row["id"], name=name, output=output)
+        return public(row)
+
+    async def stop(self, by: str | None, archive_id: str | None, *, reason: str, error: str | None = None) -> dict:
+        core = self.core
+        if by is not None:
+            core._require_moderator(by)
+        current = self.current or await core.store.recording_archive(self.unit.session_id)
+        if current is None or (archive_id is not None and current["id"] != archive_id):
+            row = await core.store.get_archive(archive_id) if archive_id else None
+            if archive_id and (row is None or row["session_id"] != self.unit.session_id):
+                raise MediaserverError("archive_not_found", f"no archive {archive_id} in this session")
+            raise MediaserverError("archive_not_recording", "no archive of this session is recording now")
+        row = await core.store.finish_archive(current["id"], frm="recording", to="processing",
+                                              stopped_at=self.clock(), stop_reason=reason, error=error)
+        if row is None:
+            raise MediaserverError("archive_not_recording", "this archive has stopped already")
+        self.current = None
+        async with self.unit._media_lock:
+            media = self.unit.media
+            recording = getattr(media, "recording", None)
+            try:
+                if recording is not None and recording.archive_id == row["id"]:
+                    result = await media.stop_recording()
+                else:  # (its routes went with a restart: the recorder still has its files)
+                    result = await self.recorder(self.unit.media_home).stop_archive(row["id"])
+            except Exception as e:
+                result = {"segments": [], "skipped": [], "error": repr(e)}
+        if not core.ended:
+            await core.record(by, "archive_stopped", archive_id=row["id"], reason=reason)
+        task = asyncio.ensure_future(self._finish(row, result))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return public(row)
+
+    async def _finish(self, row: dict, result: dict) -> dict:
+        """Write the manifest, compose if asked, and mark the archive ready (or failed)."""
+        store = self.core.store
+        recorder = self.recorder(self.unit.media_home)
+        try:
+            manifest = {
+                "archive_id": row["id"], "session_id": row["session_id"], "room_id": row["room_id"],
+                "name": row["name"], "started_at": row["started_at"], "stopped_at": row["stopped_at"],
+                "segments": result.get("segments", []), "not_recorded": result.get("skipped", []),
+            }
+            files = await recorder.write_manifest(row["id"], manifest)
+            if row["output"] in ("composed", "both"):
+                files = await recorder.compose(row["id"])
+            if row["output"] == "composed":
+                files = [f for f in files if f["kind"] != "track"]
+            done = await store.finish_archive(row["id"], frm="processing", to="ready", files=files,
+                                              size=sum(f["size"] for f in files))
+        except Exception as e:
+            log.warning("archive %s not finished: %r", row["id"], e)
+            done = await store.finish_archive(row["id"], frm="processing", to="failed", error=str(e)[:500])
+        if done is not None and not self.core.ended:
+            try:
+                await self.core.record(None, "archive_ready" if done["status"] == "ready" else "archive_failed",
+                                       visibility="log", archive_id=row["id"], size=done["size"])
+            except MediaserverError:
+                pass
+        return done or row
+
+    async def wait_finished(self) -> None:
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    # Always mode and the time limit -------------------------------------------------------------
+
+    async def on_join(self) -> None:
+        if self.core.room.get("archive_mode") == "always" and self.current is None and self.refusal() is None:
+            try:
+                await self.start(None, None, "both")
+            except MediaserverError as e:
+                if e.code != "archive_already_recording":  # (another join started it)
+                    log.warning("always-mode archive of %s not started: %s", self.unit.session_id, e)
+
+    async def on_end(self) -> None:
+        if self.current is not None:
+            try:
+                await self.stop(None, self.current["id"], reason="session_ended")
+            except MediaserverError:
+                pass
+
+    def due(self) -> float | None:
+        return None if self.current is None else self.current["started_at"] + self.max_seconds
+
+    async def tick(self, now: float) -> None:
+        if self.current is not None and now >= self.current["started_at"] + self.max_seconds and not self.core.ended:
+            await self.stop(None, self.current["id"], reason="max_duration")
+            if self.core.room.get("archive_mode") == "always":
+                await self.start(None, None, "both")
+
