@@ -22,6 +22,7 @@ worker serves with < 0.5% loss and p99 < 5 ms.
 
     python -m loadtest.bench_fastpath                 # benchmark 1, both SRTP profiles
     python -m loadtest.bench_fastpath --capacity      # benchmark 3
+    python -m loadtest.bench_fastpath --archive       # the worker's cost of archiving a track
 
 Run it in a loopback-only namespace, as ``make bench`` does: ``unshare -n sh -c 'ip link set lo up && ...'``.
 """
@@ -259,11 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--counts", type=int, nargs="+", default=[250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000])
     ap.add_argument("--e2ee", action="store_true",
                     help="end-to-end encrypted frames: 30 bytes more per packet (tag and trailer), against plain")
+    ap.add_argument("--archive", action="store_true",
+                    help="one track archived among its subscribers (one more SRTP output, to the recorder), against none")
     args = ap.parse_args(argv)
     _pin(CLIENT_CPU)
     print(f"machine: {machine()}")
     if args.e2ee:
         return e2ee_rows(args)
+    if args.archive:
+        return archive_rows(args)
     if args.capacity:
         print(f"benchmark 3: 2 Mbps video subscribers on one worker (fast path, {args.profiles[0]}), {args.duration:g} s per step")
         best, _ = capacity(args.profiles[0], args.duration, args.counts)
@@ -298,6 +303,26 @@ def e2ee_rows(args) -> int:
         sealed = measure("fastpath", profile, fanout, args.rate, args.duration, PACKET + E2EE_OVERHEAD)
         print(f"{fanout:>7} {plain['cpu_us_per_packet']:>17.2f} {sealed['cpu_us_per_packet']:>16.2f} "
               f"{sealed['cpu_us_per_packet'] / plain['cpu_us_per_packet']:>6.2f}", flush=True)
+    return 0
+
+
+def archive_rows(args, runs: int = 3) -> int:
+    """The media worker's cost of archiving a track: the recorder gets one more copy over an SRTP
+    leg (``MediaSession._record_track``: a relay endpoint on the worker, forwarded like any other
+    output, the recorder in a process of its own). Side by side, the same publisher rate to N
+    subscribers alone and with the archive's leg: CPU per packet delivered to subscribers."""
+    profile = args.profiles[0]
+    print(f"one archived track among its subscribers, fast path, {profile}, {args.rate:,.0f} pkt/s to subscribers, "
+          f"best of {runs} runs each")
+    print(f"{'subscribers':>11} {'CPU-us/pkt':>11} {'archived: CPU-us/subscriber pkt':>32} {'ratio':>6}")
+    for fanout in args.fanout:
+        _raise_fd_limit(fanout + 64)
+        plain, archived = [], []
+        for _ in range(runs):  # interleaved, the best of each: the machine is shared
+            plain.append(measure("fastpath", profile, fanout, args.rate, args.duration)["cpu_us_per_packet"])
+            leg = measure("fastpath", profile, fanout + 1, args.rate * (fanout + 1) / fanout, args.duration)
+            archived.append(leg["cpu_us_per_packet"] * (fanout + 1) / fanout)  # (its CPU over the subscribers' packets)
+        print(f"{fanout:>11} {min(plain):>11.2f} {min(archived):>32.2f} {min(archived) / min(plain):>6.2f}", flush=True)
     return 0
 
 

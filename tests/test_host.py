@@ -281,3 +281,55 @@ async def test_an_auto_room_whose_peers_cannot_connect_goes_routed(env):
     with pytest.raises(MediaserverError) as e:
         await host.call(routed, "direct_failed", r["id"])
     assert e.value.code == "invalid_request"
+
+
+async def test_archive_timers_always_mode_sleep_and_a_new_host(env, tmp_path):
+    """Always mode: recording from the first join; at the time limit one archive stops and the
+    next begins; it goes on while the session sleeps, and a new host takes it up; the session's
+    end stops it."""
+    from mediaserver.media.recorder import RecorderService
+
+    store, team, clock, new_host, directory = env
+    recorder = RecorderService(host="127.0.0.1", archive_dir=str(tmp_path / "archives"))
+
+    def host_with_recorder() -> SessionHost:
+        h = new_host()
+        h.places.recorder = lambda worker: recorder
+        h.places.leg_keys = lambda a, b: ("11" * 28, "22" * 28)
+        h.cfg["archive_max_seconds"] = 60.0
+        return h
+
+    host = host_with_recorder()
+    await host.start()
+    room = await store.create_room(team["id"], {**ROOM, "archive_mode": "always"})
+    sid = (await directory.open_session(room))["id"]
+    mod = (await host.call(sid, "join", "mod", "Mod", "moderator"))["participant"]
+    first = await store.recording_archive(sid)
+    assert first is not None and first["output"] == "both" and first["started_by"] is None
+    assert list(recorder.recorders) == [first["id"]]
+    clock.t += 61
+    await host.tick()
+    second = await store.recording_archive(sid)
+    assert second is not None and second["id"] != first["id"]
+    await host.units[sid].archives.wait_finished()
+    done = await store.get_archive(first["id"])
+    assert done["status"] == "ready" and done["stop_reason"] == "max_duration", done
+    assert {f["name"] for f in done["files"]} == {"manifest.json", "composed.mp4"}
+
+    # Nobody connected: the session sleeps, its archive records on (nothing to record).
+    await host.call(sid, "disconnect", mod["id"], mod["connection_id"])
+    await host.tick()
+    assert sid not in host.units and (await store.recording_archive(sid))["id"] == second["id"]
+    # A new host (the old one died) wakes it when someone comes back: the same archive goes on.
+    await host.stop()
+    host = host_with_recorder()
+    await host.start()
+    back = await host.call(sid, "resume", mod["id"])
+    assert back["archive"]["id"] == second["id"]
+    assert host.units[sid].media.recording.archive_id == second["id"]
+    # Its end stops it.
+    await host.call(sid, "end", "api")
+    await host.units[sid].archives.wait_finished()
+    done = await store.get_archive(second["id"])
+    assert done["status"] == "ready" and done["stop_reason"] == "session_ended"
+    assert await store.recording_archive(sid) is None and recorder.recorders == {}

@@ -103,7 +103,7 @@ class Archiver:
             await core.go_routed("archive_started")
             await self.unit._sync_media_mode()
         name = (name or f"{core.room.get('name') or 'Session'} archive").strip()[:100]
-        row = await core.store.create_archive(core.session, name, output, by)
+        row = await core.store.create_archive(core.session, name, output, by, now=self.clock())
         try:
             async with self.unit._media_lock:
                 await self.unit.media.record(self._recording(row["id"]))

@@ -219,6 +219,18 @@ class MediaSession:
             await self.worker.unroute(tid, t.ssrc, rec.leg)
         await rec.recorder.end_track(rec.archive_id, ssrc)  # its file is finished now
 
+    async def detach_recording(self) -> None:
+        """Close the recorder's leg but leave the archive open (the session goes to sleep: its
+        next owner takes the archive up again)."""
+        rec = self.recording
+        if rec is not None and rec.leg:
+            try:
+                await self.worker.close_transport(rec.leg)  # (its routes go with it)
+            except Exception:
+                pass
+            rec.leg = None
+            rec.ssrcs.clear()
+
     async def stop_recording(self) -> dict:
         """Stop sending to the recorder and let it finish its files: what it wrote."""
         rec, self.recording = self.recording, None

@@ -388,6 +388,8 @@ class SessionUnit:
         async with self._media_lock:
             for pid in list(self.media.subscribers):
                 await self.media.leave(pid)
+            if isinstance(self.media, MediaSession):
+                await self.media.detach_recording()
 
     async def _unpublish(self, participant_id: str) -> None:
         """Off the stage: stop forwarding its media now; its client closes its publish connection."""

@@ -19,8 +19,9 @@ from mediaserver.store.schema import archives
 class ArchiveStore:
     engine: Any
 
-    async def create_archive(self, session: dict, name: str, output: str, started_by: str | None) -> dict:
-        now = time.time()
+    async def create_archive(self, session: dict, name: str, output: str, started_by: str | None,
+                             now: float | None = None) -> dict:
+        now = time.time() if now is None else now
         row = {
             "id": new_id("arc"), "team_id": session["team_id"], "session_id": session["id"], "room_id": session["room_id"],
             "name": name, "output": output, "status": "recording", "started_at": now, "started_by": started_by,
@@ -35,13 +36,13 @@ class ArchiveStore:
             ) from None
         return row
 
-    async def finish_archive(self, archive_id: str, *, frm: str, to: str, **fields: Any) -> dict | None:
+    async def finish_archive(self, archive_id: str, *, frm: str, to: str, now: float | None = None, **fields: Any) -> dict | None:
         """Move an archive from status ``frm`` to ``to`` (with ``fields``); None if it was not
         in ``frm`` (someone else moved it first)."""
         async with self.write() as conn:
             res = await conn.execute(
                 archives.update().where(archives.c.id == archive_id, archives.c.status == frm)
-                .values(status=to, updated_at=time.time(), **fields)
+                .values(status=to, updated_at=time.time() if now is None else now, **fields)
             )
         return await self.get_archive(archive_id) if res.rowcount else None
 
