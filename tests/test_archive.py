@@ -211,12 +211,13 @@ async def test_always_mode_archives_from_the_first_join_and_composes(server, tmp
 
 
 @needs_chromium
-@pytest.mark.parametrize("codec", ["VP8", "H264"])
-async def test_a_moderator_records_two_browsers_from_the_meeting_page(server, browser, tmp_path, codec):
-    """Chromium publishers (VP8 or H264, and Opus): the speaker records from the page, everyone
-    sees the badge, and the archive holds both browsers' tracks and a composed file with both."""
+@pytest.mark.parametrize("codec, mode", [("VP8", "manual"), ("H264", "always"), ("VP9", "manual")])
+async def test_browsers_are_archived_from_the_meeting_page_or_always(server, browser, tmp_path, codec, mode):
+    """Chromium publishers (VP8 or H264, and Opus). Manual: the speaker records from the page and
+    everyone sees the badge come and go. Always: recorded from the first join until the session
+    ends. Either way the archive holds both browsers' tracks and a composed file with both."""
     async with server.http() as http:
-        room = await make_room(http, name="Recorded call", media_mode="routed")
+        room = await make_room(http, name="Recorded call", media_mode="routed", archive_mode=mode)
         pages = []
         for identity, role in (("rec-ann", "moderator"), ("rec-bob", "publisher")):
             page = await (await browser.new_context()).new_page()
@@ -226,17 +227,24 @@ async def test_a_moderator_records_two_browsers_from_the_meeting_page(server, br
         ann, bob = pages
         await eventually(lambda: _decoding(pages), timeout=60, interval=0.5)
         assert await bob.locator("#record").is_hidden()  # only speakers record
-        await ann.get_by_role("button", name="Record").click()
+        if mode == "manual":
+            assert await ann.locator("#recording").is_hidden()
+            await ann.get_by_role("button", name="Record").click()
         for page in pages:
             await page.locator("#recording").wait_for(state="visible", timeout=15000)
         await asyncio.sleep(4)
-        await ann.get_by_role("button", name="Stop recording").click()
-        for page in pages:
-            await page.locator("#recording").wait_for(state="hidden", timeout=15000)
+        if mode == "manual":
+            await ann.get_by_role("button", name="Stop recording").click()
+            for page in pages:
+                await page.locator("#recording").wait_for(state="hidden", timeout=15000)
+        else:
+            assert await ann.get_by_role("button", name="Stop recording").is_visible()
+            await http.post(f"/v1/sessions/{await ann.evaluate('window.room.session.id')}/end")
         session_id = await ann.evaluate("window.room.session.id")
         archive = (await http.get("/v1/archives", params={"session_id": session_id})).json()["archives"][0]
         done = await _ready(http, archive["id"], timeout=120)
-        assert done["status"] == "ready" and done["output"] == "both" and done["stop_reason"] == "moderator", done
+        assert done["status"] == "ready" and done["output"] == "both", done
+        assert done["stop_reason"] == ("moderator" if mode == "manual" else "session_ended")
         manifest = json.loads((await _download(http, done, "manifest.json", tmp_path)).read_text())
         tracks = {(s["name"], s["kind"], s["codec"]) for s in manifest["segments"]}
         assert {(n, k) for n, k, _ in tracks} >= {(who, kind) for who in ("rec-ann", "rec-bob") for kind in ("audio", "video")}, tracks
@@ -244,7 +252,7 @@ async def test_a_moderator_records_two_browsers_from_the_meeting_page(server, br
         for s in manifest["segments"]:
             info = _probe(await _download(http, done, s["file"], tmp_path))
             assert info["streams"][0]["codec_name"] == (codec.lower() if s["kind"] == "video" else "opus")
-            assert 2.5 < float(info["format"]["duration"]) < 7, (s, info["format"]["duration"])
+            assert 2.5 < float(info["format"]["duration"]) < (7 if mode == "manual" else 30), (s, info["format"]["duration"])
         composed = _probe(await _download(http, done, "composed.mp4", tmp_path))
         video = next(s for s in composed["streams"] if s["codec_type"] == "video")
         assert (video["width"], video["height"]) == (1280, 360)  # both browsers, side by side

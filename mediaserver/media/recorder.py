@@ -4,8 +4,8 @@ A media worker sends each archived track over a leg like the ones between worker
 keys from the control plane, no ICE or DTLS), so the forwarding loop only protects and sends
 one more copy. Here each packet is decrypted, put back in order and assembled into frames
 (aiortc's jitter buffer and depayloaders) and muxed with PyAV, one file per track segment:
-VP8 and Opus into WebM, H264 into Matroska (Annex B, parameter sets in band, as browsers
-send them). (A track in another codec, VP9, is listed as not recorded.)
+VP8, VP9 and Opus into WebM, H264 into Matroska (Annex B, parameter sets in band, as browsers
+send them). (A track in another codec is listed as not recorded.)
 
 A video segment starts on a keyframe: until one comes the recorder asks for it with a PLI
 (RFC 4585 section 6.3.1) back over the leg. A segment ends when its track ends or the archive
@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 KEYFRAME_ASK_SECONDS = 1.0  # how often a video segment still waiting for a keyframe asks again
 # (codec name -> container format, file suffix, PyAV codec)
-CONTAINERS = {"VP8": ("webm", "webm", "vp8"), "OPUS": ("webm", "webm", "libopus"), "H264": ("matroska", "mkv", "h264")}
+CONTAINERS = {"VP8": ("webm", "webm", "vp8"), "VP9": ("webm", "webm", "vp9"), "OPUS": ("webm", "webm", "libopus"),
+              "H264": ("matroska", "mkv", "h264")}
 OPUS_HEAD = b"OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00\x00\x00\x00"  # RFC 7845 section 5.1: stereo, 48 kHz
 
 
@@ -58,9 +59,57 @@ class TrackInfo:
 def _is_keyframe(codec: str, frame: bytes) -> bool:
     if codec == "VP8":
         return bool(frame) and not frame[0] & 0x01  # RFC 6386 section 9.1: P bit clear
+    if codec == "VP9":
+        return _vp9_keyframe(frame)
     if codec == "H264":
         return any(t in (5, 7) for t in _nal_types(frame))  # an IDR picture, or its SPS before it
     return True
+
+
+def _vp9_keyframe(frame: bytes) -> bool:
+    """Whether a VP9 frame is a keyframe: its uncompressed header's frame_type is 0 (VP9
+    bitstream specification section 6.2: frame_marker, profile, show_existing_frame, frame_type)."""
+    if not frame or frame[0] >> 6 != 2:
+        return False
+    bits = frame[0] & 0x3F  # after the 2-bit frame marker
+    profile = (bits >> 5 & 1) | (bits >> 4 & 1) << 1
+    pos = 3 if profile < 3 else 2  # profile 3 has a reserved bit more
+    show_existing = bits >> pos & 1
+    return not show_existing and not (bits >> (pos - 1) & 1)
+
+
+def vp9_depayload(payload: bytes) -> bytes:
+    """The VP9 data of an RTP payload: its payload descriptor removed (RFC 9628 section 4.2)."""
+    if not payload:
+        return b""
+    first = payload[0]
+    i_, p_, l_, f_, v_ = first & 0x80, first & 0x40, first & 0x20, first & 0x10, first & 0x02
+    pos = 1
+    if i_:
+        pos += 2 if payload[pos] & 0x80 else 1  # picture ID, 7 or 15 bits
+    if l_:
+        pos += 1 if f_ else 2  # layer indices (and TL0PICIDX in non-flexible mode)
+    if p_ and f_:
+        while True:  # up to three reference indices, N bit: one more follows
+            more = payload[pos] & 0x01
+            pos += 1
+            if not more:
+                break
+    if v_:  # scalability structure
+        ss = payload[pos]
+        pos += 1
+        spatial = (ss >> 5) + 1
+        if ss & 0x10:
+            pos += 4 * spatial  # WIDTH, HEIGHT per layer
+        if ss & 0x08:
+            groups = payload[pos]
+            pos += 1
+            for _ in range(groups):
+                refs = (payload[pos] >> 2) & 0x03
+                pos += 1 + refs
+    if pos > len(payload):
+        raise ValueError("VP9 payload descriptor longer than the packet")
+    return payload[pos:]
 
 
 def _nal_types(annex_b: bytes) -> list[int]:
@@ -266,7 +315,9 @@ class Recorder:
         stream.addr = addr
         if packet.payload:
             try:
-                packet._data = depayload(stream.codec, packet.payload)  # (the jitter buffer joins these)
+                # (aiortc depacketizes VP8 and H264; VP9 is ours)
+                packet._data = (vp9_depayload(packet.payload) if stream.info.codec.upper() == "VP9"
+                                else depayload(stream.codec, packet.payload))  # (the jitter buffer joins these)
             except Exception:
                 self._count("drop_payload")
                 return
