@@ -98,6 +98,7 @@ STATUS: dict[str, int] = {
     "archive_requires_routed": 409,  # a relayed room's media never reaches the server
     "archive_not_allowed_e2ee": 409,  # the server cannot read end-to-end encrypted media
     "archive_file_not_found": 404,
+    "archive_not_composed": 500,  # FFmpeg missing or failing on the recorder's node
     "unavailable": 503,
     "no_media_capacity": 503,  # every media worker is full or draining
     "internal": 500,

@@ -333,3 +333,30 @@ async def test_archive_timers_always_mode_sleep_and_a_new_host(env, tmp_path):
     done = await store.get_archive(second["id"])
     assert done["status"] == "ready" and done["stop_reason"] == "session_ended"
     assert await store.recording_archive(sid) is None and recorder.recorders == {}
+
+
+async def test_an_archive_without_ffmpeg_keeps_its_track_files(env, tmp_path, monkeypatch):
+    """``both`` without a composed file is still ready, saying why; ``composed`` alone fails."""
+    from mediaserver.media import compose
+    from mediaserver.media.recorder import RecorderService
+
+    def missing() -> str:
+        raise RuntimeError("ffmpeg is not installed on this node")
+
+    monkeypatch.setattr(compose, "ffmpeg_path", missing)
+    store, team, clock, new_host, directory = env
+    recorder = RecorderService(host="127.0.0.1", archive_dir=str(tmp_path / "archives"))
+    host = new_host()
+    host.places.recorder = lambda worker: recorder
+    host.places.leg_keys = lambda a, b: ("11" * 28, "22" * 28)
+    await host.start()
+    sid = await open_session(store, team, directory)
+    mod = (await host.call(sid, "join", "mod", "Mod", "moderator"))["participant"]
+    for output, status in (("both", "ready"), ("composed", "failed")):
+        started = await host.call(sid, "start_archive", mod["id"], None, output)
+        await host.call(sid, "stop_archive", mod["id"], started["id"])
+        await host.units[sid].archives.wait_finished()
+        done = await store.get_archive(started["id"])
+        assert done["status"] == status and "ffmpeg is not installed" in done["error"], done
+        if status == "ready":
+            assert [f["name"] for f in done["files"]] == ["manifest.json"]

@@ -134,24 +134,28 @@ class Archiver:
         async with self.unit._media_lock:
             media = self.unit.media
             recording = getattr(media, "recording", None)
+            ours = recording is not None and recording.archive_id == row["id"]
+            # (the recorder that has its files: the one it was sent to, else the one beside home)
+            recorder = recording.recorder if ours else self.recorder(self.unit.media_home)
             try:
-                if recording is not None and recording.archive_id == row["id"]:
-                    result = await media.stop_recording()
-                else:  # (its routes went with a restart: the recorder still has its files)
-                    result = await self.recorder(self.unit.media_home).stop_archive(row["id"])
+                result = await media.stop_recording() if ours else await recorder.stop_archive(row["id"])
             except Exception as e:
                 result = {"segments": [], "skipped": [], "error": repr(e)}
         if not core.ended:
             await core.record(by, "archive_stopped", archive_id=row["id"], reason=reason)
-        task = asyncio.ensure_future(self._finish(row, result))
+        task = asyncio.ensure_future(self._finish(row, result, recorder))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         return public(row)
 
-    async def _finish(self, row: dict, result: dict) -> dict:
-        """Write the manifest, compose if asked, and mark the archive ready (or failed)."""
+    async def _finish(self, row: dict, result: dict, recorder: Any) -> dict:
+        """Write the manifest, compose if asked, and mark the archive ready (or failed). A composed
+        file that cannot be made fails an archive that asked only for it; with ``both`` the track
+        files stay, ready, and ``error`` says why there is no composed one."""
         store = self.core.store
-        recorder = self.recorder(self.unit.media_home)
+        problems = [f"track {t['track_id']} not recorded: {t['error']}" for t in result.get("lost", [])]
+        if result.get("error"):
+            problems.append(f"the recorder did not finish: {result['error']}")
         try:
             manifest = {
                 "archive_id": row["id"], "session_id": row["session_id"], "room_id": row["room_id"],
@@ -160,11 +164,17 @@ class Archiver:
             }
             files = await recorder.write_manifest(row["id"], manifest)
             if row["output"] in ("composed", "both"):
-                files = await recorder.compose(row["id"])
+                try:
+                    files = await recorder.compose(row["id"])
+                except MediaserverError as e:
+                    if row["output"] == "composed":
+                        raise
+                    problems.append(f"no composed file: {e.message}")
             if row["output"] == "composed":
                 files = [f for f in files if f["kind"] != "track"]
             done = await store.finish_archive(row["id"], frm="processing", to="ready", files=files,
-                                              size=sum(f["size"] for f in files))
+                                              size=sum(f["size"] for f in files),
+                                              error="; ".join(problems)[:500] or row.get("error"))
         except Exception as e:
             log.warning("archive %s not finished: %r", row["id"], e)
             done = await store.finish_archive(row["id"], frm="processing", to="failed", error=str(e)[:500])

@@ -20,12 +20,15 @@ the same leg.
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from mediaserver.errors import MediaserverError
+
+log = logging.getLogger(__name__)
 
 
 def worker_index(session_id: str, workers: int) -> int:
@@ -101,6 +104,7 @@ class Recording:
     address: dict | None = None
     leg: str | None = None  # the leg's transport on the home worker (made with the first track)
     ssrcs: dict[str, int] = field(default_factory=dict)  # track -> its SSRC on the leg
+    lost: list[dict] = field(default_factory=list)  # tracks the recorder could not take
 
 
 @dataclass
@@ -190,15 +194,25 @@ class MediaSession:
 
     async def record(self, recording: Recording) -> None:
         """Start sending every track, and every track published from now on, to a recorder."""
-        self.recording = recording
         recording.address = await recording.recorder.start_archive(recording.archive_id, recording.keys[0], recording.keys[1])
+        self.recording = recording
         for t in list(self.tracks.values()):
             await self._record_track(t)
 
     async def _record_track(self, t: Track) -> None:
+        """Send ``t`` to the recorder too. A recorder that fails loses the archive that track, never
+        the publication (the publisher's answer does not wait on it failing)."""
         rec = self.recording
         if rec is None or t.id in rec.ssrcs or t.participant_id not in self.publish_transport:
             return
+        try:
+            await self._send_to_recorder(rec, t)
+        except Exception as e:
+            rec.ssrcs.pop(t.id, None)
+            rec.lost.append({"track_id": t.id, "error": repr(e)[:200]})
+            log.warning("archive %s: track %s not recorded: %r", rec.archive_id, t.id, e)
+
+    async def _send_to_recorder(self, rec: Recording, t: Track) -> None:
         if rec.leg is None:
             leg = await self.worker.relay(rec.address["host"], rec.address["port"], rec.keys[1], rec.keys[0])
             rec.leg = leg["id"]
@@ -217,7 +231,10 @@ class MediaSession:
         tid = self.publish_transport.get(t.participant_id)
         if tid and rec.leg:
             await self.worker.unroute(tid, t.ssrc, rec.leg)
-        await rec.recorder.end_track(rec.archive_id, ssrc)  # its file is finished now
+        try:
+            await rec.recorder.end_track(rec.archive_id, ssrc)  # its file is finished now
+        except Exception as e:  # (the recorder is gone: the archive's stop says so)
+            log.warning("archive %s: end of track %s not recorded: %r", rec.archive_id, t.id, e)
 
     async def detach_recording(self) -> None:
         """Close the recorder's leg but leave the archive open (the session goes to sleep: its
@@ -235,7 +252,7 @@ class MediaSession:
         """Stop sending to the recorder and let it finish its files: what it wrote."""
         rec, self.recording = self.recording, None
         if rec is None:
-            return {"segments": [], "skipped": [], "known": False}
+            return {"segments": [], "skipped": [], "known": False, "lost": []}
         try:
             for track_id in list(rec.ssrcs):
                 t = self.tracks.get(track_id)
@@ -246,7 +263,7 @@ class MediaSession:
                 await self.worker.close_transport(rec.leg)
         except Exception:
             pass  # the worker is gone: so are its routes
-        return await rec.recorder.stop_archive(rec.archive_id)
+        return {**await rec.recorder.stop_archive(rec.archive_id), "lost": rec.lost}
 
     # Routes (across workers) --------------------------------------------------------
 

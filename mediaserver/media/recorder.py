@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -427,8 +428,13 @@ class RecorderService:
         """Build the composed MP4 from the track files (in a thread: it transcodes); its files."""
         from mediaserver.media.compose import compose
 
+        from mediaserver.errors import MediaserverError
+
         directory = os.path.join(self.archive_dir, archive_id)
-        await asyncio.to_thread(compose, directory)
+        try:
+            await asyncio.to_thread(compose, directory)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            raise MediaserverError("archive_not_composed", str(e)[:400]) from None
         return archive_files(directory)
 
     async def stop_archive(self, archive_id: str) -> dict:
