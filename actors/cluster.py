@@ -163,6 +163,24 @@ async def call(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         raise MediaserverError("unavailable", f"the control plane is restarting ({type(e).__name__}); retry shortly") from None
 
 
+_remote_functions: dict[Any, Any] = {}
+
+
+async def run_task(fn: Any, *args: Any, num_cpus: float = 1) -> Any:
+    """Run ``fn(*args)`` as a Ray task on whichever node has ``num_cpus`` free (work off the live
+    path, e.g. transcoding); its MediaserverError comes back as itself."""
+    if fn not in _remote_functions:
+        _remote_functions[fn] = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    try:
+        return await _remote_functions[fn].remote(*args)
+    except RayTaskError as e:
+        cause = e.cause if isinstance(e.cause, BaseException) else None
+        if isinstance(cause, MediaserverError):
+            raise MediaserverError(cause.code, cause.message) from None
+        log.error("task %s failed: %r", getattr(fn, "__name__", fn), e)
+        raise MediaserverError("internal", f"the task {getattr(fn, '__name__', fn)} failed") from None
+
+
 async def call_retrying(handle: Any, method: str, *args: Any, deadline: float = 30.0, **kwargs: Any) -> Any:
     """``call`` that waits out an actor restart; only for idempotent methods."""
     loop = asyncio.get_running_loop()

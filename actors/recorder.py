@@ -3,6 +3,7 @@ shell over ``RecorderService``; like the media plane, PyAV is imported only in i
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from actors import cluster
@@ -45,6 +46,13 @@ class RemoteRecorder:
         self._cfg = cfg
         self.spec = spec
         self._handle: Any = None
+
+    async def compose(self, archive_id: str) -> list[dict]:
+        """The composed file is built by a Ray task, on whichever node has a core free (the
+        archive directory is storage every node shares), off the recorder and the live path."""
+        from mediaserver.media.compose import compose_files
+
+        return await cluster.run_task(compose_files, os.path.join(self._cfg["archive_dir"], archive_id))
 
     def __getattr__(self, method: str) -> Any:
         async def call(*args: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
 from pydantic import ValidationError
 
 from mediaserver import tokens
@@ -121,7 +122,9 @@ class Connection:
             self.metrics.connections.dec()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for t, res in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True)):
+                if isinstance(res, Exception) and not isinstance(res, (WebSocketDisconnect, asyncio.CancelledError)):
+                    log.error("connection of %s ended by %r", self.participant_id, res, exc_info=res)
             await self._disconnected()
 
     async def _disconnected(self) -> None:
@@ -221,6 +224,16 @@ class Connection:
                 done = await self.handle(msg)
             except MediaserverError as e:
                 await self.send(m.Error(id=msg.id, code=e.code, message=e.message))
+                continue
+            except (WebSocketDisconnect, asyncio.CancelledError):
+                raise
+            except Exception:
+                if WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state):
+                    return  # the client went away in the middle of it
+                # A bug in one command must not drop the connection (it would close without a
+                # close frame): the command fails, the participant stays.
+                log.exception("%s from %s failed", getattr(msg, "type", "?"), self.participant_id)
+                await self.send(m.Error(id=msg.id, code="internal", message="the server failed on this command; try again"))
                 continue
             finally:
                 self._handling -= 1

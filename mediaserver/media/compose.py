@@ -57,6 +57,28 @@ def command(directory: str, manifest: dict, out: str) -> list[str]:
     ]
 
 
+def archive_files(directory: str) -> list[dict]:
+    """The whole files of an archive (never a ``.part``): name, kind (track, manifest, composed), size."""
+    out = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.endswith(".part"):
+            continue
+        kind = "manifest" if name == "manifest.json" else "composed" if name.startswith("composed.") else "track"
+        out.append({"name": name, "kind": kind, "size": os.path.getsize(os.path.join(directory, name))})
+    return out
+
+
+def compose_files(directory: str) -> list[dict]:
+    """``compose``, then the archive's files; a failure is ``archive_not_composed``, saying why."""
+    from mediaserver.errors import MediaserverError
+
+    try:
+        compose(directory)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        raise MediaserverError("archive_not_composed", str(e)[:400]) from None
+    return archive_files(directory)
+
+
 def compose(directory: str) -> str:
     """Write ``composed.mp4`` in the archive's directory (whole or not at all); its path."""
     with open(os.path.join(directory, "manifest.json")) as f:

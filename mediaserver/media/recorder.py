@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -34,6 +33,7 @@ from aiortc.rtp import RtpPacket
 
 from mediaserver.fastpath_ref import KIND_RTCP, KIND_RTP, classify
 from mediaserver.media import rtcp
+from mediaserver.media.compose import archive_files, compose_files
 from mediaserver.media.srtp import SrtpKeys
 
 log = logging.getLogger(__name__)
@@ -425,17 +425,9 @@ class RecorderService:
         return archive_files(directory)
 
     async def compose(self, archive_id: str) -> list[dict]:
-        """Build the composed MP4 from the track files (in a thread: it transcodes); its files."""
-        from mediaserver.media.compose import compose
-
-        from mediaserver.errors import MediaserverError
-
-        directory = os.path.join(self.archive_dir, archive_id)
-        try:
-            await asyncio.to_thread(compose, directory)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-            raise MediaserverError("archive_not_composed", str(e)[:400]) from None
-        return archive_files(directory)
+        """Build the composed MP4 here (in a thread: it transcodes); the archive's files. (The
+        server runs ``compose_files`` as a Ray task instead, wherever a core is free.)"""
+        return await asyncio.to_thread(compose_files, os.path.join(self.archive_dir, archive_id))
 
     async def stop_archive(self, archive_id: str) -> dict:
         """Finish every file of the archive; its segments and the tracks it could not write."""
@@ -444,13 +436,3 @@ class RecorderService:
             return {"segments": [], "skipped": [], "known": False}
         return {"segments": rec.stop(), "skipped": rec.skipped, "known": True}
 
-
-def archive_files(directory: str) -> list[dict]:
-    """The whole files of an archive (never a ``.part``): name, kind (track, manifest, composed), size."""
-    out = []
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        if name.endswith(".part"):
-            continue
-        kind = "manifest" if name == "manifest.json" else "composed" if name.startswith("composed.") else "track"
-        out.append({"name": name, "kind": kind, "size": os.path.getsize(os.path.join(directory, name))})
-    return out
