@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import sys
 from typing import TextIO
 from urllib.parse import quote
@@ -83,6 +84,7 @@ def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO, *, as_js
         "store": f"{settings.db_url.split('://')[0]} ({_db_where(settings.db_url)})",
         "ray": {"address": ray_info["gcs_address"], "started_here": ray_info["started_here"]},
         "turn": boot.get("turn"),
+        "archives": str(settings.archive_dir or settings.data_dir / "archives"),
         "warnings": settings.url_warnings(),
     }
     if as_json:
@@ -101,6 +103,7 @@ def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO, *, as_js
         f"  Store:      {info['store']}\n"
         f"  Ray:        {ray_info['gcs_address']} ({where})\n"
         f"  TURN:       {boot.get('turn') or 'none (set turn_urls and turn_secret, or turn_local)'}\n"
+        f"  Archives:   {info['archives']}{'' if shutil.which('ffmpeg') else ' (composed files need FFmpeg: apt-get install ffmpeg)'}\n"
         f"{warnings}"
         f"Press Ctrl-C to stop.\n\n"
     )

@@ -93,6 +93,7 @@ def test_serve_banner_and_clean_stop(tmp_path):
     assert httpx.get(demo).status_code == 200
     dashboard = re.search(r"Dashboard:\s+(\S+)", log).group(1)
     assert dashboard == f"{srv.url}/dashboard" and "dashboard" in httpx.get(dashboard).text
+    assert re.search(r"Archives:\s+(\S+)", log).group(1) == str(tmp_path / "archives")  # where recordings go
     token = demo.split("token=", 1)[1]
     assert jwt.decode(token.replace("%3D", "="), secret, algorithms=["HS256"])["role"] == "moderator"
     gcs = (tmp_path / "ray_address").read_text().strip()
