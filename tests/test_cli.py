@@ -106,7 +106,7 @@ def test_serve_banner_and_clean_stop(tmp_path):
     try:
         assert re.search(r"API key:\s+(\S+)", srv2.log()).group(1) == key_id
     finally:
-        assert srv2.stop() == 0
+        assert srv2.stop() == 0, srv2.log()[-3000:]
 
 
 def test_serve_json_prints_the_banner_as_json(tmp_path):
