@@ -5,9 +5,12 @@ subscribers join one after another, each measured from the moment it opens its W
 ``joined`` received, the server's subscribe offer received, our answer sent, ICE connected,
 DTLS connected, first video frame decoded. Then the same with Chromium pages on the meeting
 page (viewers, no camera): from the click on "Join now" to the first decoded frame. Median
-and p95 of each over ``--joins`` joins. Run inside ``unshare -n`` (``make bench`` does):
+and p95 of each over ``--joins`` joins. Last, how long a publisher waits for the answer to its
+offer in a room that already holds ``--audience`` viewers (WebSocket participants, each of
+whom the server must offer the new track), a new room for each of ``--repeats`` tries. Run
+inside ``unshare -n`` (``make bench`` does):
 
-    python -m loadtest.bench_join [--joins 20] [--no-browser]
+    python -m loadtest.bench_join [--joins 20] [--no-browser] [--audience 0 50 200]
 """
 
 from __future__ import annotations
@@ -82,12 +85,55 @@ async def browser_joins(server: Server, http: httpx.AsyncClient, room: dict, joi
     return {"click_to_first_frame": summary(times)}
 
 
+async def publish_answers(server: Server, http: httpx.AsyncClient, sizes: list[int], repeats: int) -> dict:
+    """Seconds from a publisher's offer to its answer, with ``n`` viewers in the room already."""
+    import websockets
+
+    out = {}
+    for n in sizes:
+        times = []
+        for r in range(repeats):
+            room = (await http.post("/v1/rooms", json={"name": f"audience {n}", "media_mode": "routed", "type": "adhoc",
+                                                        "capacity": 50})).json()
+            viewers, readers = [], []
+            for i in range(n):
+                tok = (await http.post(f"/v1/rooms/{room['id']}/tokens", json={"identity": f"v{i}", "role": "subscriber"})).json()["token"]
+                ws = await websockets.connect(server.ws_url, max_size=None)
+                await ws.send(json.dumps({"type": "join", "token": tok, "room_id": room["id"]}))
+                await ws.recv()
+                viewers.append(ws)
+                readers.append(asyncio.ensure_future(_drain(ws)))
+            pub = await join_media(server, http, room, f"speaker-{r}", "moderator")
+            start = asyncio.get_running_loop().time()
+            reply = await pub.publish(audio=False)
+            times.append(asyncio.get_running_loop().time() - start)
+            assert reply["type"] == "answer", reply
+            await pub.close()
+            for t in readers:
+                t.cancel()
+            for ws in viewers:
+                await ws.close()
+            await http.post(f"/v1/sessions/{pub.joined['session']['id']}/end")
+        out[str(n)] = summary(times)
+        print(json.dumps({"publish_answer": {str(n): out[str(n)]}}), flush=True)
+    return out
+
+
+async def _drain(ws) -> None:
+    try:
+        async for _ in ws:
+            pass
+    except Exception:
+        return
+
+
 async def run(args: argparse.Namespace) -> dict:
     loopback_only_ice()
     data = Path(tempfile.mkdtemp(prefix="bench-join-"))
     server = Server(data, {
         "MEDIASERVER_DATA_DIR": str(data), "MEDIASERVER_MEDIA_PORT": "0", "MEDIASERVER_LOG_LEVEL": "warning",
         "MEDIASERVER_MEDIA_ALLOWED_NETWORKS": '["127.0.0.0/8"]', "MEDIASERVER_RAY_NAMESPACE": "bench-join",
+        "MEDIASERVER_DEFAULT_MAX_LIVE_SESSIONS": "1000",
     })
     server.start()
     server.ws_url = server.url.replace("http", "ws", 1) + "/v1/ws"
@@ -103,6 +149,8 @@ async def run(args: argparse.Namespace) -> dict:
             if not args.no_browser:
                 out["chromium"] = await browser_joins(server, http, room, args.joins)
             await pub.close()
+            await http.post(f"/v1/sessions/{pub.joined['session']['id']}/end")
+            out["publish_answer"] = await publish_answers(server, http, args.audience, args.repeats)
     finally:
         server.stop()
     return out
@@ -112,6 +160,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--joins", type=int, default=20)
     p.add_argument("--no-browser", action="store_true")
+    p.add_argument("--audience", type=int, nargs="+", default=[0, 10, 49])
+    p.add_argument("--repeats", type=int, default=5)
     print(json.dumps(asyncio.run(run(p.parse_args()))))
 
 

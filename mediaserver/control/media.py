@@ -145,8 +145,10 @@ class MediaSession:
 
     # Publishing ------------------------------------------------------------------
 
-    async def publish(self, participant_id: str, offer: str) -> tuple[str, list[Track], list[Track]]:
-        """Answer a publish offer. Returns (answer, tracks added, tracks removed)."""
+    async def publish(self, participant_id: str, offer: str, *, refresh: bool = True) -> tuple[str, list[Track], list[Track]]:
+        """Answer a publish offer. Returns (answer, tracks added, tracks removed). ``refresh``:
+        offer the change to everyone else before returning (else the caller does, with
+        ``refresh_all``: a publisher need not wait for a whole audience's offers)."""
         tid = self.publish_transport.get(participant_id)
         if tid is None:
             tid = (await self.worker.create_transport(participant_id, "publish"))["id"]
@@ -171,7 +173,8 @@ class MediaSession:
             await self._drop_track(t)
         for t in added:
             await self._record_track(t)
-        await self._refresh_all(exclude=participant_id)
+        if refresh:
+            await self._refresh_all(exclude=participant_id)
         return result["answer"], added, removed
 
     async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> Track:
@@ -348,9 +351,9 @@ class MediaSession:
         await self._refresh_all()
         return gone
 
-    async def refresh_all(self) -> None:
-        """Re-derive everyone's subscriptions (after people moved between rooms)."""
-        await self._refresh_all()
+    async def refresh_all(self, exclude: str | None = None) -> None:
+        """Re-derive everyone's subscriptions (after people moved between rooms, or a publication)."""
+        await self._refresh_all(exclude)
 
     async def _refresh_all(self, exclude: str | None = None) -> None:
         for pid in list(self.subscribers):
