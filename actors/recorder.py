@@ -16,8 +16,14 @@ class RecorderActor:
 
         self.service = RecorderService(host=host, archive_dir=cfg["archive_dir"])
 
-    async def start_archive(self, archive_id: str, rx: str, tx: str) -> dict:
-        return await self.service.start_archive(archive_id, rx, tx)
+    async def start_archive(self, archive_id: str, rx: str, tx: str, started_at: float | None = None) -> dict:
+        return await self.service.start_archive(archive_id, rx, tx, started_at)
+
+    async def watch(self) -> None:
+        await self.service.watch()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     async def add_track(self, archive_id: str, ssrc: int, info: dict) -> None:
         await self.service.add_track(archive_id, ssrc, info)

@@ -270,6 +270,43 @@ async def test_an_archive_goes_on_in_new_segments_after_its_media_worker_dies(fa
             await pub.close()
 
 
+async def test_an_archive_records_on_after_its_recorder_dies(fault_server, ray_client):
+    """The recorder (one per node, a Ray actor) is killed mid-archive: its owner sees it at once,
+    starts another and sends it every track again (the segments it had open are lost)."""
+    from loadtest.peers import CounterVideo, Tone, join_media, loopback_only_ice, wait_for
+
+    loopback_only_ice()
+    server = fault_server
+    async with server.http() as http:
+        room = await make_room(http, name="recorder crash")
+        pub = await join_media(server, http, room, "pub", "moderator")
+        video = CounterVideo()
+        try:
+            await pub.publish(video_track=video, audio_track=Tone())
+            sid = pub.joined["session"]["id"]
+            await wait_for(lambda: video.sent > 10)
+            archive = (await http.post(f"/v1/sessions/{sid}/archives", json={})).json()
+            await asyncio.sleep(2)
+            recorder = ray_client.find("recorder:127.0.0.1")
+            killed_at = time.time()
+            os.kill(await ray_client.call(recorder, "pid"), signal.SIGKILL)
+            await asyncio.sleep(4)
+            await http.post(f"/v1/archives/{archive['id']}/stop")
+
+            async def ready():
+                a = (await http.get(f"/v1/archives/{archive['id']}")).json()
+                return a if a["status"] in ("ready", "failed") else None
+
+            done = await eventually(ready, timeout=60)
+            assert done["status"] == "ready", done
+            assert not any(f["name"].startswith(".") for f in done["files"])  # (the recorder's own log is not a file)
+            manifest = (await http.get(f"/v1/archives/{archive['id']}/files/manifest.json")).json()
+            after = [s for s in manifest["segments"] if s["kind"] == "video" and done["started_at"] + s["offset"] > killed_at]
+            assert after and after[0]["duration"] > 2, manifest["segments"]  # recorded on in the new recorder
+        finally:
+            await pub.close()
+
+
 async def test_participant_reconnects_and_media_resumes(fault_server):
     """A publisher loses its connection (socket and peer connections) and comes back inside the
     grace period: same participant, and its viewers get its media again."""

@@ -48,15 +48,55 @@ class Archiver:
         self.clock = clock
         self.current: dict | None = None  # the archive recording now (its row)
         self._finishing: set[asyncio.Task] = set()
+        self._watcher: asyncio.Task | None = None  # waits on the recorder's death
 
     @property
     def core(self) -> Any:
         return self.unit.core
 
-    def _recording(self, archive_id: str) -> Recording:
+    def _recording(self, row: dict) -> Recording:
         core = self.core
-        return Recording(archive_id, self.recorder(self.unit.media_home), self.keys(archive_id),
-                         name_of=lambda pid: (core.participants.get(pid) or {}).get("name") or "")
+        return Recording(row["id"], self.recorder(self.unit.media_home), self.keys(row["id"]),
+                         name_of=lambda pid: (core.participants.get(pid) or {}).get("name") or "",
+                         started_at=row["started_at"])
+
+    # Supervision: a recorder that dies is replaced, and the archive records on in the new one.
+
+    def _watch(self, archive_id: str) -> None:
+        self.close()
+        self._watcher = asyncio.ensure_future(self._watch_recorder(archive_id))
+
+    def close(self) -> None:
+        """Stop watching the recorder (the archive stopped, or its unit goes to sleep)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def _recording_now(self, archive_id: str) -> Recording | None:
+        rec = getattr(self.unit.media, "recording", None)
+        live = not self.unit.broken and not self.core.ended and self.current is not None and self.current["id"] == archive_id
+        return rec if live and rec is not None and rec.archive_id == archive_id else None
+
+    async def _watch_recorder(self, archive_id: str) -> None:
+        delay = 0.1
+        while (rec := self._recording_now(archive_id)) is not None:
+            try:
+                await rec.recorder.watch()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("archive %s: its recorder is gone (%r); recording on in a new one", archive_id, e)
+            await asyncio.sleep(delay)
+            try:
+                async with self.unit._media_lock:
+                    if self._recording_now(archive_id) is not None:
+                        await self.unit.media.restart_recording()
+                delay = 0.1
+            except Exception as e:
+                log.warning("archive %s: no recorder yet (%r)", archive_id, e)
+                delay = min(delay * 2, 5.0)
+
 
     async def adopt(self) -> None:
         """On loading: an archive the store says is recording goes on (the recorder keeps its
@@ -70,10 +110,12 @@ class Archiver:
             return
         try:
             async with self.unit._media_lock:
-                await self.unit.media.record(self._recording(row["id"]))
+                await self.unit.media.record(self._recording(row))
         except Exception as e:
             log.warning("archive %s of %s not taken up again: %r", row["id"], self.unit.session_id, e)
             await self.stop(None, row["id"], reason="failed", error=f"the recorder was lost: {e}"[:500])
+            return
+        self._watch(row["id"])
 
     def refusal(self) -> MediaserverError | None:
         room = self.core.room
@@ -106,13 +148,14 @@ class Archiver:
         row = await core.store.create_archive(core.session, name, output, by, now=self.clock())
         try:
             async with self.unit._media_lock:
-                await self.unit.media.record(self._recording(row["id"]))
+                await self.unit.media.record(self._recording(row))
         except Exception as e:
             log.warning("archive %s of %s did not start: %r", row["id"], self.unit.session_id, e)
             await core.store.finish_archive(row["id"], frm="recording", to="failed", stopped_at=self.clock(),
                                             stop_reason="failed", error=f"the recorder did not start: {e}"[:500])
             raise MediaserverError("unavailable", "the recorder could not start; try again") from None
         self.current = row
+        self._watch(row["id"])
         await core.record(by, "archive_started", archive_id=row["id"], name=name, output=output)
         return public(row)
 
@@ -131,6 +174,7 @@ class Archiver:
         if row is None:
             raise MediaserverError("archive_not_recording", "this archive has stopped already")
         self.current = None
+        self.close()
         async with self.unit._media_lock:
             media = self.unit.media
             recording = getattr(media, "recording", None)

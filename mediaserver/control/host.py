@@ -188,6 +188,7 @@ class SessionHost:
         if self.units.get(sid) is unit:
             del self.units[sid]
         unit.broken = True
+        unit.archives.close()
         unit.core.retired = True  # calls still under way on it write nothing now: the new one does
         asyncio.ensure_future(unit.core.notify())
 

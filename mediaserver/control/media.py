@@ -101,6 +101,7 @@ class Recording:
     recorder: Any
     keys: tuple[str, str]  # (worker -> recorder, recorder -> worker), hex
     name_of: Callable[[str], str] = lambda pid: ""
+    started_at: float | None = None  # the archive's start (UNIX time)
     address: dict | None = None
     leg: str | None = None  # the leg's transport on the home worker (made with the first track)
     ssrcs: dict[str, int] = field(default_factory=dict)  # track -> its SSRC on the leg
@@ -197,8 +198,20 @@ class MediaSession:
 
     async def record(self, recording: Recording) -> None:
         """Start sending every track, and every track published from now on, to a recorder."""
-        recording.address = await recording.recorder.start_archive(recording.archive_id, recording.keys[0], recording.keys[1])
+        recording.address = await recording.recorder.start_archive(
+            recording.archive_id, recording.keys[0], recording.keys[1], recording.started_at)
         self.recording = recording
+        for t in list(self.tracks.values()):
+            await self._record_track(t)
+
+    async def restart_recording(self) -> None:
+        """The recorder died: record on in its successor (a new leg, every track again; the
+        segments it had open are lost, those it finished are kept)."""
+        rec = self.recording
+        if rec is None:
+            return
+        await self.detach_recording()
+        rec.address = await rec.recorder.start_archive(rec.archive_id, rec.keys[0], rec.keys[1], rec.started_at)
         for t in list(self.tracks.values()):
             await self._record_track(t)
 

@@ -415,6 +415,7 @@ class SessionUnit:
                 await self.media.leave(pid)
             if isinstance(self.media, MediaSession):
                 await self.media.detach_recording()
+        self.archives.close()  # (its next owner watches the recorder again)
 
     async def _unpublish(self, participant_id: str) -> None:
         """Off the stage: stop forwarding its media now; its client closes its publish connection."""

@@ -58,10 +58,11 @@ def command(directory: str, manifest: dict, out: str) -> list[str]:
 
 
 def archive_files(directory: str) -> list[dict]:
-    """The whole files of an archive (never a ``.part``): name, kind (track, manifest, composed), size."""
+    """The whole files of an archive (never a ``.part``, nor the recorder's own hidden ones): name,
+    kind (track, manifest, composed), size."""
     out = []
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        if name.endswith(".part"):
+        if name.endswith(".part") or name.startswith("."):
             continue
         kind = "manifest" if name == "manifest.json" else "composed" if name.startswith("composed.") else "track"
         out.append({"name": name, "kind": kind, "size": os.path.getsize(os.path.join(directory, name))})

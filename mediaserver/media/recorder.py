@@ -17,6 +17,7 @@ so a file that is listed is never half written.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -38,6 +39,7 @@ from mediaserver.media.srtp import SrtpKeys
 
 log = logging.getLogger(__name__)
 
+SEGMENT_LOG = ".segments.jsonl"  # finished segments, one JSON line each (not one of the archive's files)
 KEYFRAME_ASK_SECONDS = 1.0  # how often a video segment still waiting for a keyframe asks again
 # (codec name -> container format, file suffix, PyAV codec)
 CONTAINERS = {"VP8": ("webm", "webm", "vp8"), "VP9": ("webm", "webm", "vp9"), "OPUS": ("webm", "webm", "libopus"),
@@ -230,7 +232,8 @@ class Recorder:
     directory: str
     keys: SrtpKeys
     host: str = "127.0.0.1"
-    clock: Callable[[], float] = time.monotonic
+    started_at: float | None = None  # the archive's start (UNIX time): segments' offsets count from it
+    clock: Callable[[], float] = time.time
     streams: dict[int, _Stream] = field(default_factory=dict)  # SSRC on the leg -> its stream
     done: list[dict] = field(default_factory=list)  # closed segments, in order
     skipped: list[dict] = field(default_factory=list)  # tracks in a codec it cannot write
@@ -239,9 +242,14 @@ class Recorder:
     def __post_init__(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
         self.rx, self.tx = self.keys.sessions()
-        self.started = self.clock()
+        self.started = self.clock() if self.started_at is None else self.started_at
         self._numbers: dict[str, int] = {}  # track -> segments it has had
         self._udp: asyncio.DatagramTransport | None = None
+        # Segments finished before (a recorder that died, started again for the same archive).
+        self._log = os.path.join(self.directory, SEGMENT_LOG)
+        if os.path.exists(self._log):
+            with open(self._log) as f:
+                self.done.extend(json.loads(line) for line in f if line.strip())
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -275,6 +283,8 @@ class Recorder:
             return
         if info is not None:
             self.done.append(info)
+            with open(self._log, "a") as f:  # (what a successor for this archive starts from)
+                f.write(json.dumps(info) + "\n")
 
     def stop(self) -> list[dict]:
         """Close every segment; every segment the archive has, in the order they ended."""
@@ -380,16 +390,22 @@ class RecorderService:
         self.archive_dir = archive_dir
         self.recorders: dict[str, Recorder] = {}
 
-    async def start_archive(self, archive_id: str, rx: str, tx: str) -> dict:
+    async def watch(self) -> None:
+        """Never returns: an archive's owner keeps this call open, and its failure tells it at
+        once that the recorder died (its archives then record on in a new one)."""
+        await asyncio.Event().wait()
+
+    async def start_archive(self, archive_id: str, rx: str, tx: str, started_at: float | None = None) -> dict:
         """A recorder for ``archive_id`` (the one it has, if called again), with leg keys (hex,
-        AEAD_AES_128_GCM key + salt) for what it receives and what it sends back."""
+        AEAD_AES_128_GCM key + salt) for what it receives and what it sends back; ``started_at``:
+        the archive's start, which offsets count from."""
         from mediaserver.media.legs import LEG_PROFILE
         from mediaserver.media.srtp import BY_NAME
 
         rec = self.recorders.get(archive_id)
         if rec is None:
             keys = SrtpKeys(BY_NAME[LEG_PROFILE], rx=bytes.fromhex(rx), tx=bytes.fromhex(tx))
-            rec = Recorder(archive_id, os.path.join(self.archive_dir, archive_id), keys, host=self.host)
+            rec = Recorder(archive_id, os.path.join(self.archive_dir, archive_id), keys, host=self.host, started_at=started_at)
             rec.address = await rec.start()
             self.recorders[archive_id] = rec
         host, port = rec.address
