@@ -218,39 +218,54 @@ async def test_media_worker_killed_mid_session(fault_server, ray_client):
             await sub.close()
 
 
+async def _archiving(server, http, name: str):
+    """A publisher of counting frames and a tone, media flowing, and an archive of it recording
+    for 2 s: (publisher, its video track, the archive)."""
+    from loadtest.peers import CounterVideo, Tone, join_media, loopback_only_ice, wait_for
+
+    loopback_only_ice()
+    room = await make_room(http, name=name)
+    pub = await join_media(server, http, room, "pub", "moderator")
+    video = CounterVideo()
+    await pub.publish(video_track=video, audio_track=Tone())
+    await wait_for(lambda: video.sent > 10)
+    archive = (await http.post(f"/v1/sessions/{pub.joined['session']['id']}/archives", json={})).json()
+    await asyncio.sleep(2)
+    return pub, video, archive
+
+
+async def _stopped(http, archive: dict) -> dict:
+    """Stop the archive; it, once ready."""
+    await http.post(f"/v1/archives/{archive['id']}/stop")
+
+    async def ready():
+        a = (await http.get(f"/v1/archives/{archive['id']}")).json()
+        return a if a["status"] in ("ready", "failed") else None
+
+    done = await eventually(ready, timeout=60)
+    assert done["status"] == "ready", done
+    return done
+
+
 async def test_an_archive_goes_on_in_new_segments_after_its_media_worker_dies(fault_server, ray_client, tmp_path):
     """The recorder is not the worker: killing the worker mid-archive loses nothing recorded
     before the fault, and the tracks published again after the reset go on in second segments."""
     import av
 
-    from loadtest.peers import CounterVideo, Tone, join_media, loopback_only_ice, read_counter, wait_for
+    from loadtest.peers import read_counter, wait_for
 
-    loopback_only_ice()
     server = fault_server
     async with server.http() as http:
-        room = await make_room(http, name="archive through a crash")
-        pub = await join_media(server, http, room, "pub", "moderator")
-        video = CounterVideo()
+        pub, video, archive = await _archiving(server, http, "archive through a crash")
+        sid = pub.joined["session"]["id"]
         try:
-            await pub.publish(video_track=video, audio_track=Tone())
-            sid = pub.joined["session"]["id"]
-            await wait_for(lambda: video.sent > 10)
-            archive = (await http.post(f"/v1/sessions/{sid}/archives", json={})).json()
-            await asyncio.sleep(2)
             before = video.sent
             name = (await http.get(f"/v1/sessions/{sid}")).json()["media_worker"]
             os.kill(await ray_client.call(ray_client.find(name), "pid"), signal.SIGKILL)
             await wait_for(lambda: pub.resets >= 1, timeout=60)
             resumed = video.sent
             await wait_for(lambda: video.sent > resumed + 60, timeout=60)  # 2 s more after the reset
-            await http.post(f"/v1/archives/{archive['id']}/stop")
-
-            async def ready():
-                a = (await http.get(f"/v1/archives/{archive['id']}")).json()
-                return a if a["status"] in ("ready", "failed") else None
-
-            done = await eventually(ready, timeout=60)
-            assert done["status"] == "ready", done
+            await _stopped(http, archive)
             r = await http.get(f"/v1/archives/{archive['id']}/files/manifest.json")
             segments = [s for s in r.json()["segments"] if s["kind"] == "video"]
             assert len(segments) == 2 and segments[0]["track_id"] == segments[1]["track_id"], segments
@@ -273,32 +288,15 @@ async def test_an_archive_goes_on_in_new_segments_after_its_media_worker_dies(fa
 async def test_an_archive_records_on_after_its_recorder_dies(fault_server, ray_client):
     """The recorder (one per node, a Ray actor) is killed mid-archive: its owner sees it at once,
     starts another and sends it every track again (the segments it had open are lost)."""
-    from loadtest.peers import CounterVideo, Tone, join_media, loopback_only_ice, wait_for
-
-    loopback_only_ice()
     server = fault_server
     async with server.http() as http:
-        room = await make_room(http, name="recorder crash")
-        pub = await join_media(server, http, room, "pub", "moderator")
-        video = CounterVideo()
+        pub, _video, archive = await _archiving(server, http, "recorder crash")
         try:
-            await pub.publish(video_track=video, audio_track=Tone())
-            sid = pub.joined["session"]["id"]
-            await wait_for(lambda: video.sent > 10)
-            archive = (await http.post(f"/v1/sessions/{sid}/archives", json={})).json()
-            await asyncio.sleep(2)
             recorder = ray_client.find("recorder:127.0.0.1")
             killed_at = time.time()
             os.kill(await ray_client.call(recorder, "pid"), signal.SIGKILL)
             await asyncio.sleep(4)
-            await http.post(f"/v1/archives/{archive['id']}/stop")
-
-            async def ready():
-                a = (await http.get(f"/v1/archives/{archive['id']}")).json()
-                return a if a["status"] in ("ready", "failed") else None
-
-            done = await eventually(ready, timeout=60)
-            assert done["status"] == "ready", done
+            done = await _stopped(http, archive)
             assert not any(f["name"].startswith(".") for f in done["files"])  # (the recorder's own log is not a file)
             manifest = (await http.get(f"/v1/archives/{archive['id']}/files/manifest.json")).json()
             after = [s for s in manifest["segments"] if s["kind"] == "video" and done["started_at"] + s["offset"] > killed_at]
