@@ -20,24 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadtest.bench_sessions import tree
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def _sample(pids: list[int]) -> dict[int, tuple[str, float, int, int]]:
@@ -75,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"serve did not start:\n{(data / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.2)
         time.sleep(args.settle)
-        before, t0 = _sample(_descendants(proc.pid)), time.monotonic()
+        before, t0 = _sample(tree(proc.pid)), time.monotonic()
         time.sleep(args.seconds)
-        after, window = _sample(_descendants(proc.pid)), time.monotonic() - t0
+        after, window = _sample(tree(proc.pid)), time.monotonic() - t0
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

@@ -15,7 +15,7 @@ import pytest
 
 from loadtest.peers import CounterVideo, Tone, join_media, loopback_only_ice, read_counter, tone_strength, wait_for
 from tests.browsers import frames, needs_chromium
-from tests.helpers import eventually, join_room, make_room, make_token
+from tests.helpers import create_key, eventually, join_room, make_room, make_token
 
 
 async def _ready(http: httpx.AsyncClient, archive_id: str, timeout: float = 60) -> dict:
@@ -171,6 +171,25 @@ async def test_refusals_and_two_moderators_at_once(server):
         assert r.json()["error"]["code"] == "archive_not_recording"
         r = await http.get(f"/v1/archives/{archive_id}/files/..%2Fmanifest.json")
         assert r.status_code == 404
+        # Malformed requests are refused with what to fix; nothing is written.
+        for body in ({"name": "x" * 101}, {"output": "film"}, {"name": "a\x00b"}, {"colour": "red"}):
+            r = await http.post(f"/v1/sessions/{session_id}/archives", json=body)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", (body, r.text)
+        assert len((await http.get("/v1/archives", params={"session_id": session_id})).json()["archives"]) == 1
+        assert (await http.get("/v1/archives", params={"status": "paused"})).status_code == 400
+        # Another team sees none of it; no key, nothing at all.
+        other = create_key(server.env, team="archive-outsiders")
+        async with httpx.AsyncClient(base_url=server.url, auth=(other["id"], other["secret"])) as outsider:
+            for method, path in (("GET", f"/v1/archives/{archive_id}"), ("POST", f"/v1/archives/{archive_id}/stop"),
+                                 ("GET", f"/v1/archives/{archive_id}/zip"), ("DELETE", f"/v1/archives/{archive_id}"),
+                                 ("GET", f"/v1/archives/{archive_id}/files/manifest.json")):
+                r = await outsider.request(method, path)
+                assert r.status_code == 404 and r.json()["error"]["code"] == "archive_not_found", (method, path, r.text)
+            r = await outsider.post(f"/v1/sessions/{session_id}/archives", json={})
+            assert r.json()["error"]["code"] == "session_not_found"
+            assert (await outsider.get("/v1/archives")).json()["archives"] == []
+        assert (await httpx.AsyncClient(base_url=server.url).get("/v1/archives")).status_code == 401
+        assert (await http.get(f"/v1/archives/{archive_id}")).json()["status"] == "ready"  # untouched
         for p in (*mods, viewer):
             await p.close()
 
