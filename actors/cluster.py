@@ -153,14 +153,36 @@ async def call(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     try:
         return await getattr(handle, method).remote(*args, **kwargs)
     except RayTaskError as e:
-        cause = e.cause if isinstance(e.cause, BaseException) else None
-        if isinstance(cause, MediaserverError):
-            raise MediaserverError(cause.code, cause.message) from None
-        log.error("actor call %s failed: %r", method, e)
-        raise MediaserverError("internal", f"the control plane failed on {method}") from None
+        raise _refusal(e, f"actor call {method}", f"the control plane failed on {method}") from None
     except (RayActorError, ActorUnschedulableError) as e:
         # Dead, restarting, or pinned to a node that is gone: the caller decides what next.
         raise MediaserverError("unavailable", f"the control plane is restarting ({type(e).__name__}); retry shortly") from None
+
+
+class ActorClient:
+    """Calls on one named actor, found (or created) by ``_make`` at the first call; once it has
+    died, the next call makes it anew (for actors that Ray does not restart)."""
+
+    _handle: Any = None
+
+    def _make(self) -> Any:
+        raise NotImplementedError
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def remote_call(*args: Any) -> Any:
+            if self._handle is None:
+                self._handle = self._make()
+            try:
+                return await call(self._handle, method, *args)
+            except MediaserverError as e:
+                if e.code == "unavailable":
+                    self._handle = None  # dead: the next call finds (or starts) the new one
+                raise
+
+        return remote_call
 
 
 _remote_functions: dict[Any, Any] = {}
@@ -174,11 +196,17 @@ async def run_task(fn: Any, *args: Any, num_cpus: float = 1) -> Any:
     try:
         return await _remote_functions[fn].remote(*args)
     except RayTaskError as e:
-        cause = e.cause if isinstance(e.cause, BaseException) else None
-        if isinstance(cause, MediaserverError):
-            raise MediaserverError(cause.code, cause.message) from None
-        log.error("task %s failed: %r", getattr(fn, "__name__", fn), e)
-        raise MediaserverError("internal", f"the task {getattr(fn, '__name__', fn)} failed") from None
+        name = getattr(fn, "__name__", fn)
+        raise _refusal(e, f"task {name}", f"the task {name} failed") from None
+
+
+def _refusal(e: RayTaskError, what: str, message: str) -> MediaserverError:
+    """The MediaserverError a remote call raised, as itself; anything else as ``internal``."""
+    cause = e.cause if isinstance(e.cause, BaseException) else None
+    if isinstance(cause, MediaserverError):
+        return MediaserverError(cause.code, cause.message)
+    log.error("%s failed: %r", what, e)
+    return MediaserverError("internal", message)
 
 
 async def call_retrying(handle: Any, method: str, *args: Any, deadline: float = 30.0, **kwargs: Any) -> Any:

@@ -55,7 +55,7 @@ def actor_config(settings: Settings, relay_secret: str | None = None) -> dict:
         "region": settings.region,
         "region_networks": dict(settings.region_networks),
         "quality_seconds": settings.quality_seconds,
-        "archive_dir": str(settings.archive_dir or settings.data_dir / "archives"),
+        "archive_dir": str(settings.archive_path),
         "archive_max_seconds": settings.archive_max_seconds,
     }
 

@@ -95,24 +95,13 @@ def media_worker(cfg: dict, spec: WorkerSpec) -> Any:
     return cluster.get_or_create(MediaWorkerActor, spec.name, cfg, spec, restart=False, node_id=spec.node_id, pinned=True)
 
 
-class RemoteWorker:
+class RemoteWorker(cluster.ActorClient):
     """The ``mediaserver.control.media.Worker`` calls, made on the media worker ``spec`` names.
     After the worker died, the next call starts its successor (on the same node)."""
 
     def __init__(self, cfg: dict, spec: WorkerSpec):
         self._cfg = cfg
         self.spec = spec
-        self._handle: Any = None
 
-    def __getattr__(self, method: str) -> Any:
-        async def call(*args: Any) -> Any:
-            if self._handle is None:
-                self._handle = media_worker(self._cfg, self.spec)
-            try:
-                return await cluster.call(self._handle, method, *args)
-            except Exception as e:
-                if getattr(e, "code", None) == "unavailable":
-                    self._handle = None  # dead: the next call finds (or starts) the new one
-                raise
-
-        return call
+    def _make(self) -> Any:
+        return media_worker(self._cfg, self.spec)

@@ -44,14 +44,18 @@ class RecorderActor:
         return await self.service.compose(archive_id)
 
 
-class RemoteRecorder:
+class RemoteRecorder(cluster.ActorClient):
     """The recorder calls, made on the recorder of a media worker's node (started there when
     missing: after its death too, so an archive whose recorder died records on in new files)."""
 
     def __init__(self, cfg: dict, spec: WorkerSpec):
         self._cfg = cfg
         self.spec = spec
-        self._handle: Any = None
+
+    def _make(self) -> Any:
+        host = self.spec.advertised_host if self.spec.bind_host in ("0.0.0.0", "::") else self.spec.bind_host
+        return cluster.get_or_create(RecorderActor, f"recorder:{self.spec.node}", self._cfg, host,
+                                     restart=False, node_id=self.spec.node_id, pinned=True)
 
     async def compose(self, archive_id: str) -> list[dict]:
         """The composed file is built by a Ray task, on whichever node has a core free (the
@@ -59,18 +63,3 @@ class RemoteRecorder:
         from mediaserver.media.compose import compose_files
 
         return await cluster.run_task(compose_files, os.path.join(self._cfg["archive_dir"], archive_id))
-
-    def __getattr__(self, method: str) -> Any:
-        async def call(*args: Any) -> Any:
-            if self._handle is None:
-                host = self.spec.advertised_host if self.spec.bind_host in ("0.0.0.0", "::") else self.spec.bind_host
-                self._handle = cluster.get_or_create(RecorderActor, f"recorder:{self.spec.node}", self._cfg, host,
-                                                     restart=False, node_id=self.spec.node_id, pinned=True)
-            try:
-                return await cluster.call(self._handle, method, *args)
-            except Exception as e:
-                if getattr(e, "code", None) == "unavailable":
-                    self._handle = None
-                raise
-
-        return call

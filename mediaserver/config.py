@@ -166,6 +166,10 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'mediaserver.db'}"
 
     @property
+    def archive_path(self) -> Path:
+        return self.archive_dir or self.data_dir / "archives"
+
+    @property
     def base_url(self) -> str:
         """How clients reach the gateway: ``public_url``, else the address it listens on; for a
         wildcard address (0.0.0.0, ::), this machine's first address other machines can reach."""

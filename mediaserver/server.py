@@ -84,7 +84,7 @@ def banner(settings: Settings, boot: dict, ray_info: dict, out: TextIO, *, as_js
         "store": f"{settings.db_url.split('://')[0]} ({_db_where(settings.db_url)})",
         "ray": {"address": ray_info["gcs_address"], "started_here": ray_info["started_here"]},
         "turn": boot.get("turn"),
-        "archives": str(settings.archive_dir or settings.data_dir / "archives"),
+        "archives": str(settings.archive_path),
         "warnings": settings.url_warnings(),
     }
     if as_json:

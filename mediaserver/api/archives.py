@@ -65,7 +65,7 @@ class ArchiveList(BaseModel):
 
 def archive_dir(request: Request, archive_id: str) -> str:
     settings = request.app.state.settings
-    return os.path.join(str(settings.archive_dir or settings.data_dir / "archives"), archive_id)
+    return os.path.join(str(settings.archive_path), archive_id)
 
 
 async def _archive(request: Request, caller: Caller, archive_id: str) -> dict:
@@ -94,8 +94,6 @@ async def start_archive(session_id: str, body: ArchiveStart, request: Request, c
 async def stop_archive(archive_id: str, request: Request, caller: Auth) -> Archive:
     """Stop recording; the archive is ``processing`` until its files are finished, then ``ready``."""
     row = await _archive(request, caller, archive_id)
-    if row["status"] != "recording":
-        raise MediaserverError("archive_not_recording", f"archive {archive_id} is {row['status']}, not recording")
     await request.app.state.control.call(row["session_id"], "stop_archive", None, archive_id)
     return Archive.from_row(await _archive(request, caller, archive_id))
 

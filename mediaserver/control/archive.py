@@ -97,7 +97,6 @@ class Archiver:
                 log.warning("archive %s: no recorder yet (%r)", archive_id, e)
                 delay = min(delay * 2, 5.0)
 
-
     async def adopt(self) -> None:
         """On loading: an archive the store says is recording goes on (the recorder keeps its
         files; tracks published from now on start new segments), or stops if the session ended."""
@@ -255,7 +254,8 @@ class Archiver:
         return None if self.current is None else self.current["started_at"] + self.max_seconds
 
     async def tick(self, now: float) -> None:
-        if self.current is not None and now >= self.current["started_at"] + self.max_seconds and not self.core.ended:
+        due = self.due()
+        if due is not None and now >= due and not self.core.ended:
             await self.stop(None, self.current["id"], reason="max_duration")
             if self.core.room.get("archive_mode") == "always":
                 await self.start(None, None, "both")

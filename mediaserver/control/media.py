@@ -211,9 +211,7 @@ class MediaSession:
         if rec is None:
             return
         await self.detach_recording()
-        rec.address = await rec.recorder.start_archive(rec.archive_id, rec.keys[0], rec.keys[1], rec.started_at)
-        for t in list(self.tracks.values()):
-            await self._record_track(t)
+        await self.record(rec)
 
     async def _record_track(self, t: Track) -> None:
         """Send ``t`` to the recorder too. A recorder that fails loses the archive that track, never
@@ -266,19 +264,11 @@ class MediaSession:
 
     async def stop_recording(self) -> dict:
         """Stop sending to the recorder and let it finish its files: what it wrote."""
-        rec, self.recording = self.recording, None
+        rec = self.recording
         if rec is None:
             return {"segments": [], "skipped": [], "known": False, "lost": []}
-        try:
-            for track_id in list(rec.ssrcs):
-                t = self.tracks.get(track_id)
-                tid = self.publish_transport.get(t.participant_id) if t else None
-                if tid and rec.leg:
-                    await self.worker.unroute(tid, t.ssrc, rec.leg)
-            if rec.leg:
-                await self.worker.close_transport(rec.leg)
-        except Exception:
-            pass  # the worker is gone: so are its routes
+        await self.detach_recording()  # (the leg's routes go with it)
+        self.recording = None
         return {**await rec.recorder.stop_archive(rec.archive_id), "lost": rec.lost}
 
     # Routes (across workers) --------------------------------------------------------

@@ -44,6 +44,7 @@ KEYFRAME_ASK_SECONDS = 1.0  # how often a video segment still waiting for a keyf
 # (codec name -> container format, file suffix, PyAV codec)
 CONTAINERS = {"VP8": ("webm", "webm", "vp8"), "VP9": ("webm", "webm", "vp9"), "OPUS": ("webm", "webm", "libopus"),
               "H264": ("matroska", "mkv", "h264")}
+SUFFIXES = {suffix for _, suffix, _ in CONTAINERS.values()}
 OPUS_HEAD = b"OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00\x00\x00\x00"  # RFC 7845 section 5.1: stereo, 48 kHz
 
 
@@ -242,7 +243,8 @@ class Recorder:
     def __post_init__(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
         self.rx, self.tx = self.keys.sessions()
-        self.started = self.clock() if self.started_at is None else self.started_at
+        if self.started_at is None:
+            self.started_at = self.clock()
         self._numbers: dict[str, int] = {}  # track -> segments it has had
         self._udp: asyncio.DatagramTransport | None = None
         # Segments finished before (a recorder that died, started again for the same archive).
@@ -349,11 +351,12 @@ class Recorder:
                 return
             n = self._numbers.get(info.track_id, 0)
             stem = f"{info.track_id.replace('/', '-')}-{n}"
-            while any(os.path.exists(os.path.join(self.directory, f"{stem}.{ext}")) for ext in ("webm", "webm.part", "mkv", "mkv.part")):
+            while any(os.path.exists(os.path.join(self.directory, f"{stem}.{ext}{part}"))
+                      for ext in SUFFIXES for part in ("", ".part")):
                 n += 1  # (a recorder started again for the same archive: after the files it has)
                 stem = f"{info.track_id.replace('/', '-')}-{n}"
             self._numbers[info.track_id] = n + 1
-            stream.segment = Segment(self.directory, stem, info, self.clock() - self.started)
+            stream.segment = Segment(self.directory, stem, info, self.clock() - self.started_at)
         try:
             stream.segment.add(data, timestamp, key)
         except Exception:
