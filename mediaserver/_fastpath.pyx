@@ -10,6 +10,10 @@ same code runs one packet at a time (``handle_rtp``/``handle_rtcp``), which is h
 tests compare it packet for packet with the pure-Python reference,
 ``mediaserver.media.forwarder.Forwarder``, whose behaviour it must match.
 
+This file is the loop and its tables (endpoints, tracks, routes); the pieces it calls are in
+``mediaserver/fastpath/*.pxd``, one per module of the reference (``rtp``, ``rtcp``, ``nack``,
+``keyframes``, ``twcc``), inline C compiled into this one extension.
+
 Crypto is libsrtp as pylibsrtp ships it: its cffi module gives the addresses of
 ``srtp_protect`` and friends and of each session's ``srtp_t``, which C calls
 directly. All state sits behind one mutex: the loop holds it per received batch,
@@ -25,7 +29,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 from cython.operator cimport dereference as deref, preincrement as inc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from libcpp.string cimport string
 from libcpp.unordered_map cimport unordered_map
 from libcpp.vector cimport vector
@@ -35,6 +39,12 @@ from posix.unistd cimport close, read, write
 from mediaserver._udp cimport (
     AF_INET, MSG_DONTWAIT, MSG_TRUNC, htonl, htons, iovec, mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr_in, srtp_fn,
 )
+from mediaserver.fastpath cimport keyframes, nack, rtcp, rtp, twcc
+from mediaserver.fastpath.keyframes cimport Keyframes
+from mediaserver.fastpath.nack cimport NACK_CACHE, UPSTREAM_MAX, Asked, Slot
+from mediaserver.fastpath.rtcp cimport NACK_SEQS, PSFB, RR, RTPFB, SR, Quality
+from mediaserver.fastpath.rtp cimport KIND_DROP, KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, put16, put32, u16, u32
+from mediaserver.fastpath.twcc cimport TWCC_MAX_MESSAGES, Twcc
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -62,14 +72,6 @@ cdef extern from "<sys/eventfd.h>" nogil:
 from libc.errno cimport EAGAIN, errno  # EWOULDBLOCK is EAGAIN on Linux
 
 
-# Packet kinds, same values as fastpath_ref.
-cdef enum:
-    KIND_DROP = 0
-    KIND_STUN = 1
-    KIND_DTLS = 2
-    KIND_RTP = 3
-    KIND_RTCP = 4
-
 KIND_NAMES = ("drop", "stun", "dtls", "rtp", "rtcp")
 
 cdef enum:
@@ -80,20 +82,9 @@ cdef enum:
     SLOW_MAX = 512  # STUN/DTLS datagrams waiting for Python
     SLOW_UNKNOWN_MAX = 128  # of those, the most from addresses no endpoint has (new clients, or noise)
     SLOW_PER_SOURCE = 4  # and the most from any one such address
-    NACK_CACHE = 512  # packets kept per track to answer NACKs
-    UPSTREAM_RING = 64  # sequence numbers asked of a publisher, remembered per track
-    UPSTREAM_MAX = 256  # sequence numbers per NACK sent upstream
-    NACK_SEQS = 6400  # the most one NACK datagram can name (372 FCI entries of 17)
-    SR = 200
-    RR = 201
-    RTPFB = 205
-    PSFB = 206
 
-cdef uint32_t SERVER_SSRC = 0x6D656469  # "medi", as mediaserver.media.rtcp
-cdef double PLI_INTERVAL = 0.5
 cdef double REMB_INTERVAL = 0.5
 cdef double CONSENT_TIMEOUT = 30.0  # RFC 7675
-cdef double UPSTREAM_HOLD = 0.2  # a lost packet is asked of its publisher at most once per 200 ms
 
 # Counters; the names match the reference Forwarder's and the worker's.
 cdef enum Stat:
@@ -102,7 +93,7 @@ cdef enum Stat:
     S_DROP_SUBSCRIBER_NOT_READY, S_DROP_PROTECT, S_DROP_NO_CONSENT, S_DROP_UNKNOWN, S_DROP_SEND
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
-    S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED
+    S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED, S_PADDING_IN, S_RTX_REPAIRED, S_RTX_REDUNDANT, S_TWCC_SENT
     S_COUNT
 
 STAT_NAMES = (
@@ -111,7 +102,7 @@ STAT_NAMES = (
     "drop_subscriber_not_ready", "drop_protect", "drop_no_consent", "drop_unknown", "drop_send",
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
-    "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred",
+    "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred", "padding_in", "rtx_repaired", "rtx_redundant", "twcc_sent",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -122,27 +113,6 @@ cdef srtp_fn f_unprotect_rtcp = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_
 
 # Primitives ------------------------------------------------------------------------
 
-cdef inline int classify_c(const uint8_t* p, Py_ssize_t n) noexcept nogil:
-    cdef uint8_t b, pt
-    if n < 1:
-        return KIND_DROP
-    b = p[0]
-    # RFC 7983 section 7: 0-3 STUN, 20-63 DTLS, 128-191 RTP/RTCP; anything else is dropped.
-    if b <= 3:
-        return KIND_STUN if n >= 20 else KIND_DROP
-    if 20 <= b <= 63:
-        return KIND_DTLS if n >= 13 else KIND_DROP
-    if 128 <= b <= 191:
-        if n < 8:
-            return KIND_DROP
-        pt = p[1] & 0x7F
-        # RFC 5761 section 4: RTCP packet types 192-223 occupy RTP payload types 64-95 under rtcp-mux.
-        if 64 <= pt <= 95:
-            return KIND_RTCP
-        return KIND_RTP if n >= 12 else KIND_DROP
-    return KIND_DROP
-
-
 def classify(const uint8_t[:] packet):
     """The kind of one datagram: 0 drop, 1 STUN, 2 DTLS, 3 RTP, 4 RTCP."""
     cdef Py_ssize_t n = packet.shape[0]
@@ -150,35 +120,8 @@ def classify(const uint8_t[:] packet):
     if n == 0:
         return KIND_DROP
     with nogil:
-        kind = classify_c(&packet[0], n)
+        kind = rtp.classify(&packet[0], n)
     return kind
-
-
-cdef inline uint16_t u16(const uint8_t* p) noexcept nogil:
-    return ((<uint16_t>p[0]) << 8) | p[1]
-
-
-cdef inline uint32_t u32(const uint8_t* p) noexcept nogil:
-    return ((<uint32_t>p[0]) << 24) | ((<uint32_t>p[1]) << 16) | ((<uint32_t>p[2]) << 8) | p[3]
-
-
-cdef inline void put16(uint8_t* p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xFF
-
-
-cdef inline void put32(uint8_t* p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xFF
-    p[2] = (v >> 8) & 0xFF
-    p[3] = v & 0xFF
-
-
-cdef inline void rewrite_rtp_c(uint8_t* p, uint32_t ssrc, uint16_t seq_delta, uint32_t ts_delta) noexcept nogil:
-    # RFC 3550 section 5.1; sequence numbers wrap modulo 2^16 and timestamps modulo 2^32.
-    put16(p + 2, <uint16_t>(u16(p + 2) + seq_delta))
-    put32(p + 4, <uint32_t>(u32(p + 4) + ts_delta))
-    put32(p + 8, ssrc)
 
 
 def rewrite_rtp(uint8_t[:] packet, uint32_t ssrc, uint16_t seq_delta, uint32_t ts_delta):
@@ -186,7 +129,7 @@ def rewrite_rtp(uint8_t[:] packet, uint32_t ssrc, uint16_t seq_delta, uint32_t t
     if packet.shape[0] < 12:
         raise ValueError("an RTP header has at least 12 bytes")
     with nogil:
-        rewrite_rtp_c(&packet[0], ssrc, seq_delta, ts_delta)
+        rtp.rewrite(&packet[0], ssrc, seq_delta, ts_delta)
 
 
 cdef inline double monotonic() noexcept nogil:
@@ -216,6 +159,7 @@ cdef struct Endpoint:
     void* rx  # srtp_t for what it sends us; NULL until DTLS is done
     void* tx
     double consent_at
+    Twcc* twcc  # transport-wide feedback we owe it; NULL unless negotiated
 
 cdef struct Route:
     int dst
@@ -227,16 +171,6 @@ cdef struct Route:
     bint has_estimate
     uint64_t estimate  # the subscriber's latest REMB, bit/s
 
-cdef struct Slot:
-    int len  # 0: empty
-    uint16_t seq
-    uint8_t data[MTU]
-
-cdef struct Asked:
-    bint used
-    uint16_t seq
-    double at
-
 cdef struct Track:
     bint used
     int src
@@ -245,20 +179,11 @@ cdef struct Track:
     int nroutes
     int cap
     Slot* cache  # NACK_CACHE slots, allocated with the first packet
-    double last_pli
-    bint pli_held  # a request the throttle held back: sent when its window ends
+    Keyframes kf
     double last_remb
     Asked* asked  # UPSTREAM_RING slots, allocated with the first NACK sent upstream
     bint has_highest
     uint16_t highest  # the highest sequence number received (modulo 2^16)
-
-cdef struct Quality:
-    uint8_t fraction
-    int32_t lost
-    uint32_t highest
-    uint32_t jitter
-    uint32_t lsr
-    uint32_t dlsr
 
 cdef struct OutBatch:
     int n
@@ -302,6 +227,7 @@ cdef class FastPath:
     cdef unordered_map[uint64_t, int] by_track  # (publisher endpoint, publisher SSRC) -> track
     cdef unordered_map[uint64_t, uint64_t] reverse  # (subscriber, SSRC it sees) -> (track, route index)
     cdef unordered_map[uint64_t, Quality] quality_map  # (subscriber, SSRC it sees) -> its latest report
+    cdef unordered_map[uint64_t, uint32_t] rtx_map  # (publisher, its RTX SSRC) -> the media SSRC it repairs
     cdef uint64_t counts[<int>S_COUNT]
     cdef OutBatch ctl  # for calls from Python: collected, returned to the caller
     cdef OutBatch net  # for the loop: sent with sendmmsg
@@ -345,6 +271,8 @@ cdef class FastPath:
 
     def __dealloc__(self):
         cdef size_t i
+        for i in range(self.eps.size()):
+            self._free_twcc(i)
         for i in range(self.tracks.size()):
             if self.tracks[i].used:
                 free(self.tracks[i].routes)
@@ -385,9 +313,9 @@ cdef class FastPath:
                 self.names[idx] = eid
             else:
                 idx = self.eps.size()
-                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0))
+                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL))
                 self.names.append(eid)
-            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18)
+            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL)
             self.ids[eid] = idx
         finally:
             self.unlock()
@@ -425,6 +353,38 @@ cdef class FastPath:
         self.sessions[idx] = (rx, tx)
         del old  # freed only once C no longer points at it
 
+    def set_twcc(self, str eid, int ext_id):
+        """Send the endpoint transport-wide feedback for the packets carrying extension ``ext_id``
+        (0: none)."""
+        cdef int idx = self._ep(eid)
+        if not 0 <= ext_id <= 255:
+            raise ValueError("a header extension ID is 1-255")
+        with nogil:
+            self.lock()
+            self._free_twcc(idx)
+            if ext_id:
+                self.eps[idx].twcc = <Twcc*>calloc(1, sizeof(Twcc))
+                if self.eps[idx].twcc != NULL:
+                    self.eps[idx].twcc.ext_id = ext_id
+                    self.eps[idx].twcc.last_sent = -1e18
+            self.unlock()
+        if ext_id and self.eps[idx].twcc == NULL:
+            raise MemoryError()
+
+    cdef void _free_twcc(self, int idx) noexcept nogil:
+        if self.eps[idx].twcc != NULL:
+            free(self.eps[idx].twcc.arrival)
+            free(self.eps[idx].twcc)
+            self.eps[idx].twcc = NULL
+
+    def set_rtx(self, str eid, uint32_t rtx_ssrc, uint32_t media_ssrc):
+        """The endpoint repairs ``media_ssrc`` with RTX (RFC 4588) on ``rtx_ssrc``."""
+        cdef int idx = self._ep(eid)
+        with nogil:
+            self.lock()
+            self.rtx_map[pair(idx, rtx_ssrc)] = media_ssrc
+            self.unlock()
+
     def set_consent(self, str eid, double now):
         """The endpoint's latest valid ICE check (RFC 7675 consent freshness)."""
         cdef int idx = self._ep(eid)
@@ -452,7 +412,15 @@ cdef class FastPath:
         cdef uint64_t key
         cdef vector[uint64_t] stale
         cdef unordered_map[uint64_t, Quality].iterator it
+        cdef unordered_map[uint64_t, uint32_t].iterator rit
         self._unmap_address(idx)
+        self._free_twcc(idx)
+        rit = self.rtx_map.begin()
+        while rit != self.rtx_map.end():
+            if (deref(rit).first >> 32) == <uint64_t>idx:
+                rit = self.rtx_map.erase(rit)
+            else:
+                inc(rit)
         for t in range(self.tracks.size()):
             if not self.tracks[t].used:
                 continue
@@ -472,7 +440,7 @@ cdef class FastPath:
             inc(it)
         for key in stale:
             self.quality_map.erase(key)
-        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0)
+        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL)
 
     cdef void _free_track(self, size_t t) noexcept nogil:
         cdef Track* tr = &self.tracks[t]
@@ -519,17 +487,24 @@ cdef class FastPath:
         cdef Track* tr
         cdef int r
         cdef Route* grown
+        cdef Track tr0
         cdef unordered_map[uint64_t, int].iterator it = self.by_track.find(pair(s, src_ssrc))
+        memset(&tr0, 0, sizeof(Track))
         if it != self.by_track.end():
             t = deref(it).second
         else:
             for t in range(self.tracks.size() + 1):
                 if t == self.tracks.size():
-                    self.tracks.push_back(Track(False, 0, 0, NULL, 0, 0, NULL, 0.0, False, 0.0, NULL, False, 0))
+                    self.tracks.push_back(tr0)
                     break
                 if not self.tracks[t].used:
                     break
-            self.tracks[t] = Track(True, s, src_ssrc, NULL, 0, 0, NULL, -1e18, False, -1e18, NULL, False, 0)
+            memset(&self.tracks[t], 0, sizeof(Track))
+            self.tracks[t].used = True
+            self.tracks[t].src = s
+            self.tracks[t].ssrc = src_ssrc
+            self.tracks[t].last_remb = -1e18
+            keyframes.keyframes_init(&self.tracks[t].kf)
             self.by_track[pair(s, src_ssrc)] = t
         tr = &self.tracks[t]
         for r in range(tr.nroutes):
@@ -682,12 +657,13 @@ cdef class FastPath:
 
     cdef void _rtp(self, uint8_t* p, int n, uint64_t addr, double now, OutBatch* out) noexcept nogil:
         cdef int src = self._source(addr)
-        cdef int r, length = n
+        cdef int r, length = n, off, elen = 0
         cdef uint32_t ssrc
         cdef uint16_t seq
         cdef Track* tr
-        cdef Slot* slot
+        cdef Twcc* tw
         cdef unordered_map[uint64_t, int].iterator it
+        cdef unordered_map[uint64_t, uint32_t].iterator rit
         if src < 0:
             self.counts[<int>S_DROP_NOT_READY] += 1  # no ICE and DTLS from this address: never forwarded
             return
@@ -700,26 +676,64 @@ cdef class FastPath:
         self.counts[<int>S_RTP_IN] += 1
         seq = u16(p + 2)
         ssrc = u32(p + 8)
+        tw = self.eps[src].twcc
+        if tw != NULL:
+            off = rtp.find_extension(p, length, tw.ext_id, &elen)
+            if off >= 0 and elen >= 2:
+                twcc.twcc_record(tw, u16(p + off), now)
+                self._send_twcc(src, ssrc, now, out)
         it = self.by_track.find(pair(src, ssrc))
         if it == self.by_track.end():
-            self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1
-            return
+            rit = self.rtx_map.find(pair(src, ssrc))
+            if rit == self.rtx_map.end():
+                self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1
+                return
+            # RTX (RFC 4588 section 4): the original sequence number leads the payload. A packet
+            # with nothing but padding is the publisher probing its bandwidth: not media.
+            if rtp.payload_length(p, length) < 2:
+                self.counts[<int>S_PADDING_IN] += 1
+                return
+            off = rtp.payload_offset(p, length)
+            seq = u16(p + off)
+            ssrc = deref(rit).second
+            put16(p + 2, seq)
+            put32(p + 8, ssrc)
+            memmove(p + off, p + off + 2, length - off - 2)
+            length -= 2
+            it = self.by_track.find(pair(src, ssrc))
+            if it == self.by_track.end():
+                self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1
+                return
+            if nack.cache_get(self.tracks[deref(it).second].cache, seq) != NULL:
+                self.counts[<int>S_RTX_REDUNDANT] += 1  # we have it: a probe with payload, or a late repair
+                return
+            self.counts[<int>S_RTX_REPAIRED] += 1
         tr = &self.tracks[deref(it).second]
-        if tr.cache == NULL:
-            tr.cache = <Slot*>calloc(NACK_CACHE, sizeof(Slot))
-        if tr.cache != NULL:
-            slot = &tr.cache[seq % NACK_CACHE]
-            slot.seq = seq
-            slot.len = length
-            memcpy(slot.data, p, length)
-        if not tr.has_highest or 0 < <uint16_t>(seq - tr.highest) < 0x8000:  # newer, modulo 2^16 (RFC 3550 A.1)
+        nack.cache_put(&tr.cache, seq, p, length)
+        if not tr.has_highest or rtp.newer(seq, tr.highest):
             tr.highest = seq
             tr.has_highest = True
         for r in range(tr.nroutes):
             self._send_rtp(&tr.routes[r], p, length, now, out)
-        if tr.pli_held and now - tr.last_pli >= PLI_INTERVAL:
+        if keyframes.keyframes_due(&tr.kf, now):
+            # A request the throttle held back (a subscriber ready just after another): sent
+            # with the publisher's first packet after the window, not dropped.
             self.counts[<int>S_PLI_DEFERRED] += 1
             self._request_keyframe(deref(it).second, now, out)
+
+    cdef void _send_twcc(self, int src, uint32_t media_ssrc, double now, OutBatch* out) noexcept nogil:
+        cdef uint8_t msg[MTU]
+        cdef int k, length
+        cdef Twcc* tw = self.eps[src].twcc
+        if not twcc.twcc_due(tw, now):
+            return
+        for k in range(TWCC_MAX_MESSAGES):
+            if tw.end <= tw.base:
+                return
+            length = twcc.twcc_feedback(tw, msg, media_ssrc, now)
+            if length:
+                self.counts[<int>S_TWCC_SENT] += 1
+                self._send_rtcp(src, msg, length, now, out)
 
     cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out) noexcept nogil:
         cdef int length = n
@@ -731,7 +745,7 @@ cdef class FastPath:
             return False
         b = out.bufs + out.n * BUF
         memcpy(b, plain, n)
-        rewrite_rtp_c(b, rt.ssrc, rt.seq_delta, rt.ts_delta)
+        rtp.rewrite(b, rt.ssrc, rt.seq_delta, rt.ts_delta)
         b[1] = (b[1] & 0x80) | rt.pt
         if self.crypto and f_protect(self.eps[rt.dst].tx, b, &length) != 0:
             self.counts[<int>S_DROP_PROTECT] += 1
@@ -782,7 +796,7 @@ cdef class FastPath:
             self._report_blocks(src, pt, fmt, pk, plen)
             if pt == SR and plen >= 28:
                 self._forward_sr(src, pk, now, out)
-            elif pt == PSFB and fmt == 15 and plen >= 20 and pk[12] == b'R' and pk[13] == b'E' and pk[14] == b'M' and pk[15] == b'B':
+            elif rtcp.is_remb(pt, fmt, pk, plen):
                 self._pass_remb(src, pk, plen, now, out)
             elif pt == RTPFB and fmt == 1 and plen >= 16:
                 self._answer_nack(src, pk, plen, now, out)
@@ -794,7 +808,6 @@ cdef class FastPath:
 
     cdef void _report_blocks(self, int src, int pt, int count, const uint8_t* pk, int plen) noexcept nogil:
         cdef int i, pos, start
-        cdef uint32_t word
         cdef Quality q
         if pt == SR:
             start = 28
@@ -808,15 +821,7 @@ cdef class FastPath:
                 return
             if self.reverse.find(pair(src, u32(pk + pos))) == self.reverse.end():
                 continue  # only what a subscriber says of what we send it
-            word = u32(pk + pos + 4)
-            q.fraction = word >> 24
-            q.lost = <int32_t>(word & 0xFFFFFF)
-            if q.lost & 0x800000:  # a signed 24-bit count
-                q.lost -= 1 << 24
-            q.highest = u32(pk + pos + 8)
-            q.jitter = u32(pk + pos + 12)
-            q.lsr = u32(pk + pos + 16)
-            q.dlsr = u32(pk + pos + 20)
+            rtcp.report_block(pk + pos, &q)
             self.quality_map[pair(src, u32(pk + pos))] = q
 
     cdef void _forward_sr(self, int src, const uint8_t* pk, double now, OutBatch* out) noexcept nogil:
@@ -829,23 +834,17 @@ cdef class FastPath:
         if it == self.by_track.end():
             return
         tr = &self.tracks[deref(it).second]
-        memcpy(sr, pk, 28)
-        sr[0] = 0x80
-        sr[1] = SR
-        put16(sr + 2, 6)
         for r in range(tr.nroutes):
             if not self._ready(tr.routes[r].dst):
                 continue
-            put32(sr + 4, tr.routes[r].ssrc)
-            put32(sr + 16, <uint32_t>(u32(pk + 16) + tr.routes[r].ts_delta))
+            rtcp.translate_sr(sr, pk, tr.routes[r].ssrc, tr.routes[r].ts_delta)
             self.counts[<int>S_SR_FORWARDED] += 1
             self._send_rtcp(tr.routes[r].dst, sr, 28, now, out)
 
     cdef void _pass_remb(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
         # Without simulcast one stream serves everyone: the publisher hears the lowest estimate.
-        cdef int count = pk[16], i, r, exp = pk[17] >> 2
-        cdef uint64_t mantissa = ((<uint64_t>(pk[17] & 3)) << 16) | (<uint64_t>pk[18] << 8) | pk[19]
-        cdef uint64_t bitrate = mantissa << exp if exp < 46 else <uint64_t>0xFFFFFFFFFFFFFFFF
+        cdef int count = pk[16], i, r
+        cdef uint64_t bitrate = rtcp.remb_bitrate(pk)
         cdef uint64_t low
         cdef unordered_map[uint64_t, uint64_t].iterator rev
         cdef Track* tr
@@ -867,26 +866,8 @@ cdef class FastPath:
             for r in range(tr.nroutes):
                 if tr.routes[r].has_estimate and tr.routes[r].estimate < low:
                     low = tr.routes[r].estimate
-            exp = 0
-            while (low >> exp) > 0x3FFFF:  # an 18-bit mantissa
-                exp += 1
-            mantissa = low >> exp
-            msg[0] = 0x80 | 15
-            msg[1] = PSFB
-            put16(msg + 2, 5)
-            put32(msg + 4, SERVER_SSRC)
-            put32(msg + 8, 0)
-            msg[12] = b'R'
-            msg[13] = b'E'
-            msg[14] = b'M'
-            msg[15] = b'B'
-            msg[16] = 1
-            msg[17] = (exp << 2) | (mantissa >> 16)
-            msg[18] = (mantissa >> 8) & 0xFF
-            msg[19] = mantissa & 0xFF
-            put32(msg + 20, tr.ssrc)
             self.counts[<int>S_REMB_SENT] += 1
-            self._send_rtcp(tr.src, msg, 24, now, out)
+            self._send_rtcp(tr.src, msg, rtcp.remb(msg, low, tr.ssrc), now, out)
 
     cdef void _answer_nack(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
         # Resend from the cache (RFC 4585 6.2.1 Generic NACK) rather than ask the publisher; what
@@ -918,12 +899,10 @@ cdef class FastPath:
 
     cdef bint _resend(self, Track* tr, Route* rt, uint16_t out_seq, double now, OutBatch* out) noexcept nogil:
         """True when the packet is in the cache (resent, or dropped for its subscriber's sake)."""
-        cdef uint16_t seq = <uint16_t>(out_seq - rt.seq_delta)
-        cdef Slot* slot
-        if tr.cache == NULL or tr.cache[seq % NACK_CACHE].len == 0 or tr.cache[seq % NACK_CACHE].seq != seq:
+        cdef Slot* slot = nack.cache_get(tr.cache, <uint16_t>(out_seq - rt.seq_delta))
+        if slot == NULL:
             self.counts[<int>S_NACK_MISSED] += 1
             return False
-        slot = &tr.cache[seq % NACK_CACHE]
         if self._send_rtp(rt, slot.data, slot.len, now, out):
             self.counts[<int>S_NACK_SERVED] += 1
         return True
@@ -932,87 +911,26 @@ cdef class FastPath:
         """A Generic NACK to the publisher for packets we never got, each at most once per UPSTREAM_HOLD."""
         cdef uint16_t wanted[UPSTREAM_MAX]
         cdef uint8_t msg[12 + 4 * UPSTREAM_MAX]
-        cdef bint done[UPSTREAM_MAX]
-        cdef int i, j, nw = 0, pairs = 0
-        cdef uint16_t seq, tmp, blp, diff
-        cdef Asked* slot
+        cdef int nw
         if n == 0 or not self._ready(tr.src):
             return
-        if tr.asked == NULL:
-            tr.asked = <Asked*>calloc(UPSTREAM_RING, sizeof(Asked))
-            if tr.asked == NULL:
-                return
-        for i in range(n):
-            if nw == UPSTREAM_MAX:
-                break
-            seq = seqs[i]
-            if <uint16_t>(tr.highest - seq) >= NACK_CACHE:
-                continue  # older than what we keep (or not sent yet): too late to be worth asking
-            slot = &tr.asked[seq % UPSTREAM_RING]
-            if slot.used and slot.seq == seq and now - slot.at < UPSTREAM_HOLD:
-                continue
-            slot.used = True
-            slot.seq = seq
-            slot.at = now
-            wanted[nw] = seq
-            nw += 1
+        nw = nack.to_ask(&tr.asked, tr.highest, seqs, n, now, wanted)
         if nw == 0:
             return
-        # Sorted and without repeats, then packed into PID/BLP pairs as mediaserver.media.rtcp.nack does.
-        for i in range(1, nw):
-            tmp = wanted[i]
-            j = i - 1
-            while j >= 0 and wanted[j] > tmp:
-                wanted[j + 1] = wanted[j]
-                j -= 1
-            wanted[j + 1] = tmp
-        j = 0
-        for i in range(nw):
-            if i == 0 or wanted[i] != wanted[j - 1]:
-                wanted[j] = wanted[i]
-                j += 1
-        nw = j
-        memset(done, 0, sizeof(done))
-        for i in range(nw):
-            if done[i]:
-                continue
-            blp = 0
-            for j in range(i + 1, nw):
-                diff = <uint16_t>(wanted[j] - wanted[i])
-                if diff > 16:
-                    break
-                if not done[j] and diff >= 1:
-                    blp |= <uint16_t>(1 << (diff - 1))
-                    done[j] = True
-            put16(msg + 12 + 4 * pairs, wanted[i])
-            put16(msg + 14 + 4 * pairs, blp)
-            pairs += 1
-        msg[0] = 0x80 | 1
-        msg[1] = RTPFB
-        put16(msg + 2, <uint16_t>(2 + pairs))
-        put32(msg + 4, SERVER_SSRC)
-        put32(msg + 8, tr.ssrc)
         self.counts[<int>S_NACK_UPSTREAM] += 1
-        self._send_rtcp(tr.src, msg, 12 + 4 * pairs, now, out)
+        self._send_rtcp(tr.src, msg, rtcp.nack(msg, tr.ssrc, wanted, nw), now, out)
 
     cdef void _request_keyframe(self, size_t t, double now, OutBatch* out) noexcept nogil:
         cdef Track* tr = &self.tracks[t]
         cdef uint8_t msg[12]
-        if now - tr.last_pli < PLI_INTERVAL:
-            self.counts[<int>S_PLI_THROTTLED] += 1  # at most one per track per 500 ms...
-            tr.pli_held = True  # ...and the held one goes when the window ends (a late subscriber's)
+        if keyframes.keyframes_throttled(&tr.kf, now):
+            self.counts[<int>S_PLI_THROTTLED] += 1  # at most one per track per 500 ms
             return
         if not self._ready(tr.src):
             return
-        tr.last_pli = now
-        tr.pli_held = False
+        keyframes.keyframes_sent(&tr.kf, now)
         self.counts[<int>S_PLI_SENT] += 1
-        msg[0] = 0x81
-        msg[1] = PSFB
-        put16(msg + 2, 2)
-        put32(msg + 4, SERVER_SSRC)
-        put32(msg + 8, tr.ssrc)
-        self._send_rtcp(tr.src, msg, 12, now, out)
+        self._send_rtcp(tr.src, msg, rtcp.pli(msg, tr.ssrc), now, out)
 
     cdef void _keyframes_for(self, int sub, double now, OutBatch* out) noexcept nogil:
         cdef size_t t
@@ -1140,7 +1058,7 @@ cdef class FastPath:
                         self.counts[<int>S_DROP_UNKNOWN] += 1
                         continue
                     addr = ((<uint64_t>ntohl(names[i].sin_addr.s_addr)) << 16) | ntohs(names[i].sin_port)
-                    kind = classify_c(p, length)
+                    kind = rtp.classify(p, length)
                     if kind == KIND_RTP:
                         self._rtp(p, length, addr, now, &self.net)
                     elif kind == KIND_RTCP:

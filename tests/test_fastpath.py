@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from mediaserver import _fastpath as fast
-from mediaserver import fastpath_ref as ref
+from mediaserver.media import rtp as ref
 
 
 def packets(n: int, seed: int = 7) -> list[bytes]:

@@ -15,7 +15,8 @@ import pytest
 from pylibsrtp import Policy, Session
 
 from mediaserver._fastpath import FastPath
-from mediaserver.media import rtcp
+from mediaserver.media import rtcp, twcc
+from mediaserver.media import rtp as rtp_ref
 from mediaserver.media.forwarder import NACK_CACHE, Forwarder, Route
 from mediaserver.media.srtp import PROFILES, SrtpKeys
 
@@ -33,9 +34,20 @@ class Peer:
         self.inn = Session(Policy(key=self.server_keys.tx, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_id))
 
 
-def rtp(seq: int, ssrc: int = PUB_SSRC, pt: int = 96, marker: bool = False, payload: bytes | None = None) -> bytes:
+def rtp(seq: int, ssrc: int = PUB_SSRC, pt: int = 96, marker: bool = False, payload: bytes | None = None,
+        twcc: int | None = None, padding: int = 0, ts: int | None = None) -> bytes:
+    """An RTP packet; ``twcc``: a transport-wide sequence number in one-byte extension 3
+    (RFC 8285), as Chrome sends it; ``padding``: that many bytes of RTP padding."""
     payload = payload if payload is not None else struct.pack("!H", seq) * 50
-    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq, seq * 3000, ssrc) + payload
+    first = 0x80 | (0x10 if twcc is not None else 0) | (0x20 if padding else 0)
+    ext = b"" if twcc is None else struct.pack("!HHBHB", 0xBEDE, 1, (TWCC_ID << 4) | 1, twcc, 0)
+    pad = b"\0" * (padding - 1) + bytes([padding]) if padding else b""
+    ts = seq * 3000 if ts is None else ts
+    return struct.pack("!BBHII", first, (0x80 if marker else 0) | pt, seq, ts, ssrc) + ext + payload + pad
+
+
+TWCC_ID = 3
+RTX_SSRC = 0x1112
 
 
 IMPLEMENTATIONS = {"reference": Forwarder, "fastpath": FastPath}
@@ -72,13 +84,14 @@ def transcript(
     who = {v: k for k, v in addr_of.items()}
     out = []
     for sender, data, now in inputs:
-        kind = "rtcp" if 192 <= data[1] <= 223 else "rtp"
-        sent = fw.handle_rtcp(data, addr_of[sender], now) if kind == "rtcp" else fw.handle_rtp(data, addr_of[sender], now)
+        is_rtcp = 192 <= data[1] <= 223
+        sent = fw.handle_rtcp(data, addr_of[sender], now) if is_rtcp else fw.handle_rtp(data, addr_of[sender], now)
         for pkt, to in sent:
+            kind = "rtcp" if 192 <= pkt[1] <= 223 else "rtp"
             if kind == "rtp" and (who[to], struct.unpack_from("!H", pkt, 2)[0]) in lose:
                 continue
             peer = peers[who[to]]
-            plain = peer.inn.unprotect_rtcp(pkt) if 192 <= pkt[1] <= 223 else peer.inn.unprotect(pkt)
+            plain = peer.inn.unprotect_rtcp(pkt) if kind == "rtcp" else peer.inn.unprotect(pkt)
             out.append((who[to], kind, plain))
     return out
 
@@ -312,28 +325,32 @@ def recorded_session(peers: dict) -> tuple[list, frozenset]:
     return inputs, lose
 
 
+def run_recorded(impl: str, profile, peers: dict, steps: list, lose: frozenset) -> tuple[list, dict, dict]:
+    """What one implementation puts out for a recorded sequence, with its counters and quality."""
+    # The same server keys, fresh client-side receivers: each run decrypts what it gets from scratch.
+    mine = {}
+    for eid, peer in peers.items():
+        twin = Peer.__new__(Peer)
+        twin.server_keys = peer.server_keys
+        twin.inn = Session(Policy(key=peer.server_keys.tx, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_id))
+        mine[eid] = twin
+    fw, _ = build(impl, profile, mine)
+    out = []
+    for step in steps:
+        if callable(step):
+            step(fw)
+        else:
+            out += transcript(fw, mine, [step], lose)
+    return out, dict(fw.stats), fw.quality
+
+
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.openssl_name.decode() for p in PROFILES])
 def test_fast_path_matches_the_reference_packet_for_packet(profile):
     peers = {eid: Peer(profile) for eid in ("pub", "s1", "s2")}
     steps, lose = recorded_session(peers)
-    runs = {}
-    for impl in IMPLEMENTATIONS:
-        # The same server keys, fresh client-side receivers: each run decrypts what it gets from scratch.
-        mine = {}
-        for eid, peer in peers.items():
-            twin = Peer.__new__(Peer)
-            twin.server_keys = peer.server_keys
-            twin.inn = Session(Policy(key=peer.server_keys.tx, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile.libsrtp_id))
-            mine[eid] = twin
-        fw, _ = build(impl, profile, mine)
-        out = []
-        for step in steps:
-            if callable(step):
-                step(fw)
-            else:
-                out += transcript(fw, mine, [step], lose)
-        runs[impl] = (out, dict(fw.stats), fw.quality)
-    (ref_out, ref_stats, ref_quality), (fast_out, fast_stats, fast_quality) = runs["reference"], runs["fastpath"]
+    (ref_out, ref_stats, ref_quality), (fast_out, fast_stats, fast_quality) = (
+        run_recorded(impl, profile, peers, steps, lose) for impl in IMPLEMENTATIONS
+    )
     assert len(ref_out) > 100 and fast_out == ref_out
     assert fast_stats == ref_stats and fast_quality == ref_quality
     # The sequence exercised what it is meant to.
@@ -341,3 +358,149 @@ def test_fast_path_matches_the_reference_packet_for_packet(profile):
                 "pli_sent", "pli_throttled", "pli_deferred", "remb_sent", "sr_forwarded"):
         assert ref_stats.get(key, 0) > 0, key
     assert ref_quality[("s2", 0x2002)]["fraction_lost"] == 0.125
+
+
+# Transport-wide congestion control feedback and RTX from publishers -------------------------
+
+def feedback_to_pub(out) -> list[bytes]:
+    return [p for who, kind, p in out if who == "pub" and kind == "rtcp" and p[1] == rtcp.RTPFB and p[0] & 0x1F == twcc.FMT_TWCC]
+
+
+def reported(messages: list[bytes]) -> dict[int, int | None]:
+    """Transport-wide sequence number -> arrival (us) or None (reported lost), over messages."""
+    got: dict[int, int | None] = {}
+    for m in messages:
+        base, _ref, arrivals = twcc.parse(m)
+        for i, a in enumerate(arrivals):
+            seq = (base + i) & 0xFFFF
+            assert seq not in got, f"{seq} reported twice"
+            got[seq] = a
+    return got
+
+
+def test_twcc_feedback_tells_the_publisher_when_each_packet_arrived(setup):
+    fw, peers = setup
+    fw.set_twcc("pub", TWCC_ID)
+    pub = peers["pub"].out
+    # Transport-wide numbers wrap, two are lost, two arrive swapped, one comes 300 ms late
+    # (a large delta), and media sequence numbers are independent of them.
+    plan = [(65530 + i, 10.0 + 0.004 * i) for i in range(6)]  # 65530..65535
+    plan += [(0, 10.03), (1, 10.031), (3, 10.032), (2, 10.0325), (6, 10.04), (7, 10.34), (8, 10.3405)]  # 4, 5 lost
+    plan += [(9 + i, 10.35 + 0.001 * i) for i in range(40)]  # a run: run-length and vector chunks
+    plan.append((49, 10.5))
+    inputs = [("pub", pub.protect(rtp(100 + i, twcc=tw)), now) for i, (tw, now) in enumerate(plan)]
+    out = transcript(fw, peers, inputs)
+    messages = feedback_to_pub(out)
+    # One per 50 ms at most, sent when a packet comes: at 10.0, 10.34 and 10.5.
+    assert len(messages) == fw.stats["twcc_sent"] == 3
+    got = reported(messages)
+    # Every packet is reported once, at its arrival to the 250 us tick; only 4 and 5 as lost.
+    arrival = {tw: int(now * 1e6) for tw, now in plan}
+    assert {s for s, a in got.items() if a is None} == {4, 5}
+    for s, a in got.items():
+        if a is not None:
+            assert arrival[s] - 250 < a <= arrival[s], s
+    # Feedback counts go up one by one; media still reaches both subscribers.
+    assert [m[19] for m in messages] == list(range(len(messages)))
+    assert sum(1 for who, kind, _ in out if kind == "rtp") == 2 * len(plan)
+    # Not negotiated: no feedback.
+    fw.set_twcc("pub", 0)
+    assert feedback_to_pub(transcript(fw, peers, [("pub", pub.protect(rtp(500, twcc=60)), 20.0)])) == []
+
+
+def test_twcc_feedback_with_many_packets_pending_stays_under_the_mtu(setup):
+    fw, peers = setup
+    fw.set_twcc("pub", TWCC_ID)
+    pub = peers["pub"].out
+    transcript(fw, peers, [("pub", pub.protect(rtp(1, twcc=1)), 5.0)])
+    # 1,000 packets in 40 ms (every third lost), then one after the interval: several messages at once.
+    inputs = [("pub", pub.protect(rtp(2 + i, ssrc=0x9999, twcc=2 + i)), 5.001 + i * 0.00004) for i in range(1000) if i % 3]
+    inputs.append(("pub", pub.protect(rtp(5000, ssrc=0x9999, twcc=1002)), 5.06))
+    out = transcript(fw, peers, inputs)
+    messages = feedback_to_pub(out)
+    assert len(messages) == 3 and all(len(m) <= 1200 for m in messages)
+    got = reported(messages)
+    assert sorted(got) == list(range(2, 1003))
+    assert all((got[s] is None) == ((s - 2) % 3 == 0 and s != 1002) for s in got)
+    assert fw.stats["drop_unknown_ssrc"] == len(inputs)  # unknown SSRCs (probes) are still reported
+
+
+def test_rtx_repairs_a_loss_and_probes_are_not_media(setup):
+    fw, peers = setup
+    fw.set_rtx("pub", RTX_SSRC, PUB_SSRC)
+    pub = peers["pub"].out
+    out = transcript(fw, peers, [("pub", pub.protect(rtp(s)), 1.0) for s in (1, 2, 3, 5)])
+    # The repair of 4 (RFC 4588: its own SSRC, payload type and sequence; the original
+    # sequence number first), a repair of 2 which we have, and a padding-only probe.
+    repair = rtp(900, ssrc=RTX_SSRC, pt=97, payload=struct.pack("!H", 4) + struct.pack("!H", 4) * 50, ts=4 * 3000)
+    again = rtp(901, ssrc=RTX_SSRC, pt=97, payload=struct.pack("!H", 2) + struct.pack("!H", 2) * 50, ts=2 * 3000)
+    probe = rtp(902, ssrc=RTX_SSRC, pt=97, payload=b"", padding=200)
+    out = transcript(fw, peers, [("pub", pub.protect(p), 1.1) for p in (repair, again, probe)], lose=frozenset({("s1", 4)}))
+    got = [(who, struct.unpack_from("!HI", p, 2), p[8:12], p[1] & 0x7F, p[12:]) for who, kind, p in out]
+    assert got == [("s2", (1004, 4 * 3000 + 90000), struct.pack("!I", 0x2002), 100, struct.pack("!H", 4) * 50)]
+    assert fw.stats["rtx_repaired"] == 1 and fw.stats["rtx_redundant"] == 1 and fw.stats["padding_in"] == 1
+    assert not [k for k in fw.stats if k.startswith("drop_")]
+    # The repaired packet is cached like any other: a subscriber's NACK for it is answered.
+    nack = peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [4]))
+    assert [(who, struct.unpack_from("!H", p, 2)[0]) for who, _, p in transcript(fw, peers, [("s1", nack, 1.2)])] == [("s1", 4)]
+    # Once its endpoint is gone, an RTX SSRC means nothing.
+    fw.remove_endpoint("pub")
+    fw.add_endpoint("pub")
+    fw.set_address("pub", PUB)
+    fw.set_keys("pub", peers["pub"].server_keys)
+    assert fw.handle_rtp(pub.protect(rtp(903, ssrc=RTX_SSRC, payload=struct.pack("!H", 6) * 51)), PUB, 1.3) == []
+    assert fw.stats["drop_unknown_ssrc"] == 1
+
+
+def test_header_extensions_are_found_in_both_forms():
+    one = rtp(1, twcc=0xBEEF)
+    assert rtp_ref.find_extension(one, TWCC_ID) == b"\xbe\xef" and rtp_ref.find_extension(one, 4) is None
+    # Two-byte form (RFC 8285 4.3), padding between elements, and a CSRC before it.
+    two = struct.pack("!BBHII", 0x91, 96, 1, 0, 1) + struct.pack("!I", 77) + struct.pack("!HH", 0x1000, 3)
+    two += bytes([0, 5, 1, 0xAA, 3, 2, 0x12, 0x34, 0]) + b"\0" * 3 + b"payload"
+    assert rtp_ref.find_extension(two, 3) == b"\x12\x34" and rtp_ref.find_extension(two, 5) == b"\xaa"
+    assert rtp_ref.payload_offset(two) == 12 + 4 + 4 + 12 and rtp_ref.payload_length(two) == len(b"payload")
+    truncated = one[:14]
+    assert rtp_ref.find_extension(truncated, TWCC_ID) is None and rtp_ref.payload_offset(truncated) is None
+
+
+def recorded_twcc_session(peers: dict) -> list:
+    """TWCC-numbered media with loss, reordering and a pause; RTX repairs, duplicates and probes;
+    feedback on and off."""
+    pub, s1 = peers["pub"], peers["s1"]
+    steps = [lambda fw: fw.set_twcc("pub", TWCC_ID), lambda fw: fw.set_rtx("pub", RTX_SSRC, PUB_SSRC)]
+    tw, t, rtx_seq = 65000, 0.0, 1000
+
+    def rtx(payload: bytes, padding: int = 0, ts: int = 0) -> bytes:
+        nonlocal tw, rtx_seq
+        tw, rtx_seq = (tw + 1) & 0xFFFF, rtx_seq + 1
+        return pub.out.protect(rtp(rtx_seq, ssrc=RTX_SSRC, pt=97, payload=payload, padding=padding, twcc=tw, ts=ts))
+
+    for seq in range(1, 120):
+        tw = (tw + 1) & 0xFFFF
+        t += 0.0037 if seq != 60 else 0.4  # a pause: a large delta
+        if seq in (20, 21, 77):  # lost on the way to us (the RTX repairs some)
+            continue
+        steps.append(("pub", pub.out.protect(rtp(seq, marker=seq % 10 == 0, twcc=tw)), t))
+        if seq == 30:
+            steps.append(("pub", pub.out.protect(rtp(29, ssrc=0x9999, twcc=(tw - 3) & 0xFFFF)), t))  # late and unknown
+        if seq in (40, 90):
+            fixed, have = (20, 35) if seq == 40 else (77, 85)
+            steps.append(("pub", rtx(b"", padding=224), t))  # a probe
+            steps.append(("pub", rtx(struct.pack("!H", fixed) * 51, ts=fixed * 3000), t + 0.001))  # a repair
+            steps.append(("pub", rtx(struct.pack("!H", have) * 51, ts=have * 3000), t + 0.002))  # one we have
+    steps.append(("s1", s1.out.protect_rtcp(rtcp.nack(0x2001, [21, 110])), t + 0.01))  # 21 never came; s1 lost 110
+    steps.append(lambda fw: fw.set_twcc("pub", 0))
+    steps += [("pub", pub.out.protect(rtp(200 + i, twcc=i)), t + 0.1 + i * 0.06) for i in range(3)]
+    return steps
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.openssl_name.decode() for p in PROFILES])
+def test_fast_path_matches_the_reference_with_twcc_and_rtx(profile):
+    peers = {eid: Peer(profile) for eid in ("pub", "s1", "s2")}
+    steps = recorded_twcc_session(peers)
+    ref, fast = (run_recorded(impl, profile, peers, steps, frozenset({("s1", 110)})) for impl in IMPLEMENTATIONS)
+    assert len(ref[0]) > 200 and fast == ref
+    for key in ("twcc_sent", "rtx_repaired", "rtx_redundant", "padding_in", "nack_served", "nack_missed", "drop_unknown_ssrc"):
+        assert ref[1].get(key, 0) > 0, key
+    assert reported(feedback_to_pub(ref[0]))  # the messages parse

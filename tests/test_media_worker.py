@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from mediaserver.fastpath_ref import KIND_RTP, classify
+from mediaserver.media.rtp import KIND_RTP, classify
 from mediaserver.media.sdp import OutgoingTrack
 from mediaserver.media.worker import MediaWorker
 from loadtest.peers import accept, answer_offer, collect, loopback_only_ice, new_pc, publisher_offer, wait_for

@@ -15,17 +15,17 @@ from typing import Callable
 
 import pylibsrtp
 
-from mediaserver.fastpath_ref import rewrite_rtp
 from mediaserver.media import rtcp
+from mediaserver.media.keyframes import Keyframes
+from mediaserver.media.nack import NACK_CACHE, Cache, UpstreamAsks
+from mediaserver.media.rtp import find_extension, newer, payload_length, payload_offset, rewrite_rtp
 from mediaserver.media.srtp import SrtpKeys
+from mediaserver.media.twcc import MAX_MESSAGES, Twcc
+
+__all__ = ["NACK_CACHE", "Forwarder", "Route"]
 
 MTU = 1500  # larger datagrams are never forwarded
-PLI_INTERVAL = 0.5  # at most one keyframe request per track per 500 ms
-NACK_CACHE = 512  # recent packets kept per track to answer NACKs (about 1 s of 4 Mbps video)
 REMB_INTERVAL = 0.5  # the publisher hears the lowest subscriber estimate at most this often per track
-UPSTREAM_HOLD = 0.2  # a packet lost before it reached us is asked of its publisher at most once per 200 ms
-UPSTREAM_RING = 64  # sequence numbers remembered per track for that
-UPSTREAM_MAX = 256  # sequence numbers per NACK sent upstream (it must fit in one datagram)
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Endpoint:
     addr: tuple | None = None
     rx: pylibsrtp.Session | None = None
     tx: pylibsrtp.Session | None = None
+    twcc: Twcc | None = None  # transport-wide feedback we owe it, when negotiated
 
     @property
     def ready(self) -> bool:
@@ -57,17 +58,19 @@ class Forwarder:
     routes: dict[tuple[str, int], dict[str, Route]] = field(default_factory=dict)
     # (subscriber endpoint, SSRC it sees) -> (publisher endpoint, publisher SSRC), for feedback
     reverse: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
-    last_pli: dict[tuple[str, int], float] = field(default_factory=dict)
-    pli_held: set[tuple[str, int]] = field(default_factory=set)  # throttled requests, sent when the window ends
-    # (publisher endpoint, publisher SSRC) -> ring of (sequence number, plaintext packet), slot seq % NACK_CACHE
-    cache: dict[tuple[str, int], list] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> its keyframe-request throttle
+    keyframes: dict[tuple[str, int], Keyframes] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> its recent packets (plaintext)
+    cache: dict[tuple[str, int], Cache] = field(default_factory=dict)
     # (subscriber endpoint, SSRC it sees) -> its latest reception report (loss, jitter)
     quality: dict[tuple[str, int], dict] = field(default_factory=dict)
     # (publisher endpoint, publisher SSRC) -> {subscriber: its latest bandwidth estimate in bit/s}
     estimates: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
     last_remb: dict[tuple[str, int], float] = field(default_factory=dict)
-    # (publisher endpoint, publisher SSRC) -> ring of (sequence number, when it was asked upstream)
-    asked: dict[tuple[str, int], list] = field(default_factory=dict)
+    # (publisher endpoint, publisher SSRC) -> what was asked of its publisher lately
+    asked: dict[tuple[str, int], UpstreamAsks] = field(default_factory=dict)
+    # (publisher endpoint, its RTX SSRC) -> the media SSRC it repairs (RFC 4588)
+    rtx: dict[tuple[str, int], int] = field(default_factory=dict)
     # (publisher endpoint, publisher SSRC) -> the highest sequence number received (modulo 2^16)
     highest: dict[tuple[str, int], int] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
@@ -91,7 +94,21 @@ class Forwarder:
         ep = self.endpoints[eid]
         ep.rx, ep.tx = keys.sessions()
 
+    def set_twcc(self, eid: str, ext_id: int) -> None:
+        """Send the endpoint transport-wide feedback for the packets carrying extension ``ext_id``
+        (0: none)."""
+        if not 0 <= ext_id <= 255:
+            raise ValueError("a header extension ID is 1-255")
+        self.endpoints[eid].twcc = Twcc(ext_id) if ext_id else None
+
+    def set_rtx(self, eid: str, rtx_ssrc: int, media_ssrc: int) -> None:
+        """The endpoint repairs ``media_ssrc`` with RTX (RFC 4588) on ``rtx_ssrc``."""
+        self.endpoints[eid]  # noqa: B018 - a KeyError for an unknown endpoint, as the fast path's
+        self.rtx[(eid, rtx_ssrc)] = media_ssrc
+
     def remove_endpoint(self, eid: str) -> None:
+        for key in [k for k in self.rtx if k[0] == eid]:
+            del self.rtx[key]
         ep = self.endpoints.pop(eid, None)
         if ep and ep.addr is not None and self.by_addr.get(ep.addr) is ep:
             del self.by_addr[ep.addr]
@@ -131,24 +148,60 @@ class Forwarder:
             return self._drop("srtp")  # authentication or replay check failed
         self.stats["rtp_in"] += 1
         seq, ssrc = struct.unpack_from("!H", plain, 2)[0], struct.unpack_from("!I", plain, 8)[0]
+        out = []
+        if ep.twcc is not None:
+            value = find_extension(plain, ep.twcc.ext_id)
+            if value is not None and len(value) >= 2:
+                ep.twcc.record(struct.unpack_from("!H", value)[0], now)
+                out += self._send_twcc(ep, ssrc, now)
         routes = self.routes.get((ep.id, ssrc))
         if routes is None:
-            return self._drop("unknown_ssrc")
-        self.cache.setdefault((ep.id, ssrc), [None] * NACK_CACHE)[seq % NACK_CACHE] = (seq, plain)
-        top = self.highest.get((ep.id, ssrc))
-        if top is None or 0 < (seq - top) & 0xFFFF < 0x8000:  # newer, modulo 2^16 (RFC 3550 A.1)
-            self.highest[(ep.id, ssrc)] = seq
-        out = []
+            media = self.rtx.get((ep.id, ssrc))
+            if media is None:
+                return out + self._drop("unknown_ssrc")
+            # RTX (RFC 4588 section 4): the original sequence number leads the payload. A packet
+            # with nothing but padding is the publisher probing its bandwidth: not media.
+            size = payload_length(plain)
+            if size is None or size < 2:
+                self.stats["padding_in"] += 1
+                return out
+            off = payload_offset(plain)
+            seq, ssrc = struct.unpack_from("!H", plain, off)[0], media
+            plain = plain[:2] + struct.pack("!H", seq) + plain[4:8] + struct.pack("!I", ssrc) + plain[12:off] + plain[off + 2:]
+            routes = self.routes.get((ep.id, ssrc))
+            if routes is None:
+                return out + self._drop("unknown_ssrc")
+            if (ep.id, ssrc) in self.cache and self.cache[(ep.id, ssrc)].get(seq) is not None:
+                self.stats["rtx_redundant"] += 1  # we have it: a probe with payload, or a late repair
+                return out
+            self.stats["rtx_repaired"] += 1
+        source = (ep.id, ssrc)
+        self.cache.setdefault(source, Cache()).put(seq, plain)
+        top = self.highest.get(source)
+        if top is None or newer(seq, top):
+            self.highest[source] = seq
         for dst_id, route in routes.items():
             sent = self._send_to(dst_id, route, plain)
             if sent:
                 out.append(sent)
-        source = (ep.id, ssrc)
-        if source in self.pli_held and now - self.last_pli.get(source, float("-inf")) >= PLI_INTERVAL:
+        if source in self.keyframes and self.keyframes[source].due(now):
             # A keyframe request the throttle held back (a subscriber ready just after another):
             # sent with the publisher's first packet after the window, not dropped.
             self.stats["pli_deferred"] += 1
             out += self._request_keyframe(source, now)
+        return out
+
+    def _send_twcc(self, ep: Endpoint, media_ssrc: int, now: float) -> list[tuple[bytes, tuple]]:
+        if not ep.twcc.due(now):
+            return []
+        out = []
+        for _ in range(MAX_MESSAGES):
+            if ep.twcc.end <= ep.twcc.base:
+                break
+            msg = ep.twcc.feedback(media_ssrc, now)
+            if msg is not None:
+                self.stats["twcc_sent"] += 1
+                out.append((ep.tx.protect_rtcp(msg), ep.addr))
         return out
 
     def _send_to(self, dst_id: str, route: Route, plain: bytes) -> tuple[bytes, tuple] | None:
@@ -203,15 +256,14 @@ class Forwarder:
         return out
 
     def _request_keyframe(self, source: tuple[str, int], now: float) -> list[tuple[bytes, tuple]]:
-        if now - self.last_pli.get(source, float("-inf")) < PLI_INTERVAL:
-            self.stats["pli_throttled"] += 1
-            self.pli_held.add(source)
+        throttle = self.keyframes.setdefault(source, Keyframes())
+        if throttle.throttled(now):
+            self.stats["pli_throttled"] += 1  # at most one per track per 500 ms
             return []
         publisher = self.endpoints.get(source[0])
         if publisher is None or not publisher.ready:
             return []
-        self.last_pli[source] = now
-        self.pli_held.discard(source)
+        throttle.sent(now)
         self.stats["pli_sent"] += 1
         return [(publisher.tx.protect_rtcp(rtcp.pli(source[1])), publisher.addr)]
 
@@ -269,16 +321,16 @@ class Forwarder:
         route = self.routes.get(source, {}).get(subscriber) if source else None
         if route is None:
             return []
-        ring = self.cache.get(source, [None] * NACK_CACHE)
+        cache = self.cache.get(source) or Cache()
         out, missing = [], []
         for out_seq in lost:
             seq = (out_seq - route.seq_delta) & 0xFFFF
-            cached = ring[seq % NACK_CACHE]
-            if cached is None or cached[0] != seq:
+            cached = cache.get(seq)
+            if cached is None:
                 self.stats["nack_missed"] += 1
                 missing.append(seq)
                 continue
-            sent = self._send_to(subscriber, route, cached[1])
+            sent = self._send_to(subscriber, route, cached)
             if sent:
                 out.append(sent)
                 self.stats["nack_served"] += 1
@@ -290,19 +342,7 @@ class Forwarder:
         publisher = self.endpoints.get(source[0])
         if not seqs or publisher is None or not publisher.ready:
             return []
-        ring = self.asked.setdefault(source, [None] * UPSTREAM_RING)
-        top = self.highest.get(source, 0)
-        wanted = []
-        for seq in seqs:
-            if len(wanted) == UPSTREAM_MAX:
-                break
-            if (top - seq) & 0xFFFF >= NACK_CACHE:
-                continue  # older than what we keep (or not sent yet): too late to be worth asking
-            slot = ring[seq % UPSTREAM_RING]
-            if slot is not None and slot[0] == seq and now - slot[1] < UPSTREAM_HOLD:
-                continue
-            ring[seq % UPSTREAM_RING] = (seq, now)
-            wanted.append(seq)
+        wanted = self.asked.setdefault(source, UpstreamAsks()).to_ask(self.highest.get(source, 0), seqs, now)
         if not wanted:
             return []
         self.stats["nack_upstream"] += 1

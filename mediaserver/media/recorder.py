@@ -32,7 +32,7 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from mediaserver.fastpath_ref import KIND_RTCP, KIND_RTP, classify
+from mediaserver.media.rtp import KIND_RTCP, KIND_RTP, classify
 from mediaserver.media import rtcp
 from mediaserver.media.compose import archive_files, compose_files
 from mediaserver.media.srtp import SrtpKeys

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 from mediaserver._fastpath import FastPath
 from mediaserver.errors import MediaserverError
-from mediaserver.fastpath_ref import KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, classify
+from mediaserver.media.rtp import KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, classify
 from mediaserver.ids import new_id
 from mediaserver.media import sdp
 from mediaserver.media.dtls import DtlsServer, ServerCertificate
