@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiortc import sdp as aiortc_sdp
 
 from mediaserver.errors import MediaserverError
+from mediaserver.media import twcc
 from mediaserver.media.dtls import Fingerprint
 
 # What we route, in preference order: a subscriber gets the publisher's codec.
@@ -47,6 +48,8 @@ class OfferedTrack:
     codec: Codec
     stream_id: str
     track_id: str
+    rtx_ssrc: int | None = None  # the SSRC its repairs come on (RFC 4588), when RTX is negotiated
+    rtx_payload_type: int | None = None
 
 
 @dataclass
@@ -126,6 +129,10 @@ def parse_publish_offer(text: str) -> tuple[RemoteDescription, list[OfferedTrack
         if not primary:
             raise MediaserverError("invalid_sdp", f"the {m.kind} section (mid {m.rtp.muxId}) announces no SSRC")
         msid = (m.msid or primary[0].msid or f"- {m.rtp.muxId}").split()
+        rtx_pt = next((c.payloadType for c in m.rtp.codecs if c.mimeType.lower().endswith("/rtx")
+                       and str((c.parameters or {}).get("apt")) == str(codec.payload_type)), None)
+        rtx_ssrc = next((g.items[1] for g in m.ssrc_group if g.semantic == "FID" and len(g.items) > 1
+                         and g.items[0] == primary[0].ssrc), None)
         tracks.append(
             OfferedTrack(
                 mid=m.rtp.muxId,
@@ -134,9 +141,27 @@ def parse_publish_offer(text: str) -> tuple[RemoteDescription, list[OfferedTrack
                 codec=codec,
                 stream_id=msid[0],
                 track_id=msid[1] if len(msid) > 1 else msid[0],
+                # Repairs are taken only on an SSRC the offer names for them, in a payload type it maps.
+                rtx_ssrc=rtx_ssrc if rtx_pt is not None else None,
+                rtx_payload_type=rtx_pt if rtx_ssrc is not None else None,
             )
         )
     return remote, tracks
+
+
+def twcc_extension(remote: RemoteDescription, tracks: list[OfferedTrack | None]) -> int | None:
+    """The header extension ID the offer numbers packets with for transport-wide congestion
+    control, when every accepted section offers it with the same ID (BUNDLE shares one
+    transport, so one numbering); else None (no feedback)."""
+    ids = set()
+    for m, t in zip(remote.media, tracks):
+        if t is None:
+            continue
+        found = [e.id for e in m.rtp.headerExtensions if e.uri == twcc.URI]
+        if not found:
+            return None
+        ids.add(found[0])
+    return ids.pop() if len(ids) == 1 else None
 
 
 def _session_head(version: int, mids: list[str]) -> list[str]:
@@ -180,19 +205,29 @@ def publish_answer(
 ) -> str:
     accepted = [t.mid for t in tracks if t is not None]
     lines = _session_head(1, accepted)
+    ext = twcc_extension(remote, tracks)
     for m, t in zip(remote.media, tracks):
         if t is None:
             lines += [f"m={m.kind} 0 UDP/TLS/RTP/SAVPF {m.fmt[0] if m.fmt else 0}", f"c=IN {_ip(host)} {host}", f"a=mid:{m.rtp.muxId}", "a=inactive"]
             continue
+        pts = f"{t.codec.payload_type}" + (f" {t.rtx_payload_type}" if t.rtx_payload_type is not None else "")
         lines += [
-            f"m={t.kind} {port} UDP/TLS/RTP/SAVPF {t.codec.payload_type}",
+            f"m={t.kind} {port} UDP/TLS/RTP/SAVPF {pts}",
             f"c=IN {_ip(host)} {host}",
             f"a=mid:{t.mid}",
             "a=recvonly",
             "a=rtcp-mux",
             *_transport_lines(ufrag, pwd, fingerprint, "passive", host, port),
-            *_codec_lines(t.codec),
         ]
+        if ext is not None:
+            # The publisher numbers its packets and we say when each arrived: its own
+            # estimator sets its bitrate (draft-holmer-rmcat-transport-wide-cc-extensions-01).
+            lines.append(f"a=extmap:{ext} {twcc.URI}")
+        lines += _codec_lines(t.codec)
+        if ext is not None:
+            lines.append(f"a=rtcp-fb:{t.codec.payload_type} transport-cc")
+        if t.rtx_payload_type is not None:
+            lines += [f"a=rtpmap:{t.rtx_payload_type} rtx/{t.codec.clock_rate}", f"a=fmtp:{t.rtx_payload_type} apt={t.codec.payload_type}"]
     return "\r\n".join(lines) + "\r\n"
 
 

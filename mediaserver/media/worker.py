@@ -236,6 +236,10 @@ class MediaWorker:
         remote, tracks = sdp.parse_publish_offer(offer)
         self._set_remote(t, remote)
         t.tracks = [x for x in tracks if x is not None]
+        self.forwarder.set_twcc(t.id, sdp.twcc_extension(remote, tracks) or 0)
+        for x in t.tracks:
+            if x.rtx_ssrc is not None:
+                self.forwarder.set_rtx(t.id, x.rtx_ssrc, x.ssrc)
         return sdp.publish_answer(
             remote, tracks, ufrag=t.ice.ufrag, pwd=t.ice.pwd, fingerprint=self.cert.fingerprint,
             host=self.advertised_host, port=self.port,
