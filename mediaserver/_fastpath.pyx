@@ -29,7 +29,7 @@ from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 from cython.operator cimport dereference as deref, preincrement as inc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcpy, memmove, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from libcpp.string cimport string
 from libcpp.unordered_map cimport unordered_map
 from libcpp.vector cimport vector
@@ -39,7 +39,8 @@ from posix.unistd cimport close, read, write
 from mediaserver._udp cimport (
     AF_INET, MSG_DONTWAIT, MSG_TRUNC, htonl, htons, iovec, mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr_in, srtp_fn,
 )
-from mediaserver.fastpath cimport keyframes, nack, rtcp, rtp, twcc
+from mediaserver.fastpath cimport codecs, keyframes, nack, rtcp, rtp, twcc
+from mediaserver.fastpath.codecs cimport CODEC_VP8
 from mediaserver.fastpath.keyframes cimport Keyframes
 from mediaserver.fastpath.nack cimport NACK_CACHE, UPSTREAM_MAX, Asked, Slot
 from mediaserver.fastpath.rtcp cimport NACK_SEQS, PSFB, RR, RTPFB, SR, Quality
@@ -94,6 +95,7 @@ cdef enum Stat:
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
     S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED, S_PADDING_IN, S_RTX_REPAIRED, S_RTX_REDUNDANT, S_TWCC_SENT
+    S_LAYERS_FOUND, S_LAYER_SWITCHES
     S_COUNT
 
 STAT_NAMES = (
@@ -103,6 +105,7 @@ STAT_NAMES = (
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
     "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred", "padding_in", "rtx_repaired", "rtx_redundant", "twcc_sent",
+    "layers_found", "layer_switches",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -160,6 +163,9 @@ cdef struct Endpoint:
     void* tx
     double consent_at
     Twcc* twcc  # transport-wide feedback we owe it; NULL unless negotiated
+    int mid_ext  # its mid, rid and repaired-rid extension IDs (RFC 8852); 0: none
+    int rid_ext
+    int rrid_ext
 
 cdef struct Route:
     int dst
@@ -170,20 +176,49 @@ cdef struct Route:
     bint video
     bint has_estimate
     uint64_t estimate  # the subscriber's latest REMB, bit/s
+    int layer  # simulcast: the layer it should get
+    # Simulcast, as the reference's Route: the layer it gets now (-1: none yet), the last packet
+    # it was sent, the first sequence number of the current layer, the VP8 picture-ID shifts.
+    int current
+    bint has_last
+    uint16_t last_seq
+    uint32_t last_ts
+    double last_at
+    int last_pid
+    int last_tl0
+    uint16_t layer_start
+    uint16_t pid_delta
+    uint8_t tl0_delta
+
+cdef struct Layer:
+    # One RTP stream of a track: the track's own, or one simulcast encoding.
+    bint has_ssrc  # a simulcast encoding's SSRC is learnt from its first packet
+    uint32_t ssrc
+    Slot* cache  # NACK_CACHE slots, allocated with the first packet
+    Keyframes kf
+    Asked* asked  # UPSTREAM_RING slots, allocated with the first NACK sent upstream
+    bint has_highest
+    uint16_t highest  # the highest sequence number received (modulo 2^16)
+    uint8_t rid[16]
+    int rid_len
+
+cdef enum:
+    MAX_LAYERS = 3
+    TRACK_ITSELF = 3  # by_track's layer for a simulcast track's own SSRC, which names no stream
 
 cdef struct Track:
     bint used
     int src
-    uint32_t ssrc
+    uint32_t ssrc  # what routes know it by
     Route* routes
     int nroutes
     int cap
-    Slot* cache  # NACK_CACHE slots, allocated with the first packet
-    Keyframes kf
     double last_remb
-    Asked* asked  # UPSTREAM_RING slots, allocated with the first NACK sent upstream
-    bint has_highest
-    uint16_t highest  # the highest sequence number received (modulo 2^16)
+    int nlayers  # 0: not simulcast (layers[0] is the track's own stream)
+    int codec
+    uint8_t mid[16]
+    int mid_len
+    Layer layers[MAX_LAYERS]
 
 cdef struct OutBatch:
     int n
@@ -224,7 +259,7 @@ cdef class FastPath:
     cdef vector[Endpoint] eps
     cdef vector[Track] tracks
     cdef unordered_map[uint64_t, int] by_addr
-    cdef unordered_map[uint64_t, int] by_track  # (publisher endpoint, publisher SSRC) -> track
+    cdef unordered_map[uint64_t, int] by_track  # (publisher endpoint, a stream's SSRC) -> track * 4 + layer
     cdef unordered_map[uint64_t, uint64_t] reverse  # (subscriber, SSRC it sees) -> (track, route index)
     cdef unordered_map[uint64_t, Quality] quality_map  # (subscriber, SSRC it sees) -> its latest report
     cdef unordered_map[uint64_t, uint32_t] rtx_map  # (publisher, its RTX SSRC) -> the media SSRC it repairs
@@ -275,9 +310,7 @@ cdef class FastPath:
             self._free_twcc(i)
         for i in range(self.tracks.size()):
             if self.tracks[i].used:
-                free(self.tracks[i].routes)
-                free(self.tracks[i].cache)
-                free(self.tracks[i].asked)
+                self._free_track(i)
         out_free(&self.ctl)
         out_free(&self.net)
         free(self.slow_bufs)
@@ -313,9 +346,9 @@ cdef class FastPath:
                 self.names[idx] = eid
             else:
                 idx = self.eps.size()
-                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL))
+                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0))
                 self.names.append(eid)
-            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL)
+            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL, 0, 0, 0)
             self.ids[eid] = idx
         finally:
             self.unlock()
@@ -385,6 +418,71 @@ cdef class FastPath:
             self.rtx_map[pair(idx, rtx_ssrc)] = media_ssrc
             self.unlock()
 
+    def set_sdes(self, str eid, int mid_id, int rid_id, int rrid_id):
+        """The header extension IDs of the endpoint's mid, rid and repaired rid (RFC 8852), by
+        which its simulcast encodings are told apart."""
+        cdef int idx = self._ep(eid)
+        with nogil:
+            self.lock()
+            self.eps[idx].mid_ext = mid_id
+            self.eps[idx].rid_ext = rid_id
+            self.eps[idx].rrid_ext = rrid_id
+            self.unlock()
+
+    def add_simulcast(self, str eid, uint32_t track_ssrc, str mid, list rids, str codec):
+        """A simulcast track of the endpoint, known to routes as ``track_ssrc`` (its encodings'
+        SSRCs are learnt from their packets), with its encodings' rids, lowest first."""
+        cdef int idx = self._ep(eid), i
+        cdef size_t t
+        cdef Track* tr
+        cdef bytes m = mid.encode()
+        names = [r.encode() for r in rids]
+        if not 1 <= len(rids) <= MAX_LAYERS or not all(0 < len(r) <= 16 for r in names + [m]):
+            raise ValueError("one to three rids, and rids and mid of 1-16 characters")
+        with nogil:
+            self.lock()
+            t = self._track(idx, track_ssrc)
+        try:
+            tr = &self.tracks[t]
+            tr.nlayers = len(names)
+            tr.codec = {"VP8": 1, "H264": 2}.get(codec, 0)
+            tr.mid_len = len(m)
+            memcpy(tr.mid, <char*>m, len(m))
+            tr.layers[0].has_ssrc = False
+            for i in range(len(names)):
+                tr.layers[i].rid_len = len(names[i])
+                memcpy(tr.layers[i].rid, <char*>names[i], len(names[i]))
+            self.by_track[pair(idx, track_ssrc)] = t * 4 + TRACK_ITSELF
+        finally:
+            self.unlock()
+
+    def set_layer(self, str src, uint32_t track_ssrc, str dst, int layer, double now):
+        """Send ``dst`` another layer of a simulcast track, from the layer's next keyframe (asked for now)."""
+        s, d = self.ids.get(src), self.ids.get(dst)
+        if s is None or d is None:
+            return []
+        cdef int si = s, di = d, r
+        cdef size_t t
+        cdef Track* tr
+        cdef unordered_map[uint64_t, int].iterator it
+        with nogil:
+            self.lock()
+            it = self.by_track.find(pair(si, track_ssrc))
+            if it != self.by_track.end() and self.tracks[deref(it).second >> 2].nlayers:
+                t = deref(it).second >> 2
+                tr = &self.tracks[t]
+                for r in range(tr.nroutes):
+                    if tr.routes[r].dst == di:
+                        tr.routes[r].layer = layer if layer < tr.nlayers else tr.nlayers - 1
+                        if tr.routes[r].layer < 0:
+                            tr.routes[r].layer = 0
+                        if tr.routes[r].current != tr.routes[r].layer and tr.layers[tr.routes[r].layer].has_ssrc:
+                            self._request_keyframe(t, tr.routes[r].layer, now, &self.ctl)
+                        break
+            self._flush(&self.ctl)
+            self.unlock()
+        return self._collected()
+
     def set_consent(self, str eid, double now):
         """The endpoint's latest valid ICE check (RFC 7675 consent freshness)."""
         cdef int idx = self._ep(eid)
@@ -440,17 +538,20 @@ cdef class FastPath:
             inc(it)
         for key in stale:
             self.quality_map.erase(key)
-        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL)
+        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0)
 
     cdef void _free_track(self, size_t t) noexcept nogil:
         cdef Track* tr = &self.tracks[t]
-        cdef int r
+        cdef int r, i
         for r in range(tr.nroutes):
             self.reverse.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
         self.by_track.erase(pair(tr.src, tr.ssrc))
+        for i in range(MAX_LAYERS):
+            if tr.nlayers and tr.layers[i].has_ssrc:
+                self.by_track.erase(pair(tr.src, tr.layers[i].ssrc))
+            free(tr.layers[i].cache)
+            free(tr.layers[i].asked)
         free(tr.routes)
-        free(tr.cache)
-        free(tr.asked)
         memset(tr, 0, sizeof(Track))
 
     cdef void _remove_route_at(self, size_t t, int r) noexcept nogil:
@@ -475,6 +576,10 @@ cdef class FastPath:
         rt.seq_delta = route.seq_delta & 0xFFFF
         rt.ts_delta = route.ts_delta & 0xFFFFFFFF
         rt.video = route.video
+        rt.layer = route.layer
+        rt.current = -1
+        rt.last_pid = -1
+        rt.last_tl0 = -1
         with nogil:
             self.lock()
             ok = self._set_route(s, src_ssrc, rt)
@@ -482,30 +587,38 @@ cdef class FastPath:
         if not ok:
             raise MemoryError()
 
-    cdef bint _set_route(self, int s, uint32_t src_ssrc, Route rt) noexcept nogil:
+    cdef size_t _track(self, int s, uint32_t src_ssrc) noexcept nogil:
+        """The track routes know as (s, src_ssrc), made with its own stream if new."""
         cdef size_t t = 0
+        cdef int i
+        cdef Track tr0
+        cdef unordered_map[uint64_t, int].iterator it = self.by_track.find(pair(s, src_ssrc))
+        if it != self.by_track.end():
+            return deref(it).second >> 2
+        memset(&tr0, 0, sizeof(Track))
+        for t in range(self.tracks.size() + 1):
+            if t == self.tracks.size():
+                self.tracks.push_back(tr0)
+                break
+            if not self.tracks[t].used:
+                break
+        memset(&self.tracks[t], 0, sizeof(Track))
+        self.tracks[t].used = True
+        self.tracks[t].src = s
+        self.tracks[t].ssrc = src_ssrc
+        self.tracks[t].last_remb = -1e18
+        self.tracks[t].layers[0].has_ssrc = True
+        self.tracks[t].layers[0].ssrc = src_ssrc
+        for i in range(MAX_LAYERS):
+            keyframes.keyframes_init(&self.tracks[t].layers[i].kf)
+        self.by_track[pair(s, src_ssrc)] = t * 4
+        return t
+
+    cdef bint _set_route(self, int s, uint32_t src_ssrc, Route rt) noexcept nogil:
+        cdef size_t t = self._track(s, src_ssrc)
         cdef Track* tr
         cdef int r
         cdef Route* grown
-        cdef Track tr0
-        cdef unordered_map[uint64_t, int].iterator it = self.by_track.find(pair(s, src_ssrc))
-        memset(&tr0, 0, sizeof(Track))
-        if it != self.by_track.end():
-            t = deref(it).second
-        else:
-            for t in range(self.tracks.size() + 1):
-                if t == self.tracks.size():
-                    self.tracks.push_back(tr0)
-                    break
-                if not self.tracks[t].used:
-                    break
-            memset(&self.tracks[t], 0, sizeof(Track))
-            self.tracks[t].used = True
-            self.tracks[t].src = s
-            self.tracks[t].ssrc = src_ssrc
-            self.tracks[t].last_remb = -1e18
-            keyframes.keyframes_init(&self.tracks[t].kf)
-            self.by_track[pair(s, src_ssrc)] = t
         tr = &self.tracks[t]
         for r in range(tr.nroutes):
             if tr.routes[r].dst == rt.dst:
@@ -536,7 +649,7 @@ cdef class FastPath:
             self.lock()
             it = self.by_track.find(pair(si, src_ssrc))
             if it != self.by_track.end():
-                t = deref(it).second
+                t = deref(it).second >> 2
                 for r in range(self.tracks[t].nroutes):
                     if self.tracks[t].routes[r].dst == di:
                         self._remove_route_at(t, r)
@@ -657,10 +770,11 @@ cdef class FastPath:
 
     cdef void _rtp(self, uint8_t* p, int n, uint64_t addr, double now, OutBatch* out) noexcept nogil:
         cdef int src = self._source(addr)
-        cdef int r, length = n, off, elen = 0
+        cdef int r, length = n, off, elen = 0, code, L
         cdef uint32_t ssrc
         cdef uint16_t seq
         cdef Track* tr
+        cdef Layer* ly
         cdef Twcc* tw
         cdef unordered_map[uint64_t, int].iterator it
         cdef unordered_map[uint64_t, uint32_t].iterator rit
@@ -683,6 +797,12 @@ cdef class FastPath:
                 twcc.twcc_record(tw, u16(p + off), now)
                 self._send_twcc(src, ssrc, now, out)
         it = self.by_track.find(pair(src, ssrc))
+        if it != self.by_track.end() and (deref(it).second & 3) == TRACK_ITSELF:
+            self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1  # a simulcast track's own SSRC names no stream
+            return
+        if it == self.by_track.end() and self.eps[src].mid_ext > 0:
+            self._discover(src, p, length, ssrc)
+            it = self.by_track.find(pair(src, ssrc))
         if it == self.by_track.end():
             rit = self.rtx_map.find(pair(src, ssrc))
             if rit == self.rtx_map.end():
@@ -701,25 +821,98 @@ cdef class FastPath:
             memmove(p + off, p + off + 2, length - off - 2)
             length -= 2
             it = self.by_track.find(pair(src, ssrc))
-            if it == self.by_track.end():
+            if it == self.by_track.end() or (deref(it).second & 3) == TRACK_ITSELF:
                 self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1
                 return
-            if nack.cache_get(self.tracks[deref(it).second].cache, seq) != NULL:
+            code = deref(it).second
+            if nack.cache_get(self.tracks[code >> 2].layers[code & 3].cache, seq) != NULL:
                 self.counts[<int>S_RTX_REDUNDANT] += 1  # we have it: a probe with payload, or a late repair
                 return
             self.counts[<int>S_RTX_REPAIRED] += 1
-        tr = &self.tracks[deref(it).second]
-        nack.cache_put(&tr.cache, seq, p, length)
-        if not tr.has_highest or rtp.newer(seq, tr.highest):
-            tr.highest = seq
-            tr.has_highest = True
-        for r in range(tr.nroutes):
-            self._send_rtp(&tr.routes[r], p, length, now, out)
-        if keyframes.keyframes_due(&tr.kf, now):
+        code = deref(it).second
+        L = code & 3
+        tr = &self.tracks[code >> 2]
+        ly = &tr.layers[L]
+        nack.cache_put(&ly.cache, seq, p, length)
+        if not ly.has_highest or rtp.newer(seq, ly.highest):
+            ly.highest = seq
+            ly.has_highest = True
+        if tr.nlayers:
+            self._forward_layer(code >> 2, L, p, length, seq, now, out)
+        else:
+            for r in range(tr.nroutes):
+                self._send_rtp(&tr.routes[r], p, length, now, out, -1)
+        if keyframes.keyframes_due(&ly.kf, now):
             # A request the throttle held back (a subscriber ready just after another): sent
             # with the publisher's first packet after the window, not dropped.
             self.counts[<int>S_PLI_DEFERRED] += 1
-            self._request_keyframe(deref(it).second, now, out)
+            self._request_keyframe(code >> 2, L, now, out)
+
+    cdef void _discover(self, int src, const uint8_t* p, int n, uint32_t ssrc) noexcept nogil:
+        """The first packet of a simulcast encoding (or of its RTX stream): which track and
+        layer it is, from its mid and rid (or repaired rid) header extensions."""
+        cdef int mid_len = 0, rid_len = 0, rrid_len = 0, mid_at, rid_at, rrid_at = -1, i
+        cdef size_t t
+        cdef Track* tr
+        mid_at = rtp.find_extension(p, n, self.eps[src].mid_ext, &mid_len)
+        rid_at = rtp.find_extension(p, n, self.eps[src].rid_ext, &rid_len)
+        if rid_at < 0:
+            rrid_at = rtp.find_extension(p, n, self.eps[src].rrid_ext, &rrid_len)
+        if mid_at < 0 or (rid_at < 0 and rrid_at < 0):
+            return
+        for t in range(self.tracks.size()):
+            tr = &self.tracks[t]
+            if not tr.used or tr.src != src or not tr.nlayers or tr.mid_len != mid_len or memcmp(tr.mid, p + mid_at, mid_len) != 0:
+                continue
+            for i in range(tr.nlayers):
+                if rid_at >= 0 and tr.layers[i].rid_len == rid_len and memcmp(tr.layers[i].rid, p + rid_at, rid_len) == 0 and not tr.layers[i].has_ssrc:
+                    tr.layers[i].has_ssrc = True
+                    tr.layers[i].ssrc = ssrc
+                    self.by_track[pair(src, ssrc)] = t * 4 + i
+                    self.counts[<int>S_LAYERS_FOUND] += 1
+                elif rrid_at >= 0 and tr.layers[i].rid_len == rrid_len and memcmp(tr.layers[i].rid, p + rrid_at, rrid_len) == 0 and tr.layers[i].has_ssrc:
+                    self.rtx_map[pair(src, ssrc)] = tr.layers[i].ssrc
+            return
+
+    cdef void _forward_layer(self, size_t t, int L, uint8_t* p, int n, uint16_t seq, double now, OutBatch* out) noexcept nogil:
+        """A packet of one simulcast layer goes to the routes that get that layer, and starts it
+        for those waiting for it if a keyframe starts here."""
+        cdef Track* tr = &self.tracks[t]
+        cdef Route* rt
+        cdef int r, key = -1, off = rtp.payload_offset(p, n)
+        cdef bint waiting = False
+        for r in range(tr.nroutes):
+            rt = &tr.routes[r]
+            if rt.current != L:
+                if rt.layer != L:
+                    continue
+                if key < 0:
+                    key = codecs.keyframe_start(tr.codec, p + off, n - off) if off >= 0 else 0
+                if not key:
+                    waiting = True
+                    continue
+                self._switch(rt, L, tr.codec, p, off, n, seq, now)
+            self._send_rtp(rt, p, n, now, out, tr.codec)
+        if waiting and keyframes.keyframes_ready(&tr.layers[L].kf, now):
+            self._request_keyframe(t, L, now, out)  # its keyframe is late: ask again
+
+    cdef void _switch(self, Route* rt, int L, int codec, const uint8_t* p, int off, int n, uint16_t seq, double now) noexcept nogil:
+        """Start a route on another layer: its sequence numbers, timestamps and picture IDs go
+        on from the last ones it was sent, so the subscriber sees one stream."""
+        cdef double gap
+        cdef int pid, tl0
+        if rt.has_last:
+            rt.seq_delta = <uint16_t>(rt.last_seq + 1 - seq)
+            gap = (now - rt.last_at) * 90000  # video's 90 kHz clock
+            rt.ts_delta = <uint32_t>(rt.last_ts + (<uint32_t>gap if gap >= 1 else 1) - u32(p + 4))
+            if codec == CODEC_VP8 and off >= 0 and codecs.vp8_picture(p + off, n - off, &pid, &tl0):
+                if pid >= 0 and rt.last_pid >= 0:
+                    rt.pid_delta = <uint16_t>(rt.last_pid + 1 - pid) & 0x7FFF
+                if tl0 >= 0 and rt.last_tl0 >= 0:
+                    rt.tl0_delta = <uint8_t>(rt.last_tl0 + 1 - tl0)
+        rt.current = L
+        rt.layer_start = <uint16_t>(seq + rt.seq_delta)
+        self.counts[<int>S_LAYER_SWITCHES] += 1
 
     cdef void _send_twcc(self, int src, uint32_t media_ssrc, double now, OutBatch* out) noexcept nogil:
         cdef uint8_t msg[MTU]
@@ -735,8 +928,10 @@ cdef class FastPath:
                 self.counts[<int>S_TWCC_SENT] += 1
                 self._send_rtcp(src, msg, length, now, out)
 
-    cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out) noexcept nogil:
-        cdef int length = n
+    cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out, int codec) noexcept nogil:
+        """``codec`` >= 0: a simulcast layer's packet (its route keeps track of what it was sent)."""
+        cdef int length = n, off, pid, tl0
+        cdef uint16_t out_seq
         cdef uint8_t* b
         if not self._ready(rt.dst):
             self.counts[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
@@ -747,6 +942,19 @@ cdef class FastPath:
         memcpy(b, plain, n)
         rtp.rewrite(b, rt.ssrc, rt.seq_delta, rt.ts_delta)
         b[1] = (b[1] & 0x80) | rt.pt
+        if codec >= 0:
+            off = rtp.payload_offset(b, n)
+            if codec == CODEC_VP8 and off >= 0:
+                codecs.vp8_rewrite(b + off, n - off, rt.pid_delta, rt.tl0_delta)
+            out_seq = u16(b + 2)
+            if not rt.has_last or rtp.newer(out_seq, rt.last_seq):
+                rt.has_last = True
+                rt.last_seq = out_seq
+                rt.last_ts = u32(b + 4)
+                rt.last_at = now
+                if codec == CODEC_VP8 and off >= 0 and codecs.vp8_picture(b + off, n - off, &pid, &tl0):
+                    rt.last_pid = pid
+                    rt.last_tl0 = tl0
         if self.crypto and f_protect(self.eps[rt.dst].tx, b, &length) != 0:
             self.counts[<int>S_DROP_PROTECT] += 1
             return False
@@ -770,7 +978,7 @@ cdef class FastPath:
 
     cdef void _rtcp(self, uint8_t* p, int n, uint64_t addr, double now, OutBatch* out) noexcept nogil:
         cdef int src = self._source(addr)
-        cdef int length = n, pos = 0, end, plen, pt, fmt
+        cdef int length = n, pos = 0, end, plen, pt, fmt, L
         cdef uint8_t* pk
         cdef unordered_map[uint64_t, uint64_t].iterator rev
         if src < 0:
@@ -804,7 +1012,9 @@ cdef class FastPath:
                 # PLI (RFC 4585 6.3.1) names the media SSRC at 8; FIR (RFC 5104 4.3.1) in its first FCI entry.
                 rev = self.reverse.find(pair(src, u32(pk + 8) if fmt == 1 else u32(pk + 12)))
                 if rev != self.reverse.end():
-                    self._request_keyframe(deref(rev).second >> 32, now, out)
+                    L = self._layer_for(deref(rev).second, False)
+                    if L >= 0:
+                        self._request_keyframe(deref(rev).second >> 32, L, now, out)
 
     cdef void _report_blocks(self, int src, int pt, int count, const uint8_t* pk, int plen) noexcept nogil:
         cdef int i, pos, start
@@ -826,16 +1036,18 @@ cdef class FastPath:
 
     cdef void _forward_sr(self, int src, const uint8_t* pk, double now, OutBatch* out) noexcept nogil:
         # Each subscriber gets the publisher's sender report as its own stream's (RFC 3550
-        # section 6.4.1): its SSRC, its timestamps, no report blocks.
+        # section 6.4.1): its SSRC, its timestamps, no report blocks; of a simulcast layer, those
+        # that get that layer now.
         cdef uint8_t sr[28]
-        cdef int r
+        cdef int r, L
         cdef Track* tr
         cdef unordered_map[uint64_t, int].iterator it = self.by_track.find(pair(src, u32(pk + 4)))
         if it == self.by_track.end():
             return
-        tr = &self.tracks[deref(it).second]
+        tr = &self.tracks[deref(it).second >> 2]
+        L = deref(it).second & 3 if tr.nlayers and (deref(it).second & 3) != TRACK_ITSELF else -1
         for r in range(tr.nroutes):
-            if not self._ready(tr.routes[r].dst):
+            if not self._ready(tr.routes[r].dst) or (L >= 0 and tr.routes[r].current != L):
                 continue
             rtcp.translate_sr(sr, pk, tr.routes[r].ssrc, tr.routes[r].ts_delta)
             self.counts[<int>S_SR_FORWARDED] += 1
@@ -859,6 +1071,8 @@ cdef class FastPath:
             r = <uint32_t>deref(rev).second
             tr.routes[r].has_estimate = True
             tr.routes[r].estimate = bitrate
+            if tr.nlayers:
+                continue  # its layers serve subscribers apart: none sets its publisher's pace
             if not self._ready(tr.src) or now - tr.last_remb < REMB_INTERVAL:
                 continue
             tr.last_remb = now
@@ -869,16 +1083,30 @@ cdef class FastPath:
             self.counts[<int>S_REMB_SENT] += 1
             self._send_rtcp(tr.src, msg, rtcp.remb(msg, low, tr.ssrc), now, out)
 
+    cdef int _layer_for(self, uint64_t rev, bint target) noexcept nogil:
+        """The layer a route (a reverse entry) gets now (``target``: should get); -1 when its
+        stream is not known yet."""
+        cdef Track* tr = &self.tracks[rev >> 32]
+        cdef Route* rt = &tr.routes[<uint32_t>rev]
+        cdef int L
+        if not tr.nlayers:
+            return 0
+        L = rt.layer if target or rt.current < 0 else rt.current
+        return L if tr.layers[L].has_ssrc else -1
+
     cdef void _answer_nack(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
         # Resend from the cache (RFC 4585 6.2.1 Generic NACK) rather than ask the publisher; what
         # never reached us is asked of the publisher.
         cdef unordered_map[uint64_t, uint64_t].iterator rev = self.reverse.find(pair(sub, u32(pk + 8)))
         cdef Track* tr
         cdef Route* rt
-        cdef int pos, i, n = 0
-        cdef uint16_t pid, blp
+        cdef int pos, i, n = 0, L
+        cdef uint16_t pid, blp, seq
         cdef uint16_t missing[NACK_SEQS]
         if rev == self.reverse.end():
+            return
+        L = self._layer_for(deref(rev).second, False)
+        if L < 0:
             return
         tr = &self.tracks[deref(rev).second >> 32]
         rt = &tr.routes[<uint32_t>deref(rev).second]
@@ -886,55 +1114,61 @@ cdef class FastPath:
         while pos < plen - 3:
             pid = u16(pk + pos)
             blp = u16(pk + pos + 2)
-            if not self._resend(tr, rt, pid, now, out) and n < NACK_SEQS:
-                missing[n] = <uint16_t>(pid - rt.seq_delta)
-                n += 1
-            for i in range(16):
-                if blp & (1 << i):
-                    if not self._resend(tr, rt, <uint16_t>(pid + i + 1), now, out) and n < NACK_SEQS:
-                        missing[n] = <uint16_t>(pid + i + 1 - rt.seq_delta)
-                        n += 1
+            for i in range(17):
+                if i > 0 and not (blp & (1 << (i - 1))):
+                    continue
+                seq = <uint16_t>(pid + i)
+                if tr.nlayers and <uint16_t>(seq - rt.layer_start) >= 0x8000:
+                    self.counts[<int>S_NACK_MISSED] += 1  # sent from another layer: gone with it
+                    continue
+                if not self._resend(tr, L, rt, seq, now, out) and n < NACK_SEQS:
+                    missing[n] = <uint16_t>(seq - rt.seq_delta)
+                    n += 1
             pos += 4
-        self._ask_publisher(tr, missing, n, now, out)
+        self._ask_publisher(tr, L, missing, n, now, out)
 
-    cdef bint _resend(self, Track* tr, Route* rt, uint16_t out_seq, double now, OutBatch* out) noexcept nogil:
+    cdef bint _resend(self, Track* tr, int L, Route* rt, uint16_t out_seq, double now, OutBatch* out) noexcept nogil:
         """True when the packet is in the cache (resent, or dropped for its subscriber's sake)."""
-        cdef Slot* slot = nack.cache_get(tr.cache, <uint16_t>(out_seq - rt.seq_delta))
+        cdef Slot* slot = nack.cache_get(tr.layers[L].cache, <uint16_t>(out_seq - rt.seq_delta))
         if slot == NULL:
             self.counts[<int>S_NACK_MISSED] += 1
             return False
-        if self._send_rtp(rt, slot.data, slot.len, now, out):
+        if self._send_rtp(rt, slot.data, slot.len, now, out, tr.codec if tr.nlayers else -1):
             self.counts[<int>S_NACK_SERVED] += 1
         return True
 
-    cdef void _ask_publisher(self, Track* tr, uint16_t* seqs, int n, double now, OutBatch* out) noexcept nogil:
+    cdef void _ask_publisher(self, Track* tr, int L, uint16_t* seqs, int n, double now, OutBatch* out) noexcept nogil:
         """A Generic NACK to the publisher for packets we never got, each at most once per UPSTREAM_HOLD."""
         cdef uint16_t wanted[UPSTREAM_MAX]
         cdef uint8_t msg[12 + 4 * UPSTREAM_MAX]
         cdef int nw
+        cdef Layer* ly = &tr.layers[L]
         if n == 0 or not self._ready(tr.src):
             return
-        nw = nack.to_ask(&tr.asked, tr.highest, seqs, n, now, wanted)
+        nw = nack.to_ask(&ly.asked, ly.highest, seqs, n, now, wanted)
         if nw == 0:
             return
         self.counts[<int>S_NACK_UPSTREAM] += 1
-        self._send_rtcp(tr.src, msg, rtcp.nack(msg, tr.ssrc, wanted, nw), now, out)
+        self._send_rtcp(tr.src, msg, rtcp.nack(msg, ly.ssrc, wanted, nw), now, out)
 
-    cdef void _request_keyframe(self, size_t t, double now, OutBatch* out) noexcept nogil:
+    cdef void _request_keyframe(self, size_t t, int L, double now, OutBatch* out) noexcept nogil:
         cdef Track* tr = &self.tracks[t]
+        cdef Layer* ly = &tr.layers[L]
         cdef uint8_t msg[12]
-        if keyframes.keyframes_throttled(&tr.kf, now):
-            self.counts[<int>S_PLI_THROTTLED] += 1  # at most one per track per 500 ms
+        if not ly.has_ssrc:
+            return
+        if keyframes.keyframes_throttled(&ly.kf, now):
+            self.counts[<int>S_PLI_THROTTLED] += 1  # at most one per stream per 500 ms
             return
         if not self._ready(tr.src):
             return
-        keyframes.keyframes_sent(&tr.kf, now)
+        keyframes.keyframes_sent(&ly.kf, now)
         self.counts[<int>S_PLI_SENT] += 1
-        self._send_rtcp(tr.src, msg, rtcp.pli(msg, tr.ssrc), now, out)
+        self._send_rtcp(tr.src, msg, rtcp.pli(msg, ly.ssrc), now, out)
 
     cdef void _keyframes_for(self, int sub, double now, OutBatch* out) noexcept nogil:
         cdef size_t t
-        cdef int r
+        cdef int r, L
         if not self._ready(sub):
             return
         for t in range(self.tracks.size()):
@@ -942,7 +1176,9 @@ cdef class FastPath:
                 continue
             for r in range(self.tracks[t].nroutes):
                 if self.tracks[t].routes[r].dst == sub and self.tracks[t].routes[r].video:
-                    self._request_keyframe(t, now, out)
+                    L = self._layer_for(pair(t, r), True)
+                    if L >= 0:
+                        self._request_keyframe(t, L, now, out)
                     break
 
     # The socket loop ----------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from pylibsrtp import Policy, Session
 
 from mediaserver._fastpath import FastPath
-from mediaserver.media import rtcp, twcc
+from mediaserver.media import codecs, rtcp, twcc
 from mediaserver.media import rtp as rtp_ref
 from mediaserver.media.forwarder import NACK_CACHE, Forwarder, Route
 from mediaserver.media.srtp import PROFILES, SrtpKeys
@@ -504,3 +504,208 @@ def test_fast_path_matches_the_reference_with_twcc_and_rtx(profile):
     for key in ("twcc_sent", "rtx_repaired", "rtx_redundant", "padding_in", "nack_served", "nack_missed", "drop_unknown_ssrc"):
         assert ref[1].get(key, 0) > 0, key
     assert reported(feedback_to_pub(ref[0]))  # the messages parse
+
+
+# Simulcast: layers learnt from their packets, one per subscriber, switched on keyframes -------
+
+MID_ID, RID_ID, RRID_ID = 4, 10, 11
+TRACK = 0xABC  # what routes know the simulcast track by
+LAYER_SSRCS = {"q": 0x11, "h": 0x12, "f": 0x13}
+
+
+def vp8(pid: int, tl0: int, key: bool, start: bool, size: int = 60) -> bytes:
+    """A VP8 payload (RFC 7741): descriptor with a 15-bit picture ID and TL0PICIDX, then the
+    payload header's first byte (P bit 0 on a key frame) and filler."""
+    head = bytes([0x80 | (0x10 if start else 0), 0xC0, 0x80 | (pid >> 8), pid & 0xFF, tl0 & 0xFF])
+    return head + bytes([0x00 if key else 0x01]) + bytes([pid & 0xFF]) * size
+
+
+def layer_rtp(rid: str, seq: int, ts: int, payload: bytes, sdes: bool = True, marker: bool = False, rrid: bool = False) -> bytes:
+    """A packet of one simulcast encoding, with its mid and rid (or repaired rid) extensions as
+    Chrome sends them on a stream's first packets (RFC 8852)."""
+    ssrc = LAYER_SSRCS[rid] + (0x100 if rrid else 0)
+    ext = b""
+    if sdes:
+        elements = bytes([(MID_ID << 4) | 0]) + b"1" + bytes([((RRID_ID if rrid else RID_ID) << 4) | 0]) + rid.encode()
+        ext = struct.pack("!HH", 0xBEDE, 1) + elements
+    first = 0x80 | (0x10 if sdes else 0)
+    return struct.pack("!BBHII", first, (0x80 if marker else 0) | 96, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + ext + payload
+
+
+def simulcast_build(impl, profile, peers=None, codec="VP8"):
+    fw, peers = build(impl, profile, peers)
+    fw.set_sdes("pub", MID_ID, RID_ID, RRID_ID)
+    fw.add_simulcast("pub", TRACK, "1", ["q", "h", "f"], codec)
+    fw.set_route("pub", TRACK, "s1", Route(ssrc=0x3001, payload_type=96, video=True, layer=0))
+    fw.set_route("pub", TRACK, "s2", Route(ssrc=0x3002, payload_type=98, seq_delta=500, ts_delta=7, video=True, layer=2))
+    return fw, peers
+
+
+def simulcast_frames(pub, frames: range, t0: float, key_every: dict) -> list:
+    """Each layer sends one frame of two packets every 33 ms; its own sequence numbers,
+    timestamps and picture IDs; keyframes every ``key_every[rid]`` frames."""
+    steps = []
+    base = {"q": (100, 1000, 10), "h": (2000, 50000, 3000), "f": (40000, 900000, 20000)}
+    for i in frames:
+        for rid in ("q", "h", "f"):
+            seq0, ts0, pid0 = base[rid]
+            key = i % key_every[rid] == 0
+            for part in range(2):
+                data = layer_rtp(rid, seq0 + 2 * i + part, ts0 + 3000 * i, vp8(pid0 + i, i // 4, key, part == 0),
+                                 sdes=i < 3, marker=part == 1)
+                steps.append(("pub", pub.out.protect(data), t0 + 0.033 * i))
+    return steps
+
+
+def rtp_of(out, who):
+    return [p for w, kind, p in out if w == who and kind == "rtp"]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_simulcast_each_subscriber_gets_one_layer_and_switches_on_a_keyframe(impl):
+    fw, peers = simulcast_build(impl, PROFILES[0])
+    keys = {"q": 5, "h": 5, "f": 7}
+    out = transcript(fw, peers, simulcast_frames(peers["pub"], range(0, 10), 1.0, keys))
+    assert fw.stats["layers_found"] == 3
+    s1, s2 = rtp_of(out, "s1"), rtp_of(out, "s2")
+    # Each gets its layer only, from that layer's first keyframe (frame 0 here).
+    assert {struct.unpack_from("!I", p, 8)[0] for p in s1} == {0x3001} and len(s1) == 20
+    seqs = [struct.unpack_from("!H", p, 2)[0] for p in s1]
+    assert seqs == list(range(100, 120))  # q's own numbers: it was the first it got
+    assert [struct.unpack_from("!H", p, 2)[0] for p in s2] == [(40000 + i + 500) & 0xFFFF for i in range(20)]
+    # s1 asks for the full layer: a keyframe is asked of it, and s1 stays on q until it comes.
+    asked = fw.set_layer("pub", TRACK, "s1", 2, 1.4)
+    assert [struct.unpack_from("!I", peers["pub"].inn.unprotect_rtcp(p), 8)[0] for p, _ in asked] == [LAYER_SSRCS["f"]]
+    out = transcript(fw, peers, simulcast_frames(peers["pub"], range(10, 16), 1.0, keys))
+    s1 = rtp_of(out, "s1")
+    offsets = [rtp_ref.payload_offset(p) for p in s1]
+    # q's frames 10-14 (each layer's frame 14 comes at once, q's first), then f's from its
+    # keyframe, frame 14, on.
+    assert len(s1) == 2 * 5 + 2 * 2 and fw.stats["layer_switches"] == 3
+    assert [p[-1] for p in s1][::2] == [(10 + i) & 0xFF for i in range(10, 15)] + [(20000 + i) & 0xFF for i in (14, 15)]
+    seqs = [struct.unpack_from("!H", p, 2)[0] for p in s1]
+    assert seqs == list(range(120, 134))  # one stream: no gap, no repeat across the switch
+    stamps = [struct.unpack_from("!I", p, 4)[0] for p in s1]
+    assert stamps == sorted(stamps) and stamps[10] > stamps[9]
+    pids = [((p[o + 2] & 0x7F) << 8) | p[o + 3] for p, o in zip(s1, offsets)]
+    tl0s = [p[o + 4] for p, o in zip(s1, offsets)]
+    assert pids[::2] == list(range(20, 27)) and tl0s[::2] == [2, 2, 3, 3, 3, 4, 4]  # picture IDs go on
+    # A NACK for a packet of the old layer is not answered from the new layer's cache.
+    nack = peers["s1"].out.protect_rtcp(rtcp.nack(0x3001, [seqs[3], seqs[11]]))  # q's, then f's
+    sent = fw.handle_rtcp(nack, S1, 2.0)
+    assert [struct.unpack_from("!H", p, 2)[0] for p, to in sent] == [seqs[11]] and sent[0][1] == S1
+    assert fw.stats["nack_missed"] == 1 and fw.stats["nack_served"] == 1 and fw.stats["nack_upstream"] == 0
+    # The REMB of a subscriber of a simulcast track is not passed on: layers serve it instead.
+    remb = peers["s1"].out.protect_rtcp(rtcp.remb(100_000, [0x3001], sender_ssrc=0x77))
+    assert transcript(fw, peers, [("s1", remb, 2.1)]) == [] and fw.stats["remb_sent"] == 0
+    # A PLI from s2 asks f for a keyframe; a sender report of f goes to both (now both on f).
+    pli = peers["s2"].out.protect_rtcp(rtcp.pli(0x3002, sender_ssrc=0x77))
+    [(who, kind, p)] = transcript(fw, peers, [("s2", pli, 3.0)])
+    assert who == "pub" and struct.unpack_from("!I", p, 8)[0] == LAYER_SSRCS["f"]
+    sr = struct.pack("!BBHIIIIII", 0x80, rtcp.SR, 6, LAYER_SSRCS["f"], 1, 2, 900000, 5, 6)
+    got = transcript(fw, peers, [("pub", peers["pub"].out.protect_rtcp(sr), 3.1)])
+    assert sorted(who for who, _, _ in got) == ["s1", "s2"]
+
+
+def h264(nals: list[bytes], stap: bool = False, fu: tuple[int, bool] | None = None) -> bytes:
+    """An H264 payload (RFC 6184): one NAL unit, a STAP-A of several, or an FU-A fragment
+    (type, start) of a slice."""
+    if fu is not None:
+        nal_type, start = fu
+        return bytes([0x60 | 28, (0x80 if start else 0) | nal_type]) + b"\x11" * 40
+    if stap:
+        return bytes([0x78]) + b"".join(struct.pack("!H", len(n)) + n for n in nals)
+    return nals[0]
+
+
+SPS, PPS, IDR, SLICE = b"\x67" + b"\x42" * 8, b"\x68" + b"\xce" * 3, b"\x65" + b"\x88" * 30, b"\x41" + b"\x9a" * 30
+
+
+def test_where_keyframes_start():
+    assert codecs.h264_keyframe_start(h264([SPS])) and codecs.h264_keyframe_start(h264([SPS, PPS], stap=True))
+    assert codecs.h264_keyframe_start(h264([PPS, IDR], stap=True)) and codecs.h264_keyframe_start(h264([], fu=(5, True)))
+    assert not codecs.h264_keyframe_start(h264([], fu=(5, False))) and not codecs.h264_keyframe_start(h264([SLICE]))
+    assert not codecs.h264_keyframe_start(h264([PPS], stap=True)) and not codecs.h264_keyframe_start(b"\x78\x00\x40\x67")
+    assert codecs.vp8_keyframe_start(vp8(1, 1, key=True, start=True))
+    assert not codecs.vp8_keyframe_start(vp8(1, 1, key=True, start=False)) and not codecs.vp8_keyframe_start(vp8(1, 1, key=False, start=True))
+    assert not codecs.vp8_keyframe_start(b"\x90\xc0\x80")  # cut inside its descriptor
+    short = bytes([0x90, 0x80, 0x05, 0x00])  # 7-bit picture ID 5
+    assert codecs.vp8_picture(short) == (5, -1)
+    packet = bytearray(b"\0" * 12 + short)
+    codecs.vp8_rewrite(packet, 12, 0x7FFE, 9)
+    assert codecs.vp8_picture(bytes(packet[12:])) == (3, -1)  # modulo 128
+
+
+def recorded_simulcast_session(peers: dict, codec: str) -> tuple[list, frozenset]:
+    """Three layers with loss and reordering, keyframes at different times, subscribers moved
+    up and down, RTX repairs learnt from their repaired rid, feedback, a route that goes and
+    comes back."""
+    pub, s1, s2 = peers["pub"], peers["s1"], peers["s2"]
+    steps: list = []
+    base = {"q": (100, 1000, 10), "h": (2000, 50000, 3000), "f": (65500, 900000, 32760)}  # f's numbers wrap
+    every = {"q": 4, "h": 5, "f": 6}
+    t = 1.0
+
+    def payload(rid, i, part):
+        key = i % every[rid] == 0
+        if codec == "VP8":
+            return vp8(base[rid][2] + i, i // 3, key, part == 0)
+        if key:
+            return h264([SPS, PPS], stap=True) if part == 0 else h264([], fu=(5, True))
+        return h264([], fu=(1, part == 0))
+
+    for i in range(40):
+        t += 0.033
+        if i == 8:
+            steps.append(lambda fw: fw.set_layer("pub", TRACK, "s1", 1, 1.3))
+        if i == 15:
+            steps.append(lambda fw: fw.set_layer("pub", TRACK, "s2", 0, 1.5))
+        if i == 22:
+            steps.append(lambda fw: fw.set_layer("pub", TRACK, "s1", 2, 1.75))
+        if i == 26:
+            steps.append(lambda fw: fw.remove_route("pub", TRACK, "s2"))
+        if i == 30:
+            steps.append(lambda fw: fw.set_route("pub", TRACK, "s2", Route(ssrc=0x4002, payload_type=96, video=True, layer=1)))
+        for rid in ("q", "h", "f"):
+            seq0, ts0, _ = base[rid]
+            order = (1, 0) if (i, rid) == (12, "h") else (0, 1)  # reordered
+            for part in order:
+                if (i, rid, part) in {(5, "q", 1), (18, "f", 0), (33, "h", 1)}:
+                    continue  # lost on the way to us
+                data = layer_rtp(rid, seq0 + 2 * i + part, ts0 + 3000 * i, payload(rid, i, part), sdes=i < 2, marker=part == 1)
+                steps.append(("pub", pub.out.protect(data), t))
+        if i == 20:  # the repair of f's lost packet, on f's RTX stream (learnt from its repaired rid)
+            lost = (base["f"][0] + 2 * 18) & 0xFFFF
+            repair = layer_rtp("f", 7000, base["f"][1] + 3000 * 18, struct.pack("!H", lost) + payload("f", 18, 0), rrid=True)
+            steps.append(("pub", pub.out.protect(repair), t))
+        if i in (10, 25, 35):
+            steps.append(("s1", s1.out.protect_rtcp(rtcp.pli(0x3001, sender_ssrc=0x77)), t))
+            steps.append(("s2", s2.out.protect_rtcp(rtcp.remb(300_000, [0x3002], sender_ssrc=0x77)), t))
+            for rid in ("q", "f"):
+                sr = struct.pack("!BBHIIIIII", 0x80, rtcp.SR, 6, LAYER_SSRCS[rid], 1, i, base[rid][1] + 3000 * i, i, i)
+                steps.append(("pub", pub.out.protect_rtcp(sr), t))
+    steps.append(("s1", s1.out.protect_rtcp(rtcp.nack(0x3001, [150, 151, 160, 170])), t + 0.01))
+    steps.append(("pub", pub.out.protect(rtp(9, ssrc=TRACK)), t + 0.02))  # the track's own SSRC names no stream
+    return steps, frozenset({("s1", 150), ("s1", 151), ("s1", 160), ("s1", 170)})
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.openssl_name.decode() for p in PROFILES])
+def test_fast_path_matches_the_reference_with_simulcast(profile, codec):
+    peers = {eid: Peer(profile) for eid in ("pub", "s1", "s2")}
+    steps, lose = recorded_simulcast_session(peers, codec)
+    runs = []
+    for impl in IMPLEMENTATIONS:
+        setup_steps = [
+            lambda fw: fw.set_sdes("pub", MID_ID, RID_ID, RRID_ID),
+            lambda fw: fw.add_simulcast("pub", TRACK, "1", ["q", "h", "f"], codec),
+            lambda fw: fw.set_route("pub", TRACK, "s1", Route(ssrc=0x3001, payload_type=96, video=True, layer=0)),
+            lambda fw: fw.set_route("pub", TRACK, "s2", Route(ssrc=0x3002, payload_type=98, seq_delta=500, video=True, layer=2)),
+        ]
+        runs.append(run_recorded(impl, profile, peers, setup_steps + steps, lose))
+    ref, fast = runs
+    assert len(ref[0]) > 150 and fast == ref
+    for key in ("layers_found", "layer_switches", "rtx_repaired", "pli_sent", "sr_forwarded", "nack_served", "nack_missed"):
+        assert ref[1].get(key, 0) > 0, key
+    assert ref[1].get("remb_sent", 0) == 0
+    assert ref[1]["layer_switches"] >= 5

@@ -30,3 +30,8 @@ cdef inline void keyframes_sent(Keyframes* k, double now) noexcept nogil:
 cdef inline bint keyframes_due(Keyframes* k, double now) noexcept nogil:
     """A held request whose window has ended."""
     return k.held and now - k.last >= PLI_INTERVAL_MS / 1000.0
+
+
+cdef inline bint keyframes_ready(Keyframes* k, double now) noexcept nogil:
+    """Whether a request now would go."""
+    return now - k.last >= PLI_INTERVAL_MS / 1000.0

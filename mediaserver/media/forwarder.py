@@ -16,6 +16,7 @@ from typing import Callable
 import pylibsrtp
 
 from mediaserver.media import rtcp
+from mediaserver.media.codecs import CODEC_IDS, CODEC_VP8, keyframe_start, vp8_picture, vp8_rewrite
 from mediaserver.media.keyframes import Keyframes
 from mediaserver.media.nack import NACK_CACHE, Cache, UpstreamAsks
 from mediaserver.media.rtp import find_extension, newer, payload_length, payload_offset, rewrite_rtp
@@ -35,6 +36,30 @@ class Route:
     seq_delta: int = 0
     ts_delta: int = 0
     video: bool = False  # a new subscriber of a video track needs a keyframe
+    layer: int = 0  # simulcast: the layer it should get (0: the lowest)
+    # Simulcast, the forwarder's own: the layer it gets now (None: none yet), the last packet
+    # it was sent (its sequence number, timestamp, when, VP8 picture ID and TL0PICIDX), the
+    # first sequence number of the current layer, and the shifts of the VP8 picture IDs.
+    current: int | None = None
+    last_seq: int | None = None
+    last_ts: int = 0
+    last_at: float = 0.0
+    last_pid: int = -1
+    last_tl0: int = -1
+    layer_start: int = 0
+    pid_delta: int = 0
+    tl0_delta: int = 0
+
+
+@dataclass
+class Simulcast:
+    """A track sent as several encodings (RFC 8853), each an RTP stream of its own whose SSRC
+    we learn from its first packet's mid and rid header extensions (RFC 8852)."""
+
+    mid: str
+    rids: list[str]  # lowest first
+    codec: int  # where keyframes start is read from the payload
+    ssrcs: list[int | None]
 
 
 @dataclass
@@ -44,6 +69,7 @@ class Endpoint:
     rx: pylibsrtp.Session | None = None
     tx: pylibsrtp.Session | None = None
     twcc: Twcc | None = None  # transport-wide feedback we owe it, when negotiated
+    sdes: tuple[int, int, int] | None = None  # its mid, rid and repaired-rid extension IDs
 
     @property
     def ready(self) -> bool:
@@ -71,6 +97,10 @@ class Forwarder:
     asked: dict[tuple[str, int], UpstreamAsks] = field(default_factory=dict)
     # (publisher endpoint, its RTX SSRC) -> the media SSRC it repairs (RFC 4588)
     rtx: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (publisher endpoint, track SSRC) -> its encodings, for simulcast tracks
+    simulcast: dict[tuple[str, int], Simulcast] = field(default_factory=dict)
+    # (publisher endpoint, an encoding's SSRC) -> (track SSRC, layer)
+    layer_of: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     # (publisher endpoint, publisher SSRC) -> the highest sequence number received (modulo 2^16)
     highest: dict[tuple[str, int], int] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
@@ -106,9 +136,37 @@ class Forwarder:
         self.endpoints[eid]  # noqa: B018 - a KeyError for an unknown endpoint, as the fast path's
         self.rtx[(eid, rtx_ssrc)] = media_ssrc
 
+    def set_sdes(self, eid: str, mid_id: int, rid_id: int, rrid_id: int) -> None:
+        """The header extension IDs of the endpoint's mid, rid and repaired rid (RFC 8852), by
+        which its simulcast encodings are told apart."""
+        self.endpoints[eid].sdes = (mid_id, rid_id, rrid_id)
+
+    def add_simulcast(self, eid: str, track_ssrc: int, mid: str, rids: list[str], codec: str) -> None:
+        """A simulcast track of the endpoint, known to routes as ``track_ssrc`` (its encodings'
+        SSRCs are learnt from their packets), with its encodings' rids, lowest first."""
+        if not 1 <= len(rids) <= 3 or not all(0 < len(r) <= 16 for r in rids + [mid]):
+            raise ValueError("one to three rids, and rids and mid of 1-16 characters")
+        self.endpoints[eid]  # noqa: B018 - a KeyError for an unknown endpoint, as the fast path's
+        self.simulcast[(eid, track_ssrc)] = Simulcast(mid, list(rids), CODEC_IDS.get(codec, 0), [None] * len(rids))
+        self.routes.setdefault((eid, track_ssrc), {})
+
+    def set_layer(self, src: str, track_ssrc: int, dst: str, layer: int, now: float) -> list[tuple[bytes, tuple]]:
+        """Send ``dst`` another layer of a simulcast track, from the layer's next keyframe (asked for now)."""
+        sim = self.simulcast.get((src, track_ssrc))
+        route = self.routes.get((src, track_ssrc), {}).get(dst)
+        if sim is None or route is None:
+            return []
+        route.layer = max(0, min(layer, len(sim.rids) - 1))
+        if route.current == route.layer or sim.ssrcs[route.layer] is None:
+            return []
+        return self._request_keyframe((src, sim.ssrcs[route.layer]), now)
+
     def remove_endpoint(self, eid: str) -> None:
         for key in [k for k in self.rtx if k[0] == eid]:
             del self.rtx[key]
+        for table in (self.simulcast, self.layer_of):
+            for key in [k for k in table if k[0] == eid]:
+                del table[key]
         ep = self.endpoints.pop(eid, None)
         if ep and ep.addr is not None and self.by_addr.get(ep.addr) is ep:
             del self.by_addr[ep.addr]
@@ -154,7 +212,13 @@ class Forwarder:
             if value is not None and len(value) >= 2:
                 ep.twcc.record(struct.unpack_from("!H", value)[0], now)
                 out += self._send_twcc(ep, ssrc, now)
-        routes = self.routes.get((ep.id, ssrc))
+        if (ep.id, ssrc) in self.simulcast:
+            return out + self._drop("unknown_ssrc")  # a simulcast track's own SSRC names no stream
+        layer = self.layer_of.get((ep.id, ssrc))
+        if layer is None and (ep.id, ssrc) not in self.routes and ep.sdes is not None:
+            self._discover(ep, plain, ssrc)
+            layer = self.layer_of.get((ep.id, ssrc))
+        routes = self.routes.get((ep.id, layer[0])) if layer else self.routes.get((ep.id, ssrc))
         if routes is None:
             media = self.rtx.get((ep.id, ssrc))
             if media is None:
@@ -168,7 +232,8 @@ class Forwarder:
             off = payload_offset(plain)
             seq, ssrc = struct.unpack_from("!H", plain, off)[0], media
             plain = plain[:2] + struct.pack("!H", seq) + plain[4:8] + struct.pack("!I", ssrc) + plain[12:off] + plain[off + 2:]
-            routes = self.routes.get((ep.id, ssrc))
+            layer = self.layer_of.get((ep.id, ssrc))
+            routes = self.routes.get((ep.id, layer[0])) if layer else self.routes.get((ep.id, ssrc))
             if routes is None:
                 return out + self._drop("unknown_ssrc")
             if (ep.id, ssrc) in self.cache and self.cache[(ep.id, ssrc)].get(seq) is not None:
@@ -180,16 +245,81 @@ class Forwarder:
         top = self.highest.get(source)
         if top is None or newer(seq, top):
             self.highest[source] = seq
-        for dst_id, route in routes.items():
-            sent = self._send_to(dst_id, route, plain)
-            if sent:
-                out.append(sent)
+        if layer is not None:
+            out += self._forward_layer(ep.id, layer, routes, plain, seq, now)
+        else:
+            for dst_id, route in routes.items():
+                sent = self._send_to(dst_id, route, plain)
+                if sent:
+                    out.append(sent)
         if source in self.keyframes and self.keyframes[source].due(now):
             # A keyframe request the throttle held back (a subscriber ready just after another):
             # sent with the publisher's first packet after the window, not dropped.
             self.stats["pli_deferred"] += 1
             out += self._request_keyframe(source, now)
         return out
+
+    def _discover(self, ep: Endpoint, plain: bytes, ssrc: int) -> None:
+        """The first packet of a simulcast encoding (or of its RTX stream): which track and
+        layer it is, from its mid and rid (or repaired rid) header extensions."""
+        mid_id, rid_id, rrid_id = ep.sdes
+        mid = find_extension(plain, mid_id)
+        rid = find_extension(plain, rid_id)
+        rrid = find_extension(plain, rrid_id) if rid is None else None
+        if mid is None or (rid or rrid) is None:
+            return
+        for (eid, track_ssrc), sim in self.simulcast.items():
+            if eid != ep.id or sim.mid.encode() != mid:
+                continue
+            for i, name in enumerate(sim.rids):
+                if rid is not None and name.encode() == rid and sim.ssrcs[i] is None:
+                    sim.ssrcs[i] = ssrc
+                    self.layer_of[(ep.id, ssrc)] = (track_ssrc, i)
+                    self.stats["layers_found"] += 1
+                elif rrid is not None and name.encode() == rrid and sim.ssrcs[i] is not None:
+                    self.rtx[(ep.id, ssrc)] = sim.ssrcs[i]
+            return
+
+    def _forward_layer(self, pub: str, layer: tuple[int, int], routes: dict, plain: bytes, seq: int, now: float) -> list:
+        """A packet of one simulcast layer goes to the routes that get that layer, and starts it
+        for those waiting for it if a keyframe starts here."""
+        track_ssrc, index = layer
+        sim = self.simulcast[(pub, track_ssrc)]
+        payload = plain[payload_offset(plain) or len(plain):]
+        key, out, waiting = None, [], False
+        for dst_id, route in routes.items():
+            if route.current != index:
+                if route.layer != index:
+                    continue
+                if key is None:
+                    key = keyframe_start(sim.codec, payload)
+                if not key:
+                    waiting = True
+                    continue
+                self._switch(route, index, sim.codec, plain, payload, seq, now)
+            sent = self._send_to(dst_id, route, plain, sim.codec, now)
+            if sent:
+                out.append(sent)
+        if waiting and self.keyframes.setdefault((pub, sim.ssrcs[index]), Keyframes()).ready(now):
+            out += self._request_keyframe((pub, sim.ssrcs[index]), now)  # its keyframe is late: ask again
+        return out
+
+    def _switch(self, route: Route, index: int, codec: int, plain: bytes, payload: bytes, seq: int, now: float) -> None:
+        """Start a route on another layer: its sequence numbers, timestamps and picture IDs go
+        on from the last ones it was sent, so the subscriber sees one stream."""
+        if route.last_seq is not None:
+            route.seq_delta = (route.last_seq + 1 - seq) & 0xFFFF
+            gap = max(1, int((now - route.last_at) * 90000))  # video's 90 kHz clock
+            route.ts_delta = (route.last_ts + gap - struct.unpack_from("!I", plain, 4)[0]) & 0xFFFFFFFF
+            picture = vp8_picture(payload) if codec == CODEC_VP8 else None
+            if picture is not None:
+                if picture[0] >= 0 and route.last_pid >= 0:
+                    route.pid_delta = (route.last_pid + 1 - picture[0]) & 0x7FFF
+                if picture[1] >= 0 and route.last_tl0 >= 0:
+                    route.tl0_delta = (route.last_tl0 + 1 - picture[1]) & 0xFF
+        route.current = index
+        route.layer_start = (seq + route.seq_delta) & 0xFFFF
+        self.stats["layer_switches"] += 1
 
     def _send_twcc(self, ep: Endpoint, media_ssrc: int, now: float) -> list[tuple[bytes, tuple]]:
         if not ep.twcc.due(now):
@@ -204,7 +334,8 @@ class Forwarder:
                 out.append((ep.tx.protect_rtcp(msg), ep.addr))
         return out
 
-    def _send_to(self, dst_id: str, route: Route, plain: bytes) -> tuple[bytes, tuple] | None:
+    def _send_to(self, dst_id: str, route: Route, plain: bytes, codec: int | None = None, now: float = 0.0) -> tuple[bytes, tuple] | None:
+        """``codec``: a simulcast layer's packet (its route keeps track of what it was sent)."""
         dst = self.endpoints.get(dst_id)
         if dst is None or not dst.ready:
             self.stats["drop_subscriber_not_ready"] += 1
@@ -214,6 +345,16 @@ class Forwarder:
         pkt = bytearray(plain)
         rewrite_rtp(pkt, route.ssrc, route.seq_delta, route.ts_delta)
         pkt[1] = (pkt[1] & 0x80) | route.payload_type
+        if codec is not None:
+            off = payload_offset(pkt)
+            if codec == CODEC_VP8 and off is not None:
+                vp8_rewrite(pkt, off, route.pid_delta, route.tl0_delta)
+            out_seq = struct.unpack_from("!H", pkt, 2)[0]
+            if route.last_seq is None or newer(out_seq, route.last_seq):
+                route.last_seq, route.last_ts, route.last_at = out_seq, struct.unpack_from("!I", pkt, 4)[0], now
+                picture = vp8_picture(pkt[off:]) if codec == CODEC_VP8 and off is not None else None
+                if picture is not None:
+                    route.last_pid, route.last_tl0 = picture
         protected = dst.tx.protect(bytes(pkt))
         self.stats["rtp_out"] += 1
         self.stats["bytes_out"] += len(protected)
@@ -249,11 +390,22 @@ class Forwarder:
             media_ssrc = rtcp.keyframe_request_ssrc(pt, fmt, packet)
             if media_ssrc is None:
                 continue  # reports and other feedback are consumed here
-            source = self.reverse.get((ep.id, media_ssrc))
+            source = self._source_for(ep.id, media_ssrc)
             if source is None:
                 continue
             out += self._request_keyframe(source, now)
         return out
+
+    def _source_for(self, subscriber: str, ssrc: int, target: bool = False) -> tuple[str, int] | None:
+        """The publisher stream a subscriber's SSRC comes from: for a simulcast track, the layer
+        it gets now (``target``: the one it should get)."""
+        source = self.reverse.get((subscriber, ssrc))
+        sim = self.simulcast.get(source) if source else None
+        if sim is None:
+            return source
+        route = self.routes[source][subscriber]
+        index = route.layer if target or route.current is None else route.current
+        return (source[0], sim.ssrcs[index]) if sim.ssrcs[index] is not None else None
 
     def _request_keyframe(self, source: tuple[str, int], now: float) -> list[tuple[bytes, tuple]]:
         throttle = self.keyframes.setdefault(source, Keyframes())
@@ -274,10 +426,12 @@ class Forwarder:
         if sub is None or not sub.ready:
             return []
         out = []
-        for source, routes in self.routes.items():
+        for source, routes in list(self.routes.items()):
             route = routes.get(subscriber)
             if route is not None and route.video:
-                out += self._request_keyframe(source, now)
+                layer = self._source_for(subscriber, route.ssrc, target=True)
+                if layer is not None:
+                    out += self._request_keyframe(layer, now)
         return out
 
     def _pass_remb(self, subscriber: str, bitrate: int, ssrcs: list[int], now: float) -> list[tuple[bytes, tuple]]:
@@ -290,6 +444,8 @@ class Forwarder:
                 continue
             estimates = self.estimates.setdefault(source, {})
             estimates[subscriber] = bitrate
+            if source in self.simulcast:
+                continue  # its layers serve subscribers apart: none sets its publisher's pace
             # Forget the estimates of subscribers that no longer receive this track.
             for gone in [s for s in estimates if s not in self.routes.get(source, {})]:
                 del estimates[gone]
@@ -304,10 +460,11 @@ class Forwarder:
     def _forward_sr(self, publisher: str, packet: bytes) -> list[tuple[bytes, tuple]]:
         """Each subscriber of the stream gets the publisher's sender report as its own (lip sync, RTT)."""
         ssrc = struct.unpack_from("!I", packet, 4)[0]
+        layer = self.layer_of.get((publisher, ssrc))
         out = []
-        for dst_id, route in self.routes.get((publisher, ssrc), {}).items():
+        for dst_id, route in self.routes.get((publisher, layer[0] if layer else ssrc), {}).items():
             dst = self.endpoints.get(dst_id)
-            if dst is None or not dst.ready:
+            if dst is None or not dst.ready or (layer is not None and route.current != layer[1]):
                 continue
             out.append((dst.tx.protect_rtcp(rtcp.translate_sr(packet, route.ssrc, route.ts_delta)), dst.addr))
             self.stats["sr_forwarded"] += 1
@@ -317,20 +474,25 @@ class Forwarder:
         """Resend what a subscriber lost from the cache, rather than asking the publisher (which
         costs it a round trip and every other subscriber the duplicate); what never reached us
         is asked of the publisher, whose retransmission then reaches everyone."""
-        source = self.reverse.get((subscriber, media_ssrc))
-        route = self.routes.get(source, {}).get(subscriber) if source else None
-        if route is None:
+        track = self.reverse.get((subscriber, media_ssrc))
+        route = self.routes.get(track, {}).get(subscriber) if track else None
+        source = self._source_for(subscriber, media_ssrc)
+        if route is None or source is None:
             return []
+        layered = track in self.simulcast
         cache = self.cache.get(source) or Cache()
         out, missing = [], []
         for out_seq in lost:
+            if layered and (out_seq - route.layer_start) & 0xFFFF >= 0x8000:
+                self.stats["nack_missed"] += 1  # sent from another layer: gone with it
+                continue
             seq = (out_seq - route.seq_delta) & 0xFFFF
             cached = cache.get(seq)
             if cached is None:
                 self.stats["nack_missed"] += 1
                 missing.append(seq)
                 continue
-            sent = self._send_to(subscriber, route, cached)
+            sent = self._send_to(subscriber, route, cached, self.simulcast[track].codec if layered else None)
             if sent:
                 out.append(sent)
                 self.stats["nack_served"] += 1

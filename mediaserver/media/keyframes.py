@@ -22,6 +22,10 @@ class Keyframes:
         self.last = now
         self.held = False
 
+    def ready(self, now: float) -> bool:
+        """Whether a request now would go."""
+        return now - self.last >= PLI_INTERVAL
+
     def due(self, now: float) -> bool:
         """A held request whose window has ended."""
         return self.held and now - self.last >= PLI_INTERVAL
