@@ -71,6 +71,10 @@ class MediaWorkerActor:
         await self.service.start()
         await self.service.unroute(src, src_ssrc, dst)
 
+    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None:
+        await self.service.start()
+        await self.service.set_layer(src, src_ssrc, dst, layer)
+
     async def quality(self, transport_ids: list[str]) -> dict[str, dict]:
         await self.service.start()
         return await self.service.quality(transport_ids)

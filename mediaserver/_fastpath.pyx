@@ -40,7 +40,6 @@ from mediaserver._udp cimport (
     AF_INET, MSG_DONTWAIT, MSG_TRUNC, htonl, htons, iovec, mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr_in, srtp_fn,
 )
 from mediaserver.fastpath cimport codecs, keyframes, nack, rtcp, rtp, twcc
-from mediaserver.fastpath.codecs cimport CODEC_VP8
 from mediaserver.fastpath.keyframes cimport Keyframes
 from mediaserver.fastpath.nack cimport NACK_CACHE, UPSTREAM_MAX, Asked, Slot
 from mediaserver.fastpath.rtcp cimport NACK_SEQS, PSFB, RR, RTPFB, SR, Quality
@@ -85,6 +84,7 @@ cdef enum:
     SLOW_PER_SOURCE = 4  # and the most from any one such address
 
 cdef double REMB_INTERVAL = 0.5
+cdef double LAYER_TIMEOUT = 1.0
 cdef double CONSENT_TIMEOUT = 30.0  # RFC 7675
 
 # Counters; the names match the reference Forwarder's and the worker's.
@@ -201,6 +201,7 @@ cdef struct Layer:
     uint16_t highest  # the highest sequence number received (modulo 2^16)
     uint8_t rid[16]
     int rid_len
+    double seen  # its latest packet (a simulcast layer silent for LAYER_TIMEOUT is not sent now)
 
 cdef enum:
     MAX_LAYERS = 3
@@ -445,7 +446,7 @@ cdef class FastPath:
         try:
             tr = &self.tracks[t]
             tr.nlayers = len(names)
-            tr.codec = {"VP8": 1, "H264": 2}.get(codec, 0)
+            tr.codec = {"VP8": 1, "H264": 2, "VP9": 3}.get(codec, 0)
             tr.mid_len = len(m)
             memcpy(tr.mid, <char*>m, len(m))
             tr.layers[0].has_ssrc = False
@@ -461,7 +462,7 @@ cdef class FastPath:
         s, d = self.ids.get(src), self.ids.get(dst)
         if s is None or d is None:
             return []
-        cdef int si = s, di = d, r
+        cdef int si = s, di = d, r, L
         cdef size_t t
         cdef Track* tr
         cdef unordered_map[uint64_t, int].iterator it
@@ -476,8 +477,9 @@ cdef class FastPath:
                         tr.routes[r].layer = layer if layer < tr.nlayers else tr.nlayers - 1
                         if tr.routes[r].layer < 0:
                             tr.routes[r].layer = 0
-                        if tr.routes[r].current != tr.routes[r].layer and tr.layers[tr.routes[r].layer].has_ssrc:
-                            self._request_keyframe(t, tr.routes[r].layer, now, &self.ctl)
+                        L = self._wanted(tr, &tr.routes[r], now)
+                        if tr.routes[r].current != L and tr.layers[L].has_ssrc:
+                            self._request_keyframe(t, L, now, &self.ctl)
                         break
             self._flush(&self.ctl)
             self.unlock()
@@ -611,6 +613,7 @@ cdef class FastPath:
         self.tracks[t].layers[0].ssrc = src_ssrc
         for i in range(MAX_LAYERS):
             keyframes.keyframes_init(&self.tracks[t].layers[i].kf)
+            self.tracks[t].layers[i].seen = -1e18
         self.by_track[pair(s, src_ssrc)] = t * 4
         return t
 
@@ -881,10 +884,11 @@ cdef class FastPath:
         cdef Route* rt
         cdef int r, key = -1, off = rtp.payload_offset(p, n)
         cdef bint waiting = False
+        tr.layers[L].seen = now
         for r in range(tr.nroutes):
             rt = &tr.routes[r]
             if rt.current != L:
-                if rt.layer != L:
+                if self._wanted(tr, rt, now) != L:
                     continue
                 if key < 0:
                     key = codecs.keyframe_start(tr.codec, p + off, n - off) if off >= 0 else 0
@@ -896,6 +900,18 @@ cdef class FastPath:
         if waiting and keyframes.keyframes_ready(&tr.layers[L].kf, now):
             self._request_keyframe(t, L, now, out)  # its keyframe is late: ask again
 
+    cdef int _wanted(self, Track* tr, Route* rt, double now) noexcept nogil:
+        """The layer a route gets: the one it asked for if sent now, else the next lower one
+        sent, else the next higher (a publisher sends only what its camera and link allow)."""
+        cdef int i
+        for i in range(rt.layer, -1, -1):
+            if tr.layers[i].has_ssrc and now - tr.layers[i].seen < LAYER_TIMEOUT:
+                return i
+        for i in range(rt.layer + 1, tr.nlayers):
+            if tr.layers[i].has_ssrc and now - tr.layers[i].seen < LAYER_TIMEOUT:
+                return i
+        return rt.layer
+
     cdef void _switch(self, Route* rt, int L, int codec, const uint8_t* p, int off, int n, uint16_t seq, double now) noexcept nogil:
         """Start a route on another layer: its sequence numbers, timestamps and picture IDs go
         on from the last ones it was sent, so the subscriber sees one stream."""
@@ -905,7 +921,7 @@ cdef class FastPath:
             rt.seq_delta = <uint16_t>(rt.last_seq + 1 - seq)
             gap = (now - rt.last_at) * 90000  # video's 90 kHz clock
             rt.ts_delta = <uint32_t>(rt.last_ts + (<uint32_t>gap if gap >= 1 else 1) - u32(p + 4))
-            if codec == CODEC_VP8 and off >= 0 and codecs.vp8_picture(p + off, n - off, &pid, &tl0):
+            if off >= 0 and codecs.picture(codec, p + off, n - off, &pid, &tl0):
                 if pid >= 0 and rt.last_pid >= 0:
                     rt.pid_delta = <uint16_t>(rt.last_pid + 1 - pid) & 0x7FFF
                 if tl0 >= 0 and rt.last_tl0 >= 0:
@@ -944,15 +960,15 @@ cdef class FastPath:
         b[1] = (b[1] & 0x80) | rt.pt
         if codec >= 0:
             off = rtp.payload_offset(b, n)
-            if codec == CODEC_VP8 and off >= 0:
-                codecs.vp8_rewrite(b + off, n - off, rt.pid_delta, rt.tl0_delta)
+            if off >= 0:
+                codecs.rewrite_picture(codec, b + off, n - off, rt.pid_delta, rt.tl0_delta)
             out_seq = u16(b + 2)
             if not rt.has_last or rtp.newer(out_seq, rt.last_seq):
                 rt.has_last = True
                 rt.last_seq = out_seq
                 rt.last_ts = u32(b + 4)
                 rt.last_at = now
-                if codec == CODEC_VP8 and off >= 0 and codecs.vp8_picture(b + off, n - off, &pid, &tl0):
+                if off >= 0 and codecs.picture(codec, b + off, n - off, &pid, &tl0):
                     rt.last_pid = pid
                     rt.last_tl0 = tl0
         if self.crypto and f_protect(self.eps[rt.dst].tx, b, &length) != 0:
@@ -1012,7 +1028,7 @@ cdef class FastPath:
                 # PLI (RFC 4585 6.3.1) names the media SSRC at 8; FIR (RFC 5104 4.3.1) in its first FCI entry.
                 rev = self.reverse.find(pair(src, u32(pk + 8) if fmt == 1 else u32(pk + 12)))
                 if rev != self.reverse.end():
-                    L = self._layer_for(deref(rev).second, False)
+                    L = self._layer_for(deref(rev).second, False, now)
                     if L >= 0:
                         self._request_keyframe(deref(rev).second >> 32, L, now, out)
 
@@ -1083,7 +1099,7 @@ cdef class FastPath:
             self.counts[<int>S_REMB_SENT] += 1
             self._send_rtcp(tr.src, msg, rtcp.remb(msg, low, tr.ssrc), now, out)
 
-    cdef int _layer_for(self, uint64_t rev, bint target) noexcept nogil:
+    cdef int _layer_for(self, uint64_t rev, bint target, double now) noexcept nogil:
         """The layer a route (a reverse entry) gets now (``target``: should get); -1 when its
         stream is not known yet."""
         cdef Track* tr = &self.tracks[rev >> 32]
@@ -1091,7 +1107,7 @@ cdef class FastPath:
         cdef int L
         if not tr.nlayers:
             return 0
-        L = rt.layer if target or rt.current < 0 else rt.current
+        L = self._wanted(tr, rt, now) if target or rt.current < 0 else rt.current
         return L if tr.layers[L].has_ssrc else -1
 
     cdef void _answer_nack(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
@@ -1105,7 +1121,7 @@ cdef class FastPath:
         cdef uint16_t missing[NACK_SEQS]
         if rev == self.reverse.end():
             return
-        L = self._layer_for(deref(rev).second, False)
+        L = self._layer_for(deref(rev).second, False, now)
         if L < 0:
             return
         tr = &self.tracks[deref(rev).second >> 32]
@@ -1176,7 +1192,7 @@ cdef class FastPath:
                 continue
             for r in range(self.tracks[t].nroutes):
                 if self.tracks[t].routes[r].dst == sub and self.tracks[t].routes[r].video:
-                    L = self._layer_for(pair(t, r), True)
+                    L = self._layer_for(pair(t, r), True, now)
                     if L >= 0:
                         self._request_keyframe(t, L, now, out)
                     break

@@ -38,6 +38,7 @@ STATUS: dict[str, int] = {
     "unsupported_codec": 400,
     # relayed (peer-to-peer) rooms
     "relayed_media": 409,  # a routed call in a relayed room
+    "not_simulcast": 409,  # a layer asked of a track sent as one stream
     "routed_media": 409,  # a peer-to-peer call in a routed room
     "relayed_session_full": 409,  # past relayed_max_participants
     "not_publishing": 409,  # a link whose publisher sends nothing

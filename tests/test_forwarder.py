@@ -572,7 +572,10 @@ def test_simulcast_each_subscriber_gets_one_layer_and_switches_on_a_keyframe(imp
     assert {struct.unpack_from("!I", p, 8)[0] for p in s1} == {0x3001} and len(s1) == 20
     seqs = [struct.unpack_from("!H", p, 2)[0] for p in s1]
     assert seqs == list(range(100, 120))  # q's own numbers: it was the first it got
-    assert [struct.unpack_from("!H", p, 2)[0] for p in s2] == [(40000 + i + 500) & 0xFFFF for i in range(20)]
+    # s2 asked for f, which had not been seen yet: q's first frame (the only layer sent so far),
+    # then h's, then f's from its first keyframe, as one stream.
+    assert [struct.unpack_from("!H", p, 2)[0] for p in s2] == [600 + i for i in range(24)]
+    assert [p[-1] for p in s2][::2] == [10, 3000 & 0xFF] + [(20000 + i) & 0xFF for i in range(10)]
     # s1 asks for the full layer: a keyframe is asked of it, and s1 stays on q until it comes.
     asked = fw.set_layer("pub", TRACK, "s1", 2, 1.4)
     assert [struct.unpack_from("!I", peers["pub"].inn.unprotect_rtcp(p), 8)[0] for p, _ in asked] == [LAYER_SSRCS["f"]]
@@ -581,7 +584,7 @@ def test_simulcast_each_subscriber_gets_one_layer_and_switches_on_a_keyframe(imp
     offsets = [rtp_ref.payload_offset(p) for p in s1]
     # q's frames 10-14 (each layer's frame 14 comes at once, q's first), then f's from its
     # keyframe, frame 14, on.
-    assert len(s1) == 2 * 5 + 2 * 2 and fw.stats["layer_switches"] == 3
+    assert len(s1) == 2 * 5 + 2 * 2 and fw.stats["layer_switches"] == 5  # s1: q, f; s2: q, h, f
     assert [p[-1] for p in s1][::2] == [(10 + i) & 0xFF for i in range(10, 15)] + [(20000 + i) & 0xFF for i in (14, 15)]
     seqs = [struct.unpack_from("!H", p, 2)[0] for p in s1]
     assert seqs == list(range(120, 134))  # one stream: no gap, no repeat across the switch
@@ -629,6 +632,11 @@ def test_where_keyframes_start():
     assert codecs.vp8_keyframe_start(vp8(1, 1, key=True, start=True))
     assert not codecs.vp8_keyframe_start(vp8(1, 1, key=True, start=False)) and not codecs.vp8_keyframe_start(vp8(1, 1, key=False, start=True))
     assert not codecs.vp8_keyframe_start(b"\x90\xc0\x80")  # cut inside its descriptor
+    assert codecs.vp9_keyframe_start(b"\x88\x80\x01") and not codecs.vp9_keyframe_start(b"\xc8\x80\x01")
+    assert not codecs.vp9_keyframe_start(b"\x84\x80\x01")  # a keyframe's later packet
+    vp9 = bytearray(b"\0" * 12 + b"\x88\xff\xfe")  # 15-bit picture ID 0x7ffe
+    codecs.rewrite_picture(codecs.CODEC_VP9, vp9, 12, 3, 0)
+    assert codecs.picture(codecs.CODEC_VP9, bytes(vp9[12:])) == (1, -1)
     short = bytes([0x90, 0x80, 0x05, 0x00])  # 7-bit picture ID 5
     assert codecs.vp8_picture(short) == (5, -1)
     packet = bytearray(b"\0" * 12 + short)
@@ -650,6 +658,9 @@ def recorded_simulcast_session(peers: dict, codec: str) -> tuple[list, frozenset
         key = i % every[rid] == 0
         if codec == "VP8":
             return vp8(base[rid][2] + i, i // 3, key, part == 0)
+        if codec == "VP9":  # RFC 9628: I, P (not on a keyframe), B (a frame's first packet), E; 15-bit picture ID
+            pid = (base[rid][2] + i) & 0x7FFF
+            return bytes([0x80 | (0 if key else 0x40) | (0x08 if part == 0 else 0x04), 0x80 | pid >> 8, pid & 0xFF]) + b"\x55" * 50
         if key:
             return h264([SPS, PPS], stap=True) if part == 0 else h264([], fu=(5, True))
         return h264([], fu=(1, part == 0))
@@ -689,7 +700,7 @@ def recorded_simulcast_session(peers: dict, codec: str) -> tuple[list, frozenset
     return steps, frozenset({("s1", 150), ("s1", 151), ("s1", 160), ("s1", 170)})
 
 
-@pytest.mark.parametrize("codec", ["VP8", "H264"])
+@pytest.mark.parametrize("codec", ["VP8", "H264", "VP9"])
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.openssl_name.decode() for p in PROFILES])
 def test_fast_path_matches_the_reference_with_simulcast(profile, codec):
     peers = {eid: Peer(profile) for eid in ("pub", "s1", "s2")}

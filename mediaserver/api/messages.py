@@ -91,6 +91,15 @@ class Subscribe(ClientMessage):
     subscribed: bool
 
 
+class VideoQuality(ClientMessage):
+    """Which layer of a simulcast video track to receive: ``low``, ``medium`` or ``high`` (say,
+    for the size you show it at); it starts at the next keyframe of that layer."""
+
+    type: Literal["video_quality"]
+    track_id: str = Field(..., max_length=128)
+    quality: Literal["low", "medium", "high"]
+
+
 class Mute(ClientMessage):
     """Tell the others one of your tracks is muted (or not)."""
 
@@ -291,7 +300,7 @@ class ArchiveStop(ClientMessage):
 
 AnyClientMessage = Annotated[
     Union[
-        Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, Mute,
+        Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, VideoQuality, Mute,
         StartSession, RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
         Chat, ChatHistory, Ask, Upvote, AnswerQuestion, Questions,
         BreakoutCreate, BreakoutRename, BreakoutDelete, BreakoutAssign, BreakoutAutoAssign, BreakoutOpen,

@@ -44,7 +44,9 @@ class Worker(Protocol):
     async def publish(self, transport_id: str, offer: str) -> dict: ...
     async def subscribe_offer(self, transport_id: str, slots: list) -> str: ...
     async def subscribe_answer(self, transport_id: str, answer: str) -> None: ...
-    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool) -> None: ...
+    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool,
+                    layer: int | None = None) -> None: ...
+    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None: ...
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None: ...
     async def close_participants(self, participant_ids: list[str]) -> int: ...
     async def transport_states(self, transport_ids: list[str]) -> dict[str, str]: ...
@@ -61,9 +63,11 @@ class Track:
     ssrc: int
     codec: dict
     muted: bool = False
+    layers: int = 0  # simulcast encodings (0: one stream)
 
     def public(self) -> dict:
-        return {"id": self.id, "participant_id": self.participant_id, "kind": self.kind, "codec": self.codec["name"], "muted": self.muted}
+        return {"id": self.id, "participant_id": self.participant_id, "kind": self.kind, "codec": self.codec["name"],
+                "muted": self.muted, "layers": self.layers}
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Subscriber:
     unsubscribed: set[str] = field(default_factory=set)
     offer_pending: bool = False  # an offer is out; the next waits for its answer (no glare)
     dirty: bool = False  # something changed while an offer was out
+    layers: dict[str, int] = field(default_factory=dict)  # track -> the simulcast layer it asked for
 
 
 HOME = ""  # the home worker's key in ``workers``
@@ -167,7 +172,7 @@ class MediaSession:
         for tid_, t in offered.items():
             if tid_ in mine:
                 continue
-            track = Track(tid_, participant_id, t["kind"], t["ssrc"], t["codec"])
+            track = Track(tid_, participant_id, t["kind"], t["ssrc"], t["codec"], layers=t.get("layers", 0))
             self.tracks[tid_] = track
             added.append(track)
         for t in removed:
@@ -277,7 +282,10 @@ class MediaSession:
         src, ssrc = self.publish_transport[t.participant_id], t.ssrc
         if sub.worker != HOME:
             src, ssrc = await self._relay(t, pid, sub.worker)
-        await self.workers[sub.worker].route(src, ssrc, sub.transport_id, slot.ssrc, slot.codec["payload_type"], t.kind == "video")
+        # A simulcast track starts on the layer the subscriber asked for (else the top); one that
+        # crosses to another worker gets there as the top layer (its subscribers there share it).
+        layer = sub.layers.get(t.id) if sub.worker == HOME else None
+        await self.workers[sub.worker].route(src, ssrc, sub.transport_id, slot.ssrc, slot.codec["payload_type"], t.kind == "video", layer)
 
     async def _unroute(self, t: Track, pid: str, sub: Subscriber) -> None:
         if sub.transport_id is None:
@@ -423,6 +431,22 @@ class MediaSession:
         if sub.dirty:
             sub.dirty = False
             await self.refresh(participant_id)
+
+    async def set_layer(self, participant_id: str, track_id: str, layer: int) -> None:
+        """A subscriber's choice among a simulcast track's layers (0 the lowest), e.g. for the
+        size it shows the video at; kept for its next routes."""
+        sub = self.subscribers.get(participant_id)
+        if sub is None:
+            raise MediaserverError("not_joined", "join before choosing what you receive")
+        t = self.tracks.get(track_id)
+        if t is None:
+            raise MediaserverError("not_found", f"no track {track_id!r} in this session")
+        if t.layers < 2:
+            raise MediaserverError("not_simulcast", f"track {track_id!r} is sent as one stream: there is no other layer to choose")
+        sub.layers[track_id] = max(0, min(layer, t.layers - 1))
+        routed = any(s.track_id == track_id for s in sub.slots) and sub.transport_id is not None
+        if routed and sub.worker == HOME:
+            await self.worker.set_layer(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id, sub.layers[track_id])
 
     async def set_subscribed(self, participant_id: str, track_id: str, subscribed: bool) -> None:
         sub = self.subscribers.get(participant_id)

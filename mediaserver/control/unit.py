@@ -305,6 +305,17 @@ class SessionUnit:
         )
         await self.core.notify()
 
+    async def set_video_quality(self, participant_id: str, track_id: str, quality: str) -> None:
+        """Which simulcast layer a participant receives of a track: low, medium or high (the top)."""
+        self._member(participant_id)
+        if isinstance(self.media, PeerMesh):
+            raise MediaserverError("relayed_media", "this room connects participants directly: there are no layers to choose")
+        async with self._media_lock:
+            t = self.media.tracks.get(track_id)
+            layers = t.layers if t is not None else 0
+            index = {"low": 0, "medium": (layers - 1) // 2, "high": max(layers - 1, 0)}[quality]  # (validated by the gateway)
+            await self.media.set_layer(participant_id, track_id, index)
+
     async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> None:
         self._member(participant_id)
         async with self._media_lock:

@@ -8,6 +8,7 @@ cdef enum:
     CODEC_OTHER = 0
     CODEC_VP8 = 1
     CODEC_H264 = 2
+    CODEC_VP9 = 3
 
 cdef struct Vp8Descriptor:
     int size  # bytes before the VP8 payload
@@ -80,12 +81,60 @@ cdef inline bint h264_keyframe_start(const uint8_t* p, int n) noexcept nogil:
     return False
 
 
+cdef inline bint vp9_keyframe_start(const uint8_t* p, int n) noexcept nogil:
+    """RFC 9628 section 4.2: B (a frame's first packet) set and P (inter-picture predicted) not."""
+    return n >= 1 and (p[0] & 0x08) != 0 and (p[0] & 0x40) == 0
+
+
 cdef inline bint keyframe_start(int codec, const uint8_t* p, int n) noexcept nogil:
     if codec == CODEC_VP8:
         return vp8_keyframe_start(p, n)
     if codec == CODEC_H264:
         return h264_keyframe_start(p, n)
+    if codec == CODEC_VP9:
+        return vp9_keyframe_start(p, n)
     return False
+
+
+cdef inline int vp9_picture_at(const uint8_t* p, int n, int* bits) noexcept nogil:
+    """The offset of a VP9 payload's picture ID (RFC 9628 4.2: I set), -1 without one."""
+    if n < 2 or not (p[0] & 0x80):
+        return -1
+    bits[0] = 15 if p[1] & 0x80 else 7
+    return 1 if n >= 1 + bits[0] // 8 + 1 else -1
+
+
+cdef inline bint picture(int codec, const uint8_t* p, int n, int* pid, int* tl0) noexcept nogil:
+    """The picture ID and TL0PICIDX (-1 where absent) of a VP8 or VP9 payload; False for others."""
+    cdef int at, bits = 0
+    if codec == CODEC_VP8:
+        return vp8_picture(p, n, pid, tl0)
+    if codec == CODEC_VP9:
+        at = vp9_picture_at(p, n, &bits)
+        pid[0] = -1
+        tl0[0] = -1
+        if at >= 0:
+            pid[0] = (((p[at] & 0x7F) << 8) | p[at + 1]) if bits == 15 else (p[at] & 0x7F)
+        return True
+    return False
+
+
+cdef inline void rewrite_picture(int codec, uint8_t* p, int n, uint16_t pid_delta, uint8_t tl0_delta) noexcept nogil:
+    """Shift the picture ID (and VP8's TL0PICIDX)."""
+    cdef int at, bits = 0
+    cdef uint16_t pid
+    if codec == CODEC_VP8:
+        vp8_rewrite(p, n, pid_delta, tl0_delta)
+    elif codec == CODEC_VP9:
+        at = vp9_picture_at(p, n, &bits)
+        if at < 0:
+            return
+        if bits == 15:
+            pid = <uint16_t>((((p[at] & 0x7F) << 8) | p[at + 1]) + pid_delta) & 0x7FFF
+            p[at] = 0x80 | (pid >> 8)
+            p[at + 1] = pid & 0xFF
+        else:
+            p[at] = ((p[at] & 0x7F) + pid_delta) & 0x7F
 
 
 cdef inline bint vp8_picture(const uint8_t* p, int n, int* pid, int* tl0) noexcept nogil:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CODEC_OTHER, CODEC_VP8, CODEC_H264 = 0, 1, 2
-CODEC_IDS = {"VP8": CODEC_VP8, "H264": CODEC_H264}
+CODEC_OTHER, CODEC_VP8, CODEC_H264, CODEC_VP9 = 0, 1, 2, 3
+CODEC_IDS = {"VP8": CODEC_VP8, "H264": CODEC_H264, "VP9": CODEC_VP9}
 
 
 @dataclass
@@ -77,12 +77,55 @@ def h264_keyframe_start(payload: bytes) -> bool:
     return False
 
 
+def vp9_keyframe_start(payload: bytes) -> bool:
+    """RFC 9628 section 4.2: B (a frame's first packet) set and P (inter-picture predicted) not."""
+    return len(payload) >= 1 and payload[0] & 0x08 != 0 and payload[0] & 0x40 == 0
+
+
 def keyframe_start(codec: int, payload: bytes) -> bool:
     if codec == CODEC_VP8:
         return vp8_keyframe_start(payload)
     if codec == CODEC_H264:
         return h264_keyframe_start(payload)
+    if codec == CODEC_VP9:
+        return vp9_keyframe_start(payload)
     return False
+
+
+def vp9_picture_at(payload: bytes) -> tuple[int, int]:
+    """(offset, bits) of a VP9 payload's picture ID (RFC 9628 4.2: I set), (-1, 0) without one."""
+    if len(payload) < 2 or not payload[0] & 0x80:
+        return -1, 0
+    bits = 15 if payload[1] & 0x80 else 7
+    return (1, bits) if len(payload) >= 1 + bits // 8 + 1 else (-1, 0)
+
+
+def picture(codec: int, payload: bytes) -> tuple[int, int] | None:
+    """(picture ID, TL0PICIDX), -1 where absent, of a VP8 or VP9 payload; None for others."""
+    if codec == CODEC_VP8:
+        return vp8_picture(payload)
+    if codec == CODEC_VP9:
+        at, bits = vp9_picture_at(payload)
+        if at < 0:
+            return -1, -1
+        return (((payload[at] & 0x7F) << 8 | payload[at + 1]) if bits == 15 else payload[at] & 0x7F), -1
+    return None
+
+
+def rewrite_picture(codec: int, packet: bytearray, offset: int, pid_delta: int, tl0_delta: int) -> None:
+    """Shift the picture ID (and VP8's TL0PICIDX) of the payload at ``offset``."""
+    if codec == CODEC_VP8:
+        vp8_rewrite(packet, offset, pid_delta, tl0_delta)
+    elif codec == CODEC_VP9:
+        at, bits = vp9_picture_at(packet[offset:])
+        if at < 0:
+            return
+        at += offset
+        if bits == 15:
+            pid = (((packet[at] & 0x7F) << 8 | packet[at + 1]) + pid_delta) & 0x7FFF
+            packet[at], packet[at + 1] = 0x80 | pid >> 8, pid & 0xFF
+        else:
+            packet[at] = ((packet[at] & 0x7F) + pid_delta) & 0x7F
 
 
 def vp8_picture(payload: bytes) -> tuple[int, int] | None:

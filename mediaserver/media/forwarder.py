@@ -16,7 +16,7 @@ from typing import Callable
 import pylibsrtp
 
 from mediaserver.media import rtcp
-from mediaserver.media.codecs import CODEC_IDS, CODEC_VP8, keyframe_start, vp8_picture, vp8_rewrite
+from mediaserver.media.codecs import CODEC_IDS, keyframe_start, picture, rewrite_picture
 from mediaserver.media.keyframes import Keyframes
 from mediaserver.media.nack import NACK_CACHE, Cache, UpstreamAsks
 from mediaserver.media.rtp import find_extension, newer, payload_length, payload_offset, rewrite_rtp
@@ -27,6 +27,7 @@ __all__ = ["NACK_CACHE", "Forwarder", "Route"]
 
 MTU = 1500  # larger datagrams are never forwarded
 REMB_INTERVAL = 0.5  # the publisher hears the lowest subscriber estimate at most this often per track
+LAYER_TIMEOUT = 1.0  # a simulcast layer silent this long is not sent now (the publisher paused it)
 
 
 @dataclass
@@ -60,6 +61,15 @@ class Simulcast:
     rids: list[str]  # lowest first
     codec: int  # where keyframes start is read from the payload
     ssrcs: list[int | None]
+    seen: list[float] = field(default_factory=lambda: [float("-inf")] * 3)  # each layer's latest packet
+
+    def wanted(self, route: Route, now: float) -> int:
+        """The layer a route gets: the one it asked for if sent now, else the next lower one
+        sent, else the next higher (a publisher sends only what its camera and link allow)."""
+        for i in [*range(route.layer, -1, -1), *range(route.layer + 1, len(self.rids))]:
+            if self.ssrcs[i] is not None and now - self.seen[i] < LAYER_TIMEOUT:
+                return i
+        return route.layer
 
 
 @dataclass
@@ -157,9 +167,10 @@ class Forwarder:
         if sim is None or route is None:
             return []
         route.layer = max(0, min(layer, len(sim.rids) - 1))
-        if route.current == route.layer or sim.ssrcs[route.layer] is None:
+        want = sim.wanted(route, now)
+        if route.current == want or sim.ssrcs[want] is None:
             return []
-        return self._request_keyframe((src, sim.ssrcs[route.layer]), now)
+        return self._request_keyframe((src, sim.ssrcs[want]), now)
 
     def remove_endpoint(self, eid: str) -> None:
         for key in [k for k in self.rtx if k[0] == eid]:
@@ -285,11 +296,12 @@ class Forwarder:
         for those waiting for it if a keyframe starts here."""
         track_ssrc, index = layer
         sim = self.simulcast[(pub, track_ssrc)]
+        sim.seen[index] = now
         payload = plain[payload_offset(plain) or len(plain):]
         key, out, waiting = None, [], False
         for dst_id, route in routes.items():
             if route.current != index:
-                if route.layer != index:
+                if sim.wanted(route, now) != index:
                     continue
                 if key is None:
                     key = keyframe_start(sim.codec, payload)
@@ -311,12 +323,12 @@ class Forwarder:
             route.seq_delta = (route.last_seq + 1 - seq) & 0xFFFF
             gap = max(1, int((now - route.last_at) * 90000))  # video's 90 kHz clock
             route.ts_delta = (route.last_ts + gap - struct.unpack_from("!I", plain, 4)[0]) & 0xFFFFFFFF
-            picture = vp8_picture(payload) if codec == CODEC_VP8 else None
-            if picture is not None:
-                if picture[0] >= 0 and route.last_pid >= 0:
-                    route.pid_delta = (route.last_pid + 1 - picture[0]) & 0x7FFF
-                if picture[1] >= 0 and route.last_tl0 >= 0:
-                    route.tl0_delta = (route.last_tl0 + 1 - picture[1]) & 0xFF
+            found = picture(codec, payload)
+            if found is not None:
+                if found[0] >= 0 and route.last_pid >= 0:
+                    route.pid_delta = (route.last_pid + 1 - found[0]) & 0x7FFF
+                if found[1] >= 0 and route.last_tl0 >= 0:
+                    route.tl0_delta = (route.last_tl0 + 1 - found[1]) & 0xFF
         route.current = index
         route.layer_start = (seq + route.seq_delta) & 0xFFFF
         self.stats["layer_switches"] += 1
@@ -347,14 +359,14 @@ class Forwarder:
         pkt[1] = (pkt[1] & 0x80) | route.payload_type
         if codec is not None:
             off = payload_offset(pkt)
-            if codec == CODEC_VP8 and off is not None:
-                vp8_rewrite(pkt, off, route.pid_delta, route.tl0_delta)
+            if off is not None:
+                rewrite_picture(codec, pkt, off, route.pid_delta, route.tl0_delta)
             out_seq = struct.unpack_from("!H", pkt, 2)[0]
             if route.last_seq is None or newer(out_seq, route.last_seq):
                 route.last_seq, route.last_ts, route.last_at = out_seq, struct.unpack_from("!I", pkt, 4)[0], now
-                picture = vp8_picture(pkt[off:]) if codec == CODEC_VP8 and off is not None else None
-                if picture is not None:
-                    route.last_pid, route.last_tl0 = picture
+                found = picture(codec, bytes(pkt[off:])) if off is not None else None
+                if found is not None:
+                    route.last_pid, route.last_tl0 = found
         protected = dst.tx.protect(bytes(pkt))
         self.stats["rtp_out"] += 1
         self.stats["bytes_out"] += len(protected)
@@ -390,13 +402,13 @@ class Forwarder:
             media_ssrc = rtcp.keyframe_request_ssrc(pt, fmt, packet)
             if media_ssrc is None:
                 continue  # reports and other feedback are consumed here
-            source = self._source_for(ep.id, media_ssrc)
+            source = self._source_for(ep.id, media_ssrc, now)
             if source is None:
                 continue
             out += self._request_keyframe(source, now)
         return out
 
-    def _source_for(self, subscriber: str, ssrc: int, target: bool = False) -> tuple[str, int] | None:
+    def _source_for(self, subscriber: str, ssrc: int, now: float, target: bool = False) -> tuple[str, int] | None:
         """The publisher stream a subscriber's SSRC comes from: for a simulcast track, the layer
         it gets now (``target``: the one it should get)."""
         source = self.reverse.get((subscriber, ssrc))
@@ -404,7 +416,7 @@ class Forwarder:
         if sim is None:
             return source
         route = self.routes[source][subscriber]
-        index = route.layer if target or route.current is None else route.current
+        index = sim.wanted(route, now) if target or route.current is None else route.current
         return (source[0], sim.ssrcs[index]) if sim.ssrcs[index] is not None else None
 
     def _request_keyframe(self, source: tuple[str, int], now: float) -> list[tuple[bytes, tuple]]:
@@ -429,7 +441,7 @@ class Forwarder:
         for source, routes in list(self.routes.items()):
             route = routes.get(subscriber)
             if route is not None and route.video:
-                layer = self._source_for(subscriber, route.ssrc, target=True)
+                layer = self._source_for(subscriber, route.ssrc, now, target=True)
                 if layer is not None:
                     out += self._request_keyframe(layer, now)
         return out
@@ -476,7 +488,7 @@ class Forwarder:
         is asked of the publisher, whose retransmission then reaches everyone."""
         track = self.reverse.get((subscriber, media_ssrc))
         route = self.routes.get(track, {}).get(subscriber) if track else None
-        source = self._source_for(subscriber, media_ssrc)
+        source = self._source_for(subscriber, media_ssrc, now)
         if route is None or source is None:
             return []
         layered = track in self.simulcast

@@ -12,6 +12,7 @@ Offers are parsed with aiortc's SDP parser; what we send is written here.
 from __future__ import annotations
 
 import secrets
+import zlib
 from dataclasses import dataclass, field
 
 from aiortc import sdp as aiortc_sdp
@@ -24,6 +25,12 @@ from mediaserver.media.dtls import Fingerprint
 AUDIO_CODECS = ("opus",)
 VIDEO_CODECS = ("VP8", "H264", "VP9")
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
+# RFC 8852: how the encodings of a simulcast track (RFC 8853) name themselves in their packets.
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+SIMULCAST_CODECS = ("VP8", "H264", "VP9")  # where the forwarder finds keyframes to switch on
+MAX_LAYERS = 3
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,9 @@ class OfferedTrack:
     track_id: str
     rtx_ssrc: int | None = None  # the SSRC its repairs come on (RFC 4588), when RTX is negotiated
     rtx_payload_type: int | None = None
+    # Simulcast: its encodings' rids, lowest first (the offer's order); ``ssrc`` is then ours,
+    # what routes know the track by: the encodings' SSRCs are learnt from their packets.
+    rids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +70,7 @@ class RemoteDescription:
     setup: str | None
     mids: list[str]
     media: list[aiortc_sdp.MediaDescription] = field(default_factory=list)
+    raw: list[list[str]] = field(default_factory=list)  # each section's lines (what aiortc does not parse)
 
 
 def _parse(text: str, expected: str) -> aiortc_sdp.SessionDescription:
@@ -86,6 +97,13 @@ def parse_remote(text: str, expected: str) -> RemoteDescription:
     fps = [Fingerprint(f.algorithm, f.value) for f in first.dtls.fingerprints]
     if not any(f.algorithm.lower() == "sha-256" for f in fps):
         raise MediaserverError("invalid_sdp", "a sha-256 DTLS fingerprint is required")
+    sections: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("m="):
+            sections.append([])
+        if sections:
+            sections[-1].append(line.strip())
+    raw = [sec for sec in sections if sec[0][2:].split(" ", 1)[0] in ("audio", "video")]
     return RemoteDescription(
         ice_ufrag=first.ice.usernameFragment,
         ice_pwd=first.ice.password,
@@ -93,7 +111,21 @@ def parse_remote(text: str, expected: str) -> RemoteDescription:
         setup=first.dtls.role,
         mids=[m.rtp.muxId for m in media],
         media=media,
+        raw=raw if len(raw) == len(media) else [[] for _ in media],
     )
+
+
+def _rids(m: aiortc_sdp.MediaDescription, lines: list[str]) -> list[str]:
+    """The encodings a section sends as simulcast (RFC 8853 a=simulcast, RFC 8851 a=rid), in
+    the offer's order, first choices only (no alternatives), paused ones ("~") included."""
+    sending = {line[6:].split(" ")[0] for line in lines if line.startswith("a=rid:") and " send" in line}
+    for line in lines:
+        if line.startswith("a=simulcast:"):
+            parts = line[len("a=simulcast:"):].split()
+            if len(parts) >= 2 and parts[0] == "send":
+                rids = [alt.split(",")[0].lstrip("~") for alt in parts[1].split(";")]
+                return [r for r in rids if r in sending][:MAX_LAYERS]
+    return []
 
 
 def _pick_codec(m: aiortc_sdp.MediaDescription) -> Codec | None:
@@ -114,7 +146,7 @@ def parse_publish_offer(text: str) -> tuple[RemoteDescription, list[OfferedTrack
     """The client's publish offer and, per m-section, the track we accept (None: rejected)."""
     remote = parse_remote(text, "offer")
     tracks: list[OfferedTrack | None] = []
-    for m in remote.media:
+    for m, lines in zip(remote.media, remote.raw):
         if m.port == 0 or m.direction in ("recvonly", "inactive"):
             tracks.append(None)
             continue
@@ -126,11 +158,20 @@ def parse_publish_offer(text: str) -> tuple[RemoteDescription, list[OfferedTrack
             )
         rtx = {g.items[1] for g in m.ssrc_group if g.semantic == "FID" and len(g.items) > 1}
         primary = [s for s in m.ssrc if s.ssrc not in rtx]
+        rtx_pt = next((c.payloadType for c in m.rtp.codecs if c.mimeType.lower().endswith("/rtx")
+                       and str((c.parameters or {}).get("apt")) == str(codec.payload_type)), None)
+        rids = _rids(m, lines) if m.kind == "video" and codec.name in SIMULCAST_CODECS and sdes_ids(m) else []
+        if rids:
+            msid = (m.msid or f"- {m.rtp.muxId}").split()
+            tracks.append(OfferedTrack(
+                mid=m.rtp.muxId, kind=m.kind, ssrc=zlib.crc32(f"simulcast/{m.rtp.muxId}/{msid[-1]}".encode()),
+                codec=codec, stream_id=msid[0], track_id=msid[1] if len(msid) > 1 else msid[0],
+                rtx_payload_type=rtx_pt if sdes_ids(m)[2] else None, rids=rids,  # RTX is told apart by its repaired rid
+            ))
+            continue
         if not primary:
             raise MediaserverError("invalid_sdp", f"the {m.kind} section (mid {m.rtp.muxId}) announces no SSRC")
         msid = (m.msid or primary[0].msid or f"- {m.rtp.muxId}").split()
-        rtx_pt = next((c.payloadType for c in m.rtp.codecs if c.mimeType.lower().endswith("/rtx")
-                       and str((c.parameters or {}).get("apt")) == str(codec.payload_type)), None)
         rtx_ssrc = next((g.items[1] for g in m.ssrc_group if g.semantic == "FID" and len(g.items) > 1
                          and g.items[0] == primary[0].ssrc), None)
         tracks.append(
@@ -147,6 +188,22 @@ def parse_publish_offer(text: str) -> tuple[RemoteDescription, list[OfferedTrack
             )
         )
     return remote, tracks
+
+
+def sdes_ids(m: aiortc_sdp.MediaDescription) -> tuple[int, int, int] | None:
+    """The section's mid, rid and repaired-rid extension IDs (0: repaired rid not offered);
+    None without mid and rid."""
+    ids = {e.uri: e.id for e in m.rtp.headerExtensions}
+    if MID_URI not in ids or RID_URI not in ids:
+        return None
+    return ids[MID_URI], ids[RID_URI], ids.get(RRID_URI, 0)
+
+
+def simulcast_extensions(remote: RemoteDescription, tracks: list[OfferedTrack | None]) -> tuple[int, int, int] | None:
+    """The mid, rid and repaired-rid IDs of the offer's simulcast sections (one transport: the
+    same in each); None when it has none."""
+    found = {sdes_ids(m) for m, t in zip(remote.media, tracks) if t is not None and t.rids}
+    return found.pop() if len(found) == 1 else None
 
 
 def twcc_extension(remote: RemoteDescription, tracks: list[OfferedTrack | None]) -> int | None:
@@ -223,6 +280,12 @@ def publish_answer(
             # The publisher numbers its packets and we say when each arrived: its own
             # estimator sets its bitrate (draft-holmer-rmcat-transport-wide-cc-extensions-01).
             lines.append(f"a=extmap:{ext} {twcc.URI}")
+        if t.rids:
+            mid_id, rid_id, rrid_id = sdes_ids(m)
+            lines += [f"a=extmap:{mid_id} {MID_URI}", f"a=extmap:{rid_id} {RID_URI}"]
+            if rrid_id:
+                lines.append(f"a=extmap:{rrid_id} {RRID_URI}")
+            lines += [f"a=rid:{r} recv" for r in t.rids] + [f"a=simulcast:recv {';'.join(t.rids)}"]
         lines += _codec_lines(t.codec)
         if ext is not None:
             lines.append(f"a=rtcp-fb:{t.codec.payload_type} transport-cc")

@@ -78,7 +78,8 @@ class WorkerService:
         return {
             "answer": answer,
             "tracks": [
-                {"mid": t.mid, "kind": t.kind, "ssrc": t.ssrc, "codec": dataclasses.asdict(t.codec)} for t in tracks
+                {"mid": t.mid, "kind": t.kind, "ssrc": t.ssrc, "codec": dataclasses.asdict(t.codec), "layers": len(t.rids)}
+                for t in tracks
             ],
         }
 
@@ -97,8 +98,12 @@ class WorkerService:
     async def subscribe_answer(self, transport_id: str, answer: str) -> None:
         self.worker.subscribe_answer(transport_id, answer)
 
-    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool = False) -> None:
-        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type, video)
+    async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool = False,
+                    layer: int | None = None) -> None:
+        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type, video, layer)
+
+    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None:
+        self.worker.set_layer(src, src_ssrc, dst, layer)
 
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None:
         self.worker.unroute(src, src_ssrc, dst)

@@ -237,9 +237,14 @@ class MediaWorker:
         self._set_remote(t, remote)
         t.tracks = [x for x in tracks if x is not None]
         self.forwarder.set_twcc(t.id, sdp.twcc_extension(remote, tracks) or 0)
+        sdes = sdp.simulcast_extensions(remote, tracks)
+        if sdes is not None:
+            self.forwarder.set_sdes(t.id, *sdes)
         for x in t.tracks:
             if x.rtx_ssrc is not None:
                 self.forwarder.set_rtx(t.id, x.rtx_ssrc, x.ssrc)
+            if x.rids and sdes is not None:
+                self.forwarder.add_simulcast(t.id, x.ssrc, x.mid, x.rids, x.codec.name)
         return sdp.publish_answer(
             remote, tracks, ufrag=t.ice.ufrag, pwd=t.ice.pwd, fingerprint=self.cert.fingerprint,
             host=self.advertised_host, port=self.port,
@@ -265,10 +270,24 @@ class MediaWorker:
             raise MediaserverError("invalid_sdp", "ICE restarts take a new transport")
         t.remote = remote
 
-    def route(self, src_tid: str, src_ssrc: int, dst_tid: str, out_ssrc: int, payload_type: int, video: bool = False) -> None:
-        self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type, video=video))
+    def route(self, src_tid: str, src_ssrc: int, dst_tid: str, out_ssrc: int, payload_type: int, video: bool = False,
+              layer: int | None = None) -> None:
+        """``layer``: of a simulcast track, the one it starts on (0 the lowest; None: the top)."""
+        top = self._layers(src_tid, src_ssrc) - 1
+        layer = top if layer is None else max(0, min(layer, top))
+        self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type, video=video, layer=layer))
         for pkt, to in self.forwarder.keyframes_for(dst_tid, self.clock()):
             self._send_consented(pkt, to)
+
+    def set_layer(self, src_tid: str, src_ssrc: int, dst_tid: str, layer: int) -> None:
+        """Another layer of a simulcast track for one subscriber, from its next keyframe."""
+        for pkt, to in self.forwarder.set_layer(src_tid, src_ssrc, dst_tid, layer, self.clock()):
+            self._send_consented(pkt, to)
+
+    def _layers(self, tid: str, ssrc: int) -> int:
+        t = self.transports.get(tid)
+        found = [x for x in t.tracks if x.ssrc == ssrc] if t is not None else []
+        return max(len(found[0].rids), 1) if found else 1
 
     def unroute(self, src_tid: str, src_ssrc: int, dst_tid: str) -> None:
         self.forwarder.remove_route(src_tid, src_ssrc, dst_tid)

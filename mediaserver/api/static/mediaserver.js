@@ -29,6 +29,18 @@ export { FrameCrypto };
 
 // ICE servers (STUN, TURN with short-lived credentials) come from the server in "joined".
 const PC_CONFIG = { bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
+// A camera's simulcast layers, lowest first (the server reads them in this order): three from
+// 540 lines up (e.g. 180p, 360p and 720p of a 720p camera), two from 240 (240p and 480p of
+// 640x480), as many as Chrome sends for that size; below that, one stream.
+function simulcastLayers(track) {
+  const height = (track.getSettings && track.getSettings().height) || 0;
+  const q = { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 };
+  const h = { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 };
+  const f = { rid: "f", scaleResolutionDownBy: 1, maxBitrate: height >= 540 ? 1500000 : 1200000 };
+  if (height >= 540) return [q, h, f];
+  if (height >= 240) return [h, f];
+  return null;
+}
 
 export class MediaserverError extends Error {
   constructor(code, message) { super(message); this.code = code; }
@@ -83,9 +95,14 @@ export class Room extends EventTarget {
   }
 
   // Send a track on a peer connection (encrypted end to end when the room is); VP8 when
-  // encrypted or asked for (options.videoCodec), as the frame format needs.
+  // encrypted or asked for (options.videoCodec), as the frame format needs. A camera goes as
+  // simulcast layers (full, half and quarter size as it allows; options.simulcast false: one
+  // stream), so the server can send each subscriber the one that suits it; a screen share as one.
   _addSender(pc, track, stream, options = {}) {
-    const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    const init = { direction: "sendonly", streams: [stream] };
+    const layers = track.kind === "video" && options.simulcast !== false && !options.screen ? simulcastLayers(track) : null;
+    if (layers) init.sendEncodings = layers;
+    const transceiver = pc.addTransceiver(track, init);
     const codec = this.e2ee ? "VP8" : options.videoCodec;
     if (this.e2ee && options.videoCodec && options.videoCodec.toUpperCase() !== "VP8") {
       throw new MediaserverError("unsupported_codec", "end-to-end encrypted rooms send VP8 video");
@@ -331,7 +348,7 @@ export class Room extends EventTarget {
     if (!this.publishPc) throw new MediaserverError("not_on_stage", "turn on your camera or microphone (go on stage) first");
     const screen = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
     const track = screen.getVideoTracks()[0];
-    this._screen = { stream: screen, transceiver: this._addSender(this.publishPc, track, screen) };
+    this._screen = { stream: screen, transceiver: this._addSender(this.publishPc, track, screen, { screen: true }) };
     track.onended = () => this.stopScreen().catch((err) => this._emit("error", err));
     await this._renegotiate();
     this._emit("screen", { sharing: true, track });
@@ -450,6 +467,8 @@ export class Room extends EventTarget {
   }
 
   setSubscribed(trackId, subscribed) { return this.request({ type: "subscribe", track_id: trackId, subscribed }); }
+  // Which layer of a simulcast video track to receive: "low", "medium" or "high".
+  setVideoQuality(trackId, quality) { return this.request({ type: "video_quality", track_id: trackId, quality }); }
   setMuted(trackId, muted) { return this.request({ type: "mute", track_id: trackId, muted }); }
   setRole(participantId, role) { return this.request({ type: "set_role", participant_id: participantId, role }); }
   endSession() { return this.request({ type: "end_session" }); }
@@ -486,7 +505,7 @@ export class Room extends EventTarget {
         const codec = s.codecId && stats.get(s.codecId);
         // (routed: the server names each track "<participant>/<mid>")
         const owner = publisher || (s.trackIdentifier || "").split("/")[0] || null;
-        out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0,
+        out.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded || 0, packetsLost: s.packetsLost || 0, frameWidth: s.frameWidth || 0,
           codec: codec ? codec.mimeType : null, participantId: owner });
       });
     }

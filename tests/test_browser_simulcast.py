@@ -1,0 +1,64 @@
+"""Simulcast from the meeting page: a Chromium camera sends three layers, each viewer gets one,
+and a viewer that asks for another gets it from that layer's next keyframe while the other
+viewer is untouched (issue 12, part 2)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.browsers import needs_chromium
+from tests.helpers import make_room, make_token
+
+pytestmark = needs_chromium
+
+VIDEO = "async () => (await window.room.receivedVideo()).filter((v) => v.framesDecoded > 0)"
+
+
+async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
+    async with server.http() as http:
+        room = await make_room(http, name="Simulcast", media_mode="routed")
+        pages = []
+        for identity in ("cam", "ann", "bob"):
+            page = await (await browser.new_context()).new_page()
+            await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], identity, 'moderator')}")
+            await page.get_by_role("button", name="Join now").click()
+            pages.append(page)
+        cam, ann, bob = pages
+        track = await cam.evaluate("window.room.trackIdOf(window.room._stream.getVideoTracks()[0])")
+        # The page's 640x480 camera goes as two layers: 320x240 and 640x480.
+        assert (await ann.evaluate(f"window.room.tracks.get('{track}').layers")) == 2
+        owner = track.split("/")[0]
+
+        async def cams(page) -> dict:
+            got = [v for v in await page.evaluate(VIDEO) if v["participantId"] == owner]
+            return got[0] if got else {"framesDecoded": 0, "frameWidth": 0}
+
+        async def until(page, check, what: str, timeout: float = 30) -> dict:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                v = await cams(page)
+                if check(v):
+                    return v
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"{what}: {v}")
+                await asyncio.sleep(0.3)
+
+        # Both viewers start on the full layer.
+        for viewer in (ann, bob):
+            await until(viewer, lambda v: v["frameWidth"] >= 600 and v["framesDecoded"] > 10, "the full layer first")
+        await bob.evaluate(f"window.room.setVideoQuality('{track}', 'low')")
+        low = await until(bob, lambda v: 0 < v["frameWidth"] <= 400, "bob gets the lower layer")
+        await asyncio.sleep(2)
+        later = await cams(bob)
+        assert later["framesDecoded"] > low["framesDecoded"] + 20 and later["frameWidth"] <= 400, (low, later)
+        a = await cams(ann)
+        assert a["frameWidth"] >= 600  # ann's is untouched
+        await bob.evaluate(f"window.room.setVideoQuality('{track}', 'high')")
+        high = await until(bob, lambda v: v["frameWidth"] >= 600, "then the full one again")
+        await asyncio.sleep(1.5)
+        assert (await cams(bob))["framesDecoded"] > high["framesDecoded"] + 15
+        assert (await cams(ann))["framesDecoded"] > a["framesDecoded"] + 30 and (await cams(ann))["frameWidth"] >= 600
+        # Asking a layer of a track sent as one stream (audio) is refused with its code.
+        audio = await cam.evaluate("window.room.trackIdOf(window.room._stream.getAudioTracks()[0])")
+        error = await bob.evaluate(f"window.room.setVideoQuality('{audio}', 'low').then(() => null, (e) => e.code)")
+        assert error == "not_simulcast"
