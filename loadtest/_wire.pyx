@@ -79,6 +79,8 @@ cdef class Stream:
     cdef int frame_packets
     cdef int in_frame
     cdef bint stamp  # write the send time (ns, real-time clock) into the first 8 payload bytes
+    cdef int twcc_at  # where a transport-wide sequence number goes in each packet, -1: none
+    cdef int payload_at  # where the payload starts (after the header extension)
     cdef void* srtp
     cdef object session  # keeps the pylibsrtp session alive
     cdef uint64_t sent_at[65536]  # send time (ns) by sequence number
@@ -88,7 +90,11 @@ cdef class Stream:
     cdef uint8_t* bufs
 
     def __cinit__(self, int fd, tuple dst, uint32_t ssrc, int size=1200, int payload_type=96, session=None,
-                  uint32_t clock_rate=90000, double fps=30.0, int frame_packets=1, bint stamp=False):
+                  uint32_t clock_rate=90000, double fps=30.0, int frame_packets=1, bint stamp=False,
+                  bytes extension=b"", int twcc_at=-1, bytes prefix=b""):
+        """``extension``: an RTP header extension block (RFC 8285) each packet carries, with a
+        transport-wide sequence number written at ``twcc_at`` in it; ``prefix``: the payload's
+        first bytes (e.g. a VP8 descriptor), before the send-time stamp."""
         import socket
         import struct
         if not 12 <= size <= 1400:
@@ -109,11 +115,19 @@ cdef class Stream:
         cdef int i
         for i in range(12, self.size):
             self.tmpl[i] = (i * 7) & 0xFF
+        if len(extension) % 4 or 12 + len(extension) + len(prefix) + 8 > self.size:
+            raise ValueError("an extension block is whole 32-bit words, and it and the prefix must fit")
+        if extension:
+            self.tmpl[0] |= 0x10
+        memcpy(self.tmpl + 12, <char*>extension, len(extension))
+        memcpy(self.tmpl + 12 + len(extension), <char*>prefix, len(prefix))
+        self.twcc_at = 12 + twcc_at if extension and 0 <= twcc_at <= len(extension) - 2 else -1
+        self.payload_at = 12 + len(extension) + len(prefix)
         self.seq = 1
         self.ts = 0
         self.ts_step = <uint32_t>(clock_rate / fps)
         self.frame_packets = frame_packets
-        self.stamp = stamp and self.size >= 20
+        self.stamp = stamp and self.size >= self.payload_at + 8
         self.session = session
         self.srtp = NULL if session is None else <void*><uintptr_t>int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
         self.bufs = <uint8_t*>malloc(BATCH * BUF)
@@ -143,9 +157,12 @@ cdef class Stream:
                 b[5] = (self.ts >> 16) & 0xFF
                 b[6] = (self.ts >> 8) & 0xFF
                 b[7] = self.ts & 0xFF
+                if self.twcc_at >= 0:
+                    b[self.twcc_at] = self.seq >> 8
+                    b[self.twcc_at + 1] = self.seq & 0xFF
                 if self.stamp:
                     for k in range(8):
-                        b[12 + k] = (t >> (56 - 8 * k)) & 0xFF
+                        b[self.payload_at + k] = (t >> (56 - 8 * k)) & 0xFF
                 length = self.size
                 if self.srtp != NULL:
                     f_protect(self.srtp, b, &length)

@@ -23,6 +23,7 @@ worker serves with < 0.5% loss and p99 < 5 ms.
     python -m loadtest.bench_fastpath                 # benchmark 1, both SRTP profiles
     python -m loadtest.bench_fastpath --capacity      # benchmark 3
     python -m loadtest.bench_fastpath --archive       # the worker's cost of archiving a track
+    python -m loadtest.bench_fastpath --adaptive      # TWCC feedback and simulcast selection on, against off
 
 Run it in a loopback-only namespace, as ``make bench`` does: ``unshare -n sh -c 'ip link set lo up && ...'``.
 """
@@ -89,8 +90,17 @@ def _server(mode: str, setup: dict, conn) -> None:
         fw.add_endpoint(eid)
         fw.set_address(eid, tuple(addr))
         fw.set_keys(eid, SrtpKeys(profile, rx=rx, tx=tx))
+    track = PUB_SSRC
+    if setup.get("adaptive"):
+        # TWCC feedback to the publisher, and its stream one layer of a three-layer VP8
+        # simulcast track that every subscriber asks the top of (the layer choice, with its
+        # fallback, and the picture-ID rewrite run on every packet).
+        track = SIMULCAST_TRACK
+        fw.set_twcc("pub", TWCC_ID)
+        fw.set_sdes("pub", MID_ID, RID_ID, 0)
+        fw.add_simulcast("pub", track, "1", ["q", "h", "f"], "VP8")
     for i, eid in enumerate(e for e in setup["endpoints"] if e != "pub"):
-        fw.set_route("pub", PUB_SSRC, eid, Route(ssrc=0x50000000 + i, payload_type=96, video=True))
+        fw.set_route("pub", track, eid, Route(ssrc=0x50000000 + i, payload_type=96, video=True, layer=2))
     if mode == "reference":
         def serve() -> None:
             import uvloop
@@ -120,8 +130,19 @@ def _server(mode: str, setup: dict, conn) -> None:
     conn.send("bye")
 
 
-def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration: float, packet: int = PACKET) -> dict:
-    """One run: a publisher at out_rate/fanout packets/s, forwarded to ``fanout`` subscribers."""
+TWCC_ID, MID_ID, RID_ID = 3, 4, 10
+SIMULCAST_TRACK = 0x0ABCDEF0
+# What a Chrome simulcast layer's packets carry: a transport-wide sequence number, mid and rid
+# (RFC 8285 one-byte elements), and a VP8 descriptor with a 15-bit picture ID (RFC 7741).
+ADAPTIVE_EXTENSION = bytes([0xBE, 0xDE, 0, 2, (TWCC_ID << 4) | 1, 0, 0, (MID_ID << 4), ord("1"), (RID_ID << 4), ord("q"), 0])
+ADAPTIVE_TWCC_AT = 5
+VP8_DESCRIPTOR = bytes([0x90, 0x80, 0x81, 0x23, 0x00])  # X, S, partition 0; I, picture ID 0x123; key frame
+
+
+def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration: float, packet: int = PACKET,
+            adaptive: bool = False) -> dict:
+    """One run: a publisher at out_rate/fanout packets/s, forwarded to ``fanout`` subscribers
+    (``adaptive``: with TWCC feedback and simulcast selection, as ``_server`` says)."""
     from pylibsrtp import Policy, Session
 
     from loadtest import _wire
@@ -147,12 +168,14 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
         endpoints[f"s{i}"] = (addr, os.urandom(klen), os.urandom(klen))
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_server, args=(mode, {"profile": profile_name, "endpoints": endpoints}, child), daemon=True)
+    proc = ctx.Process(target=_server, args=(mode, {"profile": profile_name, "endpoints": endpoints, "adaptive": adaptive}, child),
+                       daemon=True)
     proc.start()
     try:
         port = parent.recv()
         session = Session(Policy(key=endpoints["pub"][1], ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_id))
-        stream = _wire.Stream(pub.fileno(), ("127.0.0.1", port), PUB_SSRC, packet, session=session)
+        extra = {"extension": ADAPTIVE_EXTENSION, "twcc_at": ADAPTIVE_TWCC_AT, "prefix": VP8_DESCRIPTOR} if adaptive else {}
+        stream = _wire.Stream(pub.fileno(), ("127.0.0.1", port), PUB_SSRC, packet, session=session, **extra)
         sink = _wire.Sink([s.fileno() for s in subs], stream)
         rate = out_rate / fanout
         _wire.run(stream, sink, rate, 0.5)  # warm up: caches, buffers, the reference's first calls
@@ -176,6 +199,7 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
             "drops": {k: v - stats0.get(k, 0) for k, v in stats1.items() if k.startswith("drop_") and v > stats0.get(k, 0)},
             "p50_us": sink.percentile(50), "p99_us": sink.percentile(99),
             "loss": 1 - sink.received / expected if expected else float("nan"),
+            "twcc_per_s": (stats1.get("twcc_sent", 0) - stats0.get("twcc_sent", 0)) / duration,
         }
     finally:
         parent.send("stop")
@@ -262,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="end-to-end encrypted frames: 30 bytes more per packet (tag and trailer), against plain")
     ap.add_argument("--archive", action="store_true",
                     help="one track archived among its subscribers (one more SRTP output, to the recorder), against none")
+    ap.add_argument("--adaptive", action="store_true",
+                    help="TWCC feedback to the publisher and simulcast layer selection on, against a plain stream")
     args = ap.parse_args(argv)
     _pin(CLIENT_CPU)
     print(f"machine: {machine()}")
@@ -269,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return e2ee_rows(args)
     if args.archive:
         return archive_rows(args)
+    if args.adaptive:
+        return adaptive_rows(args)
     if args.capacity:
         print(f"benchmark 3: 2 Mbps video subscribers on one worker (fast path, {args.profiles[0]}), {args.duration:g} s per step")
         best, _ = capacity(args.profiles[0], args.duration, args.counts)
@@ -323,6 +351,29 @@ def archive_rows(args, runs: int = 3) -> int:
             leg = measure("fastpath", profile, fanout + 1, args.rate * (fanout + 1) / fanout, args.duration)
             archived.append(leg["cpu_us_per_packet"] * (fanout + 1) / fanout)  # (its CPU over the subscribers' packets)
         print(f"{fanout:>11} {min(plain):>11.2f} {min(archived):>32.2f} {min(archived) / min(plain):>6.2f}", flush=True)
+    return 0
+
+
+def adaptive_rows(args, runs: int = 3) -> int:
+    """What adaptive media costs per forwarded packet: the publisher's packets carry the header
+    extensions and VP8 descriptor Chrome's simulcast layers do; the worker records each one's
+    transport-wide number (and sends feedback every 50 ms), finds the layer each subscriber gets
+    and rewrites picture IDs; side by side with today's plain single stream."""
+    profile = args.profiles[0]
+    print(f"TWCC feedback and simulcast selection on, against a plain stream, fast path, {profile}, "
+          f"{args.rate:,.0f} pkt/s offered, best of {runs} runs each")
+    print(f"{'fan-out':>7} {'plain CPU-us/pkt':>17} {'adaptive CPU-us/pkt':>20} {'ratio':>6} {'loss':>6} {'TWCC msgs/s':>12}")
+    for fanout in args.fanout:
+        _raise_fd_limit(fanout + 64)
+        plain, adaptive, loss, twcc = [], [], [], []
+        for _ in range(runs):  # interleaved, the best of each: the machine is shared
+            plain.append(measure("fastpath", profile, fanout, args.rate, args.duration)["cpu_us_per_packet"])
+            row = measure("fastpath", profile, fanout, args.rate, args.duration, adaptive=True)
+            adaptive.append(row["cpu_us_per_packet"])
+            loss.append(row["loss"])
+            twcc.append(row["twcc_per_s"])
+        print(f"{fanout:>7} {min(plain):>17.2f} {min(adaptive):>20.2f} {min(adaptive) / min(plain):>6.2f} "
+              f"{min(loss):>6.1%} {min(twcc):>12.0f}", flush=True)
     return 0
 
 

@@ -220,7 +220,7 @@ class SessionUnit:
                     await self.core.leave_stage(participant_id)
                 raise
         for t in added:
-            await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec=t.codec["name"])
+            await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec=t.codec["name"], layers=t.layers)
         await self._record_unpublished(participant_id, removed)
         # The answer goes now; everyone else's offer follows (one worker call or two each: in a
         # room of 49 viewers the answer waited ~390 ms for them, see benchmark 7).

@@ -100,7 +100,10 @@ export class Room extends EventTarget {
   // stream), so the server can send each subscriber the one that suits it; a screen share as one.
   _addSender(pc, track, stream, options = {}) {
     const init = { direction: "sendonly", streams: [stream] };
-    const layers = track.kind === "video" && options.simulcast !== false && !options.screen ? simulcastLayers(track) : null;
+    // (End-to-end encrypted rooms send one stream unless asked: each layer's frames are encrypted
+    // in JavaScript, which costs the sender per frame.)
+    const simulcast = options.simulcast ?? !this.e2ee;
+    const layers = track.kind === "video" && simulcast && !options.screen ? simulcastLayers(track) : null;
     if (layers) init.sendEncodings = layers;
     const transceiver = pc.addTransceiver(track, init);
     const codec = this.e2ee ? "VP8" : options.videoCodec;
@@ -248,7 +251,7 @@ export class Room extends EventTarget {
     const d = msg.data || {};
     if (msg.event === "joined") this.participants.set(msg.participant_id, { id: msg.participant_id, ...d, state: "connected" });
     else if (msg.event === "left") this.participants.delete(msg.participant_id);
-    else if (msg.event === "track_published") this.tracks.set(d.track_id, { id: d.track_id, participant_id: msg.participant_id, kind: d.kind, muted: false });
+    else if (msg.event === "track_published") this.tracks.set(d.track_id, { id: d.track_id, participant_id: msg.participant_id, kind: d.kind, muted: false, layers: d.layers || 0 });
     else if (msg.event === "track_unpublished") this.tracks.delete(d.track_id);
     else if ((msg.event === "muted" || msg.event === "unmuted") && this.tracks.has(d.track_id)) this.tracks.get(d.track_id).muted = msg.event === "muted";
     else if (msg.event === "chat") { this.chatMessages.push(d.message); this._openText(d.message, "text"); }

@@ -430,6 +430,26 @@ async function poll() {
     if (s.type === "inbound-rtp" && s.kind === "audio" && (s.audioLevel || 0) > level) { level = s.audioLevel; loudest = (s.trackIdentifier || "").split("/")[0]; }
   });
   for (const el of document.querySelectorAll(".tile")) el.classList.toggle("speaking", el.id === `tile-${loudest}`);
+  await chooseLayers();
+}
+
+// Each simulcast video comes in the layer its tile shows it at (device pixels): a small tile
+// (a phone, a crowded grid) takes a lower layer and spares the link; asked again only on change.
+const layersAsked = new Map(); // track id -> quality asked
+function qualityFor(width, layers) {
+  if (layers >= 3) return width < 240 ? "low" : width < 560 ? "medium" : "high";
+  return width < 400 ? "low" : "high";
+}
+async function chooseLayers() {
+  for (const video of document.querySelectorAll("#grid video")) {
+    const track = video.srcObject && video.srcObject.getVideoTracks && video.srcObject.getVideoTracks()[0];
+    const info = track && room.tracks.get(track.id);
+    if (!info || (info.layers || 0) < 2) continue;
+    const quality = qualityFor(video.getBoundingClientRect().width * (window.devicePixelRatio || 1), info.layers);
+    if (layersAsked.get(track.id) === quality) continue;
+    layersAsked.set(track.id, quality);
+    room.setVideoQuality(track.id, quality).catch(() => layersAsked.delete(track.id));
+  }
 }
 
 // Leaving ------------------------------------------------------------------------------------
