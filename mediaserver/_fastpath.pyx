@@ -627,6 +627,22 @@ cdef class FastPath:
             if tr.routes[r].dst == rt.dst:
                 rt.has_estimate = tr.routes[r].has_estimate
                 rt.estimate = tr.routes[r].estimate
+                if tr.nlayers and tr.routes[r].ssrc == rt.ssrc:
+                    # The same stream to the same subscriber, routed again (a renegotiation): a
+                    # simulcast route keeps where it is, or its numbers would jump (and SRTP
+                    # refuse them).
+                    rt.seq_delta = tr.routes[r].seq_delta
+                    rt.ts_delta = tr.routes[r].ts_delta
+                    rt.current = tr.routes[r].current
+                    rt.has_last = tr.routes[r].has_last
+                    rt.last_seq = tr.routes[r].last_seq
+                    rt.last_ts = tr.routes[r].last_ts
+                    rt.last_at = tr.routes[r].last_at
+                    rt.last_pid = tr.routes[r].last_pid
+                    rt.last_tl0 = tr.routes[r].last_tl0
+                    rt.layer_start = tr.routes[r].layer_start
+                    rt.pid_delta = tr.routes[r].pid_delta
+                    rt.tl0_delta = tr.routes[r].tl0_delta
                 tr.routes[r] = rt
                 self.reverse[pair(rt.dst, rt.ssrc)] = pair(t, r)
                 return True

@@ -593,6 +593,10 @@ def test_simulcast_each_subscriber_gets_one_layer_and_switches_on_a_keyframe(imp
     pids = [((p[o + 2] & 0x7F) << 8) | p[o + 3] for p, o in zip(s1, offsets)]
     tl0s = [p[o + 4] for p, o in zip(s1, offsets)]
     assert pids[::2] == list(range(20, 27)) and tl0s[::2] == [2, 2, 3, 3, 3, 4, 4]  # picture IDs go on
+    # Routed again as it is (a renegotiation does that): the stream goes on, no jump.
+    fw.set_route("pub", TRACK, "s1", Route(ssrc=0x3001, payload_type=96, video=True, layer=2))
+    out = transcript(fw, peers, simulcast_frames(peers["pub"], range(16, 17), 1.0, keys))
+    assert [struct.unpack_from("!H", p, 2)[0] for p in rtp_of(out, "s1")] == [seqs[-1] + 1, seqs[-1] + 2]
     # A NACK for a packet of the old layer is not answered from the new layer's cache.
     nack = peers["s1"].out.protect_rtcp(rtcp.nack(0x3001, [seqs[3], seqs[11]]))  # q's, then f's
     sent = fw.handle_rtcp(nack, S1, 2.0)
@@ -671,6 +675,8 @@ def recorded_simulcast_session(peers: dict, codec: str) -> tuple[list, frozenset
             steps.append(lambda fw: fw.set_layer("pub", TRACK, "s1", 1, 1.3))
         if i == 15:
             steps.append(lambda fw: fw.set_layer("pub", TRACK, "s2", 0, 1.5))
+        if i == 17:  # routed again as it is (a renegotiation): it goes on where it was
+            steps.append(lambda fw: fw.set_route("pub", TRACK, "s1", Route(ssrc=0x3001, payload_type=96, video=True, layer=1)))
         if i == 22:
             steps.append(lambda fw: fw.set_layer("pub", TRACK, "s1", 2, 1.75))
         if i == 26:

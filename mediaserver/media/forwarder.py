@@ -52,6 +52,10 @@ class Route:
     tl0_delta: int = 0
 
 
+SIMULCAST_STATE = ("seq_delta", "ts_delta", "current", "last_seq", "last_ts", "last_at", "last_pid", "last_tl0",
+                   "layer_start", "pid_delta", "tl0_delta")
+
+
 @dataclass
 class Simulcast:
     """A track sent as several encodings (RFC 8853), each an RTP stream of its own whose SSRC
@@ -190,6 +194,12 @@ class Forwarder:
                 self.reverse.pop((eid, route.ssrc), None)
 
     def set_route(self, src: str, src_ssrc: int, dst: str, route: Route) -> None:
+        old = self.routes.get((src, src_ssrc), {}).get(dst)
+        if old is not None and old.ssrc == route.ssrc and (src, src_ssrc) in self.simulcast:
+            # The same stream to the same subscriber, routed again (a renegotiation): a simulcast
+            # route keeps where it is, or its numbers would jump (and SRTP refuse them).
+            for name in SIMULCAST_STATE:
+                setattr(route, name, getattr(old, name))
         self.routes.setdefault((src, src_ssrc), {})[dst] = route
         self.reverse[(dst, route.ssrc)] = (src, src_ssrc)
 
