@@ -95,7 +95,7 @@ cdef enum Stat:
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
     S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED, S_PADDING_IN, S_RTX_REPAIRED, S_RTX_REDUNDANT, S_TWCC_SENT
-    S_LAYERS_FOUND, S_LAYER_SWITCHES
+    S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT
     S_COUNT
 
 STAT_NAMES = (
@@ -105,7 +105,7 @@ STAT_NAMES = (
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
     "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred", "padding_in", "rtx_repaired", "rtx_redundant", "twcc_sent",
-    "layers_found", "layer_switches",
+    "layers_found", "layer_switches", "rtx_sent",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -190,6 +190,12 @@ cdef struct Route:
     uint16_t pid_delta
     uint8_t tl0_delta
 
+cdef struct RtxOut:
+    # How repairs go to one subscriber's stream (RFC 4588).
+    uint32_t ssrc
+    uint8_t pt
+    uint16_t seq  # the next one
+
 cdef struct Layer:
     # One RTP stream of a track: the track's own, or one simulcast encoding.
     bint has_ssrc  # a simulcast encoding's SSRC is learnt from its first packet
@@ -264,6 +270,7 @@ cdef class FastPath:
     cdef unordered_map[uint64_t, uint64_t] reverse  # (subscriber, SSRC it sees) -> (track, route index)
     cdef unordered_map[uint64_t, Quality] quality_map  # (subscriber, SSRC it sees) -> its latest report
     cdef unordered_map[uint64_t, uint32_t] rtx_map  # (publisher, its RTX SSRC) -> the media SSRC it repairs
+    cdef unordered_map[uint64_t, RtxOut] rtx_out  # (subscriber, SSRC it sees) -> its RTX stream
     cdef uint64_t counts[<int>S_COUNT]
     cdef OutBatch ctl  # for calls from Python: collected, returned to the caller
     cdef OutBatch net  # for the loop: sent with sendmmsg
@@ -419,6 +426,26 @@ cdef class FastPath:
             self.rtx_map[pair(idx, rtx_ssrc)] = media_ssrc
             self.unlock()
 
+    def set_rtx_out(self, str eid, uint32_t ssrc, uint32_t rtx_ssrc, int rtx_pt):
+        """Repairs of what the endpoint receives as ``ssrc`` go as RTX (RFC 4588) on ``rtx_ssrc``
+        (0: as the original packet)."""
+        cdef int idx = self._ep(eid)
+        cdef unordered_map[uint64_t, RtxOut].iterator it
+        cdef RtxOut* ro
+        with nogil:
+            self.lock()
+            it = self.rtx_out.find(pair(idx, ssrc))
+            if rtx_ssrc == 0:
+                if it != self.rtx_out.end():
+                    self.rtx_out.erase(it)
+            elif it != self.rtx_out.end():
+                ro = &deref(it).second
+                ro.ssrc = rtx_ssrc
+                ro.pt = rtx_pt
+            else:
+                self.rtx_out[pair(idx, ssrc)] = RtxOut(rtx_ssrc, rtx_pt, 1)
+            self.unlock()
+
     def set_sdes(self, str eid, int mid_id, int rid_id, int rrid_id):
         """The header extension IDs of the endpoint's mid, rid and repaired rid (RFC 8852), by
         which its simulcast encodings are told apart."""
@@ -513,6 +540,7 @@ cdef class FastPath:
         cdef vector[uint64_t] stale
         cdef unordered_map[uint64_t, Quality].iterator it
         cdef unordered_map[uint64_t, uint32_t].iterator rit
+        cdef unordered_map[uint64_t, RtxOut].iterator oit
         self._unmap_address(idx)
         self._free_twcc(idx)
         rit = self.rtx_map.begin()
@@ -521,6 +549,12 @@ cdef class FastPath:
                 rit = self.rtx_map.erase(rit)
             else:
                 inc(rit)
+        oit = self.rtx_out.begin()
+        while oit != self.rtx_out.end():
+            if (deref(oit).first >> 32) == <uint64_t>idx:
+                oit = self.rtx_out.erase(oit)
+            else:
+                inc(oit)
         for t in range(self.tracks.size()):
             if not self.tracks[t].used:
                 continue
@@ -960,11 +994,15 @@ cdef class FastPath:
                 self.counts[<int>S_TWCC_SENT] += 1
                 self._send_rtcp(src, msg, length, now, out)
 
-    cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out, int codec) noexcept nogil:
-        """``codec`` >= 0: a simulcast layer's packet (its route keeps track of what it was sent)."""
+    cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out, int codec,
+                        bint repair=False) noexcept nogil:
+        """``codec`` >= 0: a simulcast layer's packet (its route keeps track of what it was sent);
+        ``repair``: a retransmission, sent as RTX where the subscriber takes it."""
         cdef int length = n, off, pid, tl0
         cdef uint16_t out_seq
         cdef uint8_t* b
+        cdef unordered_map[uint64_t, RtxOut].iterator rx
+        cdef RtxOut* ro
         if not self._ready(rt.dst):
             self.counts[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
             return False
@@ -987,6 +1025,21 @@ cdef class FastPath:
                 if off >= 0 and codecs.picture(codec, b + off, n - off, &pid, &tl0):
                     rt.last_pid = pid
                     rt.last_tl0 = tl0
+        if repair:
+            rx = self.rtx_out.find(pair(rt.dst, rt.ssrc))
+            off = rtp.payload_offset(b, length) if rx != self.rtx_out.end() else -1
+            if off >= 0:
+                # RFC 4588 section 4: its own SSRC, payload type and sequence number, the original
+                # sequence number first in the payload.
+                ro = &deref(rx).second  # (a pointer: the map's own entry, not a copy)
+                memmove(b + off + 2, b + off, length - off)
+                put16(b + off, u16(b + 2))
+                put16(b + 2, ro.seq)
+                put32(b + 8, ro.ssrc)
+                b[1] = (b[1] & 0x80) | ro.pt
+                ro.seq += 1
+                length += 2
+                self.counts[<int>S_RTX_SENT] += 1
         if self.crypto and f_protect(self.eps[rt.dst].tx, b, &length) != 0:
             self.counts[<int>S_DROP_PROTECT] += 1
             return False
@@ -1165,7 +1218,7 @@ cdef class FastPath:
         if slot == NULL:
             self.counts[<int>S_NACK_MISSED] += 1
             return False
-        if self._send_rtp(rt, slot.data, slot.len, now, out, tr.codec if tr.nlayers else -1):
+        if self._send_rtp(rt, slot.data, slot.len, now, out, tr.codec if tr.nlayers else -1, True):
             self.counts[<int>S_NACK_SERVED] += 1
         return True
 

@@ -468,7 +468,8 @@ def recorded_twcc_session(peers: dict) -> list:
     """TWCC-numbered media with loss, reordering and a pause; RTX repairs, duplicates and probes;
     feedback on and off."""
     pub, s1 = peers["pub"], peers["s1"]
-    steps = [lambda fw: fw.set_twcc("pub", TWCC_ID), lambda fw: fw.set_rtx("pub", RTX_SSRC, PUB_SSRC)]
+    steps = [lambda fw: fw.set_twcc("pub", TWCC_ID), lambda fw: fw.set_rtx("pub", RTX_SSRC, PUB_SSRC),
+             lambda fw: fw.set_rtx_out("s1", 0x2001, 0x2101, 97)]  # s1 takes its repairs as RTX
     tw, t, rtx_seq = 65000, 0.0, 1000
 
     def rtx(payload: bytes, padding: int = 0, ts: int = 0) -> bytes:
@@ -501,7 +502,7 @@ def test_fast_path_matches_the_reference_with_twcc_and_rtx(profile):
     steps = recorded_twcc_session(peers)
     ref, fast = (run_recorded(impl, profile, peers, steps, frozenset({("s1", 110)})) for impl in IMPLEMENTATIONS)
     assert len(ref[0]) > 200 and fast == ref
-    for key in ("twcc_sent", "rtx_repaired", "rtx_redundant", "padding_in", "nack_served", "nack_missed", "drop_unknown_ssrc"):
+    for key in ("twcc_sent", "rtx_repaired", "rtx_redundant", "padding_in", "nack_served", "nack_missed", "drop_unknown_ssrc", "rtx_sent"):
         assert ref[1].get(key, 0) > 0, key
     assert reported(feedback_to_pub(ref[0]))  # the messages parse
 
@@ -718,6 +719,7 @@ def test_fast_path_matches_the_reference_with_simulcast(profile, codec):
             lambda fw: fw.add_simulcast("pub", TRACK, "1", ["q", "h", "f"], codec),
             lambda fw: fw.set_route("pub", TRACK, "s1", Route(ssrc=0x3001, payload_type=96, video=True, layer=0)),
             lambda fw: fw.set_route("pub", TRACK, "s2", Route(ssrc=0x3002, payload_type=98, seq_delta=500, video=True, layer=2)),
+            lambda fw: fw.set_rtx_out("s1", 0x3001, 0x3101, 97),
         ]
         runs.append(run_recorded(impl, profile, peers, setup_steps + steps, lose))
     ref, fast = runs
@@ -726,3 +728,27 @@ def test_fast_path_matches_the_reference_with_simulcast(profile, codec):
         assert ref[1].get(key, 0) > 0, key
     assert ref[1].get("remb_sent", 0) == 0
     assert ref[1]["layer_switches"] >= 5
+
+
+def test_nacks_are_answered_with_rtx_where_the_subscriber_takes_it(setup):
+    fw, peers = setup
+    fw.set_rtx_out("s2", 0x2002, 0x2102, 97)
+    pub = peers["pub"]
+    transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 0.0) for s in (1, 2, 3)],
+               lose=frozenset({("s1", 2), ("s2", 1002)}))
+    out = transcript(fw, peers, [
+        ("s1", peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [2])), 1.0),
+        ("s2", peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1002, 1003])), 1.0),
+    ], lose=frozenset({("s2", 2)}))  # the second repair's own number (RTX 2) lost on the way
+    got = {who: p for who, kind, p in out if kind == "rtp"}
+    # s1 took no RTX: the original again. s2: RFC 4588, its own SSRC, payload type and numbers,
+    # the original sequence number (as s2 sees it) first, then the same payload.
+    assert struct.unpack_from("!HII", got["s1"], 2) == (2, 2 * 3000, 0x2001) and got["s1"][12:] == struct.pack("!H", 2) * 50
+    rtx = got["s2"]
+    assert rtx[1] & 0x7F == 97 and struct.unpack_from("!HII", rtx, 2) == (1, 2 * 3000 + 90000, 0x2102)
+    assert rtx[12:14] == struct.pack("!H", 1002) and rtx[14:] == struct.pack("!H", 2) * 50
+    assert fw.stats["rtx_sent"] == 2 and fw.stats["nack_served"] == 3
+    # Turned off again: originals (s2 has 1001 already: its header is read in the clear here).
+    fw.set_rtx_out("s2", 0x2002, 0, 0)
+    sent = fw.handle_rtcp(peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1001])), S2, 2.0)
+    assert [struct.unpack_from("!HI", p, 2) for p, _ in sent] == [(1001, 1 * 3000 + 90000)] and fw.stats["rtx_sent"] == 2

@@ -446,3 +446,45 @@ async def test_a_track_relayed_to_another_worker_reaches_its_subscribers(fast):
     finally:
         a.worker.close()
         b.worker.close()
+
+
+async def test_a_subscriber_that_lost_a_packet_gets_it_back_as_rtx():
+    """The subscribe offer carries RTX (RFC 4588) and aiortc takes it; one video packet is lost on
+    the way to the subscriber (dropped as it leaves the worker: this machine has no lossy link),
+    the subscriber's NACK is answered with an RTX packet, and its video goes on. The reference
+    path, whose sends pass through Python where a packet can be dropped; the fast path's RTX is
+    the same, packet for packet (tests/test_forwarder.py)."""
+    loopback_only_ice()
+    worker = MediaWorker(bind_host="127.0.0.1", port=0, fastpath=False)
+    await worker.start()
+    pub_pc, pub = await publish(worker, "alice")
+    pc, t, got, outs = await subscribe(worker, "bob", pub)
+    video = next(o for o in outs if o.kind == "video")
+    send, seen = worker._send_consented, {"n": 0, "dropped": None}
+
+    def lossy(pkt: bytes, to: tuple) -> None:
+        if to == t.addr and 128 <= pkt[0] <= 191 and (pkt[1] & 0x7F) == video.codec.payload_type:
+            seen["n"] += 1
+            if seen["n"] == 60:
+                seen["dropped"] = int.from_bytes(pkt[2:4], "big")
+                return
+        send(pkt, to)
+
+    worker._send_consented = lossy
+    try:
+        assert "rtx/90000" in worker.subscribe_offer(t.id, outs)
+        await wait_for(lambda: worker.stats["rtx_sent"] >= 1, timeout=30)
+        before = got.video_frames
+        await wait_for(lambda: got.video_frames >= before + 30, timeout=20)
+        assert seen["dropped"] is not None and worker.stats["nack_served"] >= 1
+        assert worker.forwarder.rtx_out[(t.id, video.ssrc)][0] == sdp_rtx_ssrc(video.ssrc)
+    finally:
+        await pc.close()
+        await pub_pc.close()
+        worker.close()
+
+
+def sdp_rtx_ssrc(ssrc: int) -> int:
+    from mediaserver.media.sdp import rtx_ssrc
+
+    return rtx_ssrc(ssrc)

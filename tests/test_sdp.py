@@ -74,3 +74,19 @@ def test_rtx_needs_both_its_payload_type_and_its_ssrc():
     offer = chrome_offer().replace("a=fmtp:98 apt=96", "a=fmtp:98 apt=97")
     text, tracks = answer(offer)
     assert "rtx" not in text and tracks[1].rtx_ssrc is None and tracks[1].rtx_payload_type is None
+
+
+def test_subscribers_are_offered_rtx_for_video():
+    codec = sdp.Codec("VP8", 90000, None, 96, "", sdp.VIDEO_FEEDBACK)
+    opus = sdp.Codec("opus", 48000, 2, 111)
+    slots = [sdp.OutgoingTrack("0", "audio", 5, opus, "s", "a"), sdp.OutgoingTrack("1", "video", 7, codec, "s", "v")]
+    text = sdp.subscribe_offer(slots, version=1, ufrag="u", pwd="p" * 24, fingerprint=FP, host="127.0.0.1", port=5000)
+    audio, video = section(text, "audio"), section(text, "video")
+    assert not any("rtx" in line for line in audio)
+    assert video[0] == "m=video 5000 UDP/TLS/RTP/SAVPF 96 97" and "a=fmtp:97 apt=96" in video
+    assert "a=ssrc-group:FID 7 8" in video and "a=ssrc:8 cname:mediaserver" in video
+    # An answer that takes it names it; one that does not, does not.
+    answer = text.replace("a=sendonly", "a=recvonly").replace("a=setup:actpass", "a=setup:active")
+    assert sdp.answered_rtx(sdp.parse_remote(answer, "answer")) == {"1": 97}
+    without = answer.replace(" 96 97", " 96").replace("a=rtpmap:97 rtx/90000\r\n", "").replace("a=fmtp:97 apt=96\r\n", "")
+    assert sdp.answered_rtx(sdp.parse_remote(without, "answer")) == {}

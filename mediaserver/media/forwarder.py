@@ -111,6 +111,8 @@ class Forwarder:
     asked: dict[tuple[str, int], UpstreamAsks] = field(default_factory=dict)
     # (publisher endpoint, its RTX SSRC) -> the media SSRC it repairs (RFC 4588)
     rtx: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (subscriber endpoint, SSRC it sees) -> [RTX SSRC, RTX payload type, next RTX sequence number]
+    rtx_out: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     # (publisher endpoint, track SSRC) -> its encodings, for simulcast tracks
     simulcast: dict[tuple[str, int], Simulcast] = field(default_factory=dict)
     # (publisher endpoint, an encoding's SSRC) -> (track SSRC, layer)
@@ -150,6 +152,17 @@ class Forwarder:
         self.endpoints[eid]  # noqa: B018 - a KeyError for an unknown endpoint, as the fast path's
         self.rtx[(eid, rtx_ssrc)] = media_ssrc
 
+    def set_rtx_out(self, eid: str, ssrc: int, rtx_ssrc: int, rtx_pt: int) -> None:
+        """Repairs of what the endpoint receives as ``ssrc`` go as RTX (RFC 4588) on ``rtx_ssrc``
+        (0: as the original packet)."""
+        self.endpoints[eid]  # noqa: B018 - a KeyError for an unknown endpoint, as the fast path's
+        if not rtx_ssrc:
+            self.rtx_out.pop((eid, ssrc), None)
+        elif (eid, ssrc) in self.rtx_out:
+            self.rtx_out[(eid, ssrc)][:2] = [rtx_ssrc, rtx_pt]
+        else:
+            self.rtx_out[(eid, ssrc)] = [rtx_ssrc, rtx_pt, 1]
+
     def set_sdes(self, eid: str, mid_id: int, rid_id: int, rrid_id: int) -> None:
         """The header extension IDs of the endpoint's mid, rid and repaired rid (RFC 8852), by
         which its simulcast encodings are told apart."""
@@ -179,7 +192,7 @@ class Forwarder:
     def remove_endpoint(self, eid: str) -> None:
         for key in [k for k in self.rtx if k[0] == eid]:
             del self.rtx[key]
-        for table in (self.simulcast, self.layer_of):
+        for table in (self.simulcast, self.layer_of, self.rtx_out):
             for key in [k for k in table if k[0] == eid]:
                 del table[key]
         ep = self.endpoints.pop(eid, None)
@@ -356,8 +369,10 @@ class Forwarder:
                 out.append((ep.tx.protect_rtcp(msg), ep.addr))
         return out
 
-    def _send_to(self, dst_id: str, route: Route, plain: bytes, codec: int | None = None, now: float = 0.0) -> tuple[bytes, tuple] | None:
-        """``codec``: a simulcast layer's packet (its route keeps track of what it was sent)."""
+    def _send_to(self, dst_id: str, route: Route, plain: bytes, codec: int | None = None, now: float = 0.0,
+                 repair: bool = False) -> tuple[bytes, tuple] | None:
+        """``codec``: a simulcast layer's packet (its route keeps track of what it was sent);
+        ``repair``: a retransmission, sent as RTX where the subscriber takes it."""
         dst = self.endpoints.get(dst_id)
         if dst is None or not dst.ready:
             self.stats["drop_subscriber_not_ready"] += 1
@@ -377,6 +392,17 @@ class Forwarder:
                 found = picture(codec, bytes(pkt[off:])) if off is not None else None
                 if found is not None:
                     route.last_pid, route.last_tl0 = found
+        rtx = self.rtx_out.get((dst_id, route.ssrc)) if repair else None
+        off = payload_offset(pkt) if rtx else None
+        if rtx and off is not None:
+            # RFC 4588 section 4: its own SSRC, payload type and sequence number, the original
+            # sequence number first in the payload.
+            pkt[off:off] = pkt[2:4]
+            struct.pack_into("!H", pkt, 2, rtx[2])
+            struct.pack_into("!I", pkt, 8, rtx[0])
+            pkt[1] = (pkt[1] & 0x80) | rtx[1]
+            rtx[2] = (rtx[2] + 1) & 0xFFFF
+            self.stats["rtx_sent"] += 1
         protected = dst.tx.protect(bytes(pkt))
         self.stats["rtp_out"] += 1
         self.stats["bytes_out"] += len(protected)
@@ -514,7 +540,7 @@ class Forwarder:
                 self.stats["nack_missed"] += 1
                 missing.append(seq)
                 continue
-            sent = self._send_to(subscriber, route, cached, self.simulcast[track].codec if layered else None)
+            sent = self._send_to(subscriber, route, cached, self.simulcast[track].codec if layered else None, repair=True)
             if sent:
                 out.append(sent)
                 self.stats["nack_served"] += 1

@@ -308,14 +308,37 @@ class OutgoingTrack:
     active: bool = True
 
 
+def rtx_payload_type(payload_type: int) -> int:
+    """The payload type we offer a subscriber RTX on (RFC 4588) for a video codec's."""
+    return next(p for p in (97, 99, 101, 123) if p != payload_type)
+
+
+def rtx_ssrc(ssrc: int) -> int:
+    """The SSRC of the RTX stream that repairs ``ssrc`` towards a subscriber."""
+    return (ssrc + 1) & 0xFFFFFFFF
+
+
+def answered_rtx(remote: RemoteDescription) -> dict[str, int]:
+    """mid -> the RTX payload type a subscriber's answer takes (apt naming one of its codecs)."""
+    out = {}
+    for m in remote.media:
+        codecs = {c.payloadType for c in m.rtp.codecs if not c.mimeType.lower().endswith("/rtx")}
+        for c in m.rtp.codecs:
+            if c.mimeType.lower().endswith("/rtx") and str((c.parameters or {}).get("apt")) in {str(p) for p in codecs}:
+                out[m.rtp.muxId] = c.payloadType
+    return out
+
+
 def subscribe_offer(
     slots: list[OutgoingTrack], *, version: int, ufrag: str, pwd: str, fingerprint: Fingerprint, host: str, port: int,
 ) -> str:
-    """Our offer to a subscriber."""
+    """Our offer to a subscriber. Video comes with RTX (RFC 4588): what it lost is resent on a
+    stream of its own, so a repair is told from the original."""
     lines = _session_head(version, [s.mid for s in slots])
     for s in slots:
+        rtx = rtx_payload_type(s.codec.payload_type) if s.kind == "video" else None
         lines += [
-            f"m={s.kind} {port} UDP/TLS/RTP/SAVPF {s.codec.payload_type}",
+            f"m={s.kind} {port} UDP/TLS/RTP/SAVPF {s.codec.payload_type}" + (f" {rtx}" if rtx else ""),
             f"c=IN {_ip(host)} {host}",
             f"a=mid:{s.mid}",
             "a=sendonly" if s.active else "a=inactive",
@@ -324,6 +347,12 @@ def subscribe_offer(
         if s.active:
             lines.append(f"a=msid:{s.stream_id} {s.track_id}")
         lines += [*_transport_lines(ufrag, pwd, fingerprint, "actpass", host, port), *_codec_lines(s.codec)]
+        if rtx:
+            lines += [f"a=rtpmap:{rtx} rtx/{s.codec.clock_rate}", f"a=fmtp:{rtx} apt={s.codec.payload_type}"]
         if s.active:
+            if rtx:
+                lines.append(f"a=ssrc-group:FID {s.ssrc} {rtx_ssrc(s.ssrc)}")
             lines += [f"a=ssrc:{s.ssrc} cname:mediaserver", f"a=ssrc:{s.ssrc} msid:{s.stream_id} {s.track_id}"]
+            if rtx:
+                lines += [f"a=ssrc:{rtx_ssrc(s.ssrc)} cname:mediaserver", f"a=ssrc:{rtx_ssrc(s.ssrc)} msid:{s.stream_id} {s.track_id}"]
     return "\r\n".join(lines) + "\r\n"

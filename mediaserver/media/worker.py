@@ -48,6 +48,7 @@ class Transport:
     state: str = "new"  # new -> checking -> connected | failed; closed
     tracks: list[sdp.OfferedTrack] = field(default_factory=list)  # publish side
     version: int = 0  # subscribe side: offer version
+    offered: dict = field(default_factory=dict)  # subscribe side: mid -> the OutgoingTrack offered
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -253,6 +254,7 @@ class MediaWorker:
     def subscribe_offer(self, tid: str, slots: list) -> str:
         t = self._transport(tid)
         t.version += 1
+        t.offered = {s.mid: s for s in slots}
         return sdp.subscribe_offer(
             slots, version=t.version, ufrag=t.ice.ufrag, pwd=t.ice.pwd, fingerprint=self.cert.fingerprint,
             host=self.advertised_host, port=self.port,
@@ -264,6 +266,12 @@ class MediaWorker:
         if remote.setup != "client":  # aiortc's parser reports a=setup:active as the "client" role
             raise MediaserverError("invalid_sdp", "the answer must take the DTLS client role (a=setup:active)")
         self._set_remote(t, remote)
+        rtx = sdp.answered_rtx(remote)
+        for mid, s in t.offered.items():
+            if s.kind == "video" and s.active:
+                # Repairs go as RTX where the subscriber took it, else as the original packet.
+                taken = rtx.get(mid) == sdp.rtx_payload_type(s.codec.payload_type)
+                self.forwarder.set_rtx_out(tid, s.ssrc, sdp.rtx_ssrc(s.ssrc) if taken else 0, rtx.get(mid, 0) if taken else 0)
 
     def _set_remote(self, t: Transport, remote: sdp.RemoteDescription) -> None:
         if t.remote is not None and (t.remote.ice_ufrag, t.remote.ice_pwd) != (remote.ice_ufrag, remote.ice_pwd):
