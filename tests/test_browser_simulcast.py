@@ -12,6 +12,16 @@ from tests.helpers import make_room, make_token
 pytestmark = needs_chromium
 
 VIDEO = "async () => (await window.room.receivedVideo()).filter((v) => v.framesDecoded > 0)"
+SENDING = """() => window.room.publishPc.getTransceivers().find((t) => t.sender.track && t.sender.track.kind === "video")
+  .sender.getParameters().encodings.map((e) => e.active)"""
+
+
+async def until_sending(page, active: list[bool], timeout: float = 15) -> None:
+    """Until the page's camera sends the layers ``active`` says (lowest first)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await page.evaluate(SENDING)) != active:
+        assert asyncio.get_running_loop().time() < deadline, got
+        await asyncio.sleep(0.3)
 
 
 async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
@@ -49,9 +59,12 @@ async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
             width = await viewer.evaluate(f"document.querySelector('#tile-{owner} video').getBoundingClientRect().width")
             assert width < 400, width
             await until(viewer, lambda v: 0 < v["frameWidth"] <= 400 and v["framesDecoded"] > 10, "the lower layer for a small tile")
-        # Bob asks for the full layer, then the lower one again, then the full one: each from its
-        # next keyframe, and decoding goes on; Ann's stays as it is.
+        # Nobody receives the full layer now: the camera stops encoding it (dynacast).
+        await until_sending(cam, [True, False])
+        # Bob asks for the full layer (the camera sends it again), then the lower one, then the
+        # full one: each from its next keyframe, and decoding goes on; Ann's stays as it is.
         await bob.evaluate(f"window.room.setVideoQuality('{track}', 'high')")
+        await until_sending(cam, [True, True])
         high = await until(bob, lambda v: v["frameWidth"] >= 600, "bob gets the full layer")
         await asyncio.sleep(2)
         later = await cams(bob)

@@ -365,6 +365,15 @@ class ServerOffer(ServerMessage):
     sdp: str
 
 
+class Layers(ServerMessage):
+    """Which layers of your simulcast track to send (lowest first; ``false``: nobody receives it
+    now, stop encoding it); more come as that changes."""
+
+    type: Literal["layers"] = "layers"
+    track_id: str
+    active: list[bool]
+
+
 class MediaReset(ServerMessage):
     """Your peer connections are gone (e.g. the media server restarted): close both, publish
     again; a new subscribe offer follows."""

@@ -423,6 +423,8 @@ class Connection:
                                 reason=signal["reason"])
         if kind == "peers_changed":
             return m.PeersChanged()
+        if kind == "layers":
+            return m.Layers(track_id=signal["track_id"], active=signal["active"])
         return m.ServerOffer(sdp=signal["sdp"])
 
     async def send(self, msg: m.ServerMessage) -> None:

@@ -136,6 +136,7 @@ class MediaSession:
         self.tracks: dict[str, Track] = {}
         self.subscribers: dict[str, Subscriber] = {}
         self.outbox: dict[str, list[dict]] = {}  # participant -> signaling messages to deliver
+        self.layers_active: dict[str, tuple[bool, ...]] = {}  # simulcast track -> what its publisher was told to send
         self.legs: dict[str, tuple[str, str]] = {}  # far worker -> (leg's id on home, leg's id there)
         self.relays: dict[tuple[str, str], Relay] = {}  # (track, far worker) -> its relay
         self.recording: Recording | None = None
@@ -177,7 +178,9 @@ class MediaSession:
             added.append(track)
         for t in removed:
             await self._drop_track(t)
+            self.layers_active.pop(t.id, None)
         for t in added:
+            self.layers_active.pop(t.id, None)  # (a new sender sends every layer)
             await self._record_track(t)
         if refresh:
             await self._refresh_all(exclude=participant_id)
@@ -226,6 +229,7 @@ class MediaSession:
             return
         try:
             await self._send_to_recorder(rec, t)
+            self.dynacast()
         except Exception as e:
             rec.ssrcs.pop(t.id, None)
             rec.lost.append({"track_id": t.id, "error": repr(e)[:200]})
@@ -412,6 +416,26 @@ class MediaSession:
         offer = await self.workers[sub.worker].subscribe_offer(sub.transport_id, [self._slot_data(s) for s in sub.slots])
         sub.offer_pending = True
         self.outbox.setdefault(participant_id, []).append({"type": "offer", "pc": "subscribe", "sdp": offer})
+        self.dynacast()
+
+    def dynacast(self) -> None:
+        """Tell each simulcast publisher which layers anyone receives (the lowest always, so a
+        newcomer starts at once): it stops encoding and sending the others until wanted."""
+        for t in self.tracks.values():
+            if t.layers < 2:
+                continue
+            top = t.layers - 1
+            wanted = {0}
+            for sub in self.subscribers.values():
+                if any(s.track_id == t.id for s in sub.slots):
+                    # (one on another worker gets the top layer over the leg between them)
+                    wanted.add(sub.layers.get(t.id, top) if sub.worker == HOME else top)
+            if self.recording is not None and t.id in self.recording.ssrcs:
+                wanted.add(top)  # archives record the top layer
+            active = tuple(i in wanted for i in range(t.layers))
+            if self.layers_active.get(t.id) != active:
+                self.layers_active[t.id] = active
+                self.outbox.setdefault(t.participant_id, []).append({"type": "layers", "track_id": t.id, "active": list(active)})
 
     def _slot_data(self, s: Slot) -> dict:
         return {
@@ -444,6 +468,7 @@ class MediaSession:
         if t.layers < 2:
             raise MediaserverError("not_simulcast", f"track {track_id!r} is sent as one stream: there is no other layer to choose")
         sub.layers[track_id] = max(0, min(layer, t.layers - 1))
+        self.dynacast()  # (a layer nobody received is sent again first)
         routed = any(s.track_id == track_id for s in sub.slots) and sub.transport_id is not None
         if routed and sub.worker == HOME:
             await self.worker.set_layer(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id, sub.layers[track_id])
@@ -477,6 +502,7 @@ class MediaSession:
             await self.worker.close_transport(tid)
         self.outbox.pop(participant_id, None)
         await self._refresh_all()
+        self.dynacast()  # (what it received may be wanted by nobody now)
         return gone
 
     async def restart(self, participant_id: str, reason: str) -> list[Track]:
@@ -492,6 +518,7 @@ class MediaSession:
         receive, and tell everyone to start their media again."""
         gone = list(self.tracks.values())
         self.tracks.clear()
+        self.layers_active.clear()
         self.publish_transport.clear()
         if self.recording is not None:
             # Its leg went with the worker; the tracks published again start new segments.

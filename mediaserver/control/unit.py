@@ -315,6 +315,7 @@ class SessionUnit:
             layers = t.layers if t is not None else 0
             index = {"low": 0, "medium": (layers - 1) // 2, "high": max(layers - 1, 0)}[quality]  # (validated by the gateway)
             await self.media.set_layer(participant_id, track_id, index)
+        await self.core.notify()  # (its publisher may have layers to turn on or off)
 
     async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> None:
         self._member(participant_id)

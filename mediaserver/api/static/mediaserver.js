@@ -225,6 +225,8 @@ export class Room extends EventTarget {
     const failed = (err) => { if (!this._closing) this._emit("error", err); }; // (after close(): expected, not news)
     if (msg.type === "offer" && msg.pc === "subscribe") {
       this._signals = this._signals.then(() => this._answer(msg.sdp)).catch(failed);
+    } else if (msg.type === "layers") {
+      this._setLayers(msg.track_id, msg.active).catch(failed);
     } else if (msg.type === "media_reset") {
       this._signals = this._signals.then(() => this._resetMedia()).catch(failed);
     } else if (msg.type === "signal") {
@@ -467,6 +469,19 @@ export class Room extends EventTarget {
       });
     }
     return out;
+  }
+
+  // Dynacast: the server says which of our simulcast layers anyone receives; the others are
+  // not encoded until wanted (a camera nobody watches in full costs only its lower layers).
+  async _setLayers(trackId, active) {
+    const mid = trackId.split("/").pop();
+    const tr = this.publishPc && this.publishPc.getTransceivers().find((t) => t.mid === mid);
+    if (!tr || !tr.sender.track) return;
+    const params = tr.sender.getParameters();
+    if (!params.encodings || params.encodings.length !== active.length) return;
+    params.encodings.forEach((e, i) => { e.active = active[i]; });
+    await tr.sender.setParameters(params);
+    this._emit("layers", { trackId, active });
   }
 
   setSubscribed(trackId, subscribed) { return this.request({ type: "subscribe", track_id: trackId, subscribed }); }
