@@ -373,14 +373,16 @@ class MediaSession:
     async def _refresh_all(self, exclude: str | None = None) -> None:
         for pid in list(self.subscribers):
             if pid != exclude:
-                await self.refresh(pid)
+                await self.refresh(pid, dynacast=False)
+        self.dynacast()  # once for all of them: it reads every subscriber's slots
 
     async def join(self, participant_id: str) -> None:
         self.subscribers.setdefault(participant_id, Subscriber())
         await self.refresh(participant_id)
 
-    async def refresh(self, participant_id: str) -> None:
-        """Bring a subscriber's sections in line with what it should receive; offer if that changed."""
+    async def refresh(self, participant_id: str, *, dynacast: bool = True) -> None:
+        """Bring a subscriber's sections in line with what it should receive; offer if that
+        changed (and, unless ``dynacast`` is false, tell publishers which layers are wanted now)."""
         sub = self.subscribers.get(participant_id)
         if sub is None:
             return
@@ -416,7 +418,8 @@ class MediaSession:
         offer = await self.workers[sub.worker].subscribe_offer(sub.transport_id, [self._slot_data(s) for s in sub.slots])
         sub.offer_pending = True
         self.outbox.setdefault(participant_id, []).append({"type": "offer", "pc": "subscribe", "sdp": offer})
-        self.dynacast()
+        if dynacast:
+            self.dynacast()
 
     def dynacast(self) -> None:
         """Tell each simulcast publisher which layers anyone receives (the lowest always, so a
@@ -501,8 +504,7 @@ class MediaSession:
         if tid:
             await self.worker.close_transport(tid)
         self.outbox.pop(participant_id, None)
-        await self._refresh_all()
-        self.dynacast()  # (what it received may be wanted by nobody now)
+        await self._refresh_all()  # (and what it received may be wanted by nobody now)
         return gone
 
     async def restart(self, participant_id: str, reason: str) -> list[Track]:
