@@ -33,11 +33,12 @@ from libc.string cimport memcmp, memcpy, memmove, memset
 from libcpp.string cimport string
 from libcpp.unordered_map cimport unordered_map
 from libcpp.vector cimport vector
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
 from mediaserver._udp cimport (
-    AF_INET, MSG_DONTWAIT, MSG_TRUNC, htonl, htons, iovec, mmsghdr, ntohl, ntohs, recvmmsg, sendmmsg, sockaddr_in, srtp_fn,
+    AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, MSG_DONTWAIT, MSG_TRUNC, SCM_TIMESTAMPNS, SO_TIMESTAMPNS, SOL_SOCKET,
+    cmsghdr, htonl, htons, iovec, mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, setsockopt, sockaddr_in, srtp_fn,
 )
 from mediaserver.fastpath cimport codecs, keyframes, nack, rtcp, rtp, twcc
 from mediaserver.fastpath.keyframes cimport Keyframes
@@ -78,6 +79,7 @@ cdef enum:
     MTU = 1500  # larger datagrams are never forwarded (the reference's MTU)
     BUF = 2048  # room for a datagram over the MTU (to count it) and for SRTP trailers
     BATCH = 64  # datagrams per recvmmsg
+    CONTROL = 64  # ancillary bytes per datagram: its receive stamp
     OUT_MAX = 64  # datagrams per sendmmsg: more adds latency for the first ones, not speed
     SLOW_MAX = 512  # STUN/DTLS datagrams waiting for Python
     SLOW_UNKNOWN_MAX = 128  # of those, the most from addresses no endpoint has (new clients, or noise)
@@ -139,6 +141,28 @@ cdef inline double monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)  # the clock of Python's time.monotonic()
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double realtime() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)  # the clock of SO_TIMESTAMPNS stamps
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double arrival_of(msghdr* msg, double now, double real_now) noexcept nogil:
+    """When the kernel received this datagram, on the monotonic clock: a batch read late (this
+    thread not scheduled, a long batch before it) still reports each packet's own arrival, which
+    is what transport-wide feedback must carry or the publisher reads our lateness as queueing."""
+    cdef cmsghdr* cm = CMSG_FIRSTHDR(msg)
+    cdef timespec* stamp
+    cdef double ago
+    while cm != NULL:
+        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+            stamp = <timespec*>CMSG_DATA(cm)
+            ago = real_now - (stamp.tv_sec + stamp.tv_nsec * 1e-9)
+            return now - ago if 0 <= ago < 1 else now  # a clock step: fall back to the batch's time
+        cm = CMSG_NXTHDR(msg, cm)
+    return now
 
 
 cdef inline uint64_t pair(uint64_t a, uint32_t b) noexcept nogil:
@@ -740,7 +764,7 @@ cdef class FastPath:
             if is_rtcp:
                 self._rtcp(p, n, key, now, &self.ctl)
             else:
-                self._rtp(p, n, key, now, &self.ctl)
+                self._rtp(p, n, key, now, now, &self.ctl)
             self._flush(&self.ctl)
             self.unlock()
         return self._collected()
@@ -821,7 +845,7 @@ cdef class FastPath:
                 done += 1
         out.n = 0
 
-    cdef void _rtp(self, uint8_t* p, int n, uint64_t addr, double now, OutBatch* out) noexcept nogil:
+    cdef void _rtp(self, uint8_t* p, int n, uint64_t addr, double now, double arrival, OutBatch* out) noexcept nogil:
         cdef int src = self._source(addr)
         cdef int r, length = n, off, elen = 0, code, L
         cdef uint32_t ssrc
@@ -847,7 +871,7 @@ cdef class FastPath:
         if tw != NULL:
             off = rtp.find_extension(p, length, tw.ext_id, &elen)
             if off >= 0 and elen >= 2:
-                twcc.twcc_record(tw, u16(p + off), now)
+                twcc.twcc_record(tw, u16(p + off), arrival)
                 self._send_twcc(src, ssrc, now, out)
         it = self.by_track.find(pair(src, ssrc))
         if it != self.by_track.end() and (deref(it).second & 3) == TRACK_ITSELF:
@@ -1271,7 +1295,9 @@ cdef class FastPath:
     def attach(self, int fd):
         """Take over reception on this (non-blocking, IPv4 UDP) socket; returns the eventfd that
         becomes readable when STUN or DTLS datagrams wait in ``take_slow()``."""
+        cdef int one = 1
         self.fd = fd
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(int))  # arrivals for TWCC
         if self.efd < 0:
             self.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             if self.efd < 0:
@@ -1336,17 +1362,19 @@ cdef class FastPath:
         cdef iovec* iov = <iovec*>calloc(BATCH, sizeof(iovec))
         cdef sockaddr_in* names = <sockaddr_in*>calloc(BATCH, sizeof(sockaddr_in))
         cdef uint8_t* bufs = <uint8_t*>malloc(BATCH * BUF)
+        cdef uint8_t* control = <uint8_t*>malloc(BATCH * CONTROL)
         cdef pollfd pfd
         cdef int i, n, length, kind, slot
         cdef bint woke
         cdef uint64_t addr, one = 1
         cdef uint8_t* p
-        cdef double now
-        if msgs == NULL or iov == NULL or names == NULL or bufs == NULL:
+        cdef double now, real_now
+        if msgs == NULL or iov == NULL or names == NULL or bufs == NULL or control == NULL:
             free(msgs)
             free(iov)
             free(names)
             free(bufs)
+            free(control)
             return
         pfd.fd = self.fd
         pfd.events = POLLIN
@@ -1362,10 +1390,13 @@ cdef class FastPath:
                     msgs[i].msg_hdr.msg_iov = &iov[i]
                     msgs[i].msg_hdr.msg_iovlen = 1
                     msgs[i].msg_hdr.msg_flags = 0
+                    msgs[i].msg_hdr.msg_control = control + i * CONTROL
+                    msgs[i].msg_hdr.msg_controllen = CONTROL
                 n = recvmmsg(self.fd, msgs, BATCH, MSG_DONTWAIT, NULL)
                 if n <= 0:
                     break
                 now = monotonic()
+                real_now = realtime()
                 woke = False
                 self.lock()
                 self.counts[<int>S_RX_PACKETS] += n
@@ -1381,7 +1412,7 @@ cdef class FastPath:
                     addr = ((<uint64_t>ntohl(names[i].sin_addr.s_addr)) << 16) | ntohs(names[i].sin_port)
                     kind = rtp.classify(p, length)
                     if kind == KIND_RTP:
-                        self._rtp(p, length, addr, now, &self.net)
+                        self._rtp(p, length, addr, now, arrival_of(&msgs[i].msg_hdr, now, real_now), &self.net)
                     elif kind == KIND_RTCP:
                         self._rtcp(p, length, addr, now, &self.net)
                     elif kind == KIND_STUN or kind == KIND_DTLS:
@@ -1405,6 +1436,7 @@ cdef class FastPath:
         free(iov)
         free(names)
         free(bufs)
+        free(control)
 
     # Figures -------------------------------------------------------------------------
 

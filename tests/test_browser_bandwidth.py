@@ -47,7 +47,8 @@ async def test_a_browser_publisher_ramps_to_a_megabit_within_five_seconds(server
         room = await make_room(http, name="Bandwidth", media_mode="routed")
         pages = []
         for identity, role in (("pub", "moderator"), ("viewer", "subscriber")):  # (the viewer sends nothing)
-            page = await (await browser.new_context()).new_page()
+            # (A 1280-px window: two people, two tiles of ~440 px; the viewer takes the full layer.)
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
             token = await make_token(http, room["id"], identity, role)
             await page.goto(f"{server.url}/join/{room['id']}?token={token}")
             pages.append(page)
@@ -72,6 +73,9 @@ async def test_a_browser_publisher_ramps_to_a_megabit_within_five_seconds(server
         estimates = [s["estimate"] or 0 for s in samples]
         assert estimates[-1] > 350_000 and estimates[-1] > estimates[0] or estimates[-1] >= 1_000_000, (rates, estimates)
         assert max(rates) > 300_000, rates
-        # And the viewer decodes it.
+        # And the viewer decodes it, in the full layer: a two-person call's tiles are large
+        # enough to want it, so the camera keeps encoding it (dynacast turns it off otherwise).
         assert max(await frames(viewer), default=0) > 30
+        widths = [v["frameWidth"] for v in await viewer.evaluate("window.room.receivedVideo()")]
+        assert max(widths, default=0) >= 600, widths
         await browser.close()

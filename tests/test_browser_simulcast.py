@@ -28,8 +28,8 @@ async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
     async with server.http() as http:
         room = await make_room(http, name="Simulcast", media_mode="routed")
         pages = []
-        for identity in ("cam", "ann", "bob"):
-            page = await (await browser.new_context()).new_page()
+        for identity in ("cam", "ann", "bob"):  # (960-px windows: tiles under 300 px, two to a row)
+            page = await (await browser.new_context(viewport={"width": 960, "height": 720})).new_page()
             await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], identity, 'moderator')}")
             await page.get_by_role("button", name="Join now").click()
             pages.append(page)
@@ -53,7 +53,7 @@ async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
                     raise AssertionError(f"{what}: {v}")
                 await asyncio.sleep(0.3)
 
-        # The page shows each video in a tile about 230 px wide at this size: both viewers take
+        # The page shows each video in a tile under 300 px wide at this size: both viewers take
         # the lower layer by themselves (they start on the top one).
         for viewer in (ann, bob):
             width = await viewer.evaluate(f"document.querySelector('#tile-{owner} video').getBoundingClientRect().width")
