@@ -87,11 +87,15 @@ class MeetingUser(User):
 
     def _connect(self, first: dict) -> dict:
         url = self.host.replace("http", "ws", 1) + "/v1/ws"
-        self.ws = websocket.create_connection(url, timeout=30)
-        self.ws.send(json.dumps(first))
-        msg = json.loads(self.ws.recv())
+        ws = websocket.create_connection(url, timeout=30)
+        ws.send(json.dumps(first))
+        msg = json.loads(ws.recv())
         if msg["type"] != "joined":
+            ws.close()
             raise CommandFailed(f"{msg.get('code')}: {msg.get('message')}")
+        # Only a joined connection becomes the user's: a stop that interrupts a join or a
+        # resume half-way leaves ``self.ws`` None, not a socket that was never (or no longer) in.
+        self.ws = ws
         self.joined = msg
         self.closed_by_server = ""
         self.opened = (first["type"], time.monotonic())
@@ -116,6 +120,8 @@ class MeetingUser(User):
             return  # closed
 
     def command(self, msg: dict) -> dict:
+        if self.ws is None:
+            raise CommandFailed("not connected: the last join or resume failed")
         if self.closed_by_server:
             raise CommandFailed(f"the server closed the connection ({self.closed_by_server})")
         mid = f"u{next(self.ids)}"
@@ -191,11 +197,12 @@ class MeetingUser(User):
     @task(1)
     def reconnect(self) -> None:
         """Lose the connection and come back as the same participant (reconnect token)."""
-        if self.is_host:
+        if self.is_host or self.ws is None:
             return
         token = self.joined["reconnect_token"]
-        self.ws.abort() if hasattr(self.ws, "abort") else self.ws.sock.close()
-        self.reader.kill()
+        lost, self.ws = self.ws, None  # gone from here on, whether or not the resume completes
+        lost.abort() if hasattr(lost, "abort") else lost.sock.close()
+        self.reader.kill(block=False)
         self._measure("resume", lambda: self._connect({"type": "resume", "reconnect_token": token}))
 
     def media(self) -> None:
