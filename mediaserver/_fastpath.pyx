@@ -201,6 +201,7 @@ cdef struct Route:
     bint has_estimate
     uint64_t estimate  # the subscriber's latest REMB, bit/s
     int layer  # simulcast: the layer it should get
+    int cap  # simulcast: the highest layer its link carries (-1: none, video paused)
     # Simulcast, as the reference's Route: the layer it gets now (-1: none yet), the last packet
     # it was sent, the first sequence number of the current layer, the VP8 picture-ID shifts.
     int current
@@ -232,6 +233,7 @@ cdef struct Layer:
     uint8_t rid[16]
     int rid_len
     double seen  # its latest packet (a simulcast layer silent for LAYER_TIMEOUT is not sent now)
+    uint64_t bytes  # received so far, for its bitrate
 
 cdef enum:
     MAX_LAYERS = 3
@@ -529,12 +531,78 @@ cdef class FastPath:
                         if tr.routes[r].layer < 0:
                             tr.routes[r].layer = 0
                         L = self._wanted(tr, &tr.routes[r], now)
-                        if tr.routes[r].current != L and tr.layers[L].has_ssrc:
+                        if L >= 0 and tr.routes[r].current != L and tr.layers[L].has_ssrc:
                             self._request_keyframe(t, L, now, &self.ctl)
                         break
             self._flush(&self.ctl)
             self.unlock()
         return self._collected()
+
+    def set_cap(self, str src, uint32_t track_ssrc, str dst, int cap, double now):
+        """The highest layer of a simulcast track ``dst``'s link carries (the adaptation's choice,
+        under the layer it asked for); -1 pauses its video, which resumes from a keyframe."""
+        s, d = self.ids.get(src), self.ids.get(dst)
+        if s is None or d is None:
+            return []
+        cdef int si = s, di = d, r, L
+        cdef size_t t
+        cdef Track* tr
+        cdef unordered_map[uint64_t, int].iterator it
+        with nogil:
+            self.lock()
+            it = self.by_track.find(pair(si, track_ssrc))
+            if it != self.by_track.end() and self.tracks[deref(it).second >> 2].nlayers:
+                t = deref(it).second >> 2
+                tr = &self.tracks[t]
+                for r in range(tr.nroutes):
+                    if tr.routes[r].dst == di:
+                        tr.routes[r].cap = cap if cap < MAX_LAYERS else MAX_LAYERS - 1
+                        if tr.routes[r].cap < 0:
+                            tr.routes[r].cap = -1
+                            tr.routes[r].current = -1  # (its numbers go on from the last packet sent when it resumes)
+                            break
+                        L = self._wanted(tr, &tr.routes[r], now)
+                        if L >= 0 and tr.routes[r].current != L and tr.layers[L].has_ssrc:
+                            self._request_keyframe(t, L, now, &self.ctl)
+                        break
+            self._flush(&self.ctl)
+            self.unlock()
+        return self._collected()
+
+    def layer_bytes(self):
+        """{(publisher, track SSRC): bytes received so far in each of its simulcast layers}."""
+        out = {}
+        cdef size_t t
+        with nogil:
+            self.lock()
+        try:
+            for t in range(self.tracks.size()):
+                if self.tracks[t].used and self.tracks[t].nlayers:
+                    out[(self.names[self.tracks[t].src], self.tracks[t].ssrc)] = [
+                        self.tracks[t].layers[i].bytes for i in range(self.tracks[t].nlayers)]
+        finally:
+            self.unlock()
+        return out
+
+    def subscriber_estimates(self):
+        """{subscriber: {(publisher, track SSRC): its latest REMB estimate, bit/s}}, for the
+        routes it has now."""
+        out = {}
+        cdef size_t t
+        cdef int r
+        with nogil:
+            self.lock()
+        try:
+            for t in range(self.tracks.size()):
+                if not self.tracks[t].used:
+                    continue
+                for r in range(self.tracks[t].nroutes):
+                    if self.tracks[t].routes[r].has_estimate:
+                        out.setdefault(self.names[self.tracks[t].routes[r].dst], {})[
+                            (self.names[self.tracks[t].src], self.tracks[t].ssrc)] = self.tracks[t].routes[r].estimate
+        finally:
+            self.unlock()
+        return out
 
     def set_consent(self, str eid, double now):
         """The endpoint's latest valid ICE check (RFC 7675 consent freshness)."""
@@ -637,6 +705,7 @@ cdef class FastPath:
         rt.ts_delta = route.ts_delta & 0xFFFFFFFF
         rt.video = route.video
         rt.layer = route.layer
+        rt.cap = route.cap
         rt.current = -1
         rt.last_pid = -1
         rt.last_tl0 = -1
@@ -689,6 +758,7 @@ cdef class FastPath:
                     # The same stream to the same subscriber, routed again (a renegotiation): a
                     # simulcast route keeps where it is, or its numbers would jump (and SRTP
                     # refuse them).
+                    rt.cap = tr.routes[r].cap
                     rt.seq_delta = tr.routes[r].seq_delta
                     rt.ts_delta = tr.routes[r].ts_delta
                     rt.current = tr.routes[r].current
@@ -959,6 +1029,7 @@ cdef class FastPath:
         cdef int r, key = -1, off = rtp.payload_offset(p, n)
         cdef bint waiting = False
         tr.layers[L].seen = now
+        tr.layers[L].bytes += n
         for r in range(tr.nroutes):
             rt = &tr.routes[r]
             if rt.current != L:
@@ -977,14 +1048,17 @@ cdef class FastPath:
     cdef int _wanted(self, Track* tr, Route* rt, double now) noexcept nogil:
         """The layer a route gets: the one it asked for if sent now, else the next lower one
         sent, else the next higher (a publisher sends only what its camera and link allow)."""
-        cdef int i
-        for i in range(rt.layer, -1, -1):
+        cdef int i, top = rt.layer if rt.layer < rt.cap else rt.cap
+        cdef int hi = tr.nlayers if rt.cap >= rt.layer else rt.cap + 1
+        if top < 0:
+            return -1  # its video is paused
+        for i in range(top, -1, -1):
             if tr.layers[i].has_ssrc and now - tr.layers[i].seen < LAYER_TIMEOUT:
                 return i
-        for i in range(rt.layer + 1, tr.nlayers):
+        for i in range(top + 1, hi):
             if tr.layers[i].has_ssrc and now - tr.layers[i].seen < LAYER_TIMEOUT:
                 return i
-        return rt.layer
+        return top
 
     cdef void _switch(self, Route* rt, int L, int codec, const uint8_t* p, int off, int n, uint16_t seq, double now) noexcept nogil:
         """Start a route on another layer: its sequence numbers, timestamps and picture IDs go
@@ -1201,7 +1275,7 @@ cdef class FastPath:
         if not tr.nlayers:
             return 0
         L = self._wanted(tr, rt, now) if target or rt.current < 0 else rt.current
-        return L if tr.layers[L].has_ssrc else -1
+        return L if L >= 0 and tr.layers[L].has_ssrc else -1
 
     cdef void _answer_nack(self, int sub, const uint8_t* pk, int plen, double now, OutBatch* out) noexcept nogil:
         # Resend from the cache (RFC 4585 6.2.1 Generic NACK) rather than ask the publisher; what

@@ -28,6 +28,7 @@ __all__ = ["NACK_CACHE", "Forwarder", "Route"]
 MTU = 1500  # larger datagrams are never forwarded
 REMB_INTERVAL = 0.5  # the publisher hears the lowest subscriber estimate at most this often per track
 LAYER_TIMEOUT = 1.0  # a simulcast layer silent this long is not sent now (the publisher paused it)
+MAX_LAYER = 2  # simulcast layers are 0-2 (RFC 8853 allows more; browsers send up to three)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Route:
     ts_delta: int = 0
     video: bool = False  # a new subscriber of a video track needs a keyframe
     layer: int = 0  # simulcast: the layer it should get (0: the lowest)
+    cap: int = MAX_LAYER  # simulcast: the highest layer its link carries (-1: none, video paused)
     # Simulcast, the forwarder's own: the layer it gets now (None: none yet), the last packet
     # it was sent (its sequence number, timestamp, when, VP8 picture ID and TL0PICIDX), the
     # first sequence number of the current layer, and the shifts of the VP8 picture IDs.
@@ -52,7 +54,7 @@ class Route:
     tl0_delta: int = 0
 
 
-SIMULCAST_STATE = ("seq_delta", "ts_delta", "current", "last_seq", "last_ts", "last_at", "last_pid", "last_tl0",
+SIMULCAST_STATE = ("cap", "seq_delta", "ts_delta", "current", "last_seq", "last_ts", "last_at", "last_pid", "last_tl0",
                    "layer_start", "pid_delta", "tl0_delta")
 
 
@@ -66,14 +68,20 @@ class Simulcast:
     codec: int  # where keyframes start is read from the payload
     ssrcs: list[int | None]
     seen: list[float] = field(default_factory=lambda: [float("-inf")] * 3)  # each layer's latest packet
+    bytes: list[int] = field(default_factory=lambda: [0] * 3)  # each layer's bytes received, for its bitrate
 
-    def wanted(self, route: Route, now: float) -> int:
-        """The layer a route gets: the one it asked for if sent now, else the next lower one
-        sent, else the next higher (a publisher sends only what its camera and link allow)."""
-        for i in [*range(route.layer, -1, -1), *range(route.layer + 1, len(self.rids))]:
+    def wanted(self, route: Route, now: float) -> int | None:
+        """The layer a route gets: the one it asked for (within its cap) if sent now, else the
+        next lower one sent, else the next higher up to the cap (a publisher sends only what its
+        camera and link allow); None while its video is paused."""
+        top = min(route.layer, route.cap)
+        if top < 0:
+            return None
+        hi = len(self.rids) if route.cap >= route.layer else route.cap + 1
+        for i in [*range(top, -1, -1), *range(top + 1, hi)]:
             if self.ssrcs[i] is not None and now - self.seen[i] < LAYER_TIMEOUT:
                 return i
-        return route.layer
+        return top
 
 
 @dataclass
@@ -184,10 +192,40 @@ class Forwarder:
         if sim is None or route is None:
             return []
         route.layer = max(0, min(layer, len(sim.rids) - 1))
+        return self._toward_wanted(src, track_ssrc, sim, route, now)
+
+    def set_cap(self, src: str, track_ssrc: int, dst: str, cap: int, now: float) -> list[tuple[bytes, tuple]]:
+        """The highest layer of a simulcast track ``dst``'s link carries (the adaptation's choice,
+        under the layer it asked for); -1 pauses its video, which resumes from a keyframe."""
+        sim = self.simulcast.get((src, track_ssrc))
+        route = self.routes.get((src, track_ssrc), {}).get(dst)
+        if sim is None or route is None:
+            return []
+        route.cap = max(-1, min(cap, MAX_LAYER))
+        if route.cap < 0:
+            route.current = None  # (its numbers go on from the last packet sent when it resumes)
+            return []
+        return self._toward_wanted(src, track_ssrc, sim, route, now)
+
+    def _toward_wanted(self, src: str, track_ssrc: int, sim: "Simulcast", route: Route, now: float) -> list:
         want = sim.wanted(route, now)
-        if route.current == want or sim.ssrcs[want] is None:
+        if want is None or route.current == want or sim.ssrcs[want] is None:
             return []
         return self._request_keyframe((src, sim.ssrcs[want]), now)
+
+    def layer_bytes(self) -> dict[tuple[str, int], list[int]]:
+        """{(publisher, track SSRC): bytes received so far in each of its simulcast layers}."""
+        return {key: sim.bytes[:len(sim.rids)] for key, sim in self.simulcast.items()}
+
+    def subscriber_estimates(self) -> dict[str, dict[tuple[str, int], int]]:
+        """{subscriber: {(publisher, track SSRC): its latest REMB estimate, bit/s}}, for the
+        routes it has now."""
+        out: dict[str, dict[tuple[str, int], int]] = {}
+        for source, estimates in self.estimates.items():
+            for sub, bitrate in estimates.items():
+                if sub in self.routes.get(source, {}):
+                    out.setdefault(sub, {})[source] = bitrate
+        return out
 
     def remove_endpoint(self, eid: str) -> None:
         for key in [k for k in self.rtx if k[0] == eid]:
@@ -320,6 +358,7 @@ class Forwarder:
         track_ssrc, index = layer
         sim = self.simulcast[(pub, track_ssrc)]
         sim.seen[index] = now
+        sim.bytes[index] += len(plain)
         payload = plain[payload_offset(plain) or len(plain):]
         key, out, waiting = None, [], False
         for dst_id, route in routes.items():
@@ -453,6 +492,8 @@ class Forwarder:
             return source
         route = self.routes[source][subscriber]
         index = sim.wanted(route, now) if target or route.current is None else route.current
+        if index is None:
+            return None  # its video is paused
         return (source[0], sim.ssrcs[index]) if sim.ssrcs[index] is not None else None
 
     def _request_keyframe(self, source: tuple[str, int], now: float) -> list[tuple[bytes, tuple]]:
