@@ -83,6 +83,10 @@ class MediaWorkerActor:
         await self.service.start()
         return await self.service.transport_states(transport_ids)
 
+    async def adaptation_events(self, transport_ids: list[str]) -> list[dict]:
+        await self.service.start()
+        return await self.service.adaptation_events(transport_ids)
+
     async def stats(self) -> dict:
         await self.service.start()
         return await self.service.stats()

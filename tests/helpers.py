@@ -47,14 +47,15 @@ class ServerProcess:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     key: dict = field(default_factory=dict)
+    host: str = "127.0.0.1"  # where the gateway listens (MEDIASERVER_HOST)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
+        return f"ws://{self.host}:{self.port}/v1/ws"
 
     def start(self, timeout: float = 90) -> None:
         self.log_path = self.data_dir / "serve.log"
@@ -69,7 +70,7 @@ class ServerProcess:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited early:\n{self.log()}")
-            ready = re.search(r"is ready\n\s+URL:\s+http://127\.0\.0\.1:(\d+)", self.log())
+            ready = re.search(r"is ready\n\s+URL:\s+http://" + re.escape(self.host) + r":(\d+)", self.log())
             if ready:
                 self.port = int(ready.group(1))
                 return

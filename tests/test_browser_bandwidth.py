@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 
 import pytest
 
-from tests.browsers import CHROMIUM, FLAGS, frames, needs_chromium
+from tests.browsers import CHROMIUM, FLAGS, frames, needs_chromium, noise_camera
 from tests.helpers import make_room, make_token
 
 pytestmark = [needs_chromium, pytest.mark.skipif(not shutil.which("ffmpeg"), reason="ffmpeg makes the camera's file")]
@@ -29,13 +28,7 @@ SENT = """async () => {
 
 @pytest.fixture(scope="module")
 def noisy_camera(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("camera") / "noise.y4m"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x480:rate=30", "-vf", "noise=alls=40:allf=t",
-         "-t", "6", "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )
-    return str(path)
+    return noise_camera(tmp_path_factory.mktemp("camera"))
 
 
 async def test_a_browser_publisher_ramps_to_a_megabit_within_five_seconds(server, noisy_camera):

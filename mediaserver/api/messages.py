@@ -374,6 +374,18 @@ class Layers(ServerMessage):
     active: list[bool]
 
 
+class VideoAdaptation(ServerMessage):
+    """Your link cannot carry a video you receive (audio fallback) or can again (video
+    recovery), per publisher's track: ``video_disabled_warning`` (it is on its lowest layer and
+    the link still struggles), ``video_disabled`` (paused; its audio goes on),
+    ``video_disabled_warning_lifted``, ``video_enabled`` (back, from a keyframe). Nobody else's
+    video changes."""
+
+    type: Literal["video_disabled_warning", "video_disabled_warning_lifted", "video_disabled", "video_enabled"]
+    track_id: str
+    reason: Literal["bandwidth"] = "bandwidth"
+
+
 class MediaReset(ServerMessage):
     """Your peer connections are gone (e.g. the media server restarted): close both, publish
     again; a new subscribe offer follows."""

@@ -425,6 +425,8 @@ class Connection:
             return m.PeersChanged()
         if kind == "layers":
             return m.Layers(track_id=signal["track_id"], active=signal["active"])
+        if kind.startswith("video_"):
+            return m.VideoAdaptation(type=kind, track_id=signal["track_id"], reason=signal["reason"])
         return m.ServerOffer(sdp=signal["sdp"])
 
     async def send(self, msg: m.ServerMessage) -> None:

@@ -259,12 +259,15 @@ class SessionHost:
             tids = [tid for u in units for tid in u.transports(name)]
             try:
                 states = await worker.transport_states(tids)
+                adapted = await worker.adaptation_events(tids)
                 quality = await worker.quality(tids) if quality_due else {}
             except MediaserverError:
                 continue  # restarting: the watch deals with it
             for u in units:
                 mine = u.transports(name)
                 await u.record_states({t: s for t, s in states.items() if t in mine})
+                if adapted:
+                    await u.record_adaptation([e for e in adapted if e["subscriber"] in mine])
                 if quality_due:
                     await u.record_quality({t: q for t, q in quality.items() if t in mine}, self.clock())
 

@@ -51,6 +51,7 @@ class Worker(Protocol):
     async def close_participants(self, participant_ids: list[str]) -> int: ...
     async def transport_states(self, transport_ids: list[str]) -> dict[str, str]: ...
     async def quality(self, transport_ids: list[str]) -> dict[str, dict]: ...
+    async def adaptation_events(self, transport_ids: list[str]) -> list[dict]: ...
     async def start(self) -> dict: ...
     async def watch(self) -> None: ...
 
@@ -569,6 +570,21 @@ class MediaSession:
 
     def take_outbox(self, participant_id: str) -> list[dict]:
         return self.outbox.pop(participant_id, [])
+
+    def adapted(self, events: list[dict]) -> list[tuple[str, dict]]:
+        """The media workers' adaptation events (a subscriber's video from one publisher paused
+        for its link, or back) as messages to the subscribers: [(participant, message)]."""
+        receivers = {s.transport_id: pid for pid, s in self.subscribers.items() if s.transport_id}
+        tracks = {(self.publish_transport.get(t.participant_id), t.ssrc): t for t in self.tracks.values()}
+        out = []
+        for e in events:
+            pid, t = receivers.get(e["subscriber"]), tracks.get((e["publisher"], e["ssrc"]))
+            if pid is None or t is None:
+                continue  # gone meanwhile
+            msg = {"type": e["type"], "track_id": t.id, "reason": e["reason"]}
+            self.outbox.setdefault(pid, []).append(msg)
+            out.append((pid, msg))
+        return out
 
     def track_list(self) -> list[dict[str, Any]]:
         return [t.public() for t in self.tracks.values()]

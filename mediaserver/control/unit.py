@@ -374,6 +374,18 @@ class SessionUnit:
                 self._states[tid] = state
         self._states = {tid: st for tid, st in self._states.items() if tid in owners}
 
+    async def record_adaptation(self, events: list[dict]) -> None:
+        """A subscriber's video paused for its link, or back (the media worker's adaptation):
+        told to the subscriber, and kept in its log for the dashboard."""
+        if self.ended:
+            return
+        told = self.media.adapted(events)
+        for pid, msg in told:
+            if pid in self.core.participants:
+                await self.core.record(pid, msg["type"], visibility="log", track_id=msg["track_id"], reason=msg["reason"])
+        if told:
+            await self.core.notify()
+
     async def record_quality(self, quality: dict[str, dict], now: float) -> None:
         """Each receiving participant's connection quality (from its receiver reports) goes in its
         log: on a change of grade at once, an unchanged one every ``QUALITY_REPEAT`` looks."""

@@ -128,6 +128,11 @@ class WorkerService:
     async def transport_states(self, transport_ids: list[str]) -> dict[str, str]:
         return {tid: t.state for tid in transport_ids if (t := self.worker.transports.get(tid))}
 
+    async def adaptation_events(self, transport_ids: list[str]) -> list[dict]:
+        """What the adaptation did to these subscribers' video since the last call (audio
+        fallback and video recovery: mediaserver.media.adaptation), oldest first."""
+        return self.worker.take_adaptation_events(set(transport_ids))
+
     async def stats(self) -> dict:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {

@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -25,6 +25,7 @@ from mediaserver.errors import MediaserverError
 from mediaserver.media.rtp import KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, classify
 from mediaserver.ids import new_id
 from mediaserver.media import sdp
+from mediaserver.media.adaptation import INTERVAL as ADAPT_INTERVAL, Adaptation, RouteInfo
 from mediaserver.media.dtls import DtlsServer, ServerCertificate
 from mediaserver.media.forwarder import Forwarder, Route
 from mediaserver.media.ice import CONSENT_TIMEOUT, AllowedNetworks, IceCredentials, answer_binding
@@ -120,11 +121,18 @@ class MediaWorker:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._efd: int | None = None
+        # What each subscriber's link carries (mediaserver.media.adaptation), from the routes:
+        # (src, src SSRC, dst) -> [out SSRC, video, simulcast layers, the layer it asked for].
+        self.adaptation = Adaptation()
+        self._routes: dict[tuple[str, int, str], list] = {}
+        self.adaptation_events: deque[dict] = deque(maxlen=1000)
+        self._adapting: asyncio.Task | None = None
 
     # Lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._adapting = asyncio.ensure_future(self._adapt_loop())
         if self.fast:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._tune(sock)
@@ -171,6 +179,9 @@ class MediaWorker:
         return self.forwarder.stats + self.counts
 
     def close(self) -> None:
+        if self._adapting is not None:
+            self._adapting.cancel()
+            self._adapting = None
         if self._udp is not None:
             self._udp.close()
         if self._thread is not None:
@@ -223,6 +234,8 @@ class MediaWorker:
         if t.addr is not None and self._by_addr.get(t.addr) is t:
             del self._by_addr[t.addr]
         self.forwarder.remove_endpoint(tid)
+        for key in [k for k in self._routes if tid in (k[0], k[2])]:
+            del self._routes[key]
         self._set_state(t, "closed")
 
     def _transport(self, tid: str) -> Transport:
@@ -284,6 +297,7 @@ class MediaWorker:
         top = self._layers(src_tid, src_ssrc) - 1
         layer = top if layer is None else max(0, min(layer, top))
         self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type, video=video, layer=layer))
+        self._routes[(src_tid, src_ssrc, dst_tid)] = [out_ssrc, video, top + 1, layer]
         for pkt, to in self.forwarder.keyframes_for(dst_tid, self.clock()):
             self._send_consented(pkt, to)
 
@@ -291,6 +305,8 @@ class MediaWorker:
         """Another layer of a simulcast track for one subscriber, from its next keyframe."""
         for pkt, to in self.forwarder.set_layer(src_tid, src_ssrc, dst_tid, layer, self.clock()):
             self._send_consented(pkt, to)
+        if (src_tid, src_ssrc, dst_tid) in self._routes:
+            self._routes[(src_tid, src_ssrc, dst_tid)][3] = layer
 
     def _layers(self, tid: str, ssrc: int) -> int:
         t = self.transports.get(tid)
@@ -299,6 +315,47 @@ class MediaWorker:
 
     def unroute(self, src_tid: str, src_ssrc: int, dst_tid: str) -> None:
         self.forwarder.remove_route(src_tid, src_ssrc, dst_tid)
+        self._routes.pop((src_tid, src_ssrc, dst_tid), None)
+
+    # Adaptation ----------------------------------------------------------------------
+
+    async def _adapt_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ADAPT_INTERVAL)
+            try:
+                self.adapt(self.clock())
+            except Exception:  # never the end of adaptation for everyone
+                log.exception("adaptation step failed")
+
+    def adapt(self, now: float) -> None:
+        """One step of every subscriber's adaptation: caps to the forwarder, events queued."""
+        receivers = {tid for tid, t in self.transports.items() if t.role == "subscribe"}
+        routes, audio = [], Counter()
+        for (src, ssrc, dst), (out, video, layers, requested) in self._routes.items():
+            if dst not in receivers:
+                continue  # legs to other workers and the recorder get what they are sent
+            if video:
+                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested))
+            else:
+                audio[dst] += 1
+        if not routes and not self.adaptation.videos:
+            return
+        self.adaptation.measure(self.forwarder.layer_bytes(), now)
+        estimates = {sub: max(by_track.values()) for sub, by_track in self.forwarder.subscriber_estimates().items()}
+        changes, events = self.adaptation.step(routes, audio, estimates, self.forwarder.quality, now)
+        for (src, ssrc, dst), cap in changes.items():
+            for pkt, to in self.forwarder.set_cap(src, ssrc, dst, cap, now):
+                self._send_consented(pkt, to)
+        self.adaptation_events.extend(events)
+
+    def take_adaptation_events(self, transport_ids: set[str]) -> list[dict]:
+        """The adaptation's events for these subscribers' transports, in order; others stay."""
+        mine = [e for e in self.adaptation_events if e["subscriber"] in transport_ids]
+        if mine:
+            rest = [e for e in self.adaptation_events if e["subscriber"] not in transport_ids]
+            self.adaptation_events.clear()
+            self.adaptation_events.extend(rest)
+        return mine
 
     # Packets -------------------------------------------------------------------------
 

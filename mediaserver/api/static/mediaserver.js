@@ -59,6 +59,7 @@ export class Room extends EventTarget {
     this.url = url || `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/ws`;
     this.participants = new Map();
     this.tracks = new Map(); // track id -> {id, participant_id, kind, muted}
+    this.videoStates = new Map(); // track id -> the latest of video_disabled_warning, video_disabled, ..._lifted, video_enabled
     this.me = null;
     this.session = null;
     this.roomInfo = null;
@@ -227,6 +228,10 @@ export class Room extends EventTarget {
       this._signals = this._signals.then(() => this._answer(msg.sdp)).catch(failed);
     } else if (msg.type === "layers") {
       this._setLayers(msg.track_id, msg.active).catch(failed);
+    } else if (msg.type.startsWith("video_")) {
+      // Audio fallback and video recovery: the server paused (or resumed) a video for our link.
+      this.videoStates.set(msg.track_id, msg.type);
+      this._emit("video_adaptation", { trackId: msg.track_id, participantId: msg.track_id.split("/")[0], state: msg.type, reason: msg.reason });
     } else if (msg.type === "media_reset") {
       this._signals = this._signals.then(() => this._resetMedia()).catch(failed);
     } else if (msg.type === "signal") {

@@ -538,6 +538,19 @@ function wire(r) {
     n.textContent = "Cannot decrypt: check the passphrase";
     el.append(n);
   });
+  r.addEventListener("video_adaptation", ({ detail }) => {
+    // Our link cannot carry this video now: the server paused it (audio goes on), or warns it may.
+    const el = $(`tile-${detail.participantId}`);
+    if (!el) return;
+    el.querySelector(".notice.adapt")?.remove();
+    const text = { video_disabled_warning: "Weak connection: video may pause",
+      video_disabled: "Video paused: your connection is too weak (audio continues)" }[detail.state];
+    if (!text) return; // lifted, or enabled again
+    const n = document.createElement("span");
+    n.className = "notice adapt"; n.setAttribute("role", "status");
+    n.textContent = text;
+    el.append(n);
+  });
   r.addEventListener("media_mode_changed", ({ detail }) => {
     for (const el of [...document.querySelectorAll(".tile")]) if (el.id !== `tile-${r.me.id}`) el.remove();
     status(detail.mode === "routed" ? "More people joined: audio and video now go through the server."

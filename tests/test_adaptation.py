@@ -1,0 +1,173 @@
+"""The per-subscriber adaptation's rules (mediaserver.media.adaptation), on plain data: layers
+down under congestion, a warning, then audio only; back up by trial when the link is clean;
+one subscriber's trouble never changes another's caps."""
+
+from __future__ import annotations
+
+from mediaserver.media.adaptation import HOLD, MAX_UP_WAIT, TRIAL, UP_WAIT, Adaptation, RouteInfo
+
+PUB, TRACK = "pub", 0x1000
+A, B = "sub-a", "sub-b"
+
+
+def routes(requested_a: int = 2, requested_b: int = 2) -> list[RouteInfo]:
+    return [RouteInfo(PUB, TRACK, A, 0x3001, 3, requested_a), RouteInfo(PUB, TRACK, B, 0x3002, 3, requested_b)]
+
+
+class Link:
+    """Receiver reports and estimates as a subscriber would send them, one step at a time."""
+
+    def __init__(self, adaptation: Adaptation):
+        self.ad = adaptation
+        self.seq = {A: 0, B: 0}
+        self.events: list[dict] = []
+        self.caps: dict[str, int] = {}
+        self.now = 0.0
+
+    def step(self, loss: dict[str, float], estimates: dict[str, int] | None = None, rs=None, dt: float = 0.5) -> dict:
+        self.now += dt
+        quality = {}
+        for sub, fraction in loss.items():
+            self.seq[sub] += 50  # a new report
+            quality[(sub, 0x3001 if sub == A else 0x3002)] = {"fraction_lost": fraction, "highest_seq": self.seq[sub],
+                                                              "lost": 0, "jitter": 1, "lsr": 0}
+        changes, events = self.ad.step(rs or routes(), {A: 1, B: 1}, estimates or {}, quality, self.now)
+        self.events += events
+        for (_, _, sub), cap in changes.items():
+            self.caps[sub] = cap
+        return changes
+
+    def kinds(self, sub: str) -> list[str]:
+        return [e["type"] for e in self.events if e["subscriber"] == sub]
+
+
+def measured() -> Adaptation:
+    ad = Adaptation()
+    ad.measure({(PUB, TRACK): [0, 0, 0]}, 0.0)
+    ad.measure({(PUB, TRACK): [10_000, 40_000, 120_000]}, 1.0)  # 80 / 320 / 960 kbit/s
+    return ad
+
+
+def test_layer_bitrates_are_measured_from_the_bytes_counted():
+    ad = measured()
+    assert ad.rates[(PUB, TRACK)] == [80_000, 320_000, 960_000]
+    ad.measure({(PUB, TRACK): [20_000, 40_000, 120_000]}, 2.0)  # layers 1 and 2 switched off: they keep theirs
+    assert ad.rates[(PUB, TRACK)] == [80_000, 320_000, 960_000]
+    assert ad.rate(PUB, TRACK, 2) == 960_000
+    fresh = Adaptation()
+    assert fresh.rate(PUB, TRACK, 0) > 0  # unmeasured: assumed, not free
+
+
+def test_congestion_steps_down_then_warns_then_falls_back_to_audio_for_that_subscriber_only():
+    link = Link(measured())
+    seen = []
+    while link.caps.get(A) != -1:
+        if link.step({A: 0.3, B: 0.0}):
+            seen.append((link.now, link.caps[A], link.kinds(A)))
+        assert link.now < 10
+    # One notch per HOLD seconds: two layers down, a warning on the lowest, then audio only.
+    assert [(cap, kinds) for _, cap, kinds in seen] == [(1, []), (0, []), (-1, ["video_disabled_warning", "video_disabled"])]
+    assert all(b[0] - a[0] >= HOLD for a, b in zip(seen, seen[1:]))
+    assert link.kinds(A) == ["video_disabled_warning", "video_disabled"]
+    assert link.kinds(B) == [] and B not in link.caps
+    assert {e["reason"] for e in link.events} == {"bandwidth"} and all(e["publisher"] == PUB for e in link.events)
+
+
+def test_the_same_report_read_twice_is_not_twice_the_loss():
+    ad = measured()
+    quality = {(A, 0x3001): {"fraction_lost": 0.5, "highest_seq": 7, "lost": 3, "jitter": 1, "lsr": 0}}
+    caps = []
+    for i in range(3):  # (within UP_WAIT: no step up yet)
+        changes, _ = ad.step(routes(), {}, {}, quality, 1.0 + i * HOLD)
+        caps += list(changes.values())
+    assert caps == [1]  # one step down; then no news (not more loss)
+
+
+def test_a_paused_video_comes_back_by_trial_when_the_link_clears():
+    link = Link(measured())
+    while link.caps.get(A) != -1:
+        link.step({A: 0.3})
+    paused_at = link.now
+    # Clean from now on: after UP_WAIT a trial on the lowest layer, enabled TRIAL seconds later.
+    while link.caps.get(A) == -1:
+        link.step({A: 0.0})
+    assert link.caps[A] == 0 and UP_WAIT <= link.now - paused_at <= UP_WAIT + 1
+    assert link.kinds(A)[-1] == "video_disabled"
+    trial = link.now
+    while link.kinds(A)[-1] != "video_enabled":
+        link.step({A: 0.0})
+        assert link.now - trial <= TRIAL + 0.5
+    # And up again, layer by layer, to what it asked for.
+    while link.caps[A] < 2:
+        link.step({A: 0.0})
+        assert link.now - trial < 30
+    assert link.kinds(A).count("video_enabled") == 1
+
+
+def test_a_trial_that_congests_is_paused_again_and_the_next_waits_longer():
+    link = Link(measured())
+    while link.caps.get(A) != -1:
+        link.step({A: 0.3})
+    while link.caps[A] == -1:
+        link.step({A: 0.0})
+    first_trial = link.now
+    while link.caps[A] != -1:
+        link.step({A: 0.4})  # the link still cannot carry it
+        assert link.now - first_trial <= HOLD + 0.5
+    assert link.kinds(A)[-1] == "video_disabled" and link.kinds(A).count("video_disabled") == 1  # still disabled
+    while link.caps[A] == -1:
+        link.step({A: 0.0})
+    assert link.now - first_trial >= min(2 * UP_WAIT, MAX_UP_WAIT)
+
+
+def test_an_estimate_fallen_far_under_what_is_sent_is_congestion_a_low_one_alone_is_not():
+    link = Link(measured())
+    link.step({}, {A: 400_000})  # under the 1,000 kbit/s it receives (video and audio), but only lagging: nothing
+    link.step({}, {A: 1_200_000})
+    link.step({}, {A: 850_000})  # fell to 85% of what arrives: queueing on a link that carries it (or a busy CPU)
+    assert link.caps == {}
+    link.step({}, {A: 250_000})  # fell far under what is sent: a bottleneck
+    assert link.caps == {A: 1}
+
+
+def test_a_subscriber_that_asked_for_less_steps_down_from_what_it_gets():
+    link = Link(measured())
+    link.step({A: 0.3}, rs=routes(requested_a=1))
+    assert link.caps == {A: 0}  # from layer 1 (what it gets), not from the unused top
+    # Routes that go drop their state.
+    link.ad.step([], {}, {}, {}, link.now + 1)
+    assert link.ad.videos == {} and link.ad.subscribers == {}
+
+
+def test_a_warning_is_lifted_on_clean_reports_only_and_a_relapse_soon_after_pauses_at_once():
+    link = Link(measured())
+    rs = routes(requested_a=0)  # A is on the lowest layer already: its first congestion warns
+    link.step({A: 0.3}, rs=rs)
+    assert link.kinds(A) == ["video_disabled_warning"]
+    for _ in range(10):
+        link.step({}, rs=rs)  # silence between reports is no news: not lifted
+    assert link.kinds(A) == ["video_disabled_warning"]
+    while link.kinds(A)[-1] != "video_disabled_warning_lifted":
+        link.step({A: 0.0}, rs=rs)
+        assert link.now < 30
+    # Struggling again right after: the link cannot carry even this layer; no second round of warnings.
+    link.step({A: 0.3}, rs=rs)
+    assert link.kinds(A)[-2:] == ["video_disabled_warning", "video_disabled"] and link.caps[A] == -1
+
+
+def test_a_warned_video_that_keeps_losing_a_little_is_paused_and_so_is_a_lossy_trial():
+    link = Link(measured())
+    rs = routes(requested_a=0)
+    link.step({A: 0.3}, rs=rs)
+    assert link.kinds(A) == ["video_disabled_warning"]
+    warned = link.now
+    while link.caps.get(A) != -1:
+        link.step({A: 0.05}, rs=rs)  # GCC's hold zone: not congestion, not room either
+        assert link.now - warned < 10
+    assert link.kinds(A) == ["video_disabled_warning", "video_disabled"] and link.now - warned >= 4
+    while link.caps[A] == -1:
+        link.step({}, rs=rs)  # paused: no reports; a trial comes
+    link.step({A: 0.05}, rs=rs)
+    link.step({A: 0.05}, rs=rs)
+    link.step({A: 0.05}, rs=rs)
+    assert link.caps[A] == -1 and "video_enabled" not in link.kinds(A)

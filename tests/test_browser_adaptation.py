@@ -1,0 +1,171 @@
+"""Audio fallback and video recovery per subscriber (issue 12, part 4), as users would meet it: a
+Chromium camera (simulcast), a viewer on a clean link and a viewer behind a weak one (300 kbit/s,
+40 ms, 2% loss each way: a shaped link into a namespace of its own, tests/shaped_link.py). The
+weak viewer's video from that camera steps down and pauses (audio goes on, the page says so);
+the clean viewer keeps the full layer and the camera keeps sending it. When the link clears the
+weak viewer's video comes back by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import pytest
+
+from tests.browsers import CHROMIUM, FLAGS, needs_chromium, noise_camera
+from tests.helpers import ServerProcess, create_key, make_room, make_token, server_env
+from tests.shaped_link import NEAR, Shape, ShapedLink
+
+pytestmark = [
+    needs_chromium,
+    pytest.mark.skipif(not shutil.which("ffmpeg"), reason="ffmpeg makes the camera's file"),
+    pytest.mark.skipif(not shutil.which("nsenter"), reason="nsenter runs the weak viewer's browser behind the link"),
+]
+
+WEAK = Shape(rate=300_000, delay=0.04, loss=0.02)
+RECEIVED = """async () => {
+  const out = { video: [], audioPackets: 0, videoBytes: 0 };
+  for (const [, pc] of window.room._receiving()) {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      if (s.kind === "audio") out.audioPackets += s.packetsReceived || 0;
+      else { out.video.push({ frames: s.framesDecoded || 0, width: s.frameWidth || 0, track: s.trackIdentifier });
+             out.videoBytes += s.bytesReceived || 0; }
+    });
+  }
+  out.t = performance.now();
+  return out;
+}"""
+SENDING = """() => window.room.publishPc.getTransceivers().find((t) => t.sender.track && t.sender.track.kind === "video")
+  .sender.getParameters().encodings.map((e) => e.active)"""
+
+
+@pytest.fixture(scope="module")
+def link():
+    with ShapedLink() as shaped:
+        yield shaped
+
+
+@pytest.fixture(scope="module")
+def near_server(link, tmp_path_factory):
+    """A server on the link's near address: the clean pages reach it there over lo, the weak
+    viewer through the link."""
+    data_dir = tmp_path_factory.mktemp("adaptation")
+    env = server_env(data_dir, host=NEAR, media_bind_host=NEAR,
+                     media_allowed_networks='["127.0.0.0/8", "10.77.0.0/24"]')
+    srv = ServerProcess(data_dir=data_dir, env=env, host=NEAR)
+    srv.key = create_key(env)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+async def _until(what: str, check, timeout: float):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.3)
+
+
+async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers(link, near_server, tmp_path):
+    from playwright.async_api import async_playwright
+
+    srv = near_server
+    camera = noise_camera(tmp_path)
+    async with async_playwright() as p, srv.http() as http:
+        # (Not loopback, so not a secure context by itself: camera and microphone need one.)
+        flags = FLAGS + [f"--unsafely-treat-insecure-origin-as-secure={srv.url}"]
+        near = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags + [f"--use-file-for-fake-video-capture={camera}"])
+        far = await p.chromium.launch(executable_path=link.far_executable(CHROMIUM, str(tmp_path)), headless=True, args=flags)
+        room = await make_room(http, name="Weak link", media_mode="routed")
+        pages = {}
+        # Wide windows: each viewer's tiles are large enough to want the camera's full layer.
+        for who, browser, role in (("cam", near, "moderator"), ("clean", near, "subscriber"), ("weak", far, "subscriber")):
+            page = await (await browser.new_context(viewport={"width": 1920, "height": 1080})).new_page()
+            await page.goto(f"{srv.url}/join/{room['id']}?token={await make_token(http, room['id'], who, role)}")
+            await page.get_by_role("button", name="Join now").click()
+            pages[who] = page
+        cam, clean, weak = pages["cam"], pages["clean"], pages["weak"]
+        await cam.wait_for_function("window.room && window.room.publishPc && window.room.publishPc.connectionState === 'connected'", timeout=30000)
+        track = await cam.evaluate("window.room.trackIdOf(window.room._stream.getVideoTracks()[0])")
+
+        async def video(page):
+            return next((v for v in (await page.evaluate(RECEIVED))["video"] if v["track"] == track), None)
+
+        # Both viewers decode the full layer on a clean link.
+        for page in (clean, weak):
+            await _until("the full layer for each viewer", lambda page=page: _full(page, video), 45)
+
+        await weak.evaluate("window.__adapted = []; window.room.addEventListener('video_adaptation', (e) => window.__adapted.push(e.detail.state))")
+        state = f"window.room.videoStates.get('{track}') || null"
+        # The weak viewer's link degrades: it is warned, then gets what the link carries, the
+        # lower layer if that fits, else audio only (which one depends on the lower layer's rate).
+        link.set(WEAK)
+        shaped = asyncio.get_running_loop().time()
+        await _until("a warning", lambda: weak.evaluate("window.__adapted.includes('video_disabled_warning')"), 40)
+        outcome = None
+        while outcome is None:
+            assert asyncio.get_running_loop().time() - shaped < 60, await weak.evaluate("window.__adapted")
+            if await weak.evaluate(state) == "video_disabled":
+                outcome = "audio only"
+                break
+            v1 = await video(weak)
+            await asyncio.sleep(2)
+            v2 = await video(weak)
+            if await weak.evaluate(state) != "video_disabled" and v2["width"] <= 400 and v2["frames"] >= v1["frames"] + 20:
+                outcome = f"the lower layer ({v2['width']} px)"
+        settled = asyncio.get_running_loop().time() - shaped
+        if outcome == "audio only":
+            await weak.locator(".notice.adapt", has_text="Video paused").wait_for(timeout=5000)
+            events = await weak.evaluate("window.__adapted")
+            assert events.index("video_disabled_warning") < events.index("video_disabled"), events
+            # Paused: (almost) no video frames, audio goes on.
+            a, v = await weak.evaluate(RECEIVED), await video(weak)
+            await asyncio.sleep(2)
+            b, w = await weak.evaluate(RECEIVED), await video(weak)
+            assert b["audioPackets"] > a["audioPackets"] + 20, (a, b)
+            assert w["frames"] - v["frames"] <= 15, (v, w)  # (a trial of the lower layer may show a few)
+        # The clean viewer is untouched: the full layer, at its rate; the camera sends it still.
+        c1 = await clean.evaluate(RECEIVED)
+        await asyncio.sleep(2)
+        c2 = await clean.evaluate(RECEIVED)
+        rate = 8 * (c2["videoBytes"] - c1["videoBytes"]) / ((c2["t"] - c1["t"]) / 1000)
+        print(f"weak viewer: {outcome} {settled:.1f} s after the link degraded; clean viewer meanwhile: "
+              f"{rate / 1e6:.2f} Mbit/s, {(await video(clean))['width']} px wide")
+        assert (await video(clean))["width"] >= 600 and rate > 300_000, rate
+        assert await cam.evaluate(SENDING) == [True, True]
+        assert await clean.evaluate(state) is None
+
+        # The link clears: the full video comes back by itself (from a keyframe), and with it
+        # video_enabled if it had been paused.
+        link.clear()
+        cleared = asyncio.get_running_loop().time()
+        before = (await video(weak))["frames"]
+        if outcome == "audio only":
+            await _until("the weak viewer's video enabled again",
+                         lambda: weak.evaluate(f"window.room.videoStates.get('{track}') === 'video_enabled'"), 30)
+            await _until("frames decoded again", lambda: _more(weak, video, before + 10), 15)
+        back = asyncio.get_running_loop().time() - cleared
+        await _until("the weak viewer's full layer again", lambda: _full(weak, video, before + 10), 40)
+        full = asyncio.get_running_loop().time() - cleared
+        events = await weak.evaluate("window.__adapted")
+        print(f"after the link cleared: video again in {back:.1f} s, the full layer in {full:.1f} s; the weak viewer's events: {events}")
+        if "video_disabled" in events:
+            assert events[-1] == "video_enabled", events
+        assert await weak.evaluate(state) in ("video_enabled", "video_disabled_warning_lifted"), events
+        assert await weak.locator(".notice.adapt").count() == 0
+        await near.close()
+        await far.close()
+
+
+async def _full(page, video, frames: int = 10):
+    v = await video(page)
+    return v is not None and v["width"] >= 600 and v["frames"] > frames
+
+
+async def _more(page, video, frames):
+    v = await video(page)
+    return v is not None and v["frames"] > frames
