@@ -334,10 +334,10 @@ class MediaWorker:
         for (src, ssrc, dst), (out, video, layers, requested) in self._routes.items():
             if dst not in receivers:
                 continue  # legs to other workers and the recorder get what they are sent
-            if video:
-                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested))
-            else:
+            if not video:
                 audio[dst] += 1
+            elif layers >= 2:  # (a video sent as one stream has nothing to step down to)
+                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested))
         if not routes and not self.adaptation.videos:
             return
         self.adaptation.measure(self.forwarder.layer_bytes(), now)
