@@ -168,6 +168,9 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
             loop="none",  # we already run on uvloop
             log_level=settings.log_level,
             ws_max_size=256 * 1024,
+            # Messages are small JSON: compressing them saves little on the wire and costs each
+            # WebSocket a zlib context both ways (~100 KB) and CPU on every message.
+            ws_per_message_deflate=False,
             access_log=settings.log_level == "debug",
         )
         server = uvicorn.Server(config)
