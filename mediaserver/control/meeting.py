@@ -99,11 +99,13 @@ class MeetingRules:
         self.questions: dict[str, dict] = {}  # id -> row with "voters" (a set)
         self._said: dict[str, deque] = {}  # participant -> times of its recent chat messages
         self._asked: dict[str, deque] = {}
+        self._no_chat = False  # known to have no chat message yet (no need to ask the store)
 
     async def _load_meeting(self) -> None:
         self.questions = {}
+        self._no_chat = self.session["last_seq"] == 0
         if self.session["last_seq"] == 0:
-            return  # a new session: no questions yet
+            return  # a new session: no questions yet (and no chat: every message is an event)
         for q in await self.store.session_questions(self.session_id):
             q["voters"] = set(q["voters"])
             self.questions[q["id"]] = q
@@ -130,6 +132,8 @@ class MeetingRules:
 
     async def chat_history(self, participant_id: str, limit: int = CHAT_HISTORY) -> list[dict]:
         """What this participant may read: its room's messages and those sent to every room."""
+        if self._no_chat:
+            return []  # (a new session's first joins: one query fewer each)
         room = self.room_of(participant_id)
         rows = await self.store.chat_history(self.session_id, [room, "*"], limit=limit)
         return [self._public_chat(r) for r in rows]
@@ -345,6 +349,7 @@ class MeetingRules:
             tx.event("chat", participant_id, "broadcast" if all_rooms else "room", breakout_id=room, message=message)
             tx.change.chat.append(row)
             await self._commit(tx)
+            self._no_chat = False
             return message
 
     # Q&A -------------------------------------------------------------------------------
