@@ -512,41 +512,23 @@ cdef class FastPath:
 
     def set_layer(self, str src, uint32_t track_ssrc, str dst, int layer, double now):
         """Send ``dst`` another layer of a simulcast track, from the layer's next keyframe (asked for now)."""
-        s, d = self.ids.get(src), self.ids.get(dst)
-        if s is None or d is None:
-            return []
-        cdef int si = s, di = d, r, L
-        cdef size_t t
-        cdef Track* tr
-        cdef unordered_map[uint64_t, int].iterator it
-        with nogil:
-            self.lock()
-            it = self.by_track.find(pair(si, track_ssrc))
-            if it != self.by_track.end() and self.tracks[deref(it).second >> 2].nlayers:
-                t = deref(it).second >> 2
-                tr = &self.tracks[t]
-                for r in range(tr.nroutes):
-                    if tr.routes[r].dst == di:
-                        tr.routes[r].layer = layer if layer < tr.nlayers else tr.nlayers - 1
-                        if tr.routes[r].layer < 0:
-                            tr.routes[r].layer = 0
-                        L = self._wanted(tr, &tr.routes[r], now)
-                        if L >= 0 and tr.routes[r].current != L and tr.layers[L].has_ssrc:
-                            self._request_keyframe(t, L, now, &self.ctl)
-                        break
-            self._flush(&self.ctl)
-            self.unlock()
-        return self._collected()
+        return self._set_choice(src, track_ssrc, dst, layer, False, now)
 
     def set_cap(self, str src, uint32_t track_ssrc, str dst, int cap, double now):
         """The highest layer of a simulcast track ``dst``'s link carries (the adaptation's choice,
         under the layer it asked for); -1 pauses its video, which resumes from a keyframe."""
+        return self._set_choice(src, track_ssrc, dst, cap, True, now)
+
+    cdef list _set_choice(self, str src, uint32_t track_ssrc, str dst, int value, bint is_cap, double now):
+        """A simulcast route's layer (asked for) or cap (its link's), then the keyframe of the
+        layer it should get now, unless it has it or its video is paused."""
         s, d = self.ids.get(src), self.ids.get(dst)
         if s is None or d is None:
             return []
         cdef int si = s, di = d, r, L
         cdef size_t t
         cdef Track* tr
+        cdef Route* rt
         cdef unordered_map[uint64_t, int].iterator it
         with nogil:
             self.lock()
@@ -555,16 +537,22 @@ cdef class FastPath:
                 t = deref(it).second >> 2
                 tr = &self.tracks[t]
                 for r in range(tr.nroutes):
-                    if tr.routes[r].dst == di:
-                        tr.routes[r].cap = cap if cap < MAX_LAYERS else MAX_LAYERS - 1
-                        if tr.routes[r].cap < 0:
-                            tr.routes[r].cap = -1
-                            tr.routes[r].current = -1  # (its numbers go on from the last packet sent when it resumes)
-                            break
-                        L = self._wanted(tr, &tr.routes[r], now)
-                        if L >= 0 and tr.routes[r].current != L and tr.layers[L].has_ssrc:
-                            self._request_keyframe(t, L, now, &self.ctl)
-                        break
+                    if tr.routes[r].dst != di:
+                        continue
+                    rt = &tr.routes[r]
+                    if not is_cap:
+                        rt.layer = value if value < tr.nlayers else tr.nlayers - 1
+                        if rt.layer < 0:
+                            rt.layer = 0
+                    else:
+                        rt.cap = value if value < MAX_LAYERS else MAX_LAYERS - 1
+                        if rt.cap < 0:
+                            rt.cap = -1
+                            rt.current = -1  # (its numbers go on from the last packet sent when it resumes)
+                    L = self._wanted(tr, rt, now)
+                    if L >= 0 and rt.current != L and tr.layers[L].has_ssrc:
+                        self._request_keyframe(t, L, now, &self.ctl)
+                    break
             self._flush(&self.ctl)
             self.unlock()
         return self._collected()
