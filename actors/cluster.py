@@ -48,6 +48,13 @@ def init(address: str | None, namespace: str, *, verbose: bool = False, labels: 
         else:
             lean = _start_lean_node(verbose, labels or {})
             if lean:
+                # ray.init turns a loopback address into this machine's routable one before it
+                # connects, unless it knows the node it runs on; the lean node listens on
+                # loopback only, so it is told (on a machine with a network interface it hung,
+                # "Failed to connect to GCS at address <LAN address>").
+                import ray._private.worker as ray_worker
+
+                ray_worker._global_node = _local_node
                 ray.init(address=lean, **kwargs)
             else:
                 # "local": a new instance of our own, even if `ray start` left a cluster recorded on

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 
-from tests.helpers import ServerProcess, cli, free_port, server_env
+from tests.helpers import BIN, ServerProcess, cli, free_port, server_env
 
 
 @pytest.fixture
@@ -177,3 +180,31 @@ def test_serve_starts_a_local_turn_server_when_asked(tmp_path):
     finally:
         assert srv.stop() == 0, srv.log()
     assert not stun_answers("127.0.0.1", port), "coturn must stop with the server"
+
+
+def test_serve_starts_on_a_machine_with_a_network_interface(tmp_path):
+    """The suite's namespace has only loopback; a real machine has an interface with a routable
+    address, and Ray turns a loopback address into that one before it connects: `serve` hung
+    there ("Failed to connect to GCS at address <that address>"). A namespace of its own with
+    such an interface (one end of a veth pair whose other end is in the same namespace: nothing
+    leaves it) shows it starts and serves."""
+    log = tmp_path / "serve.log"
+    script = f"""
+ip link set lo up
+ip link add eth9 type veth peer name eth10 && ip addr add 192.0.2.77/24 dev eth9 && ip link set eth9 up && ip link set eth10 up && ip route add default dev eth9
+"{BIN}" serve --port 0 > "{log}" 2>&1 &
+pid=$!
+for i in $(seq 1 120); do grep -q "is ready" "{log}" && break; kill -0 $pid 2>/dev/null || break; sleep 0.5; done
+url=$(grep -o "URL: *http://[0-9.:]*" "{log}" | awk '{{print $2}}')
+"{sys.executable}" -c "import sys, urllib.request; print('status', urllib.request.urlopen(sys.argv[1] + '/v1/health').status)" "$url" || true
+kill -INT $pid; (sleep 30; kill -9 $pid 2>/dev/null) & wait $pid
+echo "exit $?"
+"""
+    env = {**os.environ, **server_env(tmp_path)}
+    for ns in (["unshare", "-n"], ["unshare", "-rn"]):
+        done = subprocess.run([*ns, "sh", "-c", script], env=env, capture_output=True, text=True, timeout=240)
+        if "unshare:" not in done.stderr:
+            break
+    out = log.read_text() if log.exists() else ""
+    assert "is ready" in out and "Failed to connect to GCS" not in out, out[-3000:]
+    assert "status 200" in done.stdout and "exit 0" in done.stdout, (done.stdout, done.stderr[-2000:])
