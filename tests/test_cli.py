@@ -197,7 +197,9 @@ pid=$!
 for i in $(seq 1 120); do grep -q "is ready" "{log}" && break; kill -0 $pid 2>/dev/null || break; sleep 0.5; done
 url=$(grep -o "URL: *http://[0-9.:]*" "{log}" | awk '{{print $2}}')
 "{sys.executable}" -c "import sys, urllib.request; print('status', urllib.request.urlopen(sys.argv[1] + '/v1/health').status)" "$url" || true
-kill -INT $pid; (sleep 30; kill -9 $pid 2>/dev/null) & wait $pid
+kill -INT $pid
+for i in $(seq 1 60); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done  # (not waited for yet: its PID stays its own)
+kill -9 $pid 2>/dev/null; wait $pid
 echo "exit $?"
 """
     env = {**os.environ, **server_env(tmp_path)}
