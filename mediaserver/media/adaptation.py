@@ -78,7 +78,7 @@ class _Subscriber:
     clean_since: float = 0.0
     changed_at: float = -1e9  # the last step down or up
     up_wait: float = UP_WAIT
-    last_up: tuple | None = None  # (route key, when) of the last step up, to take back if it congests
+    last_up: float | None = None  # when the last step up was (a congestion soon after takes it back)
 
 
 class Adaptation:
@@ -106,10 +106,10 @@ class Adaptation:
 
     def rate(self, publisher: str, track_ssrc: int, layer: int) -> float:
         rates = self.rates.get((publisher, track_ssrc), [])
-        known = [r for r in rates[: layer + 1] if r > 0]
         if layer < len(rates) and rates[layer] > 0:
             return rates[layer]
-        return (known[-1] * 3 if known else UNMEASURED)  # (a layer up is about three times the one below)
+        known = [r for r in rates[:layer] if r > 0]
+        return known[-1] * 3 if known else UNMEASURED  # (a layer up is about three times the one below)
 
     def step(
         self, routes: list[RouteInfo], audio: dict[str, int], estimates: dict[str, int], quality: dict[tuple[str, int], dict],
@@ -168,11 +168,11 @@ class Adaptation:
         if not clean:
             sub.clean_since = now
         if congested:
-            if sub.last_up is not None and now - sub.last_up[1] < TRIAL + HOLD:
+            if sub.last_up is not None and now - sub.last_up < TRIAL + HOLD:
                 sub.up_wait = min(sub.up_wait * 2, MAX_UP_WAIT)  # that step up was too much
             sub.last_up = None
             if now - sub.changed_at >= HOLD:
-                self._down(sid, videos, now, sub, changes, events)
+                self._down(videos, now, sub, changes, events)
             return
         if not clean:  # between 2% and 10% lost: GCC holds; a warned or trial video does not
             if now - sub.changed_at >= HOLD:
@@ -196,7 +196,7 @@ class Adaptation:
         if clean and now - sub.changed_at >= 4 * MAX_UP_WAIT:
             sub.up_wait = UP_WAIT  # long clean: the link may have changed
 
-    def _down(self, sid, videos, now, sub, changes, events) -> None:
+    def _down(self, videos, now, sub, changes, events) -> None:
         # The lowest priority first; a video above its lowest layer goes down before any is paused.
         for key, r, v in reversed(videos):
             effective = min(v.cap, r.requested)
@@ -253,7 +253,7 @@ class Adaptation:
                 continue
             changes[key] = v.cap
             sub.changed_at = now
-            sub.last_up = (key, now)
+            sub.last_up = now
             return
 
 
