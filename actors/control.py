@@ -18,7 +18,8 @@ from actors.host import SessionHostActor
 from actors.media import media_worker
 from actors.view import ClusterView
 from mediaserver.config import Settings
-from mediaserver.control.directory import DirectoryCore
+from mediaserver.control.directory import UNREAD, DirectoryCore
+from mediaserver.control.host import brand_new
 from mediaserver.control.placement import Placement
 from mediaserver.control.topology import node_of
 from mediaserver.errors import MediaserverError
@@ -132,12 +133,19 @@ class ControlPlane:
 
     # Sessions --------------------------------------------------------------------------
 
-    async def open_session(self, room: dict, client_address: str | None = None) -> dict:
+    async def open_session(
+        self, room: dict, client_address: str | None = None, *, existing: Any = UNREAD, slot: dict | None = None,
+    ) -> tuple[dict, dict | None]:
+        """The room's unended session (opened if there is none) and, when this call created
+        it, what its host may start from instead of reading the store (``SessionHost.call``'s
+        ``new``: the session, ``room`` and its event ``slot`` as the caller read them)."""
         await self.view.refresh()
-        session = await self.directory.open_session(room, client_address)
+        session, created = await self.directory.open(room, client_address, existing=existing)
         if session.get("host"):
             self._host_of[session["id"]] = session["host"]
-        return session
+        if not created or existing is UNREAD:
+            return session, None
+        return session, brand_new(session, room, slot)
 
     async def _host(self, session_id: str) -> Any:
         name = self._host_of.get(session_id)
@@ -159,12 +167,15 @@ class ControlPlane:
             )
         return handle
 
-    async def call(self, session_id: str, method: str, *args: Any, deadline: float = 30.0) -> Any:
+    async def call(
+        self, session_id: str, method: str, *args: Any, deadline: float = 30.0, new: dict | None = None,
+    ) -> Any:
         """Call a session's operation on its host, waiting out a host restart.
 
         Every session operation is safe to repeat: a repeated join replaces its own orphan
         (same identity), leave/resume/set_role/disconnect are idempotent, and a repeated end
-        answers ``session_ended``.
+        answers ``session_ended``. ``new`` (see ``open_session``) goes with the first attempt
+        only: once one has reached a host, the store may hold more than it says.
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
@@ -172,7 +183,7 @@ class ControlPlane:
         while True:
             host = await self._host(session_id)
             try:
-                return await cluster.call(host, "call", session_id, method, args)
+                return await cluster.call(host, "call", session_id, method, args, new if attempt == 0 else None)
             except MediaserverError as e:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 if e.code != "unavailable" or loop.time() + delay > end:

@@ -82,9 +82,9 @@ class SessionHostActor:
         self.places = ClusterPlaces(cfg, store)
         self.host = SessionHost(name, store, cfg, self.places)
 
-    async def call(self, session_id: str, method: str, args: tuple) -> Any:
+    async def call(self, session_id: str, method: str, args: tuple, new: dict | None = None) -> Any:
         await self._start()
-        return await self.host.call(session_id, method, *args)
+        return await self.host.call(session_id, method, *args, new=new)
 
     async def move_media(self, session_id: str, avoid: str | None) -> str:
         """Move a session's media off the worker ``avoid`` (its node is draining)."""

@@ -104,6 +104,26 @@ def cpu_by_process(root: int) -> dict[str, float]:
     return out
 
 
+def profile(root: int, out: str) -> list[subprocess.Popen]:
+    """py-spy on the gateway and every session host until stopped, raw stacks into ``out``/
+    (``pip install py-spy``; how the cold-join figure's CPU divides up)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    spies = []
+    for pid in tree(root):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        name = "gateway" if pid == root else "host" if any("SessionHostActor" in c for c in cmd) else None
+        if name:
+            spies.append(subprocess.Popen(
+                ["py-spy", "record", "-p", str(pid), "-r", "250", "-f", "raw", "--nonblocking",
+                 "-o", f"{out}/{name}-{pid}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+    time.sleep(1)  # (py-spy attaching)
+    return spies
+
+
 class Server:
     def __init__(self, data_dir: Path, env: dict):
         self.data_dir = data_dir
@@ -183,6 +203,13 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def ms(values: list[float]) -> dict:
+    """Count, p50 and p99 in milliseconds (none when nothing was measured)."""
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "p50": round(pct(values, 50) * 1000, 1), "p99": round(pct(values, 99) * 1000, 1)}
+
+
 async def make_rooms(http: httpx.AsyncClient, n: int, prefix: str) -> list[str]:
     sem = asyncio.Semaphore(16)
 
@@ -227,19 +254,28 @@ async def run(args: argparse.Namespace) -> dict:
 
             alone_rooms = await make_rooms(http, args.warm, "alone")
             alone = await joins(alone_rooms, "first", at_once=False)
-            out["cold_join_one_at_a_time_ms"] = {"n": len(alone), "p50": round(pct(alone, 50) * 1000, 1), "p99": round(pct(alone, 99) * 1000, 1)}
+            out["cold_join_one_at_a_time_ms"] = ms(alone)
             print(f"cold joins (new sessions, one at a time): {out['cold_join_one_at_a_time_ms']}", flush=True)
             cold_rooms = await make_rooms(http, args.cold, "cold")
-            cpu_before = cpu_seconds(server.proc.pid)
+            cpu_before, by_before = cpu_seconds(server.proc.pid), cpu_by_process(server.proc.pid)
+            spies = profile(server.proc.pid, args.profile) if args.profile else []
             cold = await joins(cold_rooms, "first")
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # (py-spy writes its samples on SIGINT)
+                spy.wait(30)
             cpu_used = cpu_seconds(server.proc.pid) - cpu_before
+            by_after = cpu_by_process(server.proc.pid)
             out["cold_join_ms"] = {
-                "n": len(cold), "p50": round(pct(cold, 50) * 1000, 1), "p99": round(pct(cold, 99) * 1000, 1),
+                **ms(cold),
                 "server_cpu_ms_per_join": round(cpu_used / len(cold) * 1000, 2),
+                "cpu_ms_per_join_by_process": {  # (the process name without its pid)
+                    k.split("[")[0]: round((v - by_before.get(k, 0.0)) / len(cold) * 1000, 2)
+                    for k, v in by_after.items() if v - by_before.get(k, 0.0) > 0
+                },
             }
             print(f"cold joins ({args.cold} new sessions at once): {out['cold_join_ms']}", flush=True)
             warm = await joins(cold_rooms[: args.warm], "second", at_once=False)
-            out["warm_join_ms"] = {"n": len(warm), "p50": round(pct(warm, 50) * 1000, 1), "p99": round(pct(warm, 99) * 1000, 1)}
+            out["warm_join_ms"] = ms(warm)
             print(f"warm joins (into live sessions, one by one): {out['warm_join_ms']}", flush=True)
 
             await asyncio.sleep(args.settle)
@@ -284,7 +320,7 @@ async def run(args: argparse.Namespace) -> dict:
             out["asleep"] = {
                 "sessions": rest, "memory": asleep, "hosts": hosts,
                 "pss_mb_freed": round(after["pss_mb"] - asleep["pss_mb"], 1),
-                "rejoin_ms": {"n": len(rejoin), "p50": round(pct(rejoin, 50) * 1000, 1), "p99": round(pct(rejoin, 99) * 1000, 1)},
+                "rejoin_ms": ms(rejoin),
             }
             print(f"sessions in their grace period: {out['asleep']}", flush=True)
 
@@ -342,6 +378,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100, help="joins sent together while filling the server")
     p.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each memory reading")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", metavar="DIR", help="py-spy the gateway and hosts during the cold joins, raw stacks into DIR")
     args = p.parse_args()
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2) if args.json else json.dumps(result))

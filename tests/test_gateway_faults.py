@@ -21,10 +21,10 @@ class FailingControl:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def open_session(self, room: dict, address: str | None) -> dict:
-        return {"id": "sess_test", "room_id": room["id"]}
+    async def open_session(self, room: dict, address: str | None, **_known) -> tuple[dict, None]:
+        return {"id": "sess_test", "room_id": room["id"]}, None
 
-    async def call(self, session_id: str, method: str, *args):
+    async def call(self, session_id: str, method: str, *args, new: dict | None = None):
         self.calls.append(method)
         if method == "join":
             participant = {"id": "part_a", "identity": args[0], "name": args[1], "role": args[2], "state": "connected",

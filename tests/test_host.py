@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from mediaserver.control.directory import DirectoryCore
-from mediaserver.control.host import SessionHost
+from mediaserver.control.host import SessionHost, brand_new
 from mediaserver.errors import MediaserverError
 from mediaserver.media.service import WorkerService
 from mediaserver.store import Store
@@ -114,6 +114,43 @@ async def test_a_failure_in_one_session_leaves_its_neighbours_untouched(env):
     assert history == ["before", "again"]
     # Its participant's media starts over (a new owner cannot know its peer connections).
     assert host.units[broken].media.outbox[people[broken]][0]["type"] == "media_reset"
+
+
+async def test_a_brand_new_session_starts_from_what_its_creator_read_and_matches_the_store(env, monkeypatch):
+    """The gateway that creates a session hands its host the row, room and slot it has just
+    read (``brand_new``): the host reads none of them again, and ends up where a host loading
+    the session from the store does. Once loaded, what a later caller hands it is ignored."""
+    store, team, clock, new_host, directory = env
+    room = await store.create_room(team["id"], {**ROOM, "name": "fresh"})
+    session, created = await directory.open(room, existing=None)
+    assert created
+    reads = []
+    for name in ("get_session", "get_room", "slot_for_room"):
+        real = getattr(store, name)
+
+        async def counted(*args, real=real, name=name, **kwargs):
+            reads.append(name)
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    host = new_host()
+    await host.start()
+    reads.clear()  # (starting reads what the host owns: not this session)
+    joined = await host.call(session["id"], "join", "mod", "Mod", "moderator", new=brand_new(session, room, None))
+    assert reads == []
+    monkeypatch.undo()
+    unit = host.units[session["id"]]
+    other = new_host()  # a second host, as after a restart: everything from the store
+    from_store = await other._unit(session["id"])
+    assert unit.core.room == from_store.core.room and unit.core.event == from_store.core.event is None
+    assert {k: v for k, v in unit.core.session.items() if k != "last_seq"} == {
+        k: v for k, v in from_store.core.session.items() if k != "last_seq"
+    }
+    assert list(from_store.core.participants) == [joined["participant"]["id"]]
+    # Handed again to a unit already loaded (a stale view): ignored.
+    stale = brand_new({**session, "status": "ended"}, {**room, "name": "stale"}, None)
+    again = await host.call(session["id"], "join", "sub", "Sub", "subscriber", new=stale)
+    assert again["session"]["status"] == "live" and host.units[session["id"]].core.room["name"] == "fresh"
 
 
 async def test_a_session_nobody_is_connected_to_sleeps_and_wakes_with_its_state(env):

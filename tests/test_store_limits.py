@@ -157,6 +157,35 @@ async def test_many_first_joins_of_one_room_open_one_session(stores):
     assert sum(created for _, created in ok) == 1
 
 
+async def test_first_joins_that_all_saw_no_session_open_one(stores):
+    """A gateway that has just read "no session" skips reading it again in the transaction:
+    the one-per-room index still makes every concurrent opener end up in the same session."""
+    team = await stores[0].ensure_team("seen none")
+    room = await stores[0].create_room(team["id"], {**ROOM})
+    ok, refused = await burst(
+        stores, [lambda s: s.open_session(room, time.time(), default_limit=10, none_seen=True) for _ in range(BURST)]
+    )
+    assert not refused and len({session["id"] for session, _ in ok}) == 1
+    assert sum(created for _, created in ok) == 1
+
+
+async def test_first_joins_of_a_room_at_the_team_limit_join_the_session_one_of_them_opened(stores):
+    """The team has room for one more session and a burst opens the same room: one opens it,
+    the others join it rather than being refused for the session it became."""
+    team = await stores[0].ensure_team("one more", max_live_sessions=2)
+    await stores[0].open_session(await stores[0].create_room(team["id"], {**ROOM, "name": "other"}), time.time(), default_limit=10)
+    room = await stores[0].create_room(team["id"], {**ROOM, "name": "last"})
+    ok, refused = await burst(
+        stores, [lambda s: s.open_session(room, time.time(), default_limit=10, none_seen=True) for _ in range(BURST)]
+    )
+    assert not refused and len({session["id"] for session, _ in ok}) == 1
+    assert await stores[0].count_live_sessions(team["id"]) == 2
+    third = await stores[0].create_room(team["id"], {**ROOM, "name": "third"})
+    with pytest.raises(MediaserverError) as e:
+        await stores[0].open_session(third, time.time(), default_limit=10, none_seen=True)
+    assert e.value.code == "session_limit_reached"
+
+
 async def test_ending_soon_sessions_coming_back_count_against_the_limit(stores):
     """Sessions with nobody connected do not count; bringing several back at once is checked in
     the writes that bring them back."""

@@ -14,6 +14,8 @@ class Admission:
     grant: tokens.Grant
     key: dict
     room: dict
+    session: dict | None  # the room's unended session, if one runs
+    slot: dict | None  # the event slot the room was made for, if it was
 
 
 async def admit(store: Store, token: str, room_id: str | None) -> Admission:
@@ -27,7 +29,7 @@ async def admit(store: Store, token: str, room_id: str | None) -> Admission:
 
     grant = await tokens.verify(token, room_id=room_id, secret_for=secret_for)
     key = keys.get(grant.key_id)
-    room = await store.get_room(grant.room_id)
+    room, session, slot = await store.room_for_join(grant.room_id)
     if room is None or key is None or room["team_id"] != key["team_id"]:
         raise MediaserverError("room_not_found", f"no room {grant.room_id!r} for this token's API key")
-    return Admission(grant, key, room)
+    return Admission(grant, key, room, session, slot)

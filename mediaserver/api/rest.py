@@ -176,7 +176,7 @@ async def join_info(body: JoinInfoRequest, request: Request) -> JoinInfo:
     is the credential: no API key."""
     store = request.app.state.store
     admission = await admit(store, body.token, body.room_id)
-    session = await store.unended_session(admission.room["id"])
+    session = admission.session
     grant = admission.grant
     return JoinInfo(
         room=Room.from_row(admission.room), identity=grant.identity, name=grant.name, role=grant.role,

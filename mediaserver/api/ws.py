@@ -139,26 +139,23 @@ class Connection:
 
     async def join(self, msg: m.Join) -> None:
         admission = await admit(self.store, msg.token, msg.room_id)
-        grant, room = admission.grant, admission.room
-        slot = await self.store.slot_for_room(room["id"]) if grant.role != "moderator" else None
-        if slot is not None:
+        grant, room, current, slot = admission.grant, admission.room, admission.session, admission.slot
+        if slot is not None and grant.role != "moderator":
             # An event's session opens only when a speaker starts it: do not start one for a participant.
-            current = await self.store.unended_session(room["id"])
             if current is None or not (current.get("meeting") or {}).get("started"):
                 starts = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(slot["starts_at"]))
                 raise MediaserverError(
                     "session_not_started", f"this session starts at {starts}; you can join once a speaker has started it"
                 )
-        if room["type"] == "group" and grant.role != "moderator":
-            current = await self.store.unended_session(room["id"])
-            if current is None or current["status"] == "ended":
-                raise MediaserverError(
-                    "not_group_leader", "only the group's leaders and co-leaders may start a session for it; join once it is live"
-                )
+        if room["type"] == "group" and grant.role != "moderator" and current is None:
+            raise MediaserverError(
+                "not_group_leader", "only the group's leaders and co-leaders may start a session for it; join once it is live"
+            )
         client = self.ws.client.host if self.ws.client else None
-        session = await self.control.open_session(room, self.client_address(client, self.ws.headers.get("x-forwarded-for")))
+        address = self.client_address(client, self.ws.headers.get("x-forwarded-for"))
+        session, new = await self.control.open_session(room, address, existing=current, slot=slot)
         self.session_id = session["id"]
-        result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role)
+        result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role, new=new)
         ttl = max(grant.expires_at - time.time(), 0) + self.settings.grace_seconds
         await self._welcome(msg.id, result, room, resumed=False, ttl=ttl)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from mediaserver.control.placement import Placement, WorkerLoad
 from mediaserver.control.topology import node_of
@@ -18,6 +18,7 @@ from mediaserver.ids import new_id
 from mediaserver.store import Store
 
 LOADS_TTL = 1.0  # seconds the hosts' and workers' session counts are reused between placements
+UNREAD = object()  # (``open``'s caller has not read the room's session)
 
 
 class DirectoryCore:
@@ -44,7 +45,13 @@ class DirectoryCore:
         return self.default_max_live_sessions
 
     async def open_session(self, room: dict, client_address: str | None = None) -> dict:
-        """The room's unended session, started (and placed) if there is none.
+        """The room's unended session, started (and placed) if there is none (see ``open``)."""
+        return (await self.open(room, client_address))[0]
+
+    async def open(self, room: dict, client_address: str | None = None, *, existing: Any = UNREAD) -> tuple[dict, bool]:
+        """The room's unended session, started (and placed) if there is none, and whether this
+        call created it. ``existing``: the room's unended session (or None) as the caller has
+        just read it, so it is not read again.
 
         A session that is ``ending_soon`` does not count against the team's limit; a join
         that would bring it back to ``live`` is checked like a new session. The store checks
@@ -52,17 +59,17 @@ class DirectoryCore:
         team's rooms cannot pass it together. A session is placed in the region of its room's
         location hint, else of the first client's address.
         """
-        existing = await self.store.unended_session(room["id"])
+        if existing is UNREAD:
+            existing = await self.store.unended_session(room["id"])
         if existing and existing["status"] == "live":
-            return existing  # (a join into a live session writes nothing here)
+            return existing, False  # (a join into a live session writes nothing here)
         placement = None
         if existing is None:
             region = self.placement.region_of(room.get("location_hint")) or self.placement.region_of(client_address)
             placement = await self.place(new_id("sess"), region)
-        session, _created = await self.store.open_session(
-            room, self.clock(), default_limit=self.default_max_live_sessions, placement=placement,
+        return await self.store.open_session(
+            room, self.clock(), default_limit=self.default_max_live_sessions, placement=placement, none_seen=existing is None,
         )
-        return session
 
     async def place(self, session_id: str, region: str | None = None) -> dict:
         """Where a new session goes: a media worker (by region and headroom), and the host with

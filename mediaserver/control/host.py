@@ -66,6 +66,14 @@ class MediaPlaces(Protocol):
     def recorder(self, worker: str) -> Any: ...  # the recorder on a media worker's node (archives)
 
 
+def brand_new(session: dict, room: dict, slot: dict | None) -> dict:
+    """What the creator of a session hands its host with the first call (``SessionHost.call``'s
+    ``new``): the row it inserted, as ``Store.get_session`` would read it, the room and the
+    room's event slot as it read them just before."""
+    row = {**session, "room_name": room["name"], "room_encryption": room["encryption"]}
+    return {"session": row, "room": room, "slot": slot}
+
+
 class SessionHost:
     def __init__(
         self, name: str, store: Store, cfg: dict, places: MediaPlaces, *, clock: Callable[[], float] = time.time,
@@ -124,11 +132,15 @@ class SessionHost:
 
     # Calls --------------------------------------------------------------------------------
 
-    async def call(self, session_id: str, method: str, *args: Any) -> Any:
-        """Run one operation of a session's unit, loading (or waking) the unit first."""
+    async def call(self, session_id: str, method: str, *args: Any, new: dict | None = None) -> Any:
+        """Run one operation of a session's unit, loading (or waking) the unit first.
+
+        ``new``: the caller has just created the session, and this is what it wrote and read
+        (``session``, ``room``, ``slot``): a unit not loaded yet starts from it instead of
+        reading the store, since a session nobody has joined has nothing else to read."""
         if method not in UNIT_METHODS:
             raise MediaserverError("invalid_request", f"no session operation {method!r}")
-        unit = await self._unit(session_id)
+        unit = await self._unit(session_id, new)
         unit.calls += 1
         try:
             result = getattr(unit, method)(*args)
@@ -142,23 +154,26 @@ class SessionHost:
         finally:
             unit.calls -= 1
 
-    async def _unit(self, sid: str) -> SessionUnit:
+    async def _unit(self, sid: str, new: dict | None = None) -> SessionUnit:
         unit = self.units.get(sid)
         if unit is not None:
             return unit
         task = self._loading.get(sid)
         if task is None:
-            task = self._loading[sid] = asyncio.ensure_future(self._load(sid))
+            task = self._loading[sid] = asyncio.ensure_future(self._load(sid, new))
             task.add_done_callback(lambda _t, sid=sid: self._loading.pop(sid, None))
         return await asyncio.shield(task)
 
-    async def _load(self, sid: str) -> SessionUnit:
-        row = await self.store.get_session(sid)
+    async def _load(self, sid: str, new: dict | None = None) -> SessionUnit:
+        row = new["session"] if new and new["session"]["id"] == sid else None
+        new = new if row else None
+        row = row or await self.store.get_session(sid)
         if row is None:
             raise MediaserverError("session_not_found", f"no session {sid}")
         worker = row.get("media_worker")
         if row["status"] != "ended" and (worker is None or not await self.places.usable(worker)):
             worker = await self.places.place(sid, worker, None)  # its worker's node is gone (or it has none yet)
+            row = {**row, "media_worker": worker}  # (as the store now has it)
         unit = SessionUnit(
             self.store, sid, self.places.worker(worker), grace=self.cfg["grace_seconds"], stale=self.cfg["stale_seconds"],
             live_limit=self.cfg.get("default_max_live_sessions"), quality_seconds=self.cfg.get("quality_seconds", 10.0),
@@ -167,7 +182,7 @@ class SessionHost:
             relayed_max=self.cfg.get("relayed_max_participants", 4), auto_back_to_direct=self.cfg.get("auto_back_to_direct", False),
             recorder=getattr(self.places, "recorder", None), archive_max_seconds=self.cfg.get("archive_max_seconds", 4 * 3600),
         )
-        await unit.load(row)
+        await unit.load(row, new)
         self.asleep.pop(sid, None)
         self.units[sid] = unit
         self._worker_of[sid] = worker

@@ -75,19 +75,20 @@ class SessionCore(MeetingRules):
         self.joining = 0  # joins under way: a session nobody has joined yet is not ended under them
         self.retired = False  # its owner let it go: it writes nothing more
 
-    async def ensure_loaded(self, session: dict | None = None) -> None:
+    async def ensure_loaded(self, session: dict | None = None, new: dict | None = None) -> None:
         async with self._load_lock:
             if not self.loaded:
-                await self.load(session)
+                await self.load(session, new)
 
     # Loading ----------------------------------------------------------------
 
-    async def load(self, session: dict | None = None) -> None:
-        """Load the session (``session``: its row, when the caller has just read it)."""
+    async def load(self, session: dict | None = None, new: dict | None = None) -> None:
+        """Load the session (``session``: its row, when the caller has just read it; ``new``:
+        the room and event slot its creator read as it created it, when it has just been)."""
         session = session or await self.store.get_session(self.session_id)
         if session is None:
             raise MediaserverError("session_not_found", f"no session {self.session_id}")
-        room = await self.store.get_room(session["room_id"])
+        room = new["room"] if new else await self.store.get_room(session["room_id"])
         fresh = session["last_seq"] == 0  # nothing has happened in it yet: nothing else to read
         parts = [] if fresh else await self.store.list_participants(self.session_id)
         recent = [] if fresh else await self.store.session_events(
@@ -102,7 +103,7 @@ class SessionCore(MeetingRules):
         self.last_seen = {pid: now for pid in self.participants}
         # Participants already here when this actor (re)started: their media must be adopted.
         self.restored = list(self.participants)
-        slot = await self.store.slot_for_room(session["room_id"])
+        slot = new["slot"] if new else await self.store.slot_for_room(session["room_id"])
         # An event's session: participants come in once a speaker has started it.
         self.event = None if slot is None else {"slot_id": slot["id"], "starts_at": slot["starts_at"], "spots": slot["spots"]}
         await self._load_meeting()

@@ -77,10 +77,11 @@ class SessionUnit:
 
     # Loading ----------------------------------------------------------------------
 
-    async def load(self, session: dict | None = None) -> None:
-        """Load the session from the store (``session``: its row, when just read); participants
-        it finds were connected to an owner that is gone, so their media starts over (``media_reset``)."""
-        await self.core.ensure_loaded(session)
+    async def load(self, session: dict | None = None, new: dict | None = None) -> None:
+        """Load the session from the store (``session``: its row, when just read; ``new``: what
+        the creator of a brand-new session read, see ``SessionHost.call``); participants it
+        finds were connected to an owner that is gone, so their media starts over (``media_reset``)."""
+        await self.core.ensure_loaded(session, new)
         if self.core.ended:
             await self.archives.adopt()  # (one still recording when it ended is stopped now)
             return
@@ -98,7 +99,7 @@ class SessionUnit:
                 for pid in restored:
                     await self.media.join(pid)
                 self.media.reset("the session was restored after a fault")
-        if not self.relayed:
+        if not self.relayed and new is None:  # (a brand-new session has no archive to take up)
             await self.archives.adopt()
         self._sync_breakout_rooms()
         await self.core.notify()

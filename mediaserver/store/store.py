@@ -27,6 +27,7 @@ from mediaserver.store.people_store import PeopleStore
 from mediaserver.store.schema import (
     api_keys,
     chat_messages,
+    event_slots,
     events,
     media_nodes,
     participants,
@@ -214,6 +215,28 @@ class Store(EventStore, PeopleStore, ArchiveStore):
             row = (await conn.execute(q)).mappings().first()
             return dict(row) if row else None
 
+    async def room_for_join(self, room_id: str) -> tuple[dict | None, dict | None, dict | None]:
+        """A room with its unended session and its event slot (each None when there is none),
+        read together in one statement: a join needs all three."""
+        s_cols = [c.label(f"s_{c.name}") for c in sessions.c]
+        e_cols = [c.label(f"e_{c.name}") for c in event_slots.c]
+        q = (
+            sa.select(rooms, *s_cols, *e_cols)
+            .select_from(
+                rooms.outerjoin(sessions, sa.and_(sessions.c.room_id == rooms.c.id, sessions.c.status != "ended"))
+                .outerjoin(event_slots, event_slots.c.room_id == rooms.c.id)
+            )
+            .where(rooms.c.id == room_id)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).mappings().first()
+        if row is None:
+            return None, None, None
+        room = {c.name: row[c.name] for c in rooms.c}
+        session = {c.name: row[f"s_{c.name}"] for c in sessions.c} if row["s_id"] is not None else None
+        slot = {c.name: row[f"e_{c.name}"] for c in event_slots.c} if row["e_id"] is not None else None
+        return room, session, slot
+
     async def update_room(self, room_id: str, team_id: str, fields: dict[str, Any]) -> dict | None:
         async with self.write() as conn:
             res = await conn.execute(
@@ -237,7 +260,8 @@ class Store(EventStore, PeopleStore, ArchiveStore):
     # Sessions ----------------------------------------------------------------
 
     async def open_session(
-        self, room: dict, now: float, *, default_limit: int | None = None, placement: dict | None = None
+        self, room: dict, now: float, *, default_limit: int | None = None, placement: dict | None = None,
+        none_seen: bool = False,
     ) -> tuple[dict, bool]:
         """The room's unended session, or a new one placed as ``placement`` says (``host``,
         ``media_worker``). Returns (session, created).
@@ -246,15 +270,24 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         is checked in the same write transaction, with the team's row locked: a new session,
         or an ending-soon one about to come back to life, is refused with
         ``session_limit_reached`` when the team's other live sessions already reach it.
+        ``none_seen``: the caller has just read that the room has no unended session, so it
+        is not read again first; one opened since then makes the insert fail on the one-per-room
+        index, and that one is returned.
         """
         try:
             async with self.write() as conn:
                 team = await lock_row(conn, teams, room["team_id"])
-                existing = await self._unended_session(conn, room["id"])
+                existing = None if none_seen else await self._unended_session(conn, room["id"])
                 if existing and existing["status"] == "live":
                     return existing, False
                 if default_limit is not None:
-                    await self._check_live_limit(conn, team, default_limit, existing["id"] if existing else None)
+                    try:
+                        await self._check_live_limit(conn, team, default_limit, existing["id"] if existing else None)
+                    except MediaserverError:
+                        opened = await self._unended_session(conn, room["id"]) if none_seen else None
+                        if opened and opened["status"] == "live":
+                            return opened, False  # (opened since the caller looked: join it; the limit counted it)
+                        raise
                 if existing:
                     return existing, False
                 session = {
@@ -273,7 +306,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
                 }
                 await conn.execute(sessions.insert().values(**session))
                 return session, True
-        except IntegrityError:  # another process opened it between our read and write (PostgreSQL)
+        except IntegrityError:  # another process opened it between our read and write
             async with self.engine.connect() as conn:
                 existing = await self._unended_session(conn, room["id"])
             if existing is None:
