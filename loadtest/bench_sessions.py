@@ -120,7 +120,6 @@ def profile(root: int, out: str) -> list[subprocess.Popen]:
                 ["py-spy", "record", "-p", str(pid), "-r", "250", "-f", "raw", "--nonblocking",
                  "-o", f"{out}/{name}-{pid}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
-    time.sleep(1)  # (py-spy attaching)
     return spies
 
 
@@ -259,6 +258,8 @@ async def run(args: argparse.Namespace) -> dict:
             cold_rooms = await make_rooms(http, args.cold, "cold")
             cpu_before, by_before = cpu_seconds(server.proc.pid), cpu_by_process(server.proc.pid)
             spies = profile(server.proc.pid, args.profile) if args.profile else []
+            if spies:
+                await asyncio.sleep(1)  # (py-spy attaching; the clients' pings go on meanwhile)
             cold = await joins(cold_rooms, "first")
             for spy in spies:
                 spy.send_signal(signal.SIGINT)  # (py-spy writes its samples on SIGINT)

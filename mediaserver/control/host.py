@@ -165,9 +165,9 @@ class SessionHost:
         return await asyncio.shield(task)
 
     async def _load(self, sid: str, new: dict | None = None) -> SessionUnit:
-        row = new["session"] if new and new["session"]["id"] == sid else None
-        new = new if row else None
-        row = row or await self.store.get_session(sid)
+        if new and new["session"]["id"] != sid:
+            new = None  # (another session's: not to be trusted for this one)
+        row = new["session"] if new else await self.store.get_session(sid)
         if row is None:
             raise MediaserverError("session_not_found", f"no session {sid}")
         worker = row.get("media_worker")
