@@ -55,12 +55,13 @@ test: install-test system-test-deps
 # (loadtest/bench_recovery.py: a session after its media worker or host dies), 6 (loadtest/bench_webinar.py:
 # a session over two workers), 7 (loadtest/bench_join.py: join to first frame), the end-to-end
 # encryption row (bench_fastpath --e2ee), the archiving row (bench_fastpath --archive), the adaptive-media
-# row (bench_fastpath --adaptive: TWCC feedback and simulcast selection) and what
+# row (bench_fastpath --adaptive: TWCC feedback and simulcast selection), the UDP GSO row
+# (bench_fastpath --gso) and what
 # an idle server costs (loadtest/bench_idle.py): figures on stdout, loopback only.
 bench: install-test
 	@if unshare -n true 2>/dev/null; then NS="unshare -n"; else NS="unshare -rn"; fi; \
 	command -v janus >/dev/null || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null; \
-	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus && $(BIN)/python -m loadtest.bench_sessions && $(BIN)/python -m loadtest.bench_recovery && $(BIN)/python -m loadtest.bench_webinar && $(BIN)/python -m loadtest.bench_join && $(BIN)/python -m loadtest.bench_fastpath --e2ee --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --archive --fanout 50 && $(BIN)/python -m loadtest.bench_fastpath --adaptive --fanout 10 50 && $(BIN)/python -m loadtest.bench_idle'
+	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus && $(BIN)/python -m loadtest.bench_sessions && $(BIN)/python -m loadtest.bench_recovery && $(BIN)/python -m loadtest.bench_webinar && $(BIN)/python -m loadtest.bench_join && $(BIN)/python -m loadtest.bench_fastpath --e2ee --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --archive --fanout 50 && $(BIN)/python -m loadtest.bench_fastpath --adaptive --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --gso && $(BIN)/python -m loadtest.bench_idle'
 
 
 clean:

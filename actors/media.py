@@ -24,6 +24,7 @@ class MediaWorkerActor:
             allowed_networks=cfg["media_allowed_networks"],
             fastpath=cfg.get("media_fastpath", True),
             tap_dir=cfg.get("media_tap_dir"),
+            gso=cfg.get("media_gso", True),
         )
 
     # One method per WorkerService call (Ray needs them on the class). Each makes sure the port is

@@ -24,6 +24,7 @@ worker serves with < 0.5% loss and p99 < 5 ms.
     python -m loadtest.bench_fastpath --capacity      # benchmark 3
     python -m loadtest.bench_fastpath --archive       # the worker's cost of archiving a track
     python -m loadtest.bench_fastpath --adaptive      # TWCC feedback and simulcast selection on, against off
+    python -m loadtest.bench_fastpath --gso           # UDP GSO on, against off
 
 Run it in a loopback-only namespace, as ``make bench`` does: ``unshare -n sh -c 'ip link set lo up && ...'``.
 """
@@ -85,7 +86,7 @@ def _server(mode: str, setup: dict, conn) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     _big_buffers(sock)
     sock.bind(("127.0.0.1", 0))
-    fw = Forwarder() if mode == "reference" else FastPath(crypto=mode == "fastpath")
+    fw = Forwarder() if mode == "reference" else FastPath(crypto=mode == "fastpath", gso=setup.get("gso", True))
     for eid, (addr, rx, tx) in setup["endpoints"].items():
         fw.add_endpoint(eid)
         fw.set_address(eid, tuple(addr))
@@ -140,9 +141,10 @@ VP8_DESCRIPTOR = bytes([0x90, 0x80, 0x81, 0x23, 0x00])  # X, S, partition 0; I, 
 
 
 def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration: float, packet: int = PACKET,
-            adaptive: bool = False) -> dict:
+            adaptive: bool = False, gso: bool = True) -> dict:
     """One run: a publisher at out_rate/fanout packets/s, forwarded to ``fanout`` subscribers
-    (``adaptive``: with TWCC feedback and simulcast selection, as ``_server`` says)."""
+    (``adaptive``: with TWCC feedback and simulcast selection, as ``_server`` says; ``gso``:
+    the fast path's runs to one subscriber sent with UDP_SEGMENT)."""
     from pylibsrtp import Policy, Session
 
     from loadtest import _wire
@@ -168,7 +170,7 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
         endpoints[f"s{i}"] = (addr, os.urandom(klen), os.urandom(klen))
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_server, args=(mode, {"profile": profile_name, "endpoints": endpoints, "adaptive": adaptive}, child),
+    proc = ctx.Process(target=_server, args=(mode, {"profile": profile_name, "endpoints": endpoints, "adaptive": adaptive, "gso": gso}, child),
                        daemon=True)
     proc.start()
     try:
@@ -200,6 +202,9 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
             "p50_us": sink.percentile(50), "p99_us": sink.percentile(99),
             "loss": 1 - sink.received / expected if expected else float("nan"),
             "twcc_per_s": (stats1.get("twcc_sent", 0) - stats0.get("twcc_sent", 0)) / duration,
+            "gso_share": (stats1.get("tx_gso", 0) - stats0.get("tx_gso", 0)) / forwarded if forwarded else 0.0,
+            "rx_batch": ((stats1.get("rx_packets", 0) - stats0.get("rx_packets", 0))
+                         / max(1, stats1.get("rx_batches", 0) - stats0.get("rx_batches", 0))),
         }
     finally:
         parent.send("stop")
@@ -288,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="one track archived among its subscribers (one more SRTP output, to the recorder), against none")
     ap.add_argument("--adaptive", action="store_true",
                     help="TWCC feedback to the publisher and simulcast layer selection on, against a plain stream")
+    ap.add_argument("--gso", action="store_true",
+                    help="UDP GSO (runs of datagrams to one subscriber in one send) on, against off")
     args = ap.parse_args(argv)
     _pin(CLIENT_CPU)
     print(f"machine: {machine()}")
@@ -297,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return archive_rows(args)
     if args.adaptive:
         return adaptive_rows(args)
+    if args.gso:
+        return gso_rows(args)
     if args.capacity:
         print(f"benchmark 3: 2 Mbps video subscribers on one worker (fast path, {args.profiles[0]}), {args.duration:g} s per step")
         best, _ = capacity(args.profiles[0], args.duration, args.counts)
@@ -374,6 +383,32 @@ def adaptive_rows(args, runs: int = 3) -> int:
             twcc.append(row["twcc_per_s"])
         print(f"{fanout:>7} {min(plain):>17.2f} {min(adaptive):>20.2f} {min(adaptive) / min(plain):>6.2f} "
               f"{min(loss):>6.1%} {min(twcc):>12.0f}", flush=True)
+    return 0
+
+
+def gso_rows(args, runs: int = 3) -> int:
+    """What UDP generic segmentation offload saves: the fast path forwards a received batch
+    stream by stream, subscriber by subscriber, so one subscriber's packets of a burst sit next
+    to each other and leave in one ``UDP_SEGMENT`` send (one trip through the stack, cut into
+    datagrams at the end). Side by side, the same loop with it off; best of ``runs`` interleaved."""
+    profile = args.profiles[0]
+    print(f"UDP GSO on against off, fast path, {profile}, {args.rate:,.0f} pkt/s offered, best of {runs} runs each")
+    print(f"{'fan-out':>7} {'off CPU-us/pkt':>15} {'on CPU-us/pkt':>14} {'ratio':>6} {'off p50/p99 us':>15} "
+          f"{'on p50/p99 us':>14} {'in GSO':>7} {'pkts/batch':>10} {'loss off/on':>12}")
+    for fanout in args.fanout:
+        _raise_fd_limit(fanout + 64)
+        off, on = [], []
+        for _ in range(runs):  # interleaved: the machine is shared
+            off.append(measure("fastpath", profile, fanout, args.rate, args.duration, gso=False))
+            on.append(measure("fastpath", profile, fanout, args.rate, args.duration, gso=True))
+        a = min(off, key=lambda r: r["cpu_us_per_packet"])
+        b = min(on, key=lambda r: r["cpu_us_per_packet"])
+        p99 = lambda rows: sorted(r["p99_us"] for r in rows)[len(rows) // 2]  # noqa: E731 (the median run's)
+        p50 = lambda rows: sorted(r["p50_us"] for r in rows)[len(rows) // 2]  # noqa: E731
+        print(f"{fanout:>7} {a['cpu_us_per_packet']:>15.2f} {b['cpu_us_per_packet']:>14.2f} "
+              f"{b['cpu_us_per_packet'] / a['cpu_us_per_packet']:>6.2f} {p50(off):>7.0f}/{p99(off):<7.0f} "
+              f"{p50(on):>6.0f}/{p99(on):<7.0f} {b['gso_share']:>7.0%} {b['rx_batch']:>10.1f} "
+              f"{max(r['loss'] for r in off):>5.2%}/{max(r['loss'] for r in on):.2%}", flush=True)
     return 0
 
 

@@ -5,7 +5,8 @@ audio, and subscribers receiving every publisher, all real WebRTC (ICE, DTLS, SR
 client. For each server: delivered packets/s and loss at the subscribers, the CPU of the process
 that forwards (mediaserver's media worker; the janus process), read from /proc over the
 measured window, as CPU-seconds per second per forwarded stream and CPU-us per delivered packet,
-and the ratio ours/Janus. The forwarding process is pinned to CPU 0, the load client to CPU 1.
+and the ratio ours/Janus. The forwarding process is pinned to CPU 0, the load client to CPU 1 (with
+the rest of mediaserver's processes: CPU 0 is the forwarder's alone, for both servers).
 
     python -m loadtest.bench_janus              # in a loopback-only namespace (make bench does it)
 
@@ -68,6 +69,24 @@ def pin(pid: int, cpu: int) -> None:
                 pass
 
 
+def descendants(root: int) -> list[int]:
+    """``root`` and every process under it (from /proc's parent links)."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += [child for child, up in parent.items() if up == pid]
+    return tree
+
+
 class Mediaserver:
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="ms-bench-"))
@@ -118,6 +137,11 @@ async def run_ours(server: Mediaserver, pubs: int, subs: int, duration: float, b
     def cpu() -> float:
         if "pid" not in state:
             state["pid"] = find_process("MediaWorkerActor")
+            # CPU 0 is the forwarding process's alone, as it is Janus's: the rest of the server
+            # (gateway, session hosts, Ray's own processes) shares CPU 1 with the load client.
+            for pid in descendants(server.proc.pid):
+                if pid != state["pid"]:
+                    pin(pid, 1)
             pin(state["pid"], 0)
         return proc_cpu(state["pid"])
 

@@ -32,13 +32,14 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 from libcpp.string cimport string
 from libcpp.unordered_map cimport unordered_map
+from libcpp.unordered_set cimport unordered_set
 from libcpp.vector cimport vector
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
 from mediaserver._udp cimport (
-    AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_NXTHDR, MSG_DONTWAIT, MSG_TRUNC, SCM_TIMESTAMPNS, SO_TIMESTAMPNS, SOL_SOCKET,
-    cmsghdr, htonl, htons, iovec, mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, setsockopt, sockaddr_in, srtp_fn,
+    AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE, MSG_DONTWAIT, MSG_TRUNC, SCM_TIMESTAMPNS,
+    SO_TIMESTAMPNS, SOL_SOCKET, SOL_UDP, UDP_SEGMENT, cmsghdr, htonl, htons, iovec, mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, setsockopt, sockaddr_in, srtp_fn,
 )
 from mediaserver.fastpath cimport codecs, keyframes, nack, rtcp, rtp, twcc
 from mediaserver.fastpath.keyframes cimport Keyframes
@@ -70,7 +71,7 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_NONBLOCK
     int EFD_CLOEXEC
 
-from libc.errno cimport EAGAIN, errno  # EWOULDBLOCK is EAGAIN on Linux
+from libc.errno cimport EAGAIN, EINVAL, EIO, errno  # EWOULDBLOCK is EAGAIN on Linux
 
 
 KIND_NAMES = ("drop", "stun", "dtls", "rtp", "rtcp")
@@ -81,6 +82,11 @@ cdef enum:
     BATCH = 64  # datagrams per recvmmsg
     CONTROL = 64  # ancillary bytes per datagram: its receive stamp
     OUT_MAX = 64  # datagrams per sendmmsg: more adds latency for the first ones, not speed
+    # UDP generic segmentation offload (Linux 4.18, UDP_SEGMENT): consecutive datagrams to one
+    # address, all of one size but the last, leave in one send and cross the stack once.
+    GSO_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS before 6.x
+    GSO_BYTES = 60000  # one datagram before segmentation: under 65,507
+    GSO_CONTROL = 32  # ancillary bytes per message: CMSG_SPACE(sizeof(uint16_t)) and room
     SLOW_MAX = 512  # STUN/DTLS datagrams waiting for Python
     SLOW_UNKNOWN_MAX = 128  # of those, the most from addresses no endpoint has (new clients, or noise)
     SLOW_PER_SOURCE = 4  # and the most from any one such address
@@ -97,7 +103,7 @@ cdef enum Stat:
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
     S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED, S_PADDING_IN, S_RTX_REPAIRED, S_RTX_REDUNDANT, S_TWCC_SENT
-    S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT
+    S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT, S_TX_GSO, S_GSO_REFUSED
     S_COUNT
 
 STAT_NAMES = (
@@ -107,7 +113,7 @@ STAT_NAMES = (
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
     "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred", "padding_in", "rtx_repaired", "rtx_redundant", "twcc_sent",
-    "layers_found", "layer_switches", "rtx_sent",
+    "layers_found", "layer_switches", "rtx_sent", "tx_gso", "gso_refused",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -259,9 +265,12 @@ cdef struct OutBatch:
     int* lens
     uint64_t* addrs
     bint collect  # keep the datagrams for Python instead of sending them
-    mmsghdr* msgs
-    iovec* iov
-    sockaddr_in* names
+    mmsghdr* msgs  # one per message: a datagram, or a run of them to one address (GSO)
+    iovec* iov  # one per datagram
+    sockaddr_in* names  # one per message
+    uint8_t* control  # GSO_CONTROL bytes per message
+    int* first  # a message's first datagram
+    int* count  # its datagrams
 
 
 cdef bint out_init(OutBatch* b, bint collect) noexcept nogil:
@@ -273,7 +282,11 @@ cdef bint out_init(OutBatch* b, bint collect) noexcept nogil:
     b.msgs = <mmsghdr*>calloc(OUT_MAX, sizeof(mmsghdr))
     b.iov = <iovec*>calloc(OUT_MAX, sizeof(iovec))
     b.names = <sockaddr_in*>calloc(OUT_MAX, sizeof(sockaddr_in))
-    return b.bufs != NULL and b.lens != NULL and b.addrs != NULL and b.msgs != NULL and b.iov != NULL and b.names != NULL
+    b.control = <uint8_t*>calloc(OUT_MAX, GSO_CONTROL)
+    b.first = <int*>malloc(OUT_MAX * sizeof(int))
+    b.count = <int*>malloc(OUT_MAX * sizeof(int))
+    return (b.bufs != NULL and b.lens != NULL and b.addrs != NULL and b.msgs != NULL and b.iov != NULL and b.names != NULL
+            and b.control != NULL and b.first != NULL and b.count != NULL)
 
 
 cdef void out_free(OutBatch* b) noexcept nogil:
@@ -283,6 +296,9 @@ cdef void out_free(OutBatch* b) noexcept nogil:
     free(b.msgs)
     free(b.iov)
     free(b.names)
+    free(b.control)
+    free(b.first)
+    free(b.count)
 
 
 cdef class FastPath:
@@ -307,6 +323,8 @@ cdef class FastPath:
     cdef bint stopping
     cdef public bint check_consent
     cdef readonly bint crypto  # off only in benchmarks: the cost of the loop without SRTP
+    cdef public bint gso  # send runs of datagrams to one address with UDP_SEGMENT
+    cdef unordered_set[uint64_t] no_gso  # addresses whose path refused it (e.g. no checksum offload)
     # STUN and DTLS datagrams on their way to Python
     cdef uint8_t* slow_bufs
     cdef int* slow_lens
@@ -320,8 +338,9 @@ cdef class FastPath:
     cdef dict sessions  # index -> (rx, tx) pylibsrtp sessions, kept alive while C uses them
     cdef list free_eps
 
-    def __cinit__(self, *, bint crypto=True):
+    def __cinit__(self, *, bint crypto=True, bint gso=True):
         self.crypto = crypto
+        self.gso = gso
         pthread_mutex_init(&self.mu, NULL)
         memset(self.counts, 0, sizeof(self.counts))
         if not (out_init(&self.ctl, True) and out_init(&self.net, False)):
@@ -863,7 +882,7 @@ cdef class FastPath:
             self._flush(out)
 
     cdef void _flush(self, OutBatch* out) noexcept nogil:
-        cdef int i, sent, done = 0
+        cdef int i, m, sent, done = 0, lost
         cdef bint waited = False
         cdef pollfd pfd
         if out.n == 0:
@@ -875,53 +894,112 @@ cdef class FastPath:
             out.n = 0
             return
         for i in range(out.n):
-            out.names[i].sin_family = AF_INET
-            out.names[i].sin_addr.s_addr = htonl(<uint32_t>(out.addrs[i] >> 16))
-            out.names[i].sin_port = htons(<uint16_t>(out.addrs[i] & 0xFFFF))
             out.iov[i].iov_base = out.bufs + i * BUF
             out.iov[i].iov_len = out.lens[i]
-            out.msgs[i].msg_hdr.msg_name = &out.names[i]
-            out.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
-            out.msgs[i].msg_hdr.msg_iov = &out.iov[i]
-            out.msgs[i].msg_hdr.msg_iovlen = 1
+        m = self._messages(out, 0, 0)
         self.counts[<int>S_TX_BATCHES] += 1
-        while done < out.n:
-            sent = sendmmsg(self.fd, out.msgs + done, out.n - done, MSG_DONTWAIT)
+        while done < m:
+            sent = sendmmsg(self.fd, out.msgs + done, m - done, MSG_DONTWAIT)
             if sent > 0:
+                for i in range(done, done + sent):
+                    if out.count[i] > 1:
+                        self.counts[<int>S_TX_GSO] += out.count[i]
                 done += sent
             elif sent < 0 and errno == EAGAIN:
                 # The send buffer is full: wait a moment for room once, then drop the rest.
                 pfd.fd = self.fd
                 pfd.events = POLLOUT
                 if waited or poll(&pfd, 1, 2) <= 0:
-                    self.counts[<int>S_DROP_SEND] += out.n - done
+                    self.counts[<int>S_DROP_SEND] += out.n - out.first[done]
                     break
                 waited = True
+            elif out.count[done] > 1 and (errno == EINVAL or errno == EIO):
+                # Segmentation refused on this path (a device without checksum offload, a
+                # socket without UDP checksums): this address gets single datagrams from now on.
+                self.counts[<int>S_GSO_REFUSED] += 1
+                self.no_gso.insert(out.addrs[out.first[done]])
+                m = self._messages(out, out.first[done], done)
             else:
-                # The kernel refused this one datagram (e.g. a pending ICMP error): skip it.
-                self.counts[<int>S_DROP_SEND] += 1
+                # The kernel refused this message (e.g. a pending ICMP error): skip it.
+                self.counts[<int>S_DROP_SEND] += out.count[done]
                 done += 1
         out.n = 0
 
+    cdef int _messages(self, OutBatch* out, int i, int m) noexcept nogil:
+        """Messages for datagrams ``i``.. of ``out`` from message ``m`` on; returns how many in
+        all. With GSO, consecutive datagrams to one address make one message while all but the
+        last have the first one's size (UDP_SEGMENT cuts at that size)."""
+        cdef int j, size, total
+        cdef uint64_t addr
+        cdef msghdr* h
+        cdef cmsghdr* cm
+        cdef bint grouping
+        while i < out.n:
+            addr = out.addrs[i]
+            size = out.lens[i]
+            total = size
+            j = i + 1
+            grouping = self.gso and self.no_gso.find(addr) == self.no_gso.end()
+            while grouping and j < out.n and j - i < GSO_SEGMENTS and out.addrs[j] == addr and out.lens[j] <= size \
+                    and total + out.lens[j] <= GSO_BYTES:
+                total += out.lens[j]
+                j += 1
+                if out.lens[j - 1] < size:
+                    break  # a shorter one can only be the last
+            out.names[m].sin_family = AF_INET
+            out.names[m].sin_addr.s_addr = htonl(<uint32_t>(addr >> 16))
+            out.names[m].sin_port = htons(<uint16_t>(addr & 0xFFFF))
+            h = &out.msgs[m].msg_hdr
+            h.msg_name = &out.names[m]
+            h.msg_namelen = sizeof(sockaddr_in)
+            h.msg_iov = &out.iov[i]
+            h.msg_iovlen = j - i
+            h.msg_flags = 0
+            if j - i > 1:
+                h.msg_control = out.control + m * GSO_CONTROL
+                h.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+                cm = CMSG_FIRSTHDR(h)
+                cm.cmsg_level = SOL_UDP
+                cm.cmsg_type = UDP_SEGMENT
+                cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                (<uint16_t*>CMSG_DATA(cm))[0] = <uint16_t>size
+            else:
+                h.msg_control = NULL
+                h.msg_controllen = 0
+            out.first[m] = i
+            out.count[m] = j - i
+            m += 1
+            i = j
+        return m
+
     cdef void _rtp(self, uint8_t* p, int n, uint64_t addr, double now, double arrival, OutBatch* out) noexcept nogil:
+        cdef uint16_t seq
+        cdef int code = self._rtp_in(p, &n, addr, now, arrival, out, &seq)
+        if code >= 0:
+            self._forward(code, &p, &n, &seq, 1, now, out)
+
+    cdef int _rtp_in(self, uint8_t* p, int* plen, uint64_t addr, double now, double arrival, OutBatch* out,
+                     uint16_t* seq_out) noexcept nogil:
+        """What arrives: checked, decrypted (RTX unwrapped), cached for repairs. Returns the
+        stream it belongs to (track * 4 + layer; -1: not forwarded) and sets its plaintext
+        length and sequence number; ``_forward`` sends it on."""
         cdef int src = self._source(addr)
-        cdef int r, length = n, off, elen = 0, code, L
+        cdef int n = plen[0], length = n, off, elen = 0, code
         cdef uint32_t ssrc
         cdef uint16_t seq
-        cdef Track* tr
         cdef Layer* ly
         cdef Twcc* tw
         cdef unordered_map[uint64_t, int].iterator it
         cdef unordered_map[uint64_t, uint32_t].iterator rit
         if src < 0:
             self.counts[<int>S_DROP_NOT_READY] += 1  # no ICE and DTLS from this address: never forwarded
-            return
+            return -1
         if n > MTU:
             self.counts[<int>S_DROP_TOO_BIG] += 1
-            return
+            return -1
         if self.crypto and f_unprotect(self.eps[src].rx, p, &length) != 0:
             self.counts[<int>S_DROP_SRTP] += 1  # authentication or replay check failed (RFC 3711 3.3)
-            return
+            return -1
         self.counts[<int>S_RTP_IN] += 1
         seq = u16(p + 2)
         ssrc = u32(p + 8)
@@ -934,7 +1012,7 @@ cdef class FastPath:
         it = self.by_track.find(pair(src, ssrc))
         if it != self.by_track.end() and (deref(it).second & 3) == TRACK_ITSELF:
             self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1  # a simulcast track's own SSRC names no stream
-            return
+            return -1
         if it == self.by_track.end() and self.eps[src].mid_ext > 0:
             self._discover(src, p, length, ssrc)
             it = self.by_track.find(pair(src, ssrc))
@@ -942,12 +1020,12 @@ cdef class FastPath:
             rit = self.rtx_map.find(pair(src, ssrc))
             if rit == self.rtx_map.end():
                 self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1
-                return
+                return -1
             # RTX (RFC 4588 section 4): the original sequence number leads the payload. A packet
             # with nothing but padding is the publisher probing its bandwidth: not media.
             if rtp.payload_length(p, length) < 2:
                 self.counts[<int>S_PADDING_IN] += 1
-                return
+                return -1
             off = rtp.payload_offset(p, length)
             seq = u16(p + off)
             ssrc = deref(rit).second
@@ -958,30 +1036,40 @@ cdef class FastPath:
             it = self.by_track.find(pair(src, ssrc))
             if it == self.by_track.end() or (deref(it).second & 3) == TRACK_ITSELF:
                 self.counts[<int>S_DROP_UNKNOWN_SSRC] += 1
-                return
+                return -1
             code = deref(it).second
             if nack.cache_get(self.tracks[code >> 2].layers[code & 3].cache, seq) != NULL:
                 self.counts[<int>S_RTX_REDUNDANT] += 1  # we have it: a probe with payload, or a late repair
-                return
+                return -1
             self.counts[<int>S_RTX_REPAIRED] += 1
         code = deref(it).second
-        L = code & 3
-        tr = &self.tracks[code >> 2]
-        ly = &tr.layers[L]
+        ly = &self.tracks[code >> 2].layers[code & 3]
         nack.cache_put(&ly.cache, seq, p, length)
         if not ly.has_highest or rtp.newer(seq, ly.highest):
             ly.highest = seq
             ly.has_highest = True
+        plen[0] = length
+        seq_out[0] = seq
+        return code
+
+    cdef void _forward(self, int code, uint8_t** ps, int* ns, uint16_t* seqs, int count, double now,
+                       OutBatch* out) noexcept nogil:
+        """Send a run of packets of one stream (consecutive in a received batch) on, subscriber
+        by subscriber: each one's packets leave one after another, so they can share a send."""
+        cdef Track* tr = &self.tracks[code >> 2]
+        cdef Layer* ly = &tr.layers[code & 3]
+        cdef int r, k
         if tr.nlayers:
-            self._forward_layer(code >> 2, L, p, length, seq, now, out)
+            self._forward_layer(code >> 2, code & 3, ps, ns, seqs, count, now, out)
         else:
             for r in range(tr.nroutes):
-                self._send_rtp(&tr.routes[r], p, length, now, out, -1)
+                for k in range(count):
+                    self._send_rtp(&tr.routes[r], ps[k], ns[k], now, out, -1)
         if keyframes.keyframes_due(&ly.kf, now):
             # A request the throttle held back (a subscriber ready just after another): sent
             # with the publisher's first packet after the window, not dropped.
             self.counts[<int>S_PLI_DEFERRED] += 1
-            self._request_keyframe(code >> 2, L, now, out)
+            self._request_keyframe(code >> 2, code & 3, now, out)
 
     cdef void _discover(self, int src, const uint8_t* p, int n, uint32_t ssrc) noexcept nogil:
         """The first packet of a simulcast encoding (or of its RTX stream): which track and
@@ -1009,27 +1097,33 @@ cdef class FastPath:
                     self.rtx_map[pair(src, ssrc)] = tr.layers[i].ssrc
             return
 
-    cdef void _forward_layer(self, size_t t, int L, uint8_t* p, int n, uint16_t seq, double now, OutBatch* out) noexcept nogil:
-        """A packet of one simulcast layer goes to the routes that get that layer, and starts it
-        for those waiting for it if a keyframe starts here."""
+    cdef void _forward_layer(self, size_t t, int L, uint8_t** ps, int* ns, uint16_t* seqs, int count, double now,
+                             OutBatch* out) noexcept nogil:
+        """Packets of one simulcast layer go to the routes that get that layer, and start it for
+        those waiting for it from the first keyframe start among them."""
         cdef Track* tr = &self.tracks[t]
         cdef Route* rt
-        cdef int r, key = -1, off = rtp.payload_offset(p, n)
+        cdef int r, k, off
+        cdef int key[BATCH]  # per packet: -1 not looked at yet, else whether a keyframe starts there
         cdef bint waiting = False
         tr.layers[L].seen = now
-        tr.layers[L].bytes += n
+        for k in range(count):
+            tr.layers[L].bytes += ns[k]
+            key[k] = -1
         for r in range(tr.nroutes):
             rt = &tr.routes[r]
-            if rt.current != L:
-                if self._wanted(tr, rt, now) != L:
-                    continue
-                if key < 0:
-                    key = codecs.keyframe_start(tr.codec, p + off, n - off) if off >= 0 else 0
-                if not key:
-                    waiting = True
-                    continue
-                self._switch(rt, L, tr.codec, p, off, n, seq, now)
-            self._send_rtp(rt, p, n, now, out, tr.codec)
+            for k in range(count):
+                if rt.current != L:
+                    if self._wanted(tr, rt, now) != L:
+                        break  # the same for the rest of the run (one clock reading)
+                    off = rtp.payload_offset(ps[k], ns[k])
+                    if key[k] < 0:
+                        key[k] = codecs.keyframe_start(tr.codec, ps[k] + off, ns[k] - off) if off >= 0 else 0
+                    if not key[k]:
+                        waiting = True
+                        continue
+                    self._switch(rt, L, tr.codec, ps[k], off, ns[k], seqs[k], now)
+                self._send_rtp(rt, ps[k], ns[k], now, out, tr.codec)
         if waiting and keyframes.keyframes_ready(&tr.layers[L].kf, now):
             self._request_keyframe(t, L, now, out)  # its keyframe is late: ask again
 
@@ -1426,11 +1520,15 @@ cdef class FastPath:
         cdef uint8_t* bufs = <uint8_t*>malloc(BATCH * BUF)
         cdef uint8_t* control = <uint8_t*>malloc(BATCH * CONTROL)
         cdef pollfd pfd
-        cdef int i, n, length, kind, slot
+        cdef int i, n, length, kind, slot, code, run_code = -1, run_n = 0
         cdef bint woke
         cdef uint64_t addr, one = 1
         cdef uint8_t* p
         cdef double now, real_now
+        # A run: consecutive packets of one stream in the batch, forwarded together.
+        cdef uint8_t* run_p[BATCH]
+        cdef int run_len[BATCH]
+        cdef uint16_t run_seq[BATCH]
         if msgs == NULL or iov == NULL or names == NULL or bufs == NULL or control == NULL:
             free(msgs)
             free(iov)
@@ -1474,8 +1572,24 @@ cdef class FastPath:
                     addr = ((<uint64_t>ntohl(names[i].sin_addr.s_addr)) << 16) | ntohs(names[i].sin_port)
                     kind = rtp.classify(p, length)
                     if kind == KIND_RTP:
-                        self._rtp(p, length, addr, now, arrival_of(&msgs[i].msg_hdr, now, real_now), &self.net)
-                    elif kind == KIND_RTCP:
+                        code = self._rtp_in(p, &length, addr, now, arrival_of(&msgs[i].msg_hdr, now, real_now), &self.net,
+                                            &run_seq[run_n])
+                        if code < 0:
+                            continue
+                        if run_n and code != run_code:
+                            self._forward(run_code, run_p, run_len, run_seq, run_n, now, &self.net)
+                            run_seq[0] = run_seq[run_n]
+                            run_n = 0
+                        run_code = code
+                        run_p[run_n] = p
+                        run_len[run_n] = length
+                        run_n += 1
+                        continue
+                    if run_n:
+                        # What else came (RTCP: NACKs, PLIs) is handled after the media before it.
+                        self._forward(run_code, run_p, run_len, run_seq, run_n, now, &self.net)
+                        run_n = 0
+                    if kind == KIND_RTCP:
                         self._rtcp(p, length, addr, now, &self.net)
                     elif kind == KIND_STUN or kind == KIND_DTLS:
                         if length > BUF - 1 or not self._admit_slow(addr, kind):
@@ -1488,6 +1602,9 @@ cdef class FastPath:
                         woke = True
                     else:
                         self.counts[<int>S_DROP_UNKNOWN] += 1
+                if run_n:
+                    self._forward(run_code, run_p, run_len, run_seq, run_n, now, &self.net)
+                    run_n = 0
                 self._flush(&self.net)
                 self.unlock()
                 if woke:

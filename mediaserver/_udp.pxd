@@ -43,6 +43,8 @@ cdef extern from "<sys/socket.h>" nogil:
     cmsghdr* CMSG_FIRSTHDR(msghdr*)
     cmsghdr* CMSG_NXTHDR(msghdr*, cmsghdr*)
     unsigned char* CMSG_DATA(cmsghdr*)
+    size_t CMSG_SPACE(size_t)
+    size_t CMSG_LEN(size_t)
     int recvmmsg(int, mmsghdr*, unsigned int, int, timespec*)
     int sendmmsg(int, mmsghdr*, unsigned int, int)
     int setsockopt(int, int, int, const void*, socklen_t)
@@ -52,6 +54,19 @@ cdef extern from "<sys/socket.h>" nogil:
     int SOL_SOCKET
     int SO_TIMESTAMPNS
     int SCM_TIMESTAMPNS
+
+cdef extern from *:
+    """
+    #include <netinet/udp.h>
+    #ifndef SOL_UDP
+    #define SOL_UDP 17
+    #endif
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103  /* Linux 4.18: UDP generic segmentation offload */
+    #endif
+    """
+    int SOL_UDP
+    int UDP_SEGMENT
 
 # srtp_protect, srtp_unprotect and their RTCP twins (libsrtp 2: context, buffer, in/out length).
 ctypedef int (*srtp_fn)(void* ctx, void* hdr, int* len_ptr) noexcept nogil

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     media_advertised_host: str | None = None  # the address clients send media to; the bind host if unset
     media_allowed_networks: list[str] = ["0.0.0.0/0", "::/0"]  # ICE answers only these client networks
     media_fastpath: bool = True  # forward in C (IPv4); false: the pure-Python reference path
+    # The fast path sends a subscriber's consecutive packets in one UDP_SEGMENT (GSO) send; a
+    # path that refuses it gets single datagrams anyway, so turning this off is for measuring.
+    media_gso: bool = True
     # Debugging: with media_fastpath false, each worker writes the first packets it forwards
     # (SRTP removed) here as JSON lines, to see what the server sees. Never on a real deployment.
     media_tap_dir: Path | None = None

@@ -23,11 +23,11 @@ RELAY_PROFILE = BY_NAME[LEG_PROFILE]
 class WorkerService:
     def __init__(
         self, *, bind_host: str, port: int, advertised_host: str | None, allowed_networks: Iterable[str],
-        fastpath: bool = True, tap_dir: str | None = None,
+        fastpath: bool = True, tap_dir: str | None = None, gso: bool = True,
     ):
         self.worker = MediaWorker(
             bind_host=bind_host, port=port, advertised_host=advertised_host, allowed_networks=allowed_networks,
-            fastpath=fastpath, tap_dir=tap_dir,
+            fastpath=fastpath, tap_dir=tap_dir, gso=gso,
         )
         self.started = False
         # Changes when the process restarts (and with it every transport): owners compare it.

@@ -1,0 +1,156 @@
+"""The fast path's socket loop on real UDP sockets (loopback): a received batch is forwarded as
+runs (consecutive packets of one stream, subscriber by subscriber), and with GSO a run to one
+subscriber leaves in one UDP_SEGMENT send. Whatever the batching, each subscriber must get
+exactly the datagrams the reference forwarder gives it, in the same order (compared as sent:
+SRTP with the same keys and indexes gives the same bytes, a resent packet included)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from mediaserver._fastpath import FastPath
+from mediaserver.media import rtcp
+from mediaserver.media.forwarder import Forwarder, Route
+from mediaserver.media.srtp import PROFILES
+from tests.test_forwarder import MID_ID, RID_ID, RRID_ID, TRACK, Peer, rtp, simulcast_frames
+
+PROFILE = PROFILES[0]
+AUDIO_SSRC = 0x5555
+SO_NO_CHECK = 11  # <asm-generic/socket.h>: no UDP checksums, which GSO cannot do without
+
+
+def udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return s
+
+
+def configure(fw, peers: dict, addrs: dict, simulcast: bool) -> None:
+    for eid in ("pub", "s1", "s2"):
+        fw.add_endpoint(eid)
+        fw.set_address(eid, addrs[eid])
+        fw.set_keys(eid, peers[eid].server_keys)
+    if simulcast:
+        fw.set_sdes("pub", MID_ID, RID_ID, RRID_ID)
+        fw.add_simulcast("pub", TRACK, "1", ["q", "h", "f"], "VP8")
+        fw.set_route("pub", TRACK, "s1", Route(ssrc=0x3001, payload_type=96, video=True, layer=0))
+        fw.set_route("pub", TRACK, "s2", Route(ssrc=0x3002, payload_type=98, seq_delta=500, ts_delta=7, video=True, layer=2))
+    else:
+        fw.set_route("pub", 0x1111, "s1", Route(ssrc=0x2001, payload_type=96, video=True))
+        fw.set_route("pub", 0x1111, "s2", Route(ssrc=0x2002, payload_type=100, seq_delta=1000, ts_delta=90000, video=True))
+    for sub, ssrc in (("s1", 0x6001), ("s2", 0x6002)):
+        fw.set_route("pub", AUDIO_SSRC, sub, Route(ssrc=ssrc, payload_type=111))
+
+
+def plain_inputs(pub: Peer, s1: Peer) -> list[tuple[str, bytes]]:
+    """Frames of four equal packets and a shorter last one, each frame a little larger than the
+    one before, an audio packet after each, and a NACK from s1 in the middle."""
+    out = []
+    seq = 100
+    for f in range(8):
+        for part in range(5):
+            size = 120 if part == 4 else 300 + 10 * f
+            out.append(("pub", pub.out.protect(rtp(seq, payload=bytes([seq & 0xFF]) * size, marker=part == 4))))
+            seq += 1
+        out.append(("pub", pub.out.protect(rtp(500 + f, ssrc=AUDIO_SSRC, pt=111, payload=b"\x01" * 60))))
+        if f == 3:
+            out.append(("s1", s1.out.protect_rtcp(rtcp.nack(0x2001, [101, 104]))))
+    return out
+
+
+def simulcast_inputs(pub: Peer, s1: Peer) -> list[tuple[str, bytes]]:
+    steps = simulcast_frames(pub, range(0, 9), 1.0, {"q": 5, "h": 5, "f": 4})
+    return [(who, data) for who, data, _ in steps]
+
+
+def reference(peers: dict, addrs: dict, inputs: list, simulcast: bool) -> dict:
+    fw = Forwarder()
+    configure(fw, peers, addrs, simulcast)
+    who = {v: k for k, v in addrs.items()}
+    got: dict[str, list[bytes]] = {"pub": [], "s1": [], "s2": []}
+    for sender, data in inputs:
+        handle = fw.handle_rtcp if 192 <= data[1] <= 223 else fw.handle_rtp
+        for pkt, to in handle(data, addrs[sender], 1.0):
+            got[who[to]].append(pkt)
+    return got
+
+
+def run_loop(peers: dict, inputs: list, simulcast: bool, gso: bool, no_checksums: bool = False):
+    """Queue every input on the server's socket first (so the loop reads them in one batch),
+    run the loop, and return what each client socket received, what the reference sends for the
+    same inputs, and the loop's stats."""
+    server, socks = udp(), {eid: udp() for eid in ("pub", "s1", "s2")}
+    if no_checksums:
+        server.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    addrs = {eid: s.getsockname() for eid, s in socks.items()}
+    fw = FastPath(gso=gso)
+    configure(fw, peers, addrs, simulcast)
+    expected = reference(peers, addrs, inputs, simulcast)
+    server.setblocking(False)
+    fw.attach(server.fileno())
+    for sender, data in inputs:
+        socks[sender].sendto(data, server.getsockname())
+    thread = threading.Thread(target=fw.run, daemon=True)
+    thread.start()
+    got: dict[str, list[bytes]] = {"pub": [], "s1": [], "s2": []}
+    deadline = time.monotonic() + 5
+    try:
+        for eid, s in socks.items():
+            s.settimeout(0.05)
+            while len(got[eid]) < len(expected[eid]) and time.monotonic() < deadline:
+                try:
+                    got[eid].append(s.recv(4096))
+                except socket.timeout:
+                    pass
+        time.sleep(0.1)
+        for eid, s in socks.items():  # and nothing more than expected
+            s.setblocking(False)
+            try:
+                while True:
+                    got[eid].append(s.recv(4096))
+            except BlockingIOError:
+                pass
+    finally:
+        fw.stop()
+        thread.join(5)
+        server.close()
+        for s in socks.values():
+            s.close()
+    return got, expected, fw.stats
+
+
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "no-gso"])
+@pytest.mark.parametrize("simulcast", [False, True], ids=["plain", "simulcast"])
+def test_a_batch_reaches_each_subscriber_as_the_reference_sends_it(gso, simulcast):
+    peers = {eid: Peer(PROFILE) for eid in ("pub", "s1", "s2")}
+    inputs = (simulcast_inputs if simulcast else plain_inputs)(peers["pub"], peers["s1"])
+    assert len(inputs) <= 64  # one recvmmsg
+    got, expected, stats = run_loop(peers, inputs, simulcast, gso)
+    assert len(expected["s1"]) >= 18 and len(expected["s2"]) >= 18
+    for eid in ("s1", "s2", "pub"):
+        assert got[eid] == expected[eid], eid
+    assert stats["rx_batches"] <= 2 and stats["rx_packets"] == len(inputs)
+    if gso:
+        # Runs went out subscriber by subscriber, several datagrams per send.
+        assert stats["tx_gso"] >= len(got["s1"]) // 2 and stats["tx_batches"] <= 4
+    else:
+        assert "tx_gso" not in stats
+    assert "gso_refused" not in stats and "drop_send" not in stats
+    if not simulcast:
+        # The NACK in the middle was answered from the cache after the media before it.
+        assert stats["nack_served"] == 2
+
+
+def test_a_path_that_refuses_segmentation_gets_single_datagrams():
+    peers = {eid: Peer(PROFILE) for eid in ("pub", "s1", "s2")}
+    inputs = plain_inputs(peers["pub"], peers["s1"])
+    got, expected, stats = run_loop(peers, inputs, False, gso=True, no_checksums=True)
+    for eid in ("s1", "s2", "pub"):
+        assert got[eid] == expected[eid], eid
+    # One refusal per subscriber address, then plain datagrams; nothing lost.
+    assert stats["gso_refused"] == 2 and "tx_gso" not in stats and "drop_send" not in stats
+
