@@ -92,6 +92,7 @@ cdef enum:
     SLOW_PER_SOURCE = 4  # and the most from any one such address
 
 cdef double REMB_INTERVAL = 0.5
+cdef uint64_t REMB_FOLLOW = 3  # the reference's: an estimate under a third of the best is not followed
 cdef double LAYER_TIMEOUT = 1.0
 cdef double CONSENT_TIMEOUT = 30.0  # RFC 7675
 
@@ -103,7 +104,7 @@ cdef enum Stat:
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
     S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED, S_PADDING_IN, S_RTX_REPAIRED, S_RTX_REDUNDANT, S_TWCC_SENT
-    S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT, S_TX_GSO, S_GSO_REFUSED
+    S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT, S_TX_GSO, S_GSO_REFUSED, S_VIDEO_RESUMED
     S_COUNT
 
 STAT_NAMES = (
@@ -113,7 +114,7 @@ STAT_NAMES = (
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
     "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred", "padding_in", "rtx_repaired", "rtx_redundant", "twcc_sent",
-    "layers_found", "layer_switches", "rtx_sent", "tx_gso", "gso_refused",
+    "layers_found", "layer_switches", "rtx_sent", "tx_gso", "gso_refused", "video_resumed",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -220,6 +221,10 @@ cdef struct Route:
     uint16_t layer_start
     uint16_t pid_delta
     uint8_t tl0_delta
+    # A video sent as one stream, on again after a pause: waits for a keyframe (resume); its
+    # numbers were shifted then, NACKs for before are not answered (resumed). The reference's.
+    bint resume
+    bint resumed
 
 cdef struct RtxOut:
     # How repairs go to one subscriber's stream (RFC 4588).
@@ -255,6 +260,7 @@ cdef struct Track:
     double last_remb
     int nlayers  # 0: not simulcast (layers[0] is the track's own stream)
     int codec
+    bint single  # a video sent as one stream whose codec we were told (set_codec)
     uint8_t mid[16]
     int mid_len
     Layer layers[MAX_LAYERS]
@@ -529,13 +535,28 @@ cdef class FastPath:
         finally:
             self.unlock()
 
+    def set_codec(self, str eid, uint32_t ssrc, str codec):
+        """A video track of the endpoint sent as one stream, and its codec: a route of it that
+        was paused resumes at a keyframe (read from the payload; unknown codec: at once)."""
+        cdef int idx = self._ep(eid)
+        cdef size_t t
+        cdef int code = {"VP8": 1, "H264": 2, "VP9": 3}.get(codec, 0)
+        with nogil:
+            self.lock()
+            t = self._track(idx, ssrc)
+            self.tracks[t].single = True
+            self.tracks[t].codec = code
+            self.tracks[t].layers[0].bytes = 0
+            self.unlock()
+
     def set_layer(self, str src, uint32_t track_ssrc, str dst, int layer, double now):
         """Send ``dst`` another layer of a simulcast track, from the layer's next keyframe (asked for now)."""
         return self._set_choice(src, track_ssrc, dst, layer, False, now)
 
     def set_cap(self, str src, uint32_t track_ssrc, str dst, int cap, double now):
-        """The highest layer of a simulcast track ``dst``'s link carries (the adaptation's choice,
-        under the layer it asked for); -1 pauses its video, which resumes from a keyframe."""
+        """The highest layer of a video track ``dst``'s link carries (the adaptation's choice,
+        under the layer it asked for); -1 pauses its video, which resumes from a keyframe. A
+        video sent as one stream has one layer: on (0) or paused."""
         return self._set_choice(src, track_ssrc, dst, cap, True, now)
 
     cdef list _set_choice(self, str src, uint32_t track_ssrc, str dst, int value, bint is_cap, double now):
@@ -544,7 +565,7 @@ cdef class FastPath:
         s, d = self.ids.get(src), self.ids.get(dst)
         if s is None or d is None:
             return []
-        cdef int si = s, di = d, r, L
+        cdef int si = s, di = d, r, L, was
         cdef size_t t
         cdef Track* tr
         cdef Route* rt
@@ -552,7 +573,23 @@ cdef class FastPath:
         with nogil:
             self.lock()
             it = self.by_track.find(pair(si, track_ssrc))
-            if it != self.by_track.end() and self.tracks[deref(it).second >> 2].nlayers:
+            if it != self.by_track.end() and is_cap and not self.tracks[deref(it).second >> 2].nlayers:
+                t = deref(it).second >> 2
+                tr = &self.tracks[t]
+                for r in range(tr.nroutes):
+                    rt = &tr.routes[r]
+                    if rt.dst != di or not rt.video:
+                        continue
+                    was = rt.cap
+                    rt.cap = value if value < MAX_LAYERS else MAX_LAYERS - 1
+                    if rt.cap < 0:
+                        rt.cap = -1
+                        rt.resume = False
+                    elif was < 0:
+                        rt.resume = True
+                        self._request_keyframe(t, 0, now, &self.ctl)
+                    break
+            elif it != self.by_track.end() and self.tracks[deref(it).second >> 2].nlayers:
                 t = deref(it).second >> 2
                 tr = &self.tracks[t]
                 for r in range(tr.nroutes):
@@ -584,9 +621,9 @@ cdef class FastPath:
             self.lock()
         try:
             for t in range(self.tracks.size()):
-                if self.tracks[t].used and self.tracks[t].nlayers:
+                if self.tracks[t].used and (self.tracks[t].nlayers or self.tracks[t].single):
                     out[(self.names[self.tracks[t].src], self.tracks[t].ssrc)] = [
-                        self.tracks[t].layers[i].bytes for i in range(self.tracks[t].nlayers)]
+                        self.tracks[t].layers[i].bytes for i in range(self.tracks[t].nlayers or 1)]
         finally:
             self.unlock()
         return out
@@ -761,10 +798,10 @@ cdef class FastPath:
             if tr.routes[r].dst == rt.dst:
                 rt.has_estimate = tr.routes[r].has_estimate
                 rt.estimate = tr.routes[r].estimate
-                if tr.nlayers and tr.routes[r].ssrc == rt.ssrc:
+                if tr.routes[r].ssrc == rt.ssrc and (tr.nlayers or tr.routes[r].cap < 0 or tr.routes[r].resumed):
                     # The same stream to the same subscriber, routed again (a renegotiation): a
-                    # simulcast route keeps where it is, or its numbers would jump (and SRTP
-                    # refuse them).
+                    # simulcast route, or one paused or resumed, keeps where it is, or its
+                    # numbers would jump (and SRTP refuse them).
                     rt.cap = tr.routes[r].cap
                     rt.seq_delta = tr.routes[r].seq_delta
                     rt.ts_delta = tr.routes[r].ts_delta
@@ -778,6 +815,8 @@ cdef class FastPath:
                     rt.layer_start = tr.routes[r].layer_start
                     rt.pid_delta = tr.routes[r].pid_delta
                     rt.tl0_delta = tr.routes[r].tl0_delta
+                    rt.resume = tr.routes[r].resume
+                    rt.resumed = tr.routes[r].resumed
                 tr.routes[r] = rt
                 self.reverse[pair(rt.dst, rt.ssrc)] = pair(t, r)
                 return True
@@ -1058,13 +1097,10 @@ cdef class FastPath:
         by subscriber: each one's packets leave one after another, so they can share a send."""
         cdef Track* tr = &self.tracks[code >> 2]
         cdef Layer* ly = &tr.layers[code & 3]
-        cdef int r, k
         if tr.nlayers:
             self._forward_layer(code >> 2, code & 3, ps, ns, seqs, count, now, out)
         else:
-            for r in range(tr.nroutes):
-                for k in range(count):
-                    self._send_rtp(&tr.routes[r], ps[k], ns[k], now, out, -1)
+            self._forward_single(code >> 2, ps, ns, seqs, count, now, out)
         if keyframes.keyframes_due(&ly.kf, now):
             # A request the throttle held back (a subscriber ready just after another): sent
             # with the publisher's first packet after the window, not dropped.
@@ -1096,6 +1132,41 @@ cdef class FastPath:
                 elif rrid_at >= 0 and tr.layers[i].rid_len == rrid_len and memcmp(tr.layers[i].rid, p + rrid_at, rrid_len) == 0 and tr.layers[i].has_ssrc:
                     self.rtx_map[pair(src, ssrc)] = tr.layers[i].ssrc
             return
+
+    cdef void _forward_single(self, size_t t, uint8_t** ps, int* ns, uint16_t* seqs, int count, double now,
+                              OutBatch* out) noexcept nogil:
+        """Packets of a track sent as one stream go to every route of it but the paused ones; a
+        route on again starts at a keyframe (asked for again if it is late)."""
+        cdef Track* tr = &self.tracks[t]
+        cdef Route* rt
+        cdef int r, k, off
+        cdef int key[BATCH]  # per packet: -1 not looked at yet, else whether a keyframe starts there
+        cdef bint waiting = False
+        for k in range(count):
+            if tr.single:
+                tr.layers[0].bytes += ns[k]
+            key[k] = -1
+        for r in range(tr.nroutes):
+            rt = &tr.routes[r]
+            if rt.cap < 0:
+                continue  # its video is paused: audio only
+            for k in range(count):
+                if rt.resume:
+                    if tr.single and tr.codec:
+                        if key[k] < 0:
+                            off = rtp.payload_offset(ps[k], ns[k])
+                            key[k] = codecs.keyframe_start(tr.codec, ps[k] + off, ns[k] - off) if off >= 0 else 0
+                        if not key[k]:
+                            waiting = True
+                            continue
+                    self._go_on(rt, ps[k], seqs[k], now)
+                    rt.resume = False
+                    rt.resumed = True
+                    rt.layer_start = <uint16_t>(seqs[k] + rt.seq_delta)
+                    self.counts[<int>S_VIDEO_RESUMED] += 1
+                self._send_rtp(rt, ps[k], ns[k], now, out, -1)
+        if waiting and keyframes.keyframes_ready(&tr.layers[0].kf, now):
+            self._request_keyframe(t, 0, now, out)  # its keyframe is late: ask again
 
     cdef void _forward_layer(self, size_t t, int L, uint8_t** ps, int* ns, uint16_t* seqs, int count, double now,
                              OutBatch* out) noexcept nogil:
@@ -1145,12 +1216,8 @@ cdef class FastPath:
     cdef void _switch(self, Route* rt, int L, int codec, const uint8_t* p, int off, int n, uint16_t seq, double now) noexcept nogil:
         """Start a route on another layer: its sequence numbers, timestamps and picture IDs go
         on from the last ones it was sent, so the subscriber sees one stream."""
-        cdef double gap
         cdef int pid, tl0
-        if rt.has_last:
-            rt.seq_delta = <uint16_t>(rt.last_seq + 1 - seq)
-            gap = (now - rt.last_at) * 90000  # video's 90 kHz clock
-            rt.ts_delta = <uint32_t>(rt.last_ts + (<uint32_t>gap if gap >= 1 else 1) - u32(p + 4))
+        if self._go_on(rt, p, seq, now):
             if off >= 0 and codecs.picture(codec, p + off, n - off, &pid, &tl0):
                 if pid >= 0 and rt.last_pid >= 0:
                     rt.pid_delta = <uint16_t>(rt.last_pid + 1 - pid) & 0x7FFF
@@ -1159,6 +1226,17 @@ cdef class FastPath:
         rt.current = L
         rt.layer_start = <uint16_t>(seq + rt.seq_delta)
         self.counts[<int>S_LAYER_SWITCHES] += 1
+
+    cdef bint _go_on(self, Route* rt, const uint8_t* p, uint16_t seq, double now) noexcept nogil:
+        """A route's sequence numbers and timestamps go on from the last ones it was sent, from
+        this packet on, so the subscriber sees one stream. False if it was sent nothing yet."""
+        cdef double gap
+        if not rt.has_last:
+            return False
+        rt.seq_delta = <uint16_t>(rt.last_seq + 1 - seq)
+        gap = (now - rt.last_at) * 90000  # video's 90 kHz clock
+        rt.ts_delta = <uint32_t>(rt.last_ts + (<uint32_t>gap if gap >= 1 else 1) - u32(p + 4))
+        return True
 
     cdef void _send_twcc(self, int src, uint32_t media_ssrc, double now, OutBatch* out) noexcept nogil:
         cdef uint8_t msg[MTU]
@@ -1192,17 +1270,19 @@ cdef class FastPath:
         memcpy(b, plain, n)
         rtp.rewrite(b, rt.ssrc, rt.seq_delta, rt.ts_delta)
         b[1] = (b[1] & 0x80) | rt.pt
+        off = -1
         if codec >= 0:
             off = rtp.payload_offset(b, n)
             if off >= 0:
                 codecs.rewrite_picture(codec, b + off, n - off, rt.pid_delta, rt.tl0_delta)
+        if codec >= 0 or rt.video:
             out_seq = u16(b + 2)
             if not rt.has_last or rtp.newer(out_seq, rt.last_seq):
                 rt.has_last = True
                 rt.last_seq = out_seq
                 rt.last_ts = u32(b + 4)
                 rt.last_at = now
-                if off >= 0 and codecs.picture(codec, b + off, n - off, &pid, &tl0):
+                if codec >= 0 and off >= 0 and codecs.picture(codec, b + off, n - off, &pid, &tl0):
                     rt.last_pid = pid
                     rt.last_tl0 = tl0
         if repair:
@@ -1322,7 +1402,8 @@ cdef class FastPath:
         # Without simulcast one stream serves everyone: the publisher hears the lowest estimate.
         cdef int count = pk[16], i, r
         cdef uint64_t bitrate = rtcp.remb_bitrate(pk)
-        cdef uint64_t low
+        cdef uint64_t low, best
+        cdef bint video
         cdef unordered_map[uint64_t, uint64_t].iterator rev
         cdef Track* tr
         cdef uint8_t msg[24]
@@ -1340,11 +1421,21 @@ cdef class FastPath:
                 continue  # its layers serve subscribers apart: none sets its publisher's pace
             if not self._ready(tr.src) or now - tr.last_remb < REMB_INTERVAL:
                 continue
-            tr.last_remb = now
+            # Of a video: the lowest of those whose video plays, unless far under the best
+            # (REMB_FOLLOW); of audio: the lowest. As the reference's.
+            video = tr.routes[r].video
+            best = 0
             low = <uint64_t>0xFFFFFFFFFFFFFFFF
             for r in range(tr.nroutes):
-                if tr.routes[r].has_estimate and tr.routes[r].estimate < low:
+                if tr.routes[r].has_estimate and tr.routes[r].cap >= 0 and tr.routes[r].estimate > best:
+                    best = tr.routes[r].estimate
+            for r in range(tr.nroutes):
+                if (tr.routes[r].has_estimate and tr.routes[r].cap >= 0 and tr.routes[r].estimate < low
+                        and (not video or tr.routes[r].estimate * REMB_FOLLOW >= best)):
                     low = tr.routes[r].estimate
+            if low == <uint64_t>0xFFFFFFFFFFFFFFFF:
+                continue  # nobody's video plays
+            tr.last_remb = now
             self.counts[<int>S_REMB_SENT] += 1
             self._send_rtcp(tr.src, msg, rtcp.remb(msg, low, tr.ssrc), now, out)
 
@@ -1383,8 +1474,8 @@ cdef class FastPath:
                 if i > 0 and not (blp & (1 << (i - 1))):
                     continue
                 seq = <uint16_t>(pid + i)
-                if tr.nlayers and <uint16_t>(seq - rt.layer_start) >= 0x8000:
-                    self.counts[<int>S_NACK_MISSED] += 1  # sent from another layer: gone with it
+                if (tr.nlayers or rt.resumed) and <uint16_t>(seq - rt.layer_start) >= 0x8000:
+                    self.counts[<int>S_NACK_MISSED] += 1  # sent from another layer, or before a pause: gone with it
                     continue
                 if not self._resend(tr, L, rt, seq, now, out) and n < NACK_SEQS:
                     missing[n] = <uint16_t>(seq - rt.seq_delta)

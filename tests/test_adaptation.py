@@ -171,3 +171,46 @@ def test_a_warned_video_that_keeps_losing_a_little_is_paused_and_so_is_a_lossy_t
     link.step({A: 0.05}, rs=rs)
     link.step({A: 0.05}, rs=rs)
     assert link.caps[A] == -1 and "video_enabled" not in link.kinds(A)
+
+
+def single_routes() -> list[RouteInfo]:
+    """A video each subscriber receives as one stream (a screen share, say): one layer."""
+    return [RouteInfo(PUB, TRACK, A, 0x3001, 1, 0), RouteInfo(PUB, TRACK, B, 0x3002, 1, 0)]
+
+
+def test_a_video_sent_as_one_stream_is_warned_then_paused_on_loss_and_comes_back_by_trial():
+    ad = Adaptation()
+    ad.measure({(PUB, TRACK): [0]}, 0.0)
+    ad.measure({(PUB, TRACK): [100_000]}, 1.0)  # 800 kbit/s
+    link = Link(ad)
+    while link.caps.get(A) != -1:
+        link.step({A: 0.3, B: 0.0}, rs=single_routes())
+        assert link.now < 10
+    # Nothing to step down to: a warning, then audio only; the other subscriber untouched.
+    assert link.kinds(A) == ["video_disabled_warning", "video_disabled"] and B not in link.caps
+    while link.caps[A] == -1:
+        link.step({A: 0.0, B: 0.0}, rs=single_routes())
+    assert link.caps[A] == 0  # on trial: its one layer
+    while link.kinds(A)[-1] != "video_enabled":
+        link.step({A: 0.0, B: 0.0}, rs=single_routes())
+        assert link.now < 30
+    assert link.caps == {A: 0}  # and nothing above it to go to
+
+
+def test_a_falling_estimate_alone_never_pauses_a_video_sent_as_one_stream():
+    ad = Adaptation()
+    ad.measure({(PUB, TRACK): [0]}, 0.0)
+    ad.measure({(PUB, TRACK): [100_000]}, 1.0)
+    link = Link(ad)
+    estimate = 2_000_000
+    for _ in range(40):  # 20 s of an estimate falling far under what is sent, without loss
+        estimate = int(estimate * 0.8)
+        link.step({A: 0.0}, {A: estimate}, rs=single_routes())
+    assert link.caps == {} and link.kinds(A) == []
+    # The same fall on a simulcast video steps it down (a layer is cheap to lose).
+    link = Link(measured())
+    estimate = 2_000_000
+    for _ in range(6):
+        estimate = int(estimate * 0.8)
+        link.step({A: 0.0}, {A: estimate})
+    assert link.caps.get(A) == 1

@@ -3,14 +3,21 @@ Chromium camera (simulcast), a viewer on a clean link and a viewer behind a weak
 40 ms, 2% loss each way: a shaped link into a namespace of its own, tests/shaped_link.py). The
 weak viewer's video from that camera steps down and pauses (audio goes on, the page says so);
 the clean viewer keeps the full layer and the camera keeps sending it. When the link clears the
-weak viewer's video comes back by itself."""
+weak viewer's video comes back by itself. The same for a camera sent as one stream (an aiortc
+client): nothing to step down to, so the weak viewer's video pauses, and the camera is not held
+to the weak link's pace."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 
+import av
 import pytest
+from aiortc import VideoStreamTrack
+
+from loadtest.peers import join_media
 
 from tests.browsers import CHROMIUM, FLAGS, needs_chromium, noise_camera
 from tests.helpers import ServerProcess, create_key, make_room, make_token, server_env
@@ -176,3 +183,79 @@ async def _full(page, video, frames: int = 10):
 async def _more(page, video, frames):
     v = await video(page)
     return v is not None and v["frames"] > frames
+
+
+class NoiseVideo(VideoStreamTrack):
+    """320 x 240 frames of noise: an encoder spends whatever bitrate it is given on them."""
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame(320, 240, "yuv420p")
+        for plane in frame.planes:
+            plane.update(os.urandom(plane.buffer_size))
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+async def test_a_camera_sent_as_one_stream_pauses_for_the_weak_viewer_only_and_recovers(link, near_server, tmp_path):
+    from playwright.async_api import async_playwright
+
+    srv = near_server
+    async with async_playwright() as p, srv.http() as http:
+        flags = FLAGS + [f"--unsafely-treat-insecure-origin-as-secure={srv.url}"]
+        near = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
+        far = await p.chromium.launch(executable_path=link.far_executable(CHROMIUM, str(tmp_path)), headless=True, args=flags)
+        room = await make_room(http, name="Weak link, one stream", media_mode="routed")
+        cam = await join_media(srv, http, room, "cam", role="moderator")
+        reply = await cam.publish(video_track=NoiseVideo())
+        assert reply["type"] == "answer", reply
+        pages = {}
+        for who, browser in (("clean", near), ("weak", far)):
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 720})).new_page()
+            await page.goto(f"{srv.url}/join/{room['id']}?token={await make_token(http, room['id'], who, 'subscriber')}")
+            await page.get_by_role("button", name="Join now").click()
+            pages[who] = page
+        clean, weak = pages["clean"], pages["weak"]
+
+        async def video(page):
+            return next(iter((await page.evaluate(RECEIVED))["video"]), None)  # the room's only video
+
+        for page in (clean, weak):
+            await _until("frames for each viewer", lambda page=page: _more(page, video, 20), 45)
+        track = (await video(weak))["track"]
+        state = f"window.room.videoStates.get('{track}') || null"
+        await weak.evaluate("window.__adapted = []; window.room.addEventListener('video_adaptation', (e) => window.__adapted.push(e.detail.state))")
+
+        link.set(WEAK)
+        shaped = asyncio.get_running_loop().time()
+        await _until("the weak viewer's video paused", lambda: weak.evaluate(f"({state}) === 'video_disabled'"), 60)
+        settled = asyncio.get_running_loop().time() - shaped
+        events = await weak.evaluate("window.__adapted")
+        assert events.index("video_disabled_warning") < events.index("video_disabled"), events
+        await weak.locator(".notice.adapt", has_text="Video paused").wait_for(timeout=5000)
+        a, v = await weak.evaluate(RECEIVED), await video(weak)
+        c1, cv1 = await clean.evaluate(RECEIVED), await video(clean)
+        await asyncio.sleep(3)
+        b, w = await weak.evaluate(RECEIVED), await video(weak)
+        c2, cv2 = await clean.evaluate(RECEIVED), await video(clean)
+        rate = 8 * (c2["videoBytes"] - c1["videoBytes"]) / ((c2["t"] - c1["t"]) / 1000)
+        print(f"one stream: weak viewer audio only {settled:.1f} s after the link degraded; clean viewer meanwhile "
+              f"{rate / 1e6:.2f} Mbit/s, {cv2['frames'] - cv1['frames']} frames in 3 s")
+        assert b["audioPackets"] > a["audioPackets"] + 30, (a, b)  # audio goes on
+        assert w["frames"] - v["frames"] <= 5, (v, w)
+        # The clean viewer plays on, and above what the weak link carries: the camera is not held
+        # to the weak viewer's estimate.
+        assert cv2["frames"] > cv1["frames"] + 10 and rate > 400_000, (cv1, cv2, rate)
+        assert await clean.evaluate(f"window.room.videoStates.get('{track}') || null") in (None, "video_disabled_warning_lifted")
+
+        link.clear()
+        cleared = asyncio.get_running_loop().time()
+        before = (await video(weak))["frames"]
+        await _until("the weak viewer's video enabled again", lambda: weak.evaluate(f"({state}) === 'video_enabled'"), 30)
+        await _until("frames decoded again", lambda: _more(weak, video, before + 10), 15)
+        print(f"one stream: video again {asyncio.get_running_loop().time() - cleared:.1f} s after the link cleared; "
+              f"events {await weak.evaluate('window.__adapted')}")
+        assert await weak.locator(".notice.adapt").count() == 0
+        await cam.close()
+        await near.close()
+        await far.close()

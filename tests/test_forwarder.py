@@ -262,6 +262,26 @@ def test_remb_passes_the_lowest_estimate_to_the_publisher(setup):
     assert [rtcp.remb_request(p[1], p[0] & 0x1F, p) for _, _, p in out] == [(2_000_000, [PUB_SSRC])]
 
 
+def test_of_a_video_a_far_weaker_link_is_not_followed(setup):
+    fw, peers = setup
+    fw.set_route("pub", PUB_SSRC, "s1", Route(ssrc=0x2001, payload_type=96, video=True))
+    fw.set_route("pub", PUB_SSRC, "s2", Route(ssrc=0x2002, payload_type=100, seq_delta=1000, ts_delta=90000, video=True))
+
+    def remb(sub, ssrc, bitrate):
+        return peers[sub].out.protect_rtcp(rtcp.remb(bitrate, [ssrc], sender_ssrc=0x77))
+
+    out = transcript(fw, peers, [
+        ("s1", remb("s1", 0x2001, 1_500_000), 1.0),
+        ("s2", remb("s2", 0x2002, 600_000), 1.2),
+        ("s1", remb("s1", 0x2001, 1_700_000), 1.6),  # s2's is over a third of s1's: followed
+        # s2's link now carries under a third of s1's: not followed (s2 falls back to audio).
+        ("s1", remb("s1", 0x2001, 1_900_000), 2.6),
+        ("s2", remb("s2", 0x2002, 700_000), 3.2),  # a third again
+    ])
+    sent = [rtcp.remb_request(p[1], p[0] & 0x1F, p)[0] for who, _, p in out if who == "pub"]
+    assert sent == [1_500_000, 600_000, 1_900_000, 700_000]
+
+
 def test_remb_round_trip():
     for bitrate in (0, 1, 300_000, 2_500_000, 10**9):
         packet = rtcp.remb(bitrate, [1, 2])
@@ -789,3 +809,103 @@ def test_nacks_are_answered_with_rtx_where_the_subscriber_takes_it(setup):
     fw.set_rtx_out("s2", 0x2002, 0, 0)
     sent = fw.handle_rtcp(peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1001])), S2, 2.0)
     assert [struct.unpack_from("!HI", p, 2) for p, _ in sent] == [(1001, 1 * 3000 + 90000)] and fw.stats["rtx_sent"] == 2
+
+
+# A video sent as one stream: paused and resumed per subscriber (audio fallback) ---------------
+
+def single_frames(pub, frames: range, t0: float, key_every: int, seq0: int = 100) -> list:
+    """A VP8 camera sent as one stream: a frame of two packets every 33 ms, a keyframe every
+    ``key_every`` frames, its sequence numbers from ``seq0`` (wrapping)."""
+    steps = []
+    for i in frames:
+        for part in range(2):
+            data = rtp((seq0 + 2 * i + part) & 0xFFFF, payload=vp8(10 + i, i // 4, i % key_every == 0, part == 0),
+                       marker=part == 1, ts=3000 * i)
+            steps.append(("pub", pub.out.protect(data), t0 + 0.033 * i))
+    return steps
+
+
+def single_build(impl, profile, peers=None):
+    fw, peers = build(impl, profile, peers)
+    fw.set_codec("pub", PUB_SSRC, "VP8")
+    fw.set_route("pub", PUB_SSRC, "s1", Route(ssrc=0x2001, payload_type=96, video=True))
+    fw.set_route("pub", PUB_SSRC, "s2", Route(ssrc=0x2002, payload_type=100, seq_delta=1000, ts_delta=90000, video=True))
+    return fw, peers
+
+
+def seqs_of(packets) -> list[int]:
+    return [struct.unpack_from("!H", p, 2)[0] for p in packets]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_video_sent_as_one_stream_pauses_for_one_subscriber_and_resumes_at_a_keyframe(impl):
+    fw, peers = single_build(impl, PROFILES[0])
+    out = transcript(fw, peers, single_frames(peers["pub"], range(0, 5), 1.0, 6))
+    last = seqs_of(rtp_of(out, "s2"))[-1]
+    assert last == 100 + 9 + 1000
+    # Paused: s2 gets nothing of it, s1 all; nothing is asked of the publisher for that.
+    assert fw.set_cap("pub", PUB_SSRC, "s2", -1, 1.2) == []
+    out = transcript(fw, peers, single_frames(peers["pub"], range(5, 10), 1.0, 6))
+    assert rtp_of(out, "s2") == [] and len(rtp_of(out, "s1")) == 10
+    # Its estimate no longer sets the publisher's pace while paused.
+    low = peers["s2"].out.protect_rtcp(rtcp.remb(100_000, [0x2002], sender_ssrc=0x77))
+    high = peers["s1"].out.protect_rtcp(rtcp.remb(250_000, [0x2001], sender_ssrc=0x77))
+    out = transcript(fw, peers, [("s2", low, 1.3), ("s1", high, 1.4)])
+    assert [rtcp.remb_request(p[1], p[0] & 0x1F, p)[0] for w, _, p in out if w == "pub"] == [250_000]
+    # On again: a keyframe is asked for at once; the delta frames before it are not sent to s2,
+    # which starts at the keyframe (frame 12) with its numbers going on from its last packet.
+    asked = fw.set_cap("pub", PUB_SSRC, "s2", 0, 1.45)
+    assert [struct.unpack_from("!I", peers["pub"].inn.unprotect_rtcp(p), 8)[0] for p, _ in asked] == [PUB_SSRC]
+    assert fw.set_cap("pub", PUB_SSRC, "s2", 0, 1.46) == []  # (already on: nothing more)
+    out = transcript(fw, peers, single_frames(peers["pub"], range(10, 15), 1.0, 6))
+    s2 = rtp_of(out, "s2")
+    assert seqs_of(s2) == [last + 1 + i for i in range(6)] and len(rtp_of(out, "s1")) == 10
+    assert s2[0][12 + 5] == 0x00 and s2[0][12] & 0x10  # a keyframe's first packet (S bit, P bit 0)
+    stamps = [struct.unpack_from("!I", p, 4)[0] for p in s2]
+    assert stamps[0] > 90000 + 3000 * 4 and stamps == sorted(stamps)
+    assert fw.stats["video_resumed"] == 1
+    # s2 missed frames 5-11 while paused: a NACK for its numbers from before the pause is not
+    # answered (they name other packets now), one for a packet since is.
+    nack = peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [last, last + 2]))
+    sent = fw.handle_rtcp(nack, S2, 2.0)
+    assert seqs_of([p for p, _ in sent]) == [last + 2]  # (the header is in the clear)
+    # Routed again as it is (a renegotiation): the stream goes on, no jump.
+    fw.set_route("pub", PUB_SSRC, "s2", Route(ssrc=0x2002, payload_type=100, video=True))
+    out = transcript(fw, peers, single_frames(peers["pub"], range(15, 16), 1.0, 6))
+    assert seqs_of(rtp_of(out, "s2")) == [last + 7, last + 8]
+    # What it brings in, for the adaptation's rates.
+    assert fw.layer_bytes()[("pub", PUB_SSRC)][0] >= 16 * 2 * 60
+
+
+def test_audio_routes_and_unknown_tracks_are_never_paused():
+    for impl in IMPLEMENTATIONS:
+        fw, peers = build(impl, PROFILES[0])  # (build's routes are not video: audio-like)
+        assert fw.set_cap("pub", PUB_SSRC, "s1", -1, 1.0) == [] and fw.set_cap("pub", 0x4444, "s1", -1, 1.0) == []
+        out = transcript(fw, peers, [("pub", peers["pub"].out.protect(rtp(5)), 1.1)])
+        assert sorted(w for w, _, _ in out) == ["s1", "s2"], impl
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.openssl_name.decode() for p in PROFILES])
+def test_fast_path_matches_the_reference_pausing_a_video_sent_as_one_stream(profile):
+    peers = {eid: Peer(profile) for eid in ("pub", "s1", "s2")}
+    pub, s2 = peers["pub"], peers["s2"]
+    steps = [
+        lambda fw: fw.set_codec("pub", PUB_SSRC, "VP8"),
+        lambda fw: fw.set_route("pub", PUB_SSRC, "s1", Route(ssrc=0x2001, payload_type=96, video=True)),
+        lambda fw: fw.set_route("pub", PUB_SSRC, "s2", Route(ssrc=0x2002, payload_type=100, seq_delta=7, video=True)),
+    ]
+    steps += single_frames(pub, range(0, 6), 1.0, 5, seq0=65500)  # its numbers wrap
+    steps.append(lambda fw: fw.set_cap("pub", PUB_SSRC, "s2", -1, 1.2))
+    steps += single_frames(pub, range(6, 9), 1.0, 5, seq0=65500)
+    steps.append(lambda fw: fw.set_cap("pub", PUB_SSRC, "s2", 0, 1.3))
+    steps += single_frames(pub, range(9, 17), 1.0, 5, seq0=65500)  # waits 6 frames, asks again
+    steps.append(("s2", s2.out.protect_rtcp(rtcp.nack(0x2002, [65500 + 7 + 3, 65500 + 7 + 12])), 1.7))
+    steps.append(("s2", s2.out.protect_rtcp(rtcp.remb(90_000, [0x2002], sender_ssrc=0x77)), 1.8))
+    steps.append(("s1", peers["s1"].out.protect_rtcp(rtcp.remb(200_000, [0x2001], sender_ssrc=0x77)), 2.4))
+    steps.append(lambda fw: fw.set_cap("pub", PUB_SSRC, "s2", -1, 2.5))
+    steps.append(("s1", peers["s1"].out.protect_rtcp(rtcp.remb(200_000, [0x2001], sender_ssrc=0x77)), 3.0))
+    lose = frozenset({("s2", 65500 + 7 + 12)})  # the first packet after the resume, asked for again
+    ref, fast = (run_recorded(impl, profile, peers, steps, lose) for impl in IMPLEMENTATIONS)
+    assert len(ref[0]) > 40 and fast == ref
+    for key in ("video_resumed", "nack_missed", "nack_served", "remb_sent", "pli_sent"):
+        assert ref[1].get(key, 0) > 0, key

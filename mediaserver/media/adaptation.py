@@ -1,5 +1,7 @@
 """What each subscriber's link carries (issue 12, parts 3 and 4): per subscriber, the simulcast
-layer of each video it receives, down to none (audio fallback), and back (video recovery).
+layer of each video it receives, down to none (audio fallback), and back (video recovery). A
+video sent as one stream (a screen share, an end-to-end encrypted camera, a client without
+simulcast) has one layer: on or paused.
 
 The signals are the subscriber's own: its receive-side estimate (REMB, delay-based: Chrome's
 and aiortc's receivers send it) and the loss in its receiver reports (RFC 3550 6.4.1). The
@@ -11,7 +13,9 @@ controller moves layer by layer, the way GCC's loss-based controller moves a bit
   a low estimate alone is no sign, since a receiver's estimate lags what it is sent by seconds):
   the lowest-priority video goes one layer down; a video already on its lowest layer gets a
   warning (``video_disabled_warning``), and is paused if the congestion goes on, or if no clean
-  report comes for a few seconds (``video_disabled``): the subscriber keeps its audio;
+  report comes for a few seconds (``video_disabled``): the subscriber keeps its audio. Only
+  loss warns or pauses a video sent as one stream: a falling estimate alone (it lags, and a busy
+  CPU lowers it too) could cost it all its video, where a simulcast one loses a layer;
 - clean for a while (reports under 2%, the estimate not under what is sent): the highest-priority
   video goes one layer up, a paused one back on its lowest (``video_enabled`` once it has stayed
   clean for ``TRIAL`` seconds). A step up that congests is taken back, and the next waits
@@ -54,7 +58,7 @@ class RouteInfo:
     track_ssrc: int
     subscriber: str
     out_ssrc: int  # the SSRC the subscriber sees (its reports name it)
-    layers: int  # simulcast encodings (the caps apply to simulcast tracks only)
+    layers: int  # simulcast encodings (1: a video sent as one stream, on or paused)
     requested: int  # the layer it asked for
     priority: int = 0  # higher first (a screen share, the active speaker)
 
@@ -123,7 +127,7 @@ class Adaptation:
         events: list[dict] = []
         by_sub: dict[str, list[RouteInfo]] = {}
         for r in routes:
-            if r.layers >= 2:
+            if r.layers >= 1:
                 by_sub.setdefault(r.subscriber, []).append(r)
         live = {(r.publisher, r.track_ssrc, r.subscriber) for rs in by_sub.values() for r in rs}
         for key in [k for k in self.videos if k not in live]:
@@ -163,7 +167,8 @@ class Adaptation:
         fell = (estimate is not None and sub.estimate is not None and estimate < FALL * sub.estimate
                 and estimate < BOTTLENECK * sending)
         sub.estimate = estimate
-        congested = (loss is not None and loss > CONGESTED_LOSS) or fell
+        lossy = loss is not None and loss > CONGESTED_LOSS
+        congested = lossy or fell
         clean = not congested and (loss is None or loss < CLEAN_LOSS)
         if not clean:
             sub.clean_since = now
@@ -172,7 +177,7 @@ class Adaptation:
                 sub.up_wait = min(sub.up_wait * 2, MAX_UP_WAIT)  # that step up was too much
             sub.last_up = None
             if now - sub.changed_at >= HOLD:
-                self._down(videos, now, sub, changes, events)
+                self._down(videos, now, sub, changes, events, lossy)
             return
         if not clean:  # between 2% and 10% lost: GCC holds; a warned or trial video does not
             if now - sub.changed_at >= HOLD:
@@ -196,7 +201,7 @@ class Adaptation:
         if clean and now - sub.changed_at >= 4 * MAX_UP_WAIT:
             sub.up_wait = UP_WAIT  # long clean: the link may have changed
 
-    def _down(self, videos, now, sub, changes, events) -> None:
+    def _down(self, videos, now, sub, changes, events, lossy: bool) -> None:
         # The lowest priority first; a video above its lowest layer goes down before any is paused.
         for key, r, v in reversed(videos):
             effective = min(v.cap, r.requested)
@@ -206,7 +211,7 @@ class Adaptation:
                 sub.changed_at = now
                 return
         for key, r, v in reversed(videos):
-            if v.cap < 0:
+            if v.cap < 0 or (r.layers < 2 and not lossy):
                 continue
             if v.paused:  # a trial that congested: paused again, still disabled
                 v.cap, v.trial_since = -1, None

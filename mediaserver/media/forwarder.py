@@ -27,6 +27,9 @@ __all__ = ["NACK_CACHE", "Forwarder", "Route"]
 
 MTU = 1500  # larger datagrams are never forwarded
 REMB_INTERVAL = 0.5  # the publisher hears the lowest subscriber estimate at most this often per track
+# ... of a video, of the subscribers whose links carry at least 1/REMB_FOLLOW of the best one's:
+# one far weaker link does not set everyone's video (its subscriber falls back to audio instead).
+REMB_FOLLOW = 3
 LAYER_TIMEOUT = 1.0  # a simulcast layer silent this long is not sent now (the publisher paused it)
 MAX_LAYER = 2  # simulcast layers are 0-2 (RFC 8853 allows more; browsers send up to three)
 
@@ -52,10 +55,15 @@ class Route:
     layer_start: int = 0
     pid_delta: int = 0
     tl0_delta: int = 0
+    # A video sent as one stream (cap -1: paused): on again, it waits for a keyframe (resume) and
+    # its numbers go on from the last packet sent; NACKs for what it was sent before are not
+    # answered from then on (resumed).
+    resume: bool = False
+    resumed: bool = False
 
 
 SIMULCAST_STATE = ("cap", "seq_delta", "ts_delta", "current", "last_seq", "last_ts", "last_at", "last_pid", "last_tl0",
-                   "layer_start", "pid_delta", "tl0_delta")
+                   "layer_start", "pid_delta", "tl0_delta", "resume", "resumed")
 
 
 @dataclass
@@ -127,6 +135,8 @@ class Forwarder:
     layer_of: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     # (publisher endpoint, publisher SSRC) -> the highest sequence number received (modulo 2^16)
     highest: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (publisher endpoint, SSRC) -> [codec, bytes received] of a video track sent as one stream
+    single: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
     # Sees each RTP packet forwarded, SRTP removed (receiver id, plaintext): a debugging and test
     # aid (what the server sees of an end-to-end encrypted frame); the fast path has none.
@@ -185,6 +195,12 @@ class Forwarder:
         self.simulcast[(eid, track_ssrc)] = Simulcast(mid, list(rids), CODEC_IDS.get(codec, 0), [None] * len(rids))
         self.routes.setdefault((eid, track_ssrc), {})
 
+    def set_codec(self, eid: str, ssrc: int, codec: str) -> None:
+        """A video track of the endpoint sent as one stream, and its codec: a route of it that
+        was paused resumes at a keyframe (read from the payload; unknown codec: at once)."""
+        self.endpoints[eid]  # noqa: B018 - a KeyError for an unknown endpoint, as the fast path's
+        self.single[(eid, ssrc)] = [CODEC_IDS.get(codec, 0), 0]
+
     def set_layer(self, src: str, track_ssrc: int, dst: str, layer: int, now: float) -> list[tuple[bytes, tuple]]:
         """Send ``dst`` another layer of a simulcast track, from the layer's next keyframe (asked for now)."""
         sim = self.simulcast.get((src, track_ssrc))
@@ -195,17 +211,25 @@ class Forwarder:
         return self._toward_wanted(src, track_ssrc, sim, route, now)
 
     def set_cap(self, src: str, track_ssrc: int, dst: str, cap: int, now: float) -> list[tuple[bytes, tuple]]:
-        """The highest layer of a simulcast track ``dst``'s link carries (the adaptation's choice,
-        under the layer it asked for); -1 pauses its video, which resumes from a keyframe."""
+        """The highest layer of a video track ``dst``'s link carries (the adaptation's choice,
+        under the layer it asked for); -1 pauses its video, which resumes from a keyframe. A
+        video sent as one stream has one layer: on (0) or paused."""
         sim = self.simulcast.get((src, track_ssrc))
         route = self.routes.get((src, track_ssrc), {}).get(dst)
-        if sim is None or route is None:
+        if route is None or not route.video:
             return []
+        was = route.cap
         route.cap = max(-1, min(cap, MAX_LAYER))
         if route.cap < 0:
             route.current = None  # (its numbers go on from the last packet sent when it resumes)
+            route.resume = False
             return []
-        return self._toward_wanted(src, track_ssrc, sim, route, now)
+        if sim is not None:
+            return self._toward_wanted(src, track_ssrc, sim, route, now)
+        if was >= 0:
+            return []
+        route.resume = True
+        return self._request_keyframe((src, track_ssrc), now)
 
     def _toward_wanted(self, src: str, track_ssrc: int, sim: "Simulcast", route: Route, now: float) -> list:
         want = sim.wanted(route, now)
@@ -214,8 +238,11 @@ class Forwarder:
         return self._request_keyframe((src, sim.ssrcs[want]), now)
 
     def layer_bytes(self) -> dict[tuple[str, int], list[int]]:
-        """{(publisher, track SSRC): bytes received so far in each of its simulcast layers}."""
-        return {key: sim.bytes[:len(sim.rids)] for key, sim in self.simulcast.items()}
+        """{(publisher, track SSRC): bytes received so far in each of its simulcast layers (one
+        for a video sent as one stream)}."""
+        out = {key: sim.bytes[:len(sim.rids)] for key, sim in self.simulcast.items()}
+        out.update({key: [single[1]] for key, single in self.single.items()})
+        return out
 
     def subscriber_estimates(self) -> dict[str, dict[tuple[str, int], int]]:
         """{subscriber: {(publisher, track SSRC): its latest REMB estimate, bit/s}}, for the
@@ -230,7 +257,7 @@ class Forwarder:
     def remove_endpoint(self, eid: str) -> None:
         for key in [k for k in self.rtx if k[0] == eid]:
             del self.rtx[key]
-        for table in (self.simulcast, self.layer_of, self.rtx_out):
+        for table in (self.simulcast, self.layer_of, self.rtx_out, self.single):
             for key in [k for k in table if k[0] == eid]:
                 del table[key]
         ep = self.endpoints.pop(eid, None)
@@ -246,9 +273,10 @@ class Forwarder:
 
     def set_route(self, src: str, src_ssrc: int, dst: str, route: Route) -> None:
         old = self.routes.get((src, src_ssrc), {}).get(dst)
-        if old is not None and old.ssrc == route.ssrc and (src, src_ssrc) in self.simulcast:
+        if old is not None and old.ssrc == route.ssrc and ((src, src_ssrc) in self.simulcast or old.cap < 0 or old.resumed):
             # The same stream to the same subscriber, routed again (a renegotiation): a simulcast
-            # route keeps where it is, or its numbers would jump (and SRTP refuse them).
+            # route, or one paused or resumed, keeps where it is, or its numbers would jump (and
+            # SRTP refuse them).
             for name in SIMULCAST_STATE:
                 setattr(route, name, getattr(old, name))
         self.routes.setdefault((src, src_ssrc), {})[dst] = route
@@ -320,10 +348,7 @@ class Forwarder:
         if layer is not None:
             out += self._forward_layer(ep.id, layer, routes, plain, seq, now)
         else:
-            for dst_id, route in routes.items():
-                sent = self._send_to(dst_id, route, plain)
-                if sent:
-                    out.append(sent)
+            out += self._forward_single(source, routes, plain, seq, now)
         if source in self.keyframes and self.keyframes[source].due(now):
             # A keyframe request the throttle held back (a subscriber ready just after another):
             # sent with the publisher's first packet after the window, not dropped.
@@ -378,13 +403,50 @@ class Forwarder:
             out += self._request_keyframe((pub, sim.ssrcs[index]), now)  # its keyframe is late: ask again
         return out
 
+    def _forward_single(self, source: tuple[str, int], routes: dict, plain: bytes, seq: int, now: float) -> list:
+        """A packet of a track sent as one stream goes to every route of it but the paused ones;
+        a route on again starts at a keyframe (asked for again if it is late)."""
+        single = self.single.get(source)
+        if single is not None:
+            single[1] += len(plain)
+        key, out, waiting = None, [], False
+        for dst_id, route in routes.items():
+            if route.cap < 0:
+                continue  # its video is paused: audio only
+            if route.resume:
+                if single is not None and single[0]:
+                    if key is None:
+                        off = payload_offset(plain)
+                        key = off is not None and keyframe_start(single[0], plain[off:])
+                    if not key:
+                        waiting = True
+                        continue
+                self._go_on(route, plain, seq, now)
+                route.resume, route.resumed = False, True
+                route.layer_start = (seq + route.seq_delta) & 0xFFFF
+                self.stats["video_resumed"] += 1
+            sent = self._send_to(dst_id, route, plain, now=now)
+            if sent:
+                out.append(sent)
+        if waiting and self.keyframes.setdefault(source, Keyframes()).ready(now):
+            out += self._request_keyframe(source, now)  # its keyframe is late: ask again
+        return out
+
+    @staticmethod
+    def _go_on(route: Route, plain: bytes, seq: int, now: float) -> bool:
+        """A route's sequence numbers and timestamps go on from the last ones it was sent, from
+        this packet on, so the subscriber sees one stream. False if it was sent nothing yet."""
+        if route.last_seq is None:
+            return False
+        route.seq_delta = (route.last_seq + 1 - seq) & 0xFFFF
+        gap = max(1, int((now - route.last_at) * 90000))  # video's 90 kHz clock
+        route.ts_delta = (route.last_ts + gap - struct.unpack_from("!I", plain, 4)[0]) & 0xFFFFFFFF
+        return True
+
     def _switch(self, route: Route, index: int, codec: int, plain: bytes, payload: bytes, seq: int, now: float) -> None:
         """Start a route on another layer: its sequence numbers, timestamps and picture IDs go
         on from the last ones it was sent, so the subscriber sees one stream."""
-        if route.last_seq is not None:
-            route.seq_delta = (route.last_seq + 1 - seq) & 0xFFFF
-            gap = max(1, int((now - route.last_at) * 90000))  # video's 90 kHz clock
-            route.ts_delta = (route.last_ts + gap - struct.unpack_from("!I", plain, 4)[0]) & 0xFFFFFFFF
+        if self._go_on(route, plain, seq, now):
             found = picture(codec, payload)
             if found is not None:
                 if found[0] >= 0 and route.last_pid >= 0:
@@ -410,8 +472,9 @@ class Forwarder:
 
     def _send_to(self, dst_id: str, route: Route, plain: bytes, codec: int | None = None, now: float = 0.0,
                  repair: bool = False) -> tuple[bytes, tuple] | None:
-        """``codec``: a simulcast layer's packet (its route keeps track of what it was sent);
-        ``repair``: a retransmission, sent as RTX where the subscriber takes it."""
+        """``codec``: a simulcast layer's packet (its route keeps track of what it was sent, as
+        every video route does); ``repair``: a retransmission, sent as RTX where the subscriber
+        takes it."""
         dst = self.endpoints.get(dst_id)
         if dst is None or not dst.ready:
             self.stats["drop_subscriber_not_ready"] += 1
@@ -425,10 +488,11 @@ class Forwarder:
             off = payload_offset(pkt)
             if off is not None:
                 rewrite_picture(codec, pkt, off, route.pid_delta, route.tl0_delta)
+        if codec is not None or route.video:
             out_seq = struct.unpack_from("!H", pkt, 2)[0]
             if route.last_seq is None or newer(out_seq, route.last_seq):
                 route.last_seq, route.last_ts, route.last_at = out_seq, struct.unpack_from("!I", pkt, 4)[0], now
-                found = picture(codec, bytes(pkt[off:])) if off is not None else None
+                found = picture(codec, bytes(pkt[off:])) if codec is not None and off is not None else None
                 if found is not None:
                     route.last_pid, route.last_tl0 = found
         rtx = self.rtx_out.get((dst_id, route.ssrc)) if repair else None
@@ -536,13 +600,23 @@ class Forwarder:
             if source in self.simulcast:
                 continue  # its layers serve subscribers apart: none sets its publisher's pace
             # Forget the estimates of subscribers that no longer receive this track.
-            for gone in [s for s in estimates if s not in self.routes.get(source, {})]:
+            routes = self.routes.get(source, {})
+            for gone in [s for s in estimates if s not in routes]:
                 del estimates[gone]
             publisher = self.endpoints.get(source[0])
             if publisher is None or not publisher.ready or now - self.last_remb.get(source, float("-inf")) < REMB_INTERVAL:
                 continue
+            # Of a video: the lowest of those whose video plays, unless far under the best (see
+            # REMB_FOLLOW). Of audio: the lowest (a browser applies any REMB to its whole
+            # connection, and following a weak link's there keeps that link's trials from flooding it).
+            video = routes[subscriber].video
+            playing = [b for s, b in estimates.items() if routes[s].cap >= 0]
+            if not playing:
+                continue
+            best = max(playing)
+            low = min(b for b in playing if not video or b * REMB_FOLLOW >= best)
             self.last_remb[source] = now
-            out.append((publisher.tx.protect_rtcp(rtcp.remb(min(estimates.values()), [source[1]])), publisher.addr))
+            out.append((publisher.tx.protect_rtcp(rtcp.remb(low, [source[1]])), publisher.addr))
             self.stats["remb_sent"] += 1
         return out
 
@@ -572,8 +646,8 @@ class Forwarder:
         cache = self.cache.get(source) or Cache()
         out, missing = [], []
         for out_seq in lost:
-            if layered and (out_seq - route.layer_start) & 0xFFFF >= 0x8000:
-                self.stats["nack_missed"] += 1  # sent from another layer: gone with it
+            if (layered or route.resumed) and (out_seq - route.layer_start) & 0xFFFF >= 0x8000:
+                self.stats["nack_missed"] += 1  # sent from another layer, or before a pause: gone with it
                 continue
             seq = (out_seq - route.seq_delta) & 0xFFFF
             cached = cache.get(seq)

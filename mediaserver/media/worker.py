@@ -260,6 +260,8 @@ class MediaWorker:
                 self.forwarder.set_rtx(t.id, x.rtx_ssrc, x.ssrc)
             if x.rids and sdes is not None:
                 self.forwarder.add_simulcast(t.id, x.ssrc, x.mid, x.rids, x.codec.name)
+            elif x.kind == "video":  # one stream: paused for a subscriber, it resumes at a keyframe
+                self.forwarder.set_codec(t.id, x.ssrc, x.codec.name)
         return sdp.publish_answer(
             remote, tracks, ufrag=t.ice.ufrag, pwd=t.ice.pwd, fingerprint=self.cert.fingerprint,
             host=self.advertised_host, port=self.port,
@@ -337,7 +339,7 @@ class MediaWorker:
                 continue  # legs to other workers and the recorder get what they are sent
             if not video:
                 audio[dst] += 1
-            elif layers >= 2:  # (a video sent as one stream has nothing to step down to)
+            else:  # (a video sent as one stream has one layer: on or paused)
                 routes.append(RouteInfo(src, ssrc, dst, out, layers, requested))
         if not routes and not self.adaptation.videos:
             return
