@@ -214,3 +214,26 @@ def test_a_falling_estimate_alone_never_pauses_a_video_sent_as_one_stream():
         estimate = int(estimate * 0.8)
         link.step({A: 0.0}, {A: estimate})
     assert link.caps.get(A) == 1
+
+
+def test_a_screen_share_goes_before_a_camera_down_and_comes_back_first():
+    """A subscriber with a camera (three layers) and a screen share (one stream, priority 1):
+    the camera gives up its layers, then its picture, before the screen is touched; back up,
+    the screen comes first."""
+    ad = measured()
+    ad.measure({(PUB, TRACK + 1): [0]}, 0.0)
+    ad.measure({(PUB, TRACK + 1): [60_000]}, 1.0)
+    rs = [RouteInfo(PUB, TRACK, A, 0x3001, 3, 2), RouteInfo(PUB, TRACK + 1, A, 0x3003, 1, 0, priority=1)]
+    link = Link(ad)
+    order = []
+    while not (order and order[-1] == (TRACK + 1, -1)):
+        changes = link.step({A: 0.3}, rs=rs)
+        order += [(ssrc, cap) for (_, ssrc, _), cap in changes.items()]
+        assert link.now < 30
+    assert order == [(TRACK, 1), (TRACK, 0), (TRACK, -1), (TRACK + 1, -1)]
+    back = []
+    while len(back) < 2:
+        changes = link.step({A: 0.0}, rs=rs)
+        back += [ssrc for (_, ssrc, _), cap in changes.items() if cap == 0]
+        assert link.now < 60
+    assert back == [TRACK + 1, TRACK]

@@ -332,6 +332,9 @@ async def test_bad_websocket_input(server):
             ({"type": "set_role", "participant_id": b.id, "role": "subscriber"}, "not_moderator"),
             ({"type": "join", "token": "x", "room_id": room["id"]}, "invalid_request"),
             ({"type": "offer", "sdp": "v=0"}, "invalid_sdp"),
+            ({"type": "offer", "sdp": "v=0", "sources": {"0": "projector"}}, "invalid_request"),  # no such source
+            ({"type": "offer", "sdp": "v=0", "sources": {"m" * 17: "screen"}}, "invalid_request"),  # no such mid
+            ({"type": "offer", "sdp": "v=0", "sources": {str(i): "camera" for i in range(9)}}, "invalid_request"),
             ({"type": "answer", "pc": "subscribe", "sdp": "v=0"}, "invalid_request"),  # no offer is waiting
         ]
         for cmd, code in cases:

@@ -66,6 +66,10 @@ async def test_meeting_page_and_dashboard(server, browser):
         await host.get_by_role("button", name="Share screen").click()
         await until(lambda: _videos_decoding(viewer, 2), what="viewer decodes camera and screen")
         await viewer.locator(".tile", has_text="(screen)").wait_for()
+        # The server knows it for a screen share (its publisher said so): it goes first when a
+        # viewer's link cannot carry every video.
+        sources = await viewer.evaluate("[...window.room.tracks.values()].filter((t) => t.kind === 'video').map((t) => t.source).sort()")
+        assert sources == ["camera", "camera", "screen"], sources
         await host.get_by_role("button", name="Stop sharing").click()
 
         # Chat round trip.

@@ -63,10 +63,16 @@ class SetRole(ClientMessage):
 # Media signaling (see mediaserver/media/sdp.py for the model): the client offers on its
 # "publish" peer connection and we answer; we offer on its "subscribe" peer connection and
 # it answers. Candidates need not be sent: our ICE-lite side learns addresses from checks.
+Source = Literal["camera", "microphone", "screen", "screen_audio"]
+
+
 class Offer(ClientMessage):
     type: Literal["offer"]
     sdp: str = Field(..., max_length=65536)
     pc: Literal["publish", "subscribe"] = "publish"
+    # What each offered track is, by its mid: a screen share goes before other videos when a
+    # subscriber's link cannot carry them all. Unnamed tracks are cameras and microphones.
+    sources: dict[Annotated[str, Field(min_length=1, max_length=16)], Source] = Field(default_factory=dict, max_length=8)
 
 
 class Answer(ClientMessage):

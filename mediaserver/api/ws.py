@@ -277,7 +277,7 @@ class Connection:
         elif isinstance(msg, m.Offer):
             if msg.pc != "publish":
                 raise MediaserverError("invalid_request", "the server makes the offers on the subscribe connection")
-            answer = await self.control.call(sid, "publish", pid, msg.sdp)
+            answer = await self.control.call(sid, "publish", pid, msg.sdp, msg.sources)
             await self.send(m.ServerAnswer(id=msg.id, sdp=answer))
         elif isinstance(msg, m.Answer):
             if msg.pc != "subscribe":

@@ -45,7 +45,7 @@ class Worker(Protocol):
     async def subscribe_offer(self, transport_id: str, slots: list) -> str: ...
     async def subscribe_answer(self, transport_id: str, answer: str) -> None: ...
     async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool,
-                    layer: int | None = None) -> None: ...
+                    layer: int | None = None, priority: int = 0) -> None: ...
     async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None: ...
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None: ...
     async def close_participants(self, participant_ids: list[str]) -> int: ...
@@ -54,6 +54,12 @@ class Worker(Protocol):
     async def adaptation_events(self, transport_ids: list[str]) -> list[dict]: ...
     async def start(self) -> dict: ...
     async def watch(self) -> None: ...
+
+
+def _source(said: str, kind: str) -> str:
+    """What a track is: as its publisher said, if that fits its kind."""
+    fits = {"video": ("camera", "screen"), "audio": ("microphone", "screen_audio")}.get(kind, ())
+    return said if said in fits else ""
 
 
 @dataclass
@@ -65,10 +71,20 @@ class Track:
     codec: dict
     muted: bool = False
     layers: int = 0  # simulcast encodings (0: one stream)
+    source: str = ""  # camera, microphone, screen or screen_audio (the publisher says; default by kind)
+
+    def __post_init__(self) -> None:
+        self.source = self.source or ("camera" if self.kind == "video" else "microphone")
+
+    @property
+    def priority(self) -> int:
+        """Where its video ranks among a subscriber's when the link cannot carry them all: a
+        screen share first (it is what everyone is looking at, and useless blurred)."""
+        return 1 if self.source == "screen" else 0
 
     def public(self) -> dict:
         return {"id": self.id, "participant_id": self.participant_id, "kind": self.kind, "codec": self.codec["name"],
-                "muted": self.muted, "layers": self.layers}
+                "muted": self.muted, "layers": self.layers, "source": self.source}
 
 
 @dataclass
@@ -153,10 +169,12 @@ class MediaSession:
 
     # Publishing ------------------------------------------------------------------
 
-    async def publish(self, participant_id: str, offer: str, *, refresh: bool = True) -> tuple[str, list[Track], list[Track]]:
+    async def publish(self, participant_id: str, offer: str, *, refresh: bool = True,
+                      sources: dict[str, str] | None = None) -> tuple[str, list[Track], list[Track]]:
         """Answer a publish offer. Returns (answer, tracks added, tracks removed). ``refresh``:
         offer the change to everyone else before returning (else the caller does, with
-        ``refresh_all``: a publisher need not wait for a whole audience's offers)."""
+        ``refresh_all``: a publisher need not wait for a whole audience's offers). ``sources``:
+        what the publisher says each track is, by mid (``messages.Offer``)."""
         tid = self.publish_transport.get(participant_id)
         if tid is None:
             tid = (await self.worker.create_transport(participant_id, "publish"))["id"]
@@ -174,7 +192,8 @@ class MediaSession:
         for tid_, t in offered.items():
             if tid_ in mine:
                 continue
-            track = Track(tid_, participant_id, t["kind"], t["ssrc"], t["codec"], layers=t.get("layers", 0))
+            track = Track(tid_, participant_id, t["kind"], t["ssrc"], t["codec"], layers=t.get("layers", 0),
+                          source=_source((sources or {}).get(t["mid"], ""), t["kind"]))
             self.tracks[tid_] = track
             added.append(track)
         for t in removed:
@@ -290,7 +309,8 @@ class MediaSession:
         # A simulcast track starts on the layer the subscriber asked for (else the top); one that
         # crosses to another worker gets there as the top layer (its subscribers there share it).
         layer = sub.layers.get(t.id) if sub.worker == HOME else None
-        await self.workers[sub.worker].route(src, ssrc, sub.transport_id, slot.ssrc, slot.codec["payload_type"], t.kind == "video", layer)
+        await self.workers[sub.worker].route(src, ssrc, sub.transport_id, slot.ssrc, slot.codec["payload_type"], t.kind == "video", layer,
+                                             t.priority)
 
     async def _unroute(self, t: Track, pid: str, sub: Subscriber) -> None:
         if sub.transport_id is None:

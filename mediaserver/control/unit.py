@@ -204,7 +204,7 @@ class SessionUnit:
             raise MediaserverError("not_joined", "this participant is not in the session")
         return p
 
-    async def publish(self, participant_id: str, offer: str) -> str:
+    async def publish(self, participant_id: str, offer: str, sources: dict[str, str] | None = None) -> str:
         self.core.require_live()
         p = self._member(participant_id)
         _may_publish(p)
@@ -215,13 +215,14 @@ class SessionUnit:
         async with self._media_lock:
             seated = await self.core.take_stage(participant_id)  # on screen: 4 speakers, 6 others at most
             try:
-                answer, added, removed = await self.media.publish(participant_id, offer, refresh=False)
+                answer, added, removed = await self.media.publish(participant_id, offer, refresh=False, sources=sources)
             except Exception:
                 if seated:  # the publication failed: give the seat back
                     await self.core.leave_stage(participant_id)
                 raise
         for t in added:
-            await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec=t.codec["name"], layers=t.layers)
+            await self.core.record(participant_id, "track_published", track_id=t.id, kind=t.kind, codec=t.codec["name"], layers=t.layers,
+                                   source=t.source)
         await self._record_unpublished(participant_id, removed)
         # The answer goes now; everyone else's offer follows (one worker call or two each: in a
         # room of 49 viewers the answer waited ~390 ms for them, see benchmark 7).

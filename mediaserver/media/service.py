@@ -99,8 +99,8 @@ class WorkerService:
         self.worker.subscribe_answer(transport_id, answer)
 
     async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool = False,
-                    layer: int | None = None) -> None:
-        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type, video, layer)
+                    layer: int | None = None, priority: int = 0) -> None:
+        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type, video, layer, priority)
 
     async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None:
         self.worker.set_layer(src, src_ssrc, dst, layer)

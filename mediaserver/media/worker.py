@@ -295,12 +295,13 @@ class MediaWorker:
         t.remote = remote
 
     def route(self, src_tid: str, src_ssrc: int, dst_tid: str, out_ssrc: int, payload_type: int, video: bool = False,
-              layer: int | None = None) -> None:
-        """``layer``: of a simulcast track, the one it starts on (0 the lowest; None: the top)."""
+              layer: int | None = None, priority: int = 0) -> None:
+        """``layer``: of a simulcast track, the one it starts on (0 the lowest; None: the top);
+        ``priority``: the adaptation's order among the subscriber's videos (higher first)."""
         top = self._layers(src_tid, src_ssrc) - 1
         layer = top if layer is None else max(0, min(layer, top))
         self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type, video=video, layer=layer))
-        self._routes[(src_tid, src_ssrc, dst_tid)] = [out_ssrc, video, top + 1, layer]
+        self._routes[(src_tid, src_ssrc, dst_tid)] = [out_ssrc, video, top + 1, layer, priority]
         for pkt, to in self.forwarder.keyframes_for(dst_tid, self.clock()):
             self._send_consented(pkt, to)
 
@@ -334,13 +335,13 @@ class MediaWorker:
         """One step of every subscriber's adaptation: caps to the forwarder, events queued."""
         receivers = {tid for tid, t in self.transports.items() if t.role == "subscribe"}
         routes, audio = [], Counter()
-        for (src, ssrc, dst), (out, video, layers, requested) in self._routes.items():
+        for (src, ssrc, dst), (out, video, layers, requested, priority) in self._routes.items():
             if dst not in receivers:
                 continue  # legs to other workers and the recorder get what they are sent
             if not video:
                 audio[dst] += 1
             else:  # (a video sent as one stream has one layer: on or paused)
-                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested))
+                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested, priority))
         if not routes and not self.adaptation.videos:
             return
         self.adaptation.measure(self.forwarder.layer_bytes(), now)

@@ -107,6 +107,7 @@ export class Room extends EventTarget {
     const layers = track.kind === "video" && simulcast && !options.screen ? simulcastLayers(track) : null;
     if (layers) init.sendEncodings = layers;
     const transceiver = pc.addTransceiver(track, init);
+    transceiver._source = options.screen ? (track.kind === "video" ? "screen" : "screen_audio") : (track.kind === "video" ? "camera" : "microphone");
     const codec = this.e2ee ? "VP8" : options.videoCodec;
     if (this.e2ee && options.videoCodec && options.videoCodec.toUpperCase() !== "VP8") {
       throw new MediaserverError("unsupported_codec", "end-to-end encrypted rooms send VP8 video");
@@ -258,7 +259,7 @@ export class Room extends EventTarget {
     const d = msg.data || {};
     if (msg.event === "joined") this.participants.set(msg.participant_id, { id: msg.participant_id, ...d, state: "connected" });
     else if (msg.event === "left") this.participants.delete(msg.participant_id);
-    else if (msg.event === "track_published") this.tracks.set(d.track_id, { id: d.track_id, participant_id: msg.participant_id, kind: d.kind, muted: false, layers: d.layers || 0 });
+    else if (msg.event === "track_published") this.tracks.set(d.track_id, { id: d.track_id, participant_id: msg.participant_id, kind: d.kind, muted: false, layers: d.layers || 0, source: d.source });
     else if (msg.event === "track_unpublished") this.tracks.delete(d.track_id);
     else if ((msg.event === "muted" || msg.event === "unmuted") && this.tracks.has(d.track_id)) this.tracks.get(d.track_id).muted = msg.event === "muted";
     else if (msg.event === "chat") { this.chatMessages.push(d.message); this._openText(d.message, "text"); }
@@ -346,9 +347,17 @@ export class Room extends EventTarget {
     if (!this.publishPc) this.publishPc = new RTCPeerConnection(this._pcConfig());
     for (const track of stream.getTracks()) this._addSender(this.publishPc, track, stream, options);
     await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
-    const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp });
+    const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp, sources: this._sources() });
     await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
     this._watchConnection(this.publishPc, "publish");
+  }
+
+  // What each track we send is, by mid: the server puts a screen share before other videos when
+  // a subscriber's link cannot carry them all, and tells everyone (a track's "source").
+  _sources() {
+    const out = {};
+    for (const t of this.publishPc.getTransceivers()) if (t.mid && t._source && !t.stopped) out[t.mid] = t._source;
+    return out;
   }
 
   // Share the screen as one more video track of our publication (renegotiated on the publish
@@ -383,7 +392,7 @@ export class Room extends EventTarget {
 
   async _renegotiate() {
     await this.publishPc.setLocalDescription(await this.publishPc.createOffer());
-    const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp });
+    const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp, sources: this._sources() });
     await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
   }
 

@@ -476,8 +476,9 @@ function wire(r) {
     const name = r.participants.get(pid)?.name || "guest";
     let video = tile(pid, name);
     if (!video.srcObject || video.srcObject === preview) video.srcObject = new MediaStream();
-    if (detail.track.kind === "video" && video.srcObject.getVideoTracks().some((t) => t.readyState === "live" && t !== detail.track)) {
-      // A second video of the same participant (a shared screen): a tile of its own.
+    const screen = r.tracks.get(detail.track.id)?.source === "screen";
+    if (detail.track.kind === "video" && (screen || video.srcObject.getVideoTracks().some((t) => t.readyState === "live" && t !== detail.track))) {
+      // A shared screen (as its publisher says, or a second video of the same participant): a tile of its own.
       video = tile(`${pid}-${detail.track.id.replace(/[^\w-]/g, "_")}`, `${name} (screen)`);
       video.srcObject = new MediaStream();
       detail.track.onended = () => video.closest(".tile")?.remove();
