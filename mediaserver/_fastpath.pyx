@@ -429,6 +429,7 @@ cdef class FastPath:
             it = self.by_addr.find(old)
             if it != self.by_addr.end() and deref(it).second == idx:
                 self.by_addr.erase(it)
+            self.no_gso.erase(old)  # (whoever has the address next may take GSO)
 
     def set_keys(self, str eid, keys):
         """Install the DTLS-SRTP keys (a ``SrtpKeys``): from now on the endpoint is ready."""
