@@ -75,6 +75,7 @@ from libc.errno cimport EAGAIN, EINVAL, EIO, errno  # EWOULDBLOCK is EAGAIN on L
 
 
 KIND_NAMES = ("drop", "stun", "dtls", "rtp", "rtcp")
+CODEC_IDS = {"VP8": codecs.CODEC_VP8, "H264": codecs.CODEC_H264, "VP9": codecs.CODEC_VP9}  # as the reference's
 
 cdef enum:
     MTU = 1500  # larger datagrams are never forwarded (the reference's MTU)
@@ -525,7 +526,7 @@ cdef class FastPath:
         try:
             tr = &self.tracks[t]
             tr.nlayers = len(names)
-            tr.codec = {"VP8": 1, "H264": 2, "VP9": 3}.get(codec, 0)
+            tr.codec = CODEC_IDS.get(codec, 0)
             tr.mid_len = len(m)
             memcpy(tr.mid, <char*>m, len(m))
             tr.layers[0].has_ssrc = False
@@ -541,7 +542,7 @@ cdef class FastPath:
         was paused resumes at a keyframe (read from the payload; unknown codec: at once)."""
         cdef int idx = self._ep(eid)
         cdef size_t t
-        cdef int code = {"VP8": 1, "H264": 2, "VP9": 3}.get(codec, 0)
+        cdef int code = CODEC_IDS.get(codec, 0)
         with nogil:
             self.lock()
             t = self._track(idx, ssrc)
@@ -922,7 +923,7 @@ cdef class FastPath:
             self._flush(out)
 
     cdef void _flush(self, OutBatch* out) noexcept nogil:
-        cdef int i, m, sent, done = 0, lost
+        cdef int i, m, sent, done = 0
         cdef bint waited = False
         cdef pollfd pfd
         if out.n == 0:
