@@ -244,6 +244,7 @@ class MediaClient:
         self.events: list[dict] = []
         self.errors: list[dict] = []
         self.signals: list[dict] = []  # relayed rooms: signal, peer_closed, peers_changed
+        self.adaptation: list[dict] = []  # video_disabled_warning, video_disabled, ..._lifted, video_enabled
         self.marks: dict[str, float] = {}  # monotonic times of a join's steps (first of each), for benchmarks
         self.pub_pc: RTCPeerConnection | None = None
         self.sub_pc = new_pc()
@@ -350,6 +351,8 @@ class MediaClient:
                     self.events.append(msg)
                 elif msg["type"] in ("signal", "peer_closed", "peers_changed"):
                     self.signals.append(msg)
+                elif msg["type"].startswith("video_"):
+                    self.adaptation.append(msg)
                 elif msg["type"] == "ping":
                     await self.ws.send(json.dumps({"type": "pong"}))
                 elif msg["type"] == "error":

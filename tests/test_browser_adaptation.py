@@ -168,7 +168,9 @@ async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers
         events = await weak.evaluate("window.__adapted")
         print(f"after the link cleared: video again in {back:.1f} s, the full layer in {full:.1f} s; the weak viewer's events: {events}")
         if "video_disabled" in events:
-            assert events[-1] == "video_enabled", events
+            # Enabled after its last pause (a passing warning may follow once it plays: lifted).
+            last_pause = len(events) - 1 - events[::-1].index("video_disabled")
+            assert "video_enabled" in events[last_pause:], events
         assert await weak.evaluate(state) in ("video_enabled", "video_disabled_warning_lifted"), events
         assert await weak.locator(".notice.adapt").count() == 0
         await near.close()

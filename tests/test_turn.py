@@ -111,7 +111,11 @@ async def test_routed_media_through_turn_only(turn_server, turn):
         try:
             reply = await pub.publish(audio=False)
             assert reply["type"] == "answer", reply
-            await wait_for(lambda: sub.got.video_frames >= 10, timeout=40)
+            try:
+                await wait_for(lambda: sub.got.video_frames >= 10, timeout=40)
+            except AssertionError:
+                raise AssertionError(f"{sub.got.video_frames} frames; the server said {sub.adaptation}, errors {sub.errors}; "
+                                     f"server log: {turn_server.log()[-3000:]}") from None
             pair = sub.sub_pc.getTransceivers()[0].receiver.transport.transport.iceGatherer.getLocalCandidates()
             assert pair and all(c.type == "relay" for c in pair), [c.type for c in pair]
             assert turn.allocations() >= allocations + 2, "both peers allocated a relay"
