@@ -83,6 +83,7 @@ async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers
     from playwright.async_api import async_playwright
 
     srv = near_server
+    link.clear()  # (whatever the test before left)
     camera = noise_camera(tmp_path)
     async with async_playwright() as p, srv.http() as http:
         # (Not loopback, so not a secure context by itself: camera and microphone need one.)
@@ -114,7 +115,7 @@ async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers
         # lower layer if that fits, else audio only (which one depends on the lower layer's rate).
         link.set(WEAK)
         shaped = asyncio.get_running_loop().time()
-        await _until("a warning", lambda: weak.evaluate("window.__adapted.includes('video_disabled_warning')"), 40)
+        await _until("a warning", lambda: weak.evaluate("window.__adapted.includes('video_disabled_warning')"), 60)
         outcome = None
         while outcome is None:
             assert asyncio.get_running_loop().time() - shaped < 60, await weak.evaluate("window.__adapted")
@@ -203,6 +204,7 @@ async def test_a_camera_sent_as_one_stream_pauses_for_the_weak_viewer_only_and_r
     from playwright.async_api import async_playwright
 
     srv = near_server
+    link.clear()  # (whatever the test before left)
     async with async_playwright() as p, srv.http() as http:
         flags = FLAGS + [f"--unsafely-treat-insecure-origin-as-secure={srv.url}"]
         near = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
