@@ -126,10 +126,9 @@ class Adaptation:
         changes: dict[tuple[str, int, str], int] = {}
         events: list[dict] = []
         by_sub: dict[str, list[RouteInfo]] = {}
-        for r in routes:
-            if r.layers >= 1:
-                by_sub.setdefault(r.subscriber, []).append(r)
-        live = {(r.publisher, r.track_ssrc, r.subscriber) for rs in by_sub.values() for r in rs}
+        for r in routes:  # (every video: one sent as one stream has one layer)
+            by_sub.setdefault(r.subscriber, []).append(r)
+        live = {(r.publisher, r.track_ssrc, r.subscriber) for r in routes}
         for key in [k for k in self.videos if k not in live]:
             del self.videos[key]
         for sid in [s for s in self.subscribers if s not in by_sub]:
