@@ -72,9 +72,9 @@ class MediaWorkerActor:
         await self.service.start()
         await self.service.unroute(src, src_ssrc, dst)
 
-    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None:
+    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int | None, temporal: int | None = None) -> None:
         await self.service.start()
-        await self.service.set_layer(src, src_ssrc, dst, layer)
+        await self.service.set_layer(src, src_ssrc, dst, layer, temporal)
 
     async def quality(self, transport_ids: list[str]) -> dict[str, dict]:
         await self.service.start()

@@ -41,11 +41,12 @@ from mediaserver._udp cimport (
     AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE, MSG_DONTWAIT, MSG_TRUNC, SCM_TIMESTAMPNS,
     SO_TIMESTAMPNS, SOL_SOCKET, SOL_UDP, UDP_SEGMENT, cmsghdr, htonl, htons, iovec, mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, setsockopt, sockaddr_in, srtp_fn,
 )
-from mediaserver.fastpath cimport codecs, keyframes, nack, rtcp, rtp, twcc
+from mediaserver.fastpath cimport codecs, keyframes, nack, rtcp, rtp, temporal, twcc
 from mediaserver.fastpath.keyframes cimport Keyframes
 from mediaserver.fastpath.nack cimport NACK_CACHE, UPSTREAM_MAX, Asked, Slot
 from mediaserver.fastpath.rtcp cimport NACK_SEQS, PSFB, RR, RTPFB, SR, Quality
 from mediaserver.fastpath.rtp cimport KIND_DROP, KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, put16, put32, u16, u32
+from mediaserver.fastpath.temporal cimport DROP_WINDOW, MAX_TEMPORAL, Drops, Vp8Temporal
 from mediaserver.fastpath.twcc cimport TWCC_MAX_MESSAGES, Twcc
 
 
@@ -105,7 +106,7 @@ cdef enum Stat:
     S_DROP_SLOW_QUEUE_FULL, S_PLI_SENT, S_PLI_THROTTLED, S_REMB_SENT, S_SR_FORWARDED
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
     S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED, S_PADDING_IN, S_RTX_REPAIRED, S_RTX_REDUNDANT, S_TWCC_SENT
-    S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT, S_TX_GSO, S_GSO_REFUSED, S_VIDEO_RESUMED
+    S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT, S_TX_GSO, S_GSO_REFUSED, S_VIDEO_RESUMED, S_TEMPORAL_DROPPED
     S_COUNT
 
 STAT_NAMES = (
@@ -115,7 +116,7 @@ STAT_NAMES = (
     "drop_slow_queue_full", "pli_sent", "pli_throttled", "remb_sent", "sr_forwarded",
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
     "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred", "padding_in", "rtx_repaired", "rtx_redundant", "twcc_sent",
-    "layers_found", "layer_switches", "rtx_sent", "tx_gso", "gso_refused", "video_resumed",
+    "layers_found", "layer_switches", "rtx_sent", "tx_gso", "gso_refused", "video_resumed", "temporal_dropped",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -226,6 +227,16 @@ cdef struct Route:
     # numbers were shifted then, NACKs for before are not answered (resumed). The reference's.
     bint resume
     bint resumed
+    # VP8 temporal layers, the reference's: the highest TID it may get, the one it gets now, the
+    # newest publisher sequence number routed since it first dropped one, and whether its
+    # record of drops (FastPath.tdrops) exists.
+    int tcap
+    int tcur
+    bint has_tin
+    uint16_t tin_top
+    bint tlast_dropped  # the packet at tin_top was not sent
+    bint tlast_end  # ... ended a frame (RTP marker)
+    bint has_drops
 
 cdef struct RtxOut:
     # How repairs go to one subscriber's stream (RFC 4588).
@@ -265,6 +276,7 @@ cdef struct Track:
     uint8_t mid[16]
     int mid_len
     Layer layers[MAX_LAYERS]
+    uint64_t tbytes[MAX_TEMPORAL + 1]  # bytes received in each VP8 temporal layer
 
 cdef struct OutBatch:
     int n
@@ -320,6 +332,7 @@ cdef class FastPath:
     cdef unordered_map[uint64_t, Quality] quality_map  # (subscriber, SSRC it sees) -> its latest report
     cdef unordered_map[uint64_t, uint32_t] rtx_map  # (publisher, its RTX SSRC) -> the media SSRC it repairs
     cdef unordered_map[uint64_t, RtxOut] rtx_out  # (subscriber, SSRC it sees) -> its RTX stream
+    cdef unordered_map[uint64_t, Drops] tdrops  # (subscriber, SSRC it sees) -> what it was not sent lately
     cdef uint64_t counts[<int>S_COUNT]
     cdef OutBatch ctl  # for calls from Python: collected, returned to the caller
     cdef OutBatch net  # for the loop: sent with sendmmsg
@@ -553,15 +566,16 @@ cdef class FastPath:
 
     def set_layer(self, str src, uint32_t track_ssrc, str dst, int layer, double now):
         """Send ``dst`` another layer of a simulcast track, from the layer's next keyframe (asked for now)."""
-        return self._set_choice(src, track_ssrc, dst, layer, False, now)
+        return self._set_choice(src, track_ssrc, dst, layer, False, now, MAX_TEMPORAL)
 
-    def set_cap(self, str src, uint32_t track_ssrc, str dst, int cap, double now):
+    def set_cap(self, str src, uint32_t track_ssrc, str dst, int cap, double now, int tcap=MAX_TEMPORAL):
         """The highest layer of a video track ``dst``'s link carries (the adaptation's choice,
         under the layer it asked for); -1 pauses its video, which resumes from a keyframe. A
-        video sent as one stream has one layer: on (0) or paused."""
-        return self._set_choice(src, track_ssrc, dst, cap, True, now)
+        video sent as one stream has one layer: on (0) or paused. ``tcap``: the highest VP8
+        temporal layer it gets (2: every frame, 1: half, 0: a quarter)."""
+        return self._set_choice(src, track_ssrc, dst, cap, True, now, tcap)
 
-    cdef list _set_choice(self, str src, uint32_t track_ssrc, str dst, int value, bint is_cap, double now):
+    cdef list _set_choice(self, str src, uint32_t track_ssrc, str dst, int value, bint is_cap, double now, int tcap):
         """A simulcast route's layer (asked for) or cap (its link's), then the keyframe of the
         layer it should get now, unless it has it or its video is paused."""
         s, d = self.ids.get(src), self.ids.get(dst)
@@ -582,6 +596,7 @@ cdef class FastPath:
                     rt = &tr.routes[r]
                     if rt.dst != di or not rt.video:
                         continue
+                    rt.tcap = 0 if tcap < 0 else MAX_TEMPORAL if tcap > MAX_TEMPORAL else tcap
                     was = rt.cap
                     rt.cap = value if value < MAX_LAYERS else MAX_LAYERS - 1
                     if rt.cap < 0:
@@ -602,7 +617,8 @@ cdef class FastPath:
                         rt.layer = value if value < tr.nlayers else tr.nlayers - 1
                         if rt.layer < 0:
                             rt.layer = 0
-                    else:
+                    elif rt.video:
+                        rt.tcap = 0 if tcap < 0 else MAX_TEMPORAL if tcap > MAX_TEMPORAL else tcap
                         rt.cap = value if value < MAX_LAYERS else MAX_LAYERS - 1
                         if rt.cap < 0:
                             rt.cap = -1
@@ -626,6 +642,23 @@ cdef class FastPath:
                 if self.tracks[t].used and (self.tracks[t].nlayers or self.tracks[t].single):
                     out[(self.names[self.tracks[t].src], self.tracks[t].ssrc)] = [
                         self.tracks[t].layers[i].bytes for i in range(self.tracks[t].nlayers or 1)]
+        finally:
+            self.unlock()
+        return out
+
+    def temporal_bytes(self):
+        """{(publisher, track SSRC): bytes received so far in each VP8 temporal layer}, for the
+        VP8 tracks seen (all in TID 0 where the packets name none)."""
+        out = {}
+        cdef size_t t
+        cdef Track* tr
+        with nogil:
+            self.lock()
+        try:
+            for t in range(self.tracks.size()):
+                tr = &self.tracks[t]
+                if tr.used and (tr.tbytes[0] or tr.tbytes[1] or tr.tbytes[2]):
+                    out[(self.names[tr.src], tr.ssrc)] = [tr.tbytes[0], tr.tbytes[1], tr.tbytes[2]]
         finally:
             self.unlock()
         return out
@@ -719,6 +752,8 @@ cdef class FastPath:
         cdef int r, i
         for r in range(tr.nroutes):
             self.reverse.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
+            if tr.routes[r].has_drops:
+                self.tdrops.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
         self.by_track.erase(pair(tr.src, tr.ssrc))
         for i in range(MAX_LAYERS):
             if tr.nlayers and tr.layers[i].has_ssrc:
@@ -733,6 +768,8 @@ cdef class FastPath:
         cdef Track* tr = &self.tracks[t]
         cdef int i
         self.reverse.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
+        if tr.routes[r].has_drops:
+            self.tdrops.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
         tr.nroutes -= 1
         for i in range(r, tr.nroutes):
             tr.routes[i] = tr.routes[i + 1]
@@ -755,6 +792,8 @@ cdef class FastPath:
         rt.current = -1
         rt.last_pid = -1
         rt.last_tl0 = -1
+        rt.tcap = MAX_TEMPORAL
+        rt.tcur = MAX_TEMPORAL
         with nogil:
             self.lock()
             ok = self._set_route(s, src_ssrc, rt)
@@ -800,10 +839,11 @@ cdef class FastPath:
             if tr.routes[r].dst == rt.dst:
                 rt.has_estimate = tr.routes[r].has_estimate
                 rt.estimate = tr.routes[r].estimate
-                if tr.routes[r].ssrc == rt.ssrc and (tr.nlayers or tr.routes[r].cap < 0 or tr.routes[r].resumed):
+                if tr.routes[r].ssrc == rt.ssrc and (tr.nlayers or tr.routes[r].cap < 0 or tr.routes[r].resumed
+                                                     or self._filtered(&tr.routes[r])):
                     # The same stream to the same subscriber, routed again (a renegotiation): a
-                    # simulcast route, or one paused or resumed, keeps where it is, or its
-                    # numbers would jump (and SRTP refuse them).
+                    # simulcast route, or one paused, resumed or thinned to fewer frames, keeps
+                    # where it is, or its numbers would jump (and SRTP refuse them).
                     rt.cap = tr.routes[r].cap
                     rt.seq_delta = tr.routes[r].seq_delta
                     rt.ts_delta = tr.routes[r].ts_delta
@@ -819,6 +859,15 @@ cdef class FastPath:
                     rt.tl0_delta = tr.routes[r].tl0_delta
                     rt.resume = tr.routes[r].resume
                     rt.resumed = tr.routes[r].resumed
+                    rt.tcap = tr.routes[r].tcap
+                    rt.tcur = tr.routes[r].tcur
+                    rt.has_tin = tr.routes[r].has_tin
+                    rt.tin_top = tr.routes[r].tin_top
+                    rt.tlast_dropped = tr.routes[r].tlast_dropped
+                    rt.tlast_end = tr.routes[r].tlast_end
+                    rt.has_drops = tr.routes[r].has_drops
+                elif tr.routes[r].has_drops:
+                    self.tdrops.erase(pair(tr.routes[r].dst, tr.routes[r].ssrc))
                 tr.routes[r] = rt
                 self.reverse[pair(rt.dst, rt.ssrc)] = pair(t, r)
                 return True
@@ -832,6 +881,9 @@ cdef class FastPath:
         self.reverse[pair(rt.dst, rt.ssrc)] = pair(t, tr.nroutes)
         tr.nroutes += 1
         return True
+
+    cdef bint _filtered(self, Route* rt) noexcept nogil:
+        return rt.has_drops or rt.tcur < MAX_TEMPORAL or rt.tcap < MAX_TEMPORAL
 
     def remove_route(self, str src, uint32_t src_ssrc, str dst):
         s, d = self.ids.get(src), self.ids.get(dst)
@@ -1147,6 +1199,7 @@ cdef class FastPath:
         for k in range(count):
             if tr.single:
                 tr.layers[0].bytes += ns[k]
+                self._count_temporal(tr, ps[k], ns[k])
             key[k] = -1
         for r in range(tr.nroutes):
             rt = &tr.routes[r]
@@ -1166,7 +1219,7 @@ cdef class FastPath:
                     rt.resumed = True
                     rt.layer_start = <uint16_t>(seqs[k] + rt.seq_delta)
                     self.counts[<int>S_VIDEO_RESUMED] += 1
-                self._send_rtp(rt, ps[k], ns[k], now, out, -1)
+                self._send_rtp(rt, ps[k], ns[k], now, out, tr.codec if tr.single else -1)
         if waiting and keyframes.keyframes_ready(&tr.layers[0].kf, now):
             self._request_keyframe(t, 0, now, out)  # its keyframe is late: ask again
 
@@ -1182,6 +1235,7 @@ cdef class FastPath:
         tr.layers[L].seen = now
         for k in range(count):
             tr.layers[L].bytes += ns[k]
+            self._count_temporal(tr, ps[k], ns[k])
             key[k] = -1
         for r in range(tr.nroutes):
             rt = &tr.routes[r]
@@ -1229,10 +1283,23 @@ cdef class FastPath:
         rt.layer_start = <uint16_t>(seq + rt.seq_delta)
         self.counts[<int>S_LAYER_SWITCHES] += 1
 
+    cdef void _count_temporal(self, Track* tr, const uint8_t* p, int n) noexcept nogil:
+        cdef Vp8Temporal tl
+        cdef int off
+        if tr.codec != codecs.CODEC_VP8:
+            return
+        off = rtp.payload_offset(p, n)
+        if off >= 0 and temporal.vp8_temporal(p + off, n - off, &tl):
+            tr.tbytes[tl.tid if tl.tid > 0 else 0] += n
+
     cdef bint _go_on(self, Route* rt, const uint8_t* p, uint16_t seq, double now) noexcept nogil:
         """A route's sequence numbers and timestamps go on from the last ones it was sent, from
         this packet on, so the subscriber sees one stream. False if it was sent nothing yet."""
         cdef double gap
+        rt.has_tin = False  # (numbers of another stream from here on)
+        if rt.has_drops:
+            self.tdrops.erase(pair(rt.dst, rt.ssrc))
+            rt.has_drops = False
         if not rt.has_last:
             return False
         rt.seq_delta = <uint16_t>(rt.last_seq + 1 - seq)
@@ -1256,9 +1323,11 @@ cdef class FastPath:
 
     cdef bint _send_rtp(self, Route* rt, const uint8_t* plain, int n, double now, OutBatch* out, int codec,
                         bint repair=False) noexcept nogil:
-        """``codec`` >= 0: a simulcast layer's packet (its route keeps track of what it was sent);
-        ``repair``: a retransmission, sent as RTX where the subscriber takes it."""
-        cdef int length = n, off, pid, tl0
+        """``codec`` >= 0: a video packet whose codec is known (a simulcast layer's, or a video
+        sent as one stream whose codec we were told): its route keeps track of what it was sent,
+        and VP8 frames above its temporal layer are not sent; ``repair``: a retransmission, sent
+        as RTX where the subscriber takes it."""
+        cdef int length = n, off, pid, tl0, extra_seq = 0, extra_pid = 0
         cdef uint16_t out_seq
         cdef uint8_t* b
         cdef unordered_map[uint64_t, RtxOut].iterator rx
@@ -1266,17 +1335,19 @@ cdef class FastPath:
         if not self._ready(rt.dst):
             self.counts[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
             return False
+        if codec == codecs.CODEC_VP8 and rt.video and not self._temporal(rt, plain, n, repair, &extra_seq, &extra_pid):
+            return False
         if not self._consented(rt.dst, now):
             return False
         b = out.bufs + out.n * BUF
         memcpy(b, plain, n)
-        rtp.rewrite(b, rt.ssrc, rt.seq_delta, rt.ts_delta)
+        rtp.rewrite(b, rt.ssrc, <uint16_t>(rt.seq_delta + extra_seq), rt.ts_delta)
         b[1] = (b[1] & 0x80) | rt.pt
         off = -1
         if codec >= 0:
             off = rtp.payload_offset(b, n)
             if off >= 0:
-                codecs.rewrite_picture(codec, b + off, n - off, rt.pid_delta, rt.tl0_delta)
+                codecs.rewrite_picture(codec, b + off, n - off, <uint16_t>(rt.pid_delta + extra_pid), rt.tl0_delta)
         if codec >= 0 or rt.video:
             out_seq = u16(b + 2)
             if not rt.has_last or rtp.newer(out_seq, rt.last_seq):
@@ -1309,6 +1380,66 @@ cdef class FastPath:
         self.counts[<int>S_BYTES_OUT] += length
         self._commit(out, length, rt.dst)
         return True
+
+    cdef bint _temporal(self, Route* rt, const uint8_t* plain, int n, bint repair, int* extra_seq, int* extra_pid) noexcept nogil:
+        """Whether a VP8 packet goes to a route thinned to fewer frames (False: dropped) and what
+        it is shifted by beyond the route's own shifts (the reference's ``_temporal``)."""
+        cdef Vp8Temporal tl
+        cdef int off
+        cdef uint16_t seq
+        cdef Drops* d = NULL
+        cdef bint keep
+        cdef int gap, k
+        if not (self._filtered(rt) or repair):
+            rt.has_tin = False  # (its numbers are not followed while it gets every frame)
+            return True
+        off = rtp.payload_offset(plain, n)
+        if off < 0 or not temporal.vp8_temporal(plain + off, n - off, &tl) or tl.tid < 0:
+            return True
+        seq = u16(plain + 2)
+        if rt.has_drops:
+            d = &self.tdrops[pair(rt.dst, rt.ssrc)]
+        if repair or (rt.has_tin and not temporal.newer16(seq, rt.tin_top)):
+            if d == NULL:
+                return True
+            if temporal.drops_dropped_picture(d, tl.pid) or <uint16_t>(rt.tin_top - seq) >= DROP_WINDOW:
+                self.counts[<int>S_TEMPORAL_DROPPED] += 1  # of a frame it does not get, or too late to place
+                return False
+            temporal.drops_after(d, seq, tl.pid, extra_seq, extra_pid)
+            return True
+        rt.tcur = temporal.step_layer(rt.tcur, rt.tcap, &tl)
+        keep = tl.tid <= rt.tcur
+        if rt.has_tin:
+            # What never came between the last packet and this one was of dropped frames (the
+            # reference's rule): counted as dropped.
+            gap = <uint16_t>(seq - rt.tin_top - 1)
+            if 0 < gap < DROP_WINDOW and ((rt.tlast_dropped and (not keep or tl.start))
+                                          or (rt.tlast_end and not keep and not tl.start)):
+                if d == NULL:
+                    d = self._new_drops(rt)
+                for k in range(1, gap + 1):
+                    temporal.drops_add(d, <uint16_t>(rt.tin_top + k), -1)
+                rt.seq_delta = <uint16_t>(rt.seq_delta - gap)
+        rt.has_tin = True
+        rt.tin_top = seq
+        rt.tlast_dropped = not keep
+        rt.tlast_end = (plain[1] & 0x80) != 0
+        if keep:
+            return True
+        if d == NULL:
+            d = self._new_drops(rt)
+        rt.seq_delta = <uint16_t>(rt.seq_delta - 1)
+        if temporal.drops_add(d, seq, tl.pid):
+            rt.pid_delta = <uint16_t>(rt.pid_delta - 1) & 0x7FFF
+        self.counts[<int>S_TEMPORAL_DROPPED] += 1
+        return False
+
+    cdef Drops* _new_drops(self, Route* rt) noexcept nogil:
+        cdef Drops fresh
+        temporal.drops_init(&fresh)
+        self.tdrops[pair(rt.dst, rt.ssrc)] = fresh
+        rt.has_drops = True
+        return &self.tdrops[pair(rt.dst, rt.ssrc)]
 
     cdef bint _send_rtcp(self, int dst, const uint8_t* plain, int n, double now, OutBatch* out) noexcept nogil:
         cdef int length = n
@@ -1479,19 +1610,23 @@ cdef class FastPath:
                 if (tr.nlayers or rt.resumed) and <uint16_t>(seq - rt.layer_start) >= 0x8000:
                     self.counts[<int>S_NACK_MISSED] += 1  # sent from another layer, or before a pause: gone with it
                     continue
+                seq = <uint16_t>(seq - rt.seq_delta)
+                if rt.has_drops:
+                    seq = temporal.drops_publisher_seq(&self.tdrops[pair(rt.dst, rt.ssrc)], seq)  # past the frames it was not sent
                 if not self._resend(tr, L, rt, seq, now, out) and n < NACK_SEQS:
-                    missing[n] = <uint16_t>(seq - rt.seq_delta)
+                    missing[n] = seq
                     n += 1
             pos += 4
         self._ask_publisher(tr, L, missing, n, now, out)
 
-    cdef bint _resend(self, Track* tr, int L, Route* rt, uint16_t out_seq, double now, OutBatch* out) noexcept nogil:
-        """True when the packet is in the cache (resent, or dropped for its subscriber's sake)."""
-        cdef Slot* slot = nack.cache_get(tr.layers[L].cache, <uint16_t>(out_seq - rt.seq_delta))
+    cdef bint _resend(self, Track* tr, int L, Route* rt, uint16_t seq, double now, OutBatch* out) noexcept nogil:
+        """True when the publisher's packet ``seq`` is in the cache (resent, or dropped for its
+        subscriber's sake)."""
+        cdef Slot* slot = nack.cache_get(tr.layers[L].cache, seq)
         if slot == NULL:
             self.counts[<int>S_NACK_MISSED] += 1
             return False
-        if self._send_rtp(rt, slot.data, slot.len, now, out, tr.codec if tr.nlayers else -1, True):
+        if self._send_rtp(rt, slot.data, slot.len, now, out, tr.codec if tr.nlayers or tr.single else -1, True):
             self.counts[<int>S_NACK_SERVED] += 1
         return True
 

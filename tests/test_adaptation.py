@@ -22,6 +22,7 @@ class Link:
         self.seq = {A: 0, B: 0}
         self.events: list[dict] = []
         self.caps: dict[str, int] = {}
+        self.tcaps: dict[str, int] = {}
         self.now = 0.0
 
     def step(self, loss: dict[str, float], estimates: dict[str, int] | None = None, rs=None, dt: float = 0.5) -> dict:
@@ -33,8 +34,9 @@ class Link:
                                                               "lost": 0, "jitter": 1, "lsr": 0}
         changes, events = self.ad.step(rs or routes(), {A: 1, B: 1}, estimates or {}, quality, self.now)
         self.events += events
-        for (_, _, sub), cap in changes.items():
+        for (_, _, sub), (cap, tcap) in changes.items():
             self.caps[sub] = cap
+            self.tcaps[sub] = tcap
         return changes
 
     def kinds(self, sub: str) -> list[str]:
@@ -79,7 +81,7 @@ def test_the_same_report_read_twice_is_not_twice_the_loss():
     caps = []
     for i in range(3):  # (within UP_WAIT: no step up yet)
         changes, _ = ad.step(routes(), {}, {}, quality, 1.0 + i * HOLD)
-        caps += list(changes.values())
+        caps += [cap for cap, _ in changes.values()]
     assert caps == [1]  # one step down; then no news (not more loss)
 
 
@@ -228,12 +230,74 @@ def test_a_screen_share_goes_before_a_camera_down_and_comes_back_first():
     order = []
     while not (order and order[-1] == (TRACK + 1, -1)):
         changes = link.step({A: 0.3}, rs=rs)
-        order += [(ssrc, cap) for (_, ssrc, _), cap in changes.items()]
+        order += [(ssrc, cap) for (_, ssrc, _), (cap, _) in changes.items()]
         assert link.now < 30
     assert order == [(TRACK, 1), (TRACK, 0), (TRACK, -1), (TRACK + 1, -1)]
     back = []
     while len(back) < 2:
         changes = link.step({A: 0.0}, rs=rs)
-        back += [ssrc for (_, ssrc, _), cap in changes.items() if cap == 0]
+        back += [ssrc for (_, ssrc, _), (cap, _) in changes.items() if cap == 0]
         assert link.now < 60
     assert back == [TRACK + 1, TRACK]
+
+
+def temporal(ad: Adaptation, *tracks: int) -> Adaptation:
+    """Tracks whose frames come in three VP8 temporal layers (bytes: TID 0 half, TIDs 1 and 2 a quarter each)."""
+    ad.measure_temporal({(PUB, t): [50_000, 25_000, 25_000] for t in tracks})
+    return ad
+
+
+def test_temporal_layers_are_measured_from_the_bytes_counted():
+    ad = temporal(Adaptation(), TRACK)
+    ad.measure_temporal({(PUB, TRACK): [50_000, 25_000, 25_000], (PUB, TRACK + 1): [9_000, 0, 0]})
+    assert ad.tshares[(PUB, TRACK)] == [0.5, 0.75, 1.0]
+    assert ad.temporal_layers(PUB, TRACK) == 3 and ad.temporal_layers(PUB, TRACK + 1) == 1
+    assert ad.temporal_layers(PUB, 0x999) == 1  # never seen
+
+
+def test_a_camera_with_temporal_layers_loses_frames_on_its_lowest_layer_before_its_picture():
+    ad = temporal(measured(), TRACK)
+    rs = [RouteInfo(PUB, TRACK, A, 0x3001, 3, 2, temporal=3), RouteInfo(PUB, TRACK, B, 0x3002, 3, 2, temporal=3)]
+    link = Link(ad)
+    steps = []
+    while link.caps.get(A) != -1:
+        changes = link.step({A: 0.3, B: 0.0}, rs=rs)
+        steps += [caps for (_, _, sub), caps in changes.items() if sub == A]
+        assert link.now < 30
+    assert steps == [(1, 2), (0, 2), (0, 1), (0, 0), (-1, 0)]
+    assert link.kinds(A) == ["video_disabled_warning", "video_disabled"] and B not in link.caps
+    # Back by trial on the lightest: the lowest layer and a quarter of the frames; then its
+    # frames, then its layers.
+    up = []
+    while link.caps[A] != 2:
+        changes = link.step({A: 0.0, B: 0.0}, rs=rs)
+        up += [caps for (_, _, sub), caps in changes.items() if sub == A]
+        assert link.now < 90
+    assert up == [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2)] and link.kinds(A)[-1] == "video_enabled"
+
+
+def test_a_video_sent_as_one_stream_with_temporal_layers_loses_frames_on_a_falling_estimate_alone():
+    ad = temporal(Adaptation(), TRACK)
+    ad.measure({(PUB, TRACK): [0]}, 0.0)
+    ad.measure({(PUB, TRACK): [100_000]}, 1.0)
+    rs = [RouteInfo(PUB, TRACK, A, 0x3001, 1, 0, temporal=3)]
+    link = Link(ad)
+    estimate = 2_000_000
+    for _ in range(40):  # 20 s of an estimate falling far under what is sent, without loss
+        estimate = int(estimate * 0.8)
+        link.step({A: 0.0}, {A: estimate}, rs=rs)
+    assert link.caps == {A: 0} and link.tcaps == {A: 0} and link.kinds(A) == []  # a quarter of its frames, never paused
+
+
+def test_the_frame_rate_a_subscriber_asked_for_is_the_ceiling():
+    ad = temporal(measured(), TRACK)
+    rs = [RouteInfo(PUB, TRACK, A, 0x3001, 3, 0, temporal=3, trequested=1)]  # the lowest layer at half the frames
+    link = Link(ad)
+    while link.caps.get(A) != -1:
+        link.step({A: 0.3}, rs=rs)
+        assert link.now < 30
+    assert link.tcaps[A] == 0
+    while link.kinds(A)[-1] != "video_enabled" or link.now < 60:
+        link.step({A: 0.0}, rs=rs)
+        assert link.now < 90
+    assert (link.caps[A], link.tcaps[A]) == (0, 1)  # never above what it asked for

@@ -111,11 +111,11 @@ async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers
 
         await weak.evaluate("window.__adapted = []; window.room.addEventListener('video_adaptation', (e) => window.__adapted.push(e.detail.state))")
         state = f"window.room.videoStates.get('{track}') || null"
-        # The weak viewer's link degrades: it is warned, then gets what the link carries, the
-        # lower layer if that fits, else audio only (which one depends on the lower layer's rate).
+        # The weak viewer's link degrades: it gets what the link carries, the lower layer (at
+        # half or a quarter of the frames if that is what fits: the camera sends temporal
+        # layers), else audio only after a warning (which one depends on the lower layer's rate).
         link.set(WEAK)
         shaped = asyncio.get_running_loop().time()
-        await _until("a warning", lambda: weak.evaluate("window.__adapted.includes('video_disabled_warning')"), 60)
         outcome = None
         while outcome is None:
             assert asyncio.get_running_loop().time() - shaped < 60, await weak.evaluate("window.__adapted")
@@ -123,10 +123,13 @@ async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers
                 outcome = "audio only"
                 break
             v1 = await video(weak)
-            await asyncio.sleep(2)
+            await asyncio.sleep(3)
             v2 = await video(weak)
-            if await weak.evaluate(state) != "video_disabled" and v2["width"] <= 400 and v2["frames"] >= v1["frames"] + 20:
-                outcome = f"the lower layer ({v2['width']} px)"
+            # (Given the time to step down: one step a second at most, and the full layer does
+            # not fit, so it cannot be what plays then.)
+            settling = asyncio.get_running_loop().time() - shaped < 15
+            if not settling and await weak.evaluate(state) != "video_disabled" and v2["width"] <= 400 and v2["frames"] >= v1["frames"] + 2:
+                outcome = f"the lower layer ({v2['width']} px, {(v2['frames'] - v1['frames']) / 3:.1f} fps)"
         settled = asyncio.get_running_loop().time() - shaped
         if outcome == "audio only":
             await weak.locator(".notice.adapt", has_text="Video paused").wait_for(timeout=5000)
@@ -172,7 +175,8 @@ async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers
             # Enabled after its last pause (a passing warning may follow once it plays: lifted).
             last_pause = len(events) - 1 - events[::-1].index("video_disabled")
             assert "video_enabled" in events[last_pause:], events
-        assert await weak.evaluate(state) in ("video_enabled", "video_disabled_warning_lifted"), events
+        # (None: it never came to a warning, the lower layer at fewer frames being what fitted.)
+        assert await weak.evaluate(state) in ("video_enabled", "video_disabled_warning_lifted", None), events
         assert await weak.locator(".notice.adapt").count() == 0
         await near.close()
         await far.close()

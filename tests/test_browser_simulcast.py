@@ -89,3 +89,50 @@ async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
         audio = await cam.evaluate("window.room.trackIdOf(window.room._stream.getAudioTracks()[0])")
         error = await bob.evaluate(f"window.room.setVideoQuality('{audio}', 'low').then(() => null, (e) => e.code)")
         assert error == "not_simulcast"
+
+
+async def test_a_viewer_gets_half_or_a_quarter_of_the_frames(server, browser):
+    """The camera sends its layers in three temporal layers (L1T3): a viewer that asks for half
+    or a quarter of the frame rate gets that from the server, the other viewer all of them."""
+    async with server.http() as http:
+        room = await make_room(http, name="Frame rates", media_mode="routed")
+        pages = []
+        for identity in ("cam", "ann", "bob"):
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+            await page.goto(f"{server.url}/join/{room['id']}?token={await make_token(http, room['id'], identity, 'moderator')}")
+            await page.get_by_role("button", name="Join now").click()
+            pages.append(page)
+        cam, ann, bob = pages
+        track = await cam.evaluate("window.room.trackIdOf(window.room._stream.getVideoTracks()[0])")
+        owner = track.split("/")[0]
+        modes = await cam.evaluate("""() => window.room.publishPc.getTransceivers().find((t) => t.sender.track
+          && t.sender.track.kind === "video").sender.getParameters().encodings.map((e) => e.scalabilityMode)""")
+        assert modes and all(m == "L1T3" for m in modes), modes
+
+        async def decoded(page) -> int:
+            got = [v for v in await page.evaluate(VIDEO) if v["participantId"] == owner]
+            return got[0]["framesDecoded"] if got else 0
+
+        async def rates(seconds: float = 4.0) -> tuple[float, float]:
+            a0, b0 = await decoded(ann), await decoded(bob)
+            await asyncio.sleep(seconds)
+            return (await decoded(ann) - a0) / seconds, (await decoded(bob) - b0) / seconds
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while min(await decoded(ann), await decoded(bob)) < 30:
+            assert asyncio.get_running_loop().time() < deadline, "no video decoded"
+            await asyncio.sleep(0.5)
+        seen = []
+        for frame_rate, low, high in (("quarter", 0.1, 0.4), ("half", 0.35, 0.7), ("full", 0.8, 1.25)):
+            await bob.evaluate(f"window.room.setVideoQuality('{track}', null, '{frame_rate}')")
+            await asyncio.sleep(1.5)  # (a step up waits for a frame that allows it)
+            a, b = await rates()
+            seen.append((frame_rate, round(a, 1), round(b, 1)))
+            print("frame rates (ann, bob):", seen[-1])
+            assert a > 5 and low * a <= b <= high * a, seen
+        # What cannot be chosen is refused with its code: nothing to choose, or audio's frame rate.
+        error = await bob.evaluate(f"window.room.setVideoQuality('{track}').then(() => null, (e) => e.code)")
+        assert error == "invalid_request"
+        audio = await cam.evaluate("window.room.trackIdOf(window.room._stream.getAudioTracks()[0])")
+        error = await bob.evaluate(f"window.room.setVideoQuality('{audio}', null, 'half').then(() => null, (e) => e.code)")
+        assert error == "invalid_request"

@@ -99,11 +99,20 @@ class Subscribe(ClientMessage):
 
 class VideoQuality(ClientMessage):
     """Which layer of a simulcast video track to receive: ``low``, ``medium`` or ``high`` (say,
-    for the size you show it at); it starts at the next keyframe of that layer."""
+    for the size you show it at), from the next keyframe of that layer; and at what frame rate:
+    ``full``, ``half`` or ``quarter`` (a camera that sends VP8 temporal layers, as
+    mediaserver.js asks of cameras; others are sent as they are). At least one of the two."""
 
     type: Literal["video_quality"]
     track_id: str = Field(..., max_length=128)
-    quality: Literal["low", "medium", "high"]
+    quality: Literal["low", "medium", "high"] | None = None
+    frame_rate: Literal["full", "half", "quarter"] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "VideoQuality":
+        if self.quality is None and self.frame_rate is None:
+            raise ValueError("give a quality (low, medium, high), a frame_rate (full, half, quarter), or both")
+        return self
 
 
 class Mute(ClientMessage):

@@ -308,7 +308,7 @@ class Connection:
             await self.control.call(sid, "set_subscribed", pid, msg.track_id, msg.subscribed)
             await self.send(m.Ack(id=msg.id))
         elif isinstance(msg, m.VideoQuality):
-            await self.control.call(sid, "set_video_quality", pid, msg.track_id, msg.quality)
+            await self.control.call(sid, "set_video_quality", pid, msg.track_id, msg.quality, msg.frame_rate)
             await self.send(m.Ack(id=msg.id))
         elif isinstance(msg, m.Mute):
             await self.control.call(sid, "set_muted", pid, msg.track_id, msg.muted)

@@ -45,8 +45,8 @@ class Worker(Protocol):
     async def subscribe_offer(self, transport_id: str, slots: list) -> str: ...
     async def subscribe_answer(self, transport_id: str, answer: str) -> None: ...
     async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool,
-                    layer: int | None = None, priority: int = 0) -> None: ...
-    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None: ...
+                    layer: int | None = None, priority: int = 0, temporal: int = 2) -> None: ...
+    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int | None, temporal: int | None = None) -> None: ...
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None: ...
     async def close_participants(self, participant_ids: list[str]) -> int: ...
     async def transport_states(self, transport_ids: list[str]) -> dict[str, str]: ...
@@ -108,6 +108,7 @@ class Subscriber:
     offer_pending: bool = False  # an offer is out; the next waits for its answer (no glare)
     dirty: bool = False  # something changed while an offer was out
     layers: dict[str, int] = field(default_factory=dict)  # track -> the simulcast layer it asked for
+    temporal: dict[str, int] = field(default_factory=dict)  # track -> the VP8 temporal layer it asked for (its frame rate)
 
 
 HOME = ""  # the home worker's key in ``workers``
@@ -310,7 +311,7 @@ class MediaSession:
         # crosses to another worker gets there as the top layer (its subscribers there share it).
         layer = sub.layers.get(t.id) if sub.worker == HOME else None
         await self.workers[sub.worker].route(src, ssrc, sub.transport_id, slot.ssrc, slot.codec["payload_type"], t.kind == "video", layer,
-                                             t.priority)
+                                             t.priority, sub.temporal.get(t.id, 2))
 
     async def _unroute(self, t: Track, pid: str, sub: Subscriber) -> None:
         if sub.transport_id is None:
@@ -480,22 +481,31 @@ class MediaSession:
             sub.dirty = False
             await self.refresh(participant_id)
 
-    async def set_layer(self, participant_id: str, track_id: str, layer: int) -> None:
+    async def set_layer(self, participant_id: str, track_id: str, layer: int | None, temporal: int | None = None) -> None:
         """A subscriber's choice among a simulcast track's layers (0 the lowest), e.g. for the
-        size it shows the video at; kept for its next routes."""
+        size it shows the video at, and of its frame rate (the highest VP8 temporal layer: 2
+        every frame, 1 half, 0 a quarter; a camera that sends none is not thinned); None: as
+        it was. Kept for its next routes."""
         sub = self.subscribers.get(participant_id)
         if sub is None:
             raise MediaserverError("not_joined", "join before choosing what you receive")
         t = self.tracks.get(track_id)
         if t is None:
             raise MediaserverError("not_found", f"no track {track_id!r} in this session")
-        if t.layers < 2:
+        if layer is not None and t.layers < 2:
             raise MediaserverError("not_simulcast", f"track {track_id!r} is sent as one stream: there is no other layer to choose")
-        sub.layers[track_id] = max(0, min(layer, t.layers - 1))
-        self.dynacast()  # (a layer nobody received is sent again first)
+        if temporal is not None and t.kind != "video":
+            raise MediaserverError("invalid_request", f"track {track_id!r} is audio: it has no frame rate to choose")
+        if layer is not None:
+            sub.layers[track_id] = max(0, min(layer, t.layers - 1))
+            self.dynacast()  # (a layer nobody received is sent again first)
+        if temporal is not None:
+            sub.temporal[track_id] = max(0, min(temporal, 2))
         routed = any(s.track_id == track_id for s in sub.slots) and sub.transport_id is not None
         if routed and sub.worker == HOME:
-            await self.worker.set_layer(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id, sub.layers[track_id])
+            await self.worker.set_layer(self.publish_transport[t.participant_id], t.ssrc, sub.transport_id,
+                                        sub.layers[track_id] if layer is not None else None,
+                                        sub.temporal[track_id] if temporal is not None else None)
 
     async def set_subscribed(self, participant_id: str, track_id: str, subscribed: bool) -> None:
         sub = self.subscribers.get(participant_id)

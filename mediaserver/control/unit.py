@@ -307,16 +307,19 @@ class SessionUnit:
         )
         await self.core.notify()
 
-    async def set_video_quality(self, participant_id: str, track_id: str, quality: str) -> None:
-        """Which simulcast layer a participant receives of a track: low, medium or high (the top)."""
+    async def set_video_quality(self, participant_id: str, track_id: str, quality: str | None,
+                                frame_rate: str | None = None) -> None:
+        """Which simulcast layer a participant receives of a track (low, medium or high: the top)
+        and at what frame rate (full, half, quarter); None: as it was."""
         self._member(participant_id)
         if isinstance(self.media, PeerMesh):
             raise MediaserverError("relayed_media", "this room connects participants directly: there are no layers to choose")
         async with self._media_lock:
             t = self.media.tracks.get(track_id)
             layers = t.layers if t is not None else 0
-            index = {"low": 0, "medium": (layers - 1) // 2, "high": max(layers - 1, 0)}[quality]  # (validated by the gateway)
-            await self.media.set_layer(participant_id, track_id, index)
+            index = None if quality is None else {"low": 0, "medium": (layers - 1) // 2, "high": max(layers - 1, 0)}[quality]
+            temporal = None if frame_rate is None else {"quarter": 0, "half": 1, "full": 2}[frame_rate]  # (validated by the gateway)
+            await self.media.set_layer(participant_id, track_id, index, temporal)
         await self.core.notify()  # (its publisher may have layers to turn on or off)
 
     async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> None:

@@ -21,6 +21,12 @@ controller moves layer by layer, the way GCC's loss-based controller moves a bit
   clean for ``TRIAL`` seconds). A step up that congests is taken back, and the next waits
   twice as long (up to ``MAX_UP_WAIT``): sending the layer is the probe.
 
+A video whose frames carry VP8 temporal layers (TIDs) has more steps: on its lowest layer it
+loses frames before its picture, half then three quarters of them (the forwarder's temporal
+cap; ``mediaserver.media.temporal``), and gets them back before a layer up; a paused one comes
+back on trial at its lowest layer and a quarter of its frames. A falling estimate alone may take
+frames from a video sent as one stream too (they come back as cheaply), never its picture.
+
 Plain code over plain data: the media worker feeds it every ``INTERVAL`` and applies the caps
 it returns to its forwarder (fast path or reference alike); the events go to the session.
 Other subscribers and the publisher are not touched: each route has its own cap, and the
@@ -30,6 +36,8 @@ publisher's layers are governed by who wants them (dynacast), not by this.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from mediaserver.media.temporal import MAX_TEMPORAL
 
 INTERVAL = 0.5  # seconds between two steps
 CONGESTED_LOSS = 0.10  # GCC's thresholds (draft-ietf-rmcat-gcc-02 section 6)
@@ -41,6 +49,7 @@ FALL = 0.95  # an estimate below this share of the previous one has fallen
 BOTTLENECK = 0.7
 HOLD = 1.0  # after a step down, wait for reports that reflect it
 UP_WAIT = 3.0  # clean this long before a step up
+FRAMES_UP_WAIT = 1.5  # ... before a step up that gives a playing video frames back
 MAX_UP_WAIT = 6.0
 TRIAL = 2.0  # a paused video back on is enabled after this long clean
 WARNED_HOLD = 4.0  # a warned video with no clean report this long is paused
@@ -61,11 +70,14 @@ class RouteInfo:
     layers: int  # simulcast encodings (1: a video sent as one stream, on or paused)
     requested: int  # the layer it asked for
     priority: int = 0  # higher first (a screen share, the active speaker)
+    temporal: int = 1  # VP8 temporal layers its frames come in (1: none to thin)
+    trequested: int = MAX_TEMPORAL  # the temporal layer it asked for (its frame rate: 2 full, 1 half, 0 a quarter)
 
 
 @dataclass
 class _Video:
     cap: int  # the highest layer its link carries now (-1: paused)
+    tcap: int = MAX_TEMPORAL  # the highest temporal layer, on its lowest layer
     warned: bool = False
     warned_at: float = 0.0
     lifted_at: float = -1e9  # its warning was last lifted
@@ -82,7 +94,9 @@ class _Subscriber:
     clean_since: float = 0.0
     changed_at: float = -1e9  # the last step down or up
     up_wait: float = UP_WAIT
+    frames_wait: float = FRAMES_UP_WAIT  # (its own: a frame-rate step that fails does not slow layers and trials)
     last_up: float | None = None  # when the last step up was (a congestion soon after takes it back)
+    last_up_frames: bool = False  # ... and whether it gave frames back
 
 
 class Adaptation:
@@ -91,6 +105,7 @@ class Adaptation:
         self.subscribers: dict[str, _Subscriber] = {}
         self.rates: dict[tuple[str, int], list[float]] = {}  # (publisher, track SSRC) -> bit/s per layer
         self._bytes: dict[tuple[str, int], tuple[list[int], float]] = {}
+        self.tshares: dict[tuple[str, int], list[float]] = {}  # -> share of its bitrate up to each temporal layer
 
     def measure(self, layer_bytes: dict[tuple[str, int], list[int]], now: float) -> None:
         """Each layer's bitrate, from the bytes the forwarder counted since the last call."""
@@ -108,6 +123,25 @@ class Adaptation:
             self._bytes.pop(key)
             self.rates.pop(key, None)
 
+    def measure_temporal(self, temporal_bytes: dict[tuple[str, int], list[int]]) -> None:
+        """What share of a VP8 track's bitrate its temporal layers take, from the bytes the
+        forwarder counted in each (since it started: the shares hardly move)."""
+        self.tshares = {}
+        for key, counts in temporal_bytes.items():
+            total = sum(counts)
+            if total:
+                self.tshares[key] = [sum(counts[:t + 1]) / total for t in range(len(counts))]
+
+    def temporal_layers(self, publisher: str, track_ssrc: int) -> int:
+        """How many temporal layers a track's frames come in (1: none to thin)."""
+        shares = self.tshares.get((publisher, track_ssrc))
+        return 1 + sum(1 for a, b in zip(shares, shares[1:]) if b > a) if shares else 1
+
+    def _sent(self, r: RouteInfo, v: _Video) -> float:
+        rate = self.rate(r.publisher, r.track_ssrc, min(v.cap, r.requested))
+        shares = self.tshares.get((r.publisher, r.track_ssrc))
+        return rate * shares[min(v.tcap, r.trequested)] if shares else rate
+
     def rate(self, publisher: str, track_ssrc: int, layer: int) -> float:
         rates = self.rates.get((publisher, track_ssrc), [])
         if layer < len(rates) and rates[layer] > 0:
@@ -119,7 +153,7 @@ class Adaptation:
         self, routes: list[RouteInfo], audio: dict[str, int], estimates: dict[str, int], quality: dict[tuple[str, int], dict],
         now: float,
     ) -> tuple[dict[tuple[str, int, str], int], list[dict]]:
-        """The caps that changed ({(publisher, track SSRC, subscriber): cap}) and the events
+        """The caps that changed ({(publisher, track SSRC, subscriber): (cap, temporal cap)}) and the events
         ([{"type", "subscriber", "publisher", "ssrc", "reason"}]). ``audio``: audio streams per
         subscriber; ``estimates``: each subscriber's latest REMB; ``quality``: the latest
         receiver report of each (subscriber, SSRC it sees)."""
@@ -161,8 +195,7 @@ class Adaptation:
             sub.clean_reports += 1
         elif loss is not None:
             sub.clean_reports = 0
-        sending = audio_streams * AUDIO + sum(
-            self.rate(r.publisher, r.track_ssrc, min(v.cap, r.requested)) for _, r, v in videos if v.cap >= 0)
+        sending = audio_streams * AUDIO + sum(self._sent(r, v) for _, r, v in videos if v.cap >= 0)
         fell = (estimate is not None and sub.estimate is not None and estimate < FALL * sub.estimate
                 and estimate < BOTTLENECK * sending)
         sub.estimate = estimate
@@ -172,8 +205,11 @@ class Adaptation:
         if not clean:
             sub.clean_since = now
         if congested:
-            if sub.last_up is not None and now - sub.last_up < TRIAL + HOLD:
-                sub.up_wait = min(sub.up_wait * 2, MAX_UP_WAIT)  # that step up was too much
+            if sub.last_up is not None and now - sub.last_up < TRIAL + HOLD:  # that step up was too much
+                if sub.last_up_frames:
+                    sub.frames_wait = min(sub.frames_wait * 2, MAX_UP_WAIT)
+                else:
+                    sub.up_wait = min(sub.up_wait * 2, MAX_UP_WAIT)
             sub.last_up = None
             if now - sub.changed_at >= HOLD:
                 self._down(videos, now, sub, changes, events, lossy)
@@ -186,7 +222,7 @@ class Adaptation:
         for key, r, v in videos:
             if v.paused and v.cap >= 0 and v.trial_since is not None and now - v.trial_since >= TRIAL:
                 v.paused, v.trial_since, v.warned = False, None, False
-                sub.up_wait = UP_WAIT  # the link has changed: the layers above may fit again too
+                sub.up_wait, sub.frames_wait = UP_WAIT, FRAMES_UP_WAIT  # the link has changed: what is above may fit again too
                 events.append(_event("video_enabled", key))
         # A warning is lifted, and a video that plays goes up, on a clean report: silence between
         # two reports is no news. (A paused video has no reports: its trial is the news.)
@@ -195,36 +231,44 @@ class Adaptation:
                 if v.warned and not v.paused and sub.clean_report_at > v.warned_at:
                     v.warned, v.lifted_at = False, now
                     events.append(_event("video_disabled_warning_lifted", key))
-        if clean and now - sub.clean_since >= sub.up_wait and now - sub.changed_at >= sub.up_wait:
+        # Frames back (a quarter of the rate, then half) come sooner than a layer up: each is a
+        # small step, and cheap to take back.
+        wait = sub.frames_wait if self._frames_next(videos, sub) else sub.up_wait
+        if clean and now - sub.clean_since >= wait and now - sub.changed_at >= wait:
             self._up(videos, now, sub, changes)
         if clean and now - sub.changed_at >= 4 * MAX_UP_WAIT:
-            sub.up_wait = UP_WAIT  # long clean: the link may have changed
+            sub.up_wait, sub.frames_wait = UP_WAIT, FRAMES_UP_WAIT  # long clean: the link may have changed
 
     def _down(self, videos, now, sub, changes, events, lossy: bool) -> None:
-        # The lowest priority first; a video above its lowest layer goes down before any is paused.
+        # The lowest priority first; a video above its lowest layer (or with frames to lose on it)
+        # goes down before any is paused.
         for key, r, v in reversed(videos):
-            effective = min(v.cap, r.requested)
+            effective, teffective = min(v.cap, r.requested), min(v.tcap, r.trequested)
             if effective > 0:
                 v.cap = effective - 1
-                changes[key] = v.cap
-                sub.changed_at = now
-                return
+            elif effective == 0 and r.temporal > 1 and teffective > 0:
+                v.tcap = teffective - 1
+            else:
+                continue
+            changes[key] = (v.cap, v.tcap)
+            sub.changed_at = now
+            return
         for key, r, v in reversed(videos):
             if v.cap < 0 or (r.layers < 2 and not lossy):
                 continue
             if v.paused:  # a trial that congested: paused again, still disabled
                 v.cap, v.trial_since = -1, None
-                changes[key] = -1
+                changes[key] = (-1, v.tcap)
             elif not v.warned and now - v.lifted_at >= RELAPSE:
                 v.warned, v.warned_at = True, now
                 events.append(_event("video_disabled_warning", key))
             elif not v.warned:  # warned, lifted and struggling again at once: the link cannot carry it
                 v.cap, v.paused, v.warned, v.warned_at = -1, True, True, now
-                changes[key] = -1
+                changes[key] = (-1, v.tcap)
                 events += [_event("video_disabled_warning", key), _event("video_disabled", key)]
             else:
                 v.cap, v.paused = -1, True
-                changes[key] = -1
+                changes[key] = (-1, v.tcap)
                 events.append(_event("video_disabled", key))
             sub.changed_at = now
             return
@@ -237,27 +281,48 @@ class Adaptation:
                 continue
             if v.paused:  # a trial
                 v.cap, v.trial_since = -1, None
-                changes[key] = -1
+                changes[key] = (-1, v.tcap)
             elif v.warned and now - v.warned_at >= WARNED_HOLD and now - sub.clean_report_at >= WARNED_HOLD:
                 v.cap, v.paused = -1, True
-                changes[key] = -1
+                changes[key] = (-1, v.tcap)
                 events.append(_event("video_disabled", key))
             else:
                 continue
             sub.changed_at = now
             return
 
+    @staticmethod
+    def _frames_next(videos, sub) -> bool:
+        """Whether the next step up gives a playing video frames back (not a layer, not a trial)."""
+        for key, r, v in videos:  # the highest priority first, as _up
+            if v.cap < 0:
+                return False
+            if sub.clean_report_at < sub.clean_since:
+                continue
+            if v.tcap < min(r.trequested, MAX_TEMPORAL):
+                return True
+            if v.cap < r.requested:
+                return False
+        return False
+
     def _up(self, videos, now, sub, changes) -> None:
         for key, r, v in videos:  # the highest priority first
-            if v.cap < 0:
+            frames = False
+            if v.cap < 0:  # a trial: its lowest layer, a quarter of its frames if it has them
                 v.cap, v.trial_since = 0, now
-            elif v.cap < r.requested and sub.clean_report_at >= sub.clean_since:
+                v.tcap = 0 if r.temporal > 1 else MAX_TEMPORAL
+            elif sub.clean_report_at < sub.clean_since:
+                continue
+            elif v.tcap < min(r.trequested, MAX_TEMPORAL):
+                v.tcap += 1  # its frames back before a layer up
+                frames = True
+            elif v.cap < r.requested:
                 v.cap += 1
             else:
                 continue
-            changes[key] = v.cap
+            changes[key] = (v.cap, v.tcap)
             sub.changed_at = now
-            sub.last_up = now
+            sub.last_up, sub.last_up_frames = now, frames
             return
 
 

@@ -16,11 +16,12 @@ from typing import Callable
 import pylibsrtp
 
 from mediaserver.media import rtcp
-from mediaserver.media.codecs import CODEC_IDS, keyframe_start, picture, rewrite_picture
+from mediaserver.media.codecs import CODEC_IDS, CODEC_VP8, keyframe_start, picture, rewrite_picture
 from mediaserver.media.keyframes import Keyframes
 from mediaserver.media.nack import NACK_CACHE, Cache, UpstreamAsks
 from mediaserver.media.rtp import find_extension, newer, payload_length, payload_offset, rewrite_rtp
 from mediaserver.media.srtp import SrtpKeys
+from mediaserver.media.temporal import DROP_WINDOW, MAX_TEMPORAL, Drops, newer16, step_layer, vp8_temporal
 from mediaserver.media.twcc import MAX_MESSAGES, Twcc
 
 __all__ = ["NACK_CACHE", "Forwarder", "Route"]
@@ -60,10 +61,24 @@ class Route:
     # answered from then on (resumed).
     resume: bool = False
     resumed: bool = False
+    # VP8 temporal layers (``mediaserver.media.temporal``): the highest TID it may get (its frame
+    # rate: 2 full, 1 half, 0 a quarter), the one it gets now, the newest publisher sequence
+    # number it was routed since it last dropped one, and what it dropped lately.
+    tcap: int = MAX_TEMPORAL
+    tcur: int = MAX_TEMPORAL
+    tin_top: int | None = None
+    tlast_dropped: bool = False  # the packet at tin_top was not sent
+    tlast_end: bool = False  # ... ended a frame (RTP marker)
+    tdrops: Drops | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """It has dropped or may drop frames of upper temporal layers."""
+        return self.tdrops is not None or self.tcur < MAX_TEMPORAL or self.tcap < MAX_TEMPORAL
 
 
 SIMULCAST_STATE = ("cap", "seq_delta", "ts_delta", "current", "last_seq", "last_ts", "last_at", "last_pid", "last_tl0",
-                   "layer_start", "pid_delta", "tl0_delta", "resume", "resumed")
+                   "layer_start", "pid_delta", "tl0_delta", "resume", "resumed", "tcap", "tcur", "tin_top", "tlast_dropped", "tlast_end", "tdrops")
 
 
 @dataclass
@@ -137,6 +152,8 @@ class Forwarder:
     highest: dict[tuple[str, int], int] = field(default_factory=dict)
     # (publisher endpoint, SSRC) -> [codec, bytes received] of a video track sent as one stream
     single: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    # (publisher endpoint, track SSRC) -> bytes received in each VP8 temporal layer (all its encodings)
+    tbytes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
     # Sees each RTP packet forwarded, SRTP removed (receiver id, plaintext): a debugging and test
     # aid (what the server sees of an end-to-end encrypted frame); the fast path has none.
@@ -210,14 +227,18 @@ class Forwarder:
         route.layer = max(0, min(layer, len(sim.rids) - 1))
         return self._toward_wanted(src, track_ssrc, sim, route, now)
 
-    def set_cap(self, src: str, track_ssrc: int, dst: str, cap: int, now: float) -> list[tuple[bytes, tuple]]:
+    def set_cap(self, src: str, track_ssrc: int, dst: str, cap: int, now: float,
+                tcap: int = MAX_TEMPORAL) -> list[tuple[bytes, tuple]]:
         """The highest layer of a video track ``dst``'s link carries (the adaptation's choice,
         under the layer it asked for); -1 pauses its video, which resumes from a keyframe. A
-        video sent as one stream has one layer: on (0) or paused."""
+        video sent as one stream has one layer: on (0) or paused. ``tcap``: the highest VP8
+        temporal layer it gets (2: every frame, 1: half of them, 0: a quarter), from the next
+        frame down, or from the next frame that allows it up."""
         sim = self.simulcast.get((src, track_ssrc))
         route = self.routes.get((src, track_ssrc), {}).get(dst)
         if route is None or not route.video:
             return []
+        route.tcap = max(0, min(tcap, MAX_TEMPORAL))
         was = route.cap
         route.cap = max(-1, min(cap, MAX_LAYER))
         if route.cap < 0:
@@ -244,6 +265,11 @@ class Forwarder:
         out.update({key: [single[1]] for key, single in self.single.items()})
         return out
 
+    def temporal_bytes(self) -> dict[tuple[str, int], list[int]]:
+        """{(publisher, track SSRC): bytes received so far in each VP8 temporal layer, TID 0-2}
+        for the video tracks whose packets name one (all in TID 0 where none does)."""
+        return {key: list(counts) for key, counts in self.tbytes.items()}
+
     def subscriber_estimates(self) -> dict[str, dict[tuple[str, int], int]]:
         """{subscriber: {(publisher, track SSRC): its latest REMB estimate, bit/s}}, for the
         routes it has now."""
@@ -257,7 +283,7 @@ class Forwarder:
     def remove_endpoint(self, eid: str) -> None:
         for key in [k for k in self.rtx if k[0] == eid]:
             del self.rtx[key]
-        for table in (self.simulcast, self.layer_of, self.rtx_out, self.single):
+        for table in (self.simulcast, self.layer_of, self.rtx_out, self.single, self.tbytes):
             for key in [k for k in table if k[0] == eid]:
                 del table[key]
         ep = self.endpoints.pop(eid, None)
@@ -273,10 +299,11 @@ class Forwarder:
 
     def set_route(self, src: str, src_ssrc: int, dst: str, route: Route) -> None:
         old = self.routes.get((src, src_ssrc), {}).get(dst)
-        if old is not None and old.ssrc == route.ssrc and ((src, src_ssrc) in self.simulcast or old.cap < 0 or old.resumed):
+        if old is not None and old.ssrc == route.ssrc and (
+                (src, src_ssrc) in self.simulcast or old.cap < 0 or old.resumed or old.filtered):
             # The same stream to the same subscriber, routed again (a renegotiation): a simulcast
-            # route, or one paused or resumed, keeps where it is, or its numbers would jump (and
-            # SRTP refuse them).
+            # route, or one paused, resumed or thinned to fewer frames, keeps where it is, or its
+            # numbers would jump (and SRTP refuse them).
             for name in SIMULCAST_STATE:
                 setattr(route, name, getattr(old, name))
         self.routes.setdefault((src, src_ssrc), {})[dst] = route
@@ -385,6 +412,7 @@ class Forwarder:
         sim.seen[index] = now
         sim.bytes[index] += len(plain)
         payload = plain[payload_offset(plain) or len(plain):]
+        self._count_temporal((pub, track_ssrc), sim.codec, payload, len(plain))
         key, out, waiting = None, [], False
         for dst_id, route in routes.items():
             if route.current != index:
@@ -409,6 +437,8 @@ class Forwarder:
         single = self.single.get(source)
         if single is not None:
             single[1] += len(plain)
+            off = payload_offset(plain)
+            self._count_temporal(source, single[0], plain[off:] if off is not None else b"", len(plain))
         key, out, waiting = None, [], False
         for dst_id, route in routes.items():
             if route.cap < 0:
@@ -425,17 +455,25 @@ class Forwarder:
                 route.resume, route.resumed = False, True
                 route.layer_start = (seq + route.seq_delta) & 0xFFFF
                 self.stats["video_resumed"] += 1
-            sent = self._send_to(dst_id, route, plain, now=now)
+            sent = self._send_to(dst_id, route, plain, single[0] if single is not None else None, now)
             if sent:
                 out.append(sent)
         if waiting and self.keyframes.setdefault(source, Keyframes()).ready(now):
             out += self._request_keyframe(source, now)  # its keyframe is late: ask again
         return out
 
+    def _count_temporal(self, track: tuple[str, int], codec: int, payload: bytes, size: int) -> None:
+        if codec != CODEC_VP8:
+            return
+        t = vp8_temporal(payload)
+        if t is not None:
+            self.tbytes.setdefault(track, [0, 0, 0])[max(t.tid, 0)] += size
+
     @staticmethod
     def _go_on(route: Route, plain: bytes, seq: int, now: float) -> bool:
         """A route's sequence numbers and timestamps go on from the last ones it was sent, from
         this packet on, so the subscriber sees one stream. False if it was sent nothing yet."""
+        route.tdrops, route.tin_top = None, None  # (numbers of another stream from here on)
         if route.last_seq is None:
             return False
         route.seq_delta = (route.last_seq + 1 - seq) & 0xFFFF
@@ -472,22 +510,29 @@ class Forwarder:
 
     def _send_to(self, dst_id: str, route: Route, plain: bytes, codec: int | None = None, now: float = 0.0,
                  repair: bool = False) -> tuple[bytes, tuple] | None:
-        """``codec``: a simulcast layer's packet (its route keeps track of what it was sent, as
-        every video route does); ``repair``: a retransmission, sent as RTX where the subscriber
-        takes it."""
+        """``codec``: a video packet whose codec is known (a simulcast layer's, or a video sent
+        as one stream whose codec we were told): its picture IDs are kept track of, and VP8
+        frames of temporal layers above the route's are not sent; ``repair``: a retransmission,
+        sent as RTX where the subscriber takes it."""
         dst = self.endpoints.get(dst_id)
         if dst is None or not dst.ready:
             self.stats["drop_subscriber_not_ready"] += 1
             return None
+        extra_seq = extra_pid = 0
+        if codec == CODEC_VP8 and route.video:
+            shift = self._temporal(route, plain, repair)
+            if shift is None:
+                return None
+            extra_seq, extra_pid = shift
         if self.tap is not None:
             self.tap(dst_id, plain)
         pkt = bytearray(plain)
-        rewrite_rtp(pkt, route.ssrc, route.seq_delta, route.ts_delta)
+        rewrite_rtp(pkt, route.ssrc, route.seq_delta + extra_seq, route.ts_delta)
         pkt[1] = (pkt[1] & 0x80) | route.payload_type
         if codec is not None:
             off = payload_offset(pkt)
             if off is not None:
-                rewrite_picture(codec, pkt, off, route.pid_delta, route.tl0_delta)
+                rewrite_picture(codec, pkt, off, route.pid_delta + extra_pid, route.tl0_delta)
         if codec is not None or route.video:
             out_seq = struct.unpack_from("!H", pkt, 2)[0]
             if route.last_seq is None or newer(out_seq, route.last_seq):
@@ -510,6 +555,52 @@ class Forwarder:
         self.stats["rtp_out"] += 1
         self.stats["bytes_out"] += len(protected)
         return protected, dst.addr
+
+    def _temporal(self, route: Route, plain: bytes, repair: bool) -> tuple[int, int] | None:
+        """Whether a VP8 packet goes to a route thinned to fewer frames (None: dropped), and if
+        so what its sequence number and picture ID are shifted by beyond the route's own shifts
+        (a late packet: the drops after it are given back)."""
+        if not (route.filtered or repair):
+            route.tin_top = None  # (its numbers are not followed while it gets every frame)
+            return 0, 0
+        off = payload_offset(plain)
+        t = vp8_temporal(plain[off:]) if off is not None else None
+        if t is None or t.tid < 0:
+            return 0, 0
+        seq = struct.unpack_from("!H", plain, 2)[0]
+        drops = route.tdrops
+        if repair or (route.tin_top is not None and not newer16(seq, route.tin_top)):
+            if drops is None:
+                return 0, 0
+            if drops.dropped_picture(t.pid) or (route.tin_top - seq) & 0xFFFF >= DROP_WINDOW:
+                self.stats["temporal_dropped"] += 1  # of a frame it does not get, or too late to place
+                return None
+            return drops.after(seq, t.pid)
+        route.tcur = step_layer(route.tcur, route.tcap, t)
+        keep = t.tid <= route.tcur
+        if route.tin_top is not None:
+            # What never came between the last packet and this one was of dropped frames when it
+            # follows a dropped packet and comes before another or a kept frame's start, or
+            # follows a frame's end and comes before the rest of a dropped frame: counted as
+            # dropped, or the subscriber would see it lost (ask for it, and report the loss).
+            gap = (seq - route.tin_top - 1) & 0xFFFF
+            if 0 < gap < DROP_WINDOW and ((route.tlast_dropped and (not keep or t.start))
+                                          or (route.tlast_end and not keep and not t.start)):
+                if drops is None:
+                    drops = route.tdrops = Drops()
+                for k in range(1, gap + 1):
+                    drops.add((route.tin_top + k) & 0xFFFF, -1)
+                route.seq_delta = (route.seq_delta - gap) & 0xFFFF
+        route.tin_top, route.tlast_dropped, route.tlast_end = seq, not keep, bool(plain[1] & 0x80)
+        if keep:
+            return 0, 0
+        if drops is None:
+            drops = route.tdrops = Drops()
+        route.seq_delta = (route.seq_delta - 1) & 0xFFFF
+        if drops.add(seq, t.pid):
+            route.pid_delta = (route.pid_delta - 1) & 0x7FFF
+        self.stats["temporal_dropped"] += 1
+        return None
 
     def handle_rtcp(self, data: bytes, addr: tuple, now: float) -> list[tuple[bytes, tuple]]:
         ep = self.by_addr.get(addr)
@@ -643,6 +734,8 @@ class Forwarder:
         if route is None or source is None:
             return []
         layered = track in self.simulcast
+        single = self.single.get(track)
+        codec = self.simulcast[track].codec if layered else single[0] if single is not None else None
         cache = self.cache.get(source) or Cache()
         out, missing = [], []
         for out_seq in lost:
@@ -650,12 +743,14 @@ class Forwarder:
                 self.stats["nack_missed"] += 1  # sent from another layer, or before a pause: gone with it
                 continue
             seq = (out_seq - route.seq_delta) & 0xFFFF
+            if route.tdrops is not None:
+                seq = route.tdrops.publisher_seq(seq)  # past the frames it was not sent
             cached = cache.get(seq)
             if cached is None:
                 self.stats["nack_missed"] += 1
                 missing.append(seq)
                 continue
-            sent = self._send_to(subscriber, route, cached, self.simulcast[track].codec if layered else None, repair=True)
+            sent = self._send_to(subscriber, route, cached, codec, repair=True)
             if sent:
                 out.append(sent)
                 self.stats["nack_served"] += 1

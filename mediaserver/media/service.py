@@ -14,6 +14,7 @@ from mediaserver.ids import new_id
 from mediaserver.media.sdp import Codec, OutgoingTrack
 from mediaserver.media.legs import LEG_PROFILE
 from mediaserver.media.srtp import BY_NAME, SrtpKeys
+from mediaserver.media.temporal import MAX_TEMPORAL
 from mediaserver.media.worker import MediaWorker
 
 
@@ -99,11 +100,11 @@ class WorkerService:
         self.worker.subscribe_answer(transport_id, answer)
 
     async def route(self, src: str, src_ssrc: int, dst: str, out_ssrc: int, payload_type: int, video: bool = False,
-                    layer: int | None = None, priority: int = 0) -> None:
-        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type, video, layer, priority)
+                    layer: int | None = None, priority: int = 0, temporal: int = MAX_TEMPORAL) -> None:
+        self.worker.route(src, src_ssrc, dst, out_ssrc, payload_type, video, layer, priority, temporal)
 
-    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int) -> None:
-        self.worker.set_layer(src, src_ssrc, dst, layer)
+    async def set_layer(self, src: str, src_ssrc: int, dst: str, layer: int | None, temporal: int | None = None) -> None:
+        self.worker.set_layer(src, src_ssrc, dst, layer, temporal)
 
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None:
         self.worker.unroute(src, src_ssrc, dst)

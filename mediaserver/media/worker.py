@@ -27,9 +27,10 @@ from mediaserver.ids import new_id
 from mediaserver.media import sdp
 from mediaserver.media.adaptation import INTERVAL as ADAPT_INTERVAL, Adaptation, RouteInfo
 from mediaserver.media.dtls import DtlsServer, ServerCertificate
-from mediaserver.media.forwarder import Forwarder, Route
+from mediaserver.media.forwarder import MAX_LAYER, Forwarder, Route
 from mediaserver.media.ice import CONSENT_TIMEOUT, AllowedNetworks, IceCredentials, answer_binding
 from mediaserver.media.srtp import SrtpKeys
+from mediaserver.media.temporal import MAX_TEMPORAL
 
 log = logging.getLogger(__name__)
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -295,22 +296,35 @@ class MediaWorker:
         t.remote = remote
 
     def route(self, src_tid: str, src_ssrc: int, dst_tid: str, out_ssrc: int, payload_type: int, video: bool = False,
-              layer: int | None = None, priority: int = 0) -> None:
+              layer: int | None = None, priority: int = 0, temporal: int = MAX_TEMPORAL) -> None:
         """``layer``: of a simulcast track, the one it starts on (0 the lowest; None: the top);
-        ``priority``: the adaptation's order among the subscriber's videos (higher first)."""
+        ``priority``: the adaptation's order among the subscriber's videos (higher first);
+        ``temporal``: the highest VP8 temporal layer it gets (its frame rate)."""
         top = self._layers(src_tid, src_ssrc) - 1
         layer = top if layer is None else max(0, min(layer, top))
         self.forwarder.set_route(src_tid, src_ssrc, dst_tid, Route(out_ssrc, payload_type, video=video, layer=layer))
-        self._routes[(src_tid, src_ssrc, dst_tid)] = [out_ssrc, video, top + 1, layer, priority]
+        self._routes[(src_tid, src_ssrc, dst_tid)] = [out_ssrc, video, top + 1, layer, priority, MAX_TEMPORAL]
+        if video and temporal < MAX_TEMPORAL:
+            self.set_layer(src_tid, src_ssrc, dst_tid, None, temporal)
         for pkt, to in self.forwarder.keyframes_for(dst_tid, self.clock()):
             self._send_consented(pkt, to)
 
-    def set_layer(self, src_tid: str, src_ssrc: int, dst_tid: str, layer: int) -> None:
-        """Another layer of a simulcast track for one subscriber, from its next keyframe."""
-        for pkt, to in self.forwarder.set_layer(src_tid, src_ssrc, dst_tid, layer, self.clock()):
-            self._send_consented(pkt, to)
-        if (src_tid, src_ssrc, dst_tid) in self._routes:
-            self._routes[(src_tid, src_ssrc, dst_tid)][3] = layer
+    def set_layer(self, src_tid: str, src_ssrc: int, dst_tid: str, layer: int | None, temporal: int | None = None) -> None:
+        """Another layer of a simulcast track for one subscriber, from its next keyframe
+        (None: the same), and the highest VP8 temporal layer it gets (None: the same), from the
+        next frame that allows it."""
+        key = (src_tid, src_ssrc, dst_tid)
+        if layer is not None:
+            for pkt, to in self.forwarder.set_layer(src_tid, src_ssrc, dst_tid, layer, self.clock()):
+                self._send_consented(pkt, to)
+            if key in self._routes:
+                self._routes[key][3] = layer
+        if temporal is not None and key in self._routes:
+            self._routes[key][5] = temporal = max(0, min(temporal, MAX_TEMPORAL))
+            v = self.adaptation.videos.get(key)  # (what the adaptation allows stays the ceiling)
+            cap, tcap = (v.cap, min(v.tcap, temporal)) if v is not None else (MAX_LAYER, temporal)
+            for pkt, to in self.forwarder.set_cap(src_tid, src_ssrc, dst_tid, cap, self.clock(), tcap):
+                self._send_consented(pkt, to)
 
     def _layers(self, tid: str, ssrc: int) -> int:
         t = self.transports.get(tid)
@@ -335,20 +349,23 @@ class MediaWorker:
         """One step of every subscriber's adaptation: caps to the forwarder, events queued."""
         receivers = {tid for tid, t in self.transports.items() if t.role == "subscribe"}
         routes, audio = [], Counter()
-        for (src, ssrc, dst), (out, video, layers, requested, priority) in self._routes.items():
+        self.adaptation.measure_temporal(self.forwarder.temporal_bytes())
+        for (src, ssrc, dst), (out, video, layers, requested, priority, trequested) in self._routes.items():
             if dst not in receivers:
                 continue  # legs to other workers and the recorder get what they are sent
             if not video:
                 audio[dst] += 1
             else:  # (a video sent as one stream has one layer: on or paused)
-                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested, priority))
+                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested, priority,
+                                        self.adaptation.temporal_layers(src, ssrc), trequested))
         if not routes and not self.adaptation.videos:
             return
         self.adaptation.measure(self.forwarder.layer_bytes(), now)
         estimates = {sub: max(by_track.values()) for sub, by_track in self.forwarder.subscriber_estimates().items()}
         changes, events = self.adaptation.step(routes, audio, estimates, self.forwarder.quality, now)
-        for (src, ssrc, dst), cap in changes.items():
-            for pkt, to in self.forwarder.set_cap(src, ssrc, dst, cap, now):
+        for (src, ssrc, dst), (cap, tcap) in changes.items():
+            tcap = min(tcap, self._routes[(src, ssrc, dst)][5])
+            for pkt, to in self.forwarder.set_cap(src, ssrc, dst, cap, now, tcap):
                 self._send_consented(pkt, to)
         self.adaptation_events.extend(events)
 

@@ -31,12 +31,14 @@ export { FrameCrypto };
 const PC_CONFIG = { bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
 // A camera's simulcast layers, lowest first (the server reads them in this order): three from
 // 540 lines up (e.g. 180p, 360p and 720p of a 720p camera), two from 240 (240p and 480p of
-// 640x480), as many as Chrome sends for that size; below that, one stream.
+// 640x480), as many as Chrome sends for that size; below that, one stream. Each in three
+// temporal layers (L1T3: every fourth frame, every other, the rest), so the server can send a
+// subscriber half or a quarter of the frames (VP8; a codec without them sends them plain).
 function simulcastLayers(track) {
   const height = (track.getSettings && track.getSettings().height) || 0;
-  const q = { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 };
-  const h = { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 };
-  const f = { rid: "f", scaleResolutionDownBy: 1, maxBitrate: height >= 540 ? 1500000 : 1200000 };
+  const q = { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000, scalabilityMode: "L1T3" };
+  const h = { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000, scalabilityMode: "L1T3" };
+  const f = { rid: "f", scaleResolutionDownBy: 1, maxBitrate: height >= 540 ? 1500000 : 1200000, scalabilityMode: "L1T3" };
   if (height >= 540) return [q, h, f];
   if (height >= 240) return [h, f];
   return null;
@@ -104,11 +106,14 @@ export class Room extends EventTarget {
     // (End-to-end encrypted rooms send one stream unless asked: each layer's frames are encrypted
     // in JavaScript, which costs the sender per frame.)
     const simulcast = options.simulcast ?? !this.e2ee;
-    const layers = track.kind === "video" && simulcast && !options.screen ? simulcastLayers(track) : null;
-    if (layers) init.sendEncodings = layers;
+    const codec = this.e2ee ? "VP8" : options.videoCodec;
+    const camera = track.kind === "video" && !options.screen;
+    const temporal = !codec || codec.toUpperCase() === "VP8"; // (L1T3 is asked of VP8 only)
+    const layers = camera && simulcast ? simulcastLayers(track) : null;
+    if (layers) init.sendEncodings = temporal ? layers : layers.map(({ scalabilityMode, ...rest }) => rest);
+    else if (camera && temporal) init.sendEncodings = [{ scalabilityMode: "L1T3" }];
     const transceiver = pc.addTransceiver(track, init);
     transceiver._source = options.screen ? (track.kind === "video" ? "screen" : "screen_audio") : (track.kind === "video" ? "camera" : "microphone");
-    const codec = this.e2ee ? "VP8" : options.videoCodec;
     if (this.e2ee && options.videoCodec && options.videoCodec.toUpperCase() !== "VP8") {
       throw new MediaserverError("unsupported_codec", "end-to-end encrypted rooms send VP8 video");
     }
@@ -499,8 +504,14 @@ export class Room extends EventTarget {
   }
 
   setSubscribed(trackId, subscribed) { return this.request({ type: "subscribe", track_id: trackId, subscribed }); }
-  // Which layer of a simulcast video track to receive: "low", "medium" or "high".
-  setVideoQuality(trackId, quality) { return this.request({ type: "video_quality", track_id: trackId, quality }); }
+  // Which layer of a simulcast video track to receive ("low", "medium" or "high"), and at what
+  // frame rate ("full", "half" or "quarter"); either may be left out (null: as it is).
+  setVideoQuality(trackId, quality, frameRate) {
+    const msg = { type: "video_quality", track_id: trackId };
+    if (quality) msg.quality = quality;
+    if (frameRate) msg.frame_rate = frameRate;
+    return this.request(msg);
+  }
   setMuted(trackId, muted) { return this.request({ type: "mute", track_id: trackId, muted }); }
   setRole(participantId, role) { return this.request({ type: "set_role", participant_id: participantId, role }); }
   endSession() { return this.request({ type: "end_session" }); }
