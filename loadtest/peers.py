@@ -101,16 +101,18 @@ def read_counter(frame: av.VideoFrame, box: tuple[int, int, int, int] | None = N
 
 
 class Tone(AudioStreamTrack):
-    """A steady sine tone (``hz``), in the frames aiortc's silence track would send."""
+    """A steady sine tone (``hz``), in the frames aiortc's silence track would send; silence
+    while ``on`` is false (someone who stopped talking)."""
 
     def __init__(self, hz: float = 440.0) -> None:
         super().__init__()
         self.hz = hz
         self.samples = 0
+        self.on = True
 
     def fresh(self) -> "Tone":
         t = Tone(self.hz)
-        t.samples = self.samples
+        t.samples, t.on = self.samples, self.on
         return t
 
     async def recv(self) -> av.AudioFrame:
@@ -119,7 +121,8 @@ class Tone(AudioStreamTrack):
 
         frame = await super().recv()  # (its timing and format: 20 ms of s16)
         n, rate, channels = frame.samples, frame.sample_rate, len(frame.layout.channels)
-        values = [int(8000 * math.sin(2 * math.pi * self.hz * (self.samples + i) / rate)) for i in range(n)]
+        loud = 8000 if self.on else 0
+        values = [int(loud * math.sin(2 * math.pi * self.hz * (self.samples + i) / rate)) for i in range(n)]
         frame.planes[0].update(struct.pack(f"<{channels * n}h", *(v for v in values for _ in range(channels))))
         self.samples += n
         return frame
@@ -245,6 +248,7 @@ class MediaClient:
         self.errors: list[dict] = []
         self.signals: list[dict] = []  # relayed rooms: signal, peer_closed, peers_changed
         self.adaptation: list[dict] = []  # video_disabled_warning, video_disabled, ..._lifted, video_enabled
+        self.speakers: list[dict] = []  # who speaks in its room, as the server says when it changes
         self.marks: dict[str, float] = {}  # monotonic times of a join's steps (first of each), for benchmarks
         self.pub_pc: RTCPeerConnection | None = None
         self.sub_pc = new_pc()
@@ -353,6 +357,8 @@ class MediaClient:
                     self.signals.append(msg)
                 elif msg["type"].startswith("video_"):
                     self.adaptation.append(msg)
+                elif msg["type"] == "speakers":
+                    self.speakers.append(msg)
                 elif msg["type"] == "ping":
                     await self.ws.send(json.dumps({"type": "pong"}))
                 elif msg["type"] == "error":

@@ -94,6 +94,7 @@ cdef enum:
     SLOW_PER_SOURCE = 4  # and the most from any one such address
 
 cdef double REMB_INTERVAL = 0.5
+cdef int LOUD_LEVEL = 40  # the reference's: an audio level (RFC 6464, -dBov) this loud or louder is loud
 cdef uint64_t REMB_FOLLOW = 3  # the reference's: an estimate under a third of the best is not followed
 cdef double LAYER_TIMEOUT = 1.0
 cdef double CONSENT_TIMEOUT = 30.0  # RFC 7675
@@ -199,6 +200,12 @@ cdef struct Endpoint:
     int mid_ext  # its mid, rid and repaired-rid extension IDs (RFC 8852); 0: none
     int rid_ext
     int rrid_ext
+    int level_ext  # its audio level extension's ID (RFC 6464); 0: none
+
+cdef struct Level:
+    uint64_t packets  # with an audio level
+    uint64_t loud  # LOUD_LEVEL or louder
+    uint64_t loudness  # sum of 127 - level
 
 cdef struct Route:
     int dst
@@ -333,6 +340,7 @@ cdef class FastPath:
     cdef unordered_map[uint64_t, uint32_t] rtx_map  # (publisher, its RTX SSRC) -> the media SSRC it repairs
     cdef unordered_map[uint64_t, RtxOut] rtx_out  # (subscriber, SSRC it sees) -> its RTX stream
     cdef unordered_map[uint64_t, Drops] tdrops  # (subscriber, SSRC it sees) -> what it was not sent lately
+    cdef unordered_map[uint64_t, Level] levels  # (publisher, SSRC) -> the audio levels it sent
     cdef uint64_t counts[<int>S_COUNT]
     cdef OutBatch ctl  # for calls from Python: collected, returned to the caller
     cdef OutBatch net  # for the loop: sent with sendmmsg
@@ -419,9 +427,9 @@ cdef class FastPath:
                 self.names[idx] = eid
             else:
                 idx = self.eps.size()
-                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0))
+                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0))
                 self.names.append(eid)
-            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL, 0, 0, 0)
+            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL, 0, 0, 0, 0)
             self.ids[eid] = idx
         finally:
             self.unlock()
@@ -483,6 +491,29 @@ cdef class FastPath:
             free(self.eps[idx].twcc.arrival)
             free(self.eps[idx].twcc)
             self.eps[idx].twcc = NULL
+
+    def set_audio_level(self, str eid, int ext_id):
+        """Count the audio levels (RFC 6464) the endpoint's packets carry in extension ``ext_id`` (0: none)."""
+        cdef int idx = self._ep(eid)
+        if not 0 <= ext_id <= 255:
+            raise ValueError("a header extension ID is 1-255")
+        with nogil:
+            self.lock()
+            self.eps[idx].level_ext = ext_id
+            self.unlock()
+
+    def audio_levels(self):
+        """{(publisher, SSRC): [packets with an audio level, loud ones, sum of 127 - level]}, as the reference's."""
+        out = {}
+        with nogil:
+            self.lock()
+        try:
+            for item in self.levels:
+                out[(self.names[item.first >> 32], item.first & 0xFFFFFFFF)] = [
+                    item.second.packets, item.second.loud, item.second.loudness]
+        finally:
+            self.unlock()
+        return out
 
     def set_rtx(self, str eid, uint32_t rtx_ssrc, uint32_t media_ssrc):
         """The endpoint repairs ``media_ssrc`` with RTX (RFC 4588) on ``rtx_ssrc``."""
@@ -712,6 +743,7 @@ cdef class FastPath:
         cdef unordered_map[uint64_t, Quality].iterator it
         cdef unordered_map[uint64_t, uint32_t].iterator rit
         cdef unordered_map[uint64_t, RtxOut].iterator oit
+        cdef unordered_map[uint64_t, Level].iterator lit
         self._unmap_address(idx)
         self._free_twcc(idx)
         rit = self.rtx_map.begin()
@@ -726,6 +758,12 @@ cdef class FastPath:
                 oit = self.rtx_out.erase(oit)
             else:
                 inc(oit)
+        lit = self.levels.begin()
+        while lit != self.levels.end():
+            if (deref(lit).first >> 32) == <uint64_t>idx:
+                lit = self.levels.erase(lit)
+            else:
+                inc(lit)
         for t in range(self.tracks.size()):
             if not self.tracks[t].used:
                 continue
@@ -745,7 +783,7 @@ cdef class FastPath:
             inc(it)
         for key in stale:
             self.quality_map.erase(key)
-        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0)
+        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0)
 
     cdef void _free_track(self, size_t t) noexcept nogil:
         cdef Track* tr = &self.tracks[t]
@@ -1096,6 +1134,10 @@ cdef class FastPath:
         self.counts[<int>S_RTP_IN] += 1
         seq = u16(p + 2)
         ssrc = u32(p + 8)
+        if self.eps[src].level_ext:
+            off = rtp.find_extension(p, length, self.eps[src].level_ext, &elen)
+            if off >= 0 and elen >= 1:
+                self._count_level(pair(src, ssrc), p[off] & 0x7F)
         tw = self.eps[src].twcc
         if tw != NULL:
             off = rtp.find_extension(p, length, tw.ext_id, &elen)
@@ -1282,6 +1324,13 @@ cdef class FastPath:
         rt.current = L
         rt.layer_start = <uint16_t>(seq + rt.seq_delta)
         self.counts[<int>S_LAYER_SWITCHES] += 1
+
+    cdef void _count_level(self, uint64_t key, int level) noexcept nogil:
+        cdef Level* lv = &self.levels[key]  # (zeroed when new)
+        lv.packets += 1
+        if level <= LOUD_LEVEL:
+            lv.loud += 1
+        lv.loudness += 127 - level
 
     cdef void _count_temporal(self, Track* tr, const uint8_t* p, int n) noexcept nogil:
         cdef Vp8Temporal tl

@@ -49,14 +49,15 @@ def test_transport_cc_and_rtx_are_answered_when_offered():
     audio, video = section(text, "audio"), section(text, "video")
     for lines, pt in ((audio, 111), (video, 96)):
         assert f"a=extmap:3 {twcc.URI}" in lines and f"a=rtcp-fb:{pt} transport-cc" in lines
-        assert not any("ssrc-audio-level" in line for line in lines)  # only what we use
+    # Audio says how loud it is (RFC 6464: who speaks); only what we use is taken.
+    assert f"a=extmap:1 {sdp.AUDIO_LEVEL_URI}" in audio and not any("ssrc-audio-level" in line for line in video)
     assert video[0] == "m=video 5000 UDP/TLS/RTP/SAVPF 96 98"
     assert "a=rtpmap:98 rtx/90000" in video and "a=fmtp:98 apt=96" in video
     assert (tracks[1].ssrc, tracks[1].rtx_ssrc, tracks[1].rtx_payload_type) == (2001, 2002, 98)
     assert tracks[0].rtx_ssrc is None
     # What the answer says is what a browser would parse back (aiortc's parser here).
     remote = sdp.parse_remote(text, "answer")
-    assert [e.id for m in remote.media for e in m.rtp.headerExtensions] == [3, 3]
+    assert [e.id for m in remote.media for e in m.rtp.headerExtensions] == [3, 1, 3]
 
 
 def test_no_feedback_unless_every_section_numbers_packets_alike():

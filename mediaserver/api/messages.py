@@ -361,6 +361,9 @@ class Joined(ServerMessage):
     media_mode: str = "routed"
     # The archive recording the session now ({"id", "name", "started_at"}), if one is.
     archive: dict[str, Any] | None = None
+    # Who speaks in your room now ({"active", "speaking"}, as the ``speakers`` message that
+    # follows each change says); null where media goes directly between participants.
+    speakers: dict[str, Any] | None = None
 
 
 class ServerAnswer(ServerMessage):
@@ -387,6 +390,16 @@ class Layers(ServerMessage):
     type: Literal["layers"] = "layers"
     track_id: str
     active: list[bool]
+
+
+class Speakers(ServerMessage):
+    """Who speaks in your room now (routed media; from the audio levels publishers send, RFC
+    6464): ``active`` is the one who started last and still speaks (``null``: nobody does),
+    ``speaking`` all who do. Sent when that changes."""
+
+    type: Literal["speakers"] = "speakers"
+    active: str | None
+    speaking: list[str]
 
 
 class VideoAdaptation(ServerMessage):

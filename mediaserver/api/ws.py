@@ -201,6 +201,7 @@ class Connection:
                 ice_servers=self.ice_servers.for_participant(p["id"]),
                 media_mode=result.get("media_mode", "routed"),
                 archive=result.get("archive"),
+                speakers=result.get("speakers"),
             )
         )
 
@@ -422,6 +423,8 @@ class Connection:
             return m.PeersChanged()
         if kind == "layers":
             return m.Layers(track_id=signal["track_id"], active=signal["active"])
+        if kind == "speakers":
+            return m.Speakers(active=signal["active"], speaking=signal["speaking"])
         if kind.startswith("video_"):
             return m.VideoAdaptation(type=kind, track_id=signal["track_id"], reason=signal["reason"])
         return m.ServerOffer(sdp=signal["sdp"])

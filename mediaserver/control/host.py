@@ -282,7 +282,8 @@ class SessionHost:
                 mine = u.transports(name)
                 await u.record_states({t: s for t, s in states.items() if t in mine})
                 if adapted:
-                    await u.record_adaptation([e for e in adapted if e["subscriber"] in mine])
+                    # (a subscriber's video paused or back; of a publisher, that it speaks or stopped)
+                    await u.record_adaptation([e for e in adapted if e["publisher" if e["type"] == "speaking" else "subscriber"] in mine])
                 if quality_due:
                     await u.record_quality({t: q for t, q in quality.items() if t in mine}, self.clock())
 

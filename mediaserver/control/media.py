@@ -24,7 +24,7 @@ import logging
 import random
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from mediaserver.errors import MediaserverError
 
@@ -112,6 +112,7 @@ class Subscriber:
 
 
 HOME = ""  # the home worker's key in ``workers``
+NOBODY_SPEAKS = {"active": None, "speaking": []}
 
 
 @dataclass
@@ -154,6 +155,9 @@ class MediaSession:
         self.tracks: dict[str, Track] = {}
         self.subscribers: dict[str, Subscriber] = {}
         self.outbox: dict[str, list[dict]] = {}  # participant -> signaling messages to deliver
+        self.speaking: dict[str, int] = {}  # participant -> the order it started speaking in (those who speak now)
+        self._spoke = 0
+        self._told_speakers: dict[str, dict] = {}  # participant -> who speaks in its room, as last told
         self.layers_active: dict[str, tuple[bool, ...]] = {}  # simulcast track -> what its publisher was told to send
         self.legs: dict[str, tuple[str, str]] = {}  # far worker -> (leg's id on home, leg's id there)
         self.relays: dict[tuple[str, str], Relay] = {}  # (track, far worker) -> its relay
@@ -601,20 +605,62 @@ class MediaSession:
     def take_outbox(self, participant_id: str) -> list[dict]:
         return self.outbox.pop(participant_id, [])
 
-    def adapted(self, events: list[dict]) -> list[tuple[str, dict]]:
+    def adapted(self, events: list[dict], members: Iterable[str] = ()) -> list[tuple[str, dict]]:
         """The media workers' adaptation events (a subscriber's video from one publisher paused
-        for its link, or back) as messages to the subscribers: [(participant, message)]."""
+        for its link, or back) as messages to the subscribers: [(participant, message)]; and
+        who started or stopped speaking: ``members`` (the participants connected) in each room
+        whose speakers changed are told who speak now (``speakers``)."""
         receivers = {s.transport_id: pid for pid, s in self.subscribers.items() if s.transport_id}
         tracks = {(self.publish_transport.get(t.participant_id), t.ssrc): t for t in self.tracks.values()}
         out = []
         for e in events:
-            pid, t = receivers.get(e["subscriber"]), tracks.get((e["publisher"], e["ssrc"]))
+            t = tracks.get((e["publisher"], e["ssrc"]))
+            if e["type"] == "speaking":
+                if t is not None and t.kind == "audio":
+                    self._speaking(t.participant_id, e["speaking"])
+                continue
+            pid = receivers.get(e["subscriber"])
             if pid is None or t is None:
                 continue  # gone meanwhile
             msg = {"type": e["type"], "track_id": t.id, "reason": e["reason"]}
             self.outbox.setdefault(pid, []).append(msg)
             out.append((pid, msg))
+        self._tell_speakers(members)
         return out
+
+    def _speaking(self, participant_id: str, speaking: bool) -> None:
+        if speaking:
+            self._spoke += 1
+            self.speaking[participant_id] = self._spoke
+        else:
+            self.speaking.pop(participant_id, None)
+
+    def speakers_in(self, room: str | None) -> dict:
+        """Who speaks in a room (None: the main one): ``active``, the one who started last and
+        still speaks (None: nobody speaks), and ``speaking``, all who do."""
+        here = {pid: n for pid, n in self.speaking.items() if self.room_of(pid) == room}
+        return {"active": max(here, key=here.__getitem__) if here else None, "speaking": sorted(here)}
+
+    def speakers_for(self, participant_id: str) -> dict:
+        """Who speaks in a participant's room, as it is told now (its ``joined`` says it)."""
+        self._told_speakers[participant_id] = now = self.speakers_in(self.room_of(participant_id))
+        return now
+
+    def _tell_speakers(self, members: Iterable[str]) -> None:
+        """Tell each member who speaks in its room, if that is not what it was last told."""
+        with_audio = {t.participant_id for t in self.tracks.values() if t.kind == "audio"}
+        for pid in [p for p in self.speaking if p not in with_audio]:
+            del self.speaking[pid]  # (its microphone is gone)
+        rooms: dict[str | None, dict] = {}
+        members = set(members)
+        for pid in members:
+            room = self.room_of(pid)
+            now = rooms[room] if room in rooms else rooms.setdefault(room, self.speakers_in(room))
+            if self._told_speakers.get(pid, NOBODY_SPEAKS) != now:
+                self._told_speakers[pid] = now
+                self.outbox.setdefault(pid, []).append({"type": "speakers", **now})
+        for pid in [p for p in self._told_speakers if p not in members]:
+            del self._told_speakers[pid]  # (gone, or not connected: told afresh when it joins or resumes)
 
     def track_list(self) -> list[dict[str, Any]]:
         return [t.public() for t in self.tracks.values()]

@@ -185,6 +185,7 @@ class SessionUnit:
                 "started_at": self.archives.current["started_at"],
             },
             "chat": await core.chat_history(participant["id"]),
+            "speakers": None if isinstance(self.media, PeerMesh) else self.media.speakers_for(participant["id"]),
             "questions": core.question_list(),
             "breakouts": core.breakout_view(),
             "event": None if core.event is None else {
@@ -384,12 +385,12 @@ class SessionUnit:
         told to the subscriber, and kept in its log for the dashboard."""
         if self.ended:
             return
-        told = self.media.adapted(events)
+        told = self.media.adapted(events, [pid for pid, p in self.core.participants.items() if p["state"] == "connected"])
         for pid, msg in told:
             if pid in self.core.participants:
                 await self.core.record(pid, msg["type"], visibility="log", track_id=msg["track_id"], reason=msg["reason"])
-        if told:
-            await self.core.notify()
+        if events:
+            await self.core.notify()  # (and who speaks: in the outbox without a record)
 
     async def record_quality(self, quality: dict[str, dict], now: float) -> None:
         """Each receiving participant's connection quality (from its receiver reports) goes in its

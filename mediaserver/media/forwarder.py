@@ -33,6 +33,10 @@ REMB_INTERVAL = 0.5  # the publisher hears the lowest subscriber estimate at mos
 REMB_FOLLOW = 3
 LAYER_TIMEOUT = 1.0  # a simulcast layer silent this long is not sent now (the publisher paused it)
 MAX_LAYER = 2  # simulcast layers are 0-2 (RFC 8853 allows more; browsers send up to three)
+# An audio packet whose level (RFC 6464: -dBov, 0 the loudest, 127 silence) is this or louder
+# counts as loud: a talker is -10 to -35 dBov (after the browser's gain control), a quiet room
+# under -60. (LiveKit's figure is 35.)
+LOUD_LEVEL = 40
 
 
 @dataclass
@@ -115,6 +119,7 @@ class Endpoint:
     tx: pylibsrtp.Session | None = None
     twcc: Twcc | None = None  # transport-wide feedback we owe it, when negotiated
     sdes: tuple[int, int, int] | None = None  # its mid, rid and repaired-rid extension IDs
+    level_ext: int = 0  # its audio level extension's ID (RFC 6464; 0: none)
 
     @property
     def ready(self) -> bool:
@@ -154,6 +159,8 @@ class Forwarder:
     single: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     # (publisher endpoint, track SSRC) -> bytes received in each VP8 temporal layer (all its encodings)
     tbytes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    # (publisher endpoint, SSRC) -> [packets with an audio level, loud ones, sum of 127 - level]
+    levels: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     stats: Counter = field(default_factory=Counter)
     # Sees each RTP packet forwarded, SRTP removed (receiver id, plaintext): a debugging and test
     # aid (what the server sees of an end-to-end encrypted frame); the fast path has none.
@@ -181,6 +188,18 @@ class Forwarder:
         if not 0 <= ext_id <= 255:
             raise ValueError("a header extension ID is 1-255")
         self.endpoints[eid].twcc = Twcc(ext_id) if ext_id else None
+
+    def set_audio_level(self, eid: str, ext_id: int) -> None:
+        """Count the audio levels (RFC 6464) the endpoint's packets carry in extension ``ext_id``
+        (0: none), for who is speaking (``audio_levels``)."""
+        if not 0 <= ext_id <= 255:
+            raise ValueError("a header extension ID is 1-255")
+        self.endpoints[eid].level_ext = ext_id
+
+    def audio_levels(self) -> dict[tuple[str, int], list[int]]:
+        """{(publisher, SSRC): [packets with an audio level, loud ones (LOUD_LEVEL or louder),
+        sum of 127 - level]} so far."""
+        return {key: list(counts) for key, counts in self.levels.items()}
 
     def set_rtx(self, eid: str, rtx_ssrc: int, media_ssrc: int) -> None:
         """The endpoint repairs ``media_ssrc`` with RTX (RFC 4588) on ``rtx_ssrc``."""
@@ -283,7 +302,7 @@ class Forwarder:
     def remove_endpoint(self, eid: str) -> None:
         for key in [k for k in self.rtx if k[0] == eid]:
             del self.rtx[key]
-        for table in (self.simulcast, self.layer_of, self.rtx_out, self.single, self.tbytes):
+        for table in (self.simulcast, self.layer_of, self.rtx_out, self.single, self.tbytes, self.levels):
             for key in [k for k in table if k[0] == eid]:
                 del table[key]
         ep = self.endpoints.pop(eid, None)
@@ -334,6 +353,14 @@ class Forwarder:
         self.stats["rtp_in"] += 1
         seq, ssrc = struct.unpack_from("!H", plain, 2)[0], struct.unpack_from("!I", plain, 8)[0]
         out = []
+        if ep.level_ext:
+            value = find_extension(plain, ep.level_ext)
+            if value:
+                level = value[0] & 0x7F  # (the top bit is the voice-activity flag, which not every sender sets)
+                counts = self.levels.setdefault((ep.id, ssrc), [0, 0, 0])
+                counts[0] += 1
+                counts[1] += level <= LOUD_LEVEL
+                counts[2] += 127 - level
         if ep.twcc is not None:
             value = find_extension(plain, ep.twcc.ext_id)
             if value is not None and len(value) >= 2:

@@ -29,6 +29,7 @@ VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"  # RFC 6464
 SIMULCAST_CODECS = ("VP8", "H264", "VP9")  # where the forwarder finds keyframes to switch on
 MAX_LAYERS = 3
 
@@ -221,6 +222,20 @@ def twcc_extension(remote: RemoteDescription, tracks: list[OfferedTrack | None])
     return ids.pop() if len(ids) == 1 else None
 
 
+def audio_level_extension(remote: RemoteDescription, tracks: list[OfferedTrack | None]) -> int | None:
+    """The header extension ID the offer's audio carries its level in (RFC 6464), when every
+    accepted audio section offers it with the same ID (one transport: one ID); else None."""
+    ids = set()
+    for m, t in zip(remote.media, tracks):
+        if t is None or t.kind != "audio":
+            continue
+        found = [e.id for e in m.rtp.headerExtensions if e.uri == AUDIO_LEVEL_URI]
+        if not found:
+            return None
+        ids.add(found[0])
+    return ids.pop() if len(ids) == 1 else None
+
+
 def _session_head(version: int, mids: list[str]) -> list[str]:
     return [
         "v=0",
@@ -263,6 +278,7 @@ def publish_answer(
     accepted = [t.mid for t in tracks if t is not None]
     lines = _session_head(1, accepted)
     ext = twcc_extension(remote, tracks)
+    level = audio_level_extension(remote, tracks)
     for m, t in zip(remote.media, tracks):
         if t is None:
             lines += [f"m={m.kind} 0 UDP/TLS/RTP/SAVPF {m.fmt[0] if m.fmt else 0}", f"c=IN {_ip(host)} {host}", f"a=mid:{m.rtp.muxId}", "a=inactive"]
@@ -280,6 +296,9 @@ def publish_answer(
             # The publisher numbers its packets and we say when each arrived: its own
             # estimator sets its bitrate (draft-holmer-rmcat-transport-wide-cc-extensions-01).
             lines.append(f"a=extmap:{ext} {twcc.URI}")
+        if level is not None and t.kind == "audio":
+            # Its packets say how loud they are: who speaks (mediaserver.media.speakers).
+            lines.append(f"a=extmap:{level} {AUDIO_LEVEL_URI}")
         if t.rids:
             mid_id, rid_id, rrid_id = sdes_ids(m)
             lines += [f"a=extmap:{mid_id} {MID_URI}", f"a=extmap:{rid_id} {RID_URI}"]

@@ -29,6 +29,7 @@ from mediaserver.media.adaptation import INTERVAL as ADAPT_INTERVAL, Adaptation,
 from mediaserver.media.dtls import DtlsServer, ServerCertificate
 from mediaserver.media.forwarder import MAX_LAYER, Forwarder, Route
 from mediaserver.media.ice import CONSENT_TIMEOUT, AllowedNetworks, IceCredentials, answer_binding
+from mediaserver.media.speakers import Speakers
 from mediaserver.media.srtp import SrtpKeys
 from mediaserver.media.temporal import MAX_TEMPORAL
 
@@ -126,6 +127,7 @@ class MediaWorker:
         # What each subscriber's link carries (mediaserver.media.adaptation), from the routes:
         # (src, src SSRC, dst) -> [out SSRC, video, simulcast layers, the layer it asked for].
         self.adaptation = Adaptation()
+        self.speakers = Speakers()  # who speaks, from the audio levels publishers send (RFC 6464)
         self._routes: dict[tuple[str, int, str], list] = {}
         self.adaptation_events: deque[dict] = deque(maxlen=1000)
         self._adapting: asyncio.Task | None = None
@@ -253,6 +255,7 @@ class MediaWorker:
         self._set_remote(t, remote)
         t.tracks = [x for x in tracks if x is not None]
         self.forwarder.set_twcc(t.id, sdp.twcc_extension(remote, tracks) or 0)
+        self.forwarder.set_audio_level(t.id, sdp.audio_level_extension(remote, tracks) or 0)
         sdes = sdp.simulcast_extensions(remote, tracks)
         if sdes is not None:
             self.forwarder.set_sdes(t.id, *sdes)
@@ -346,18 +349,26 @@ class MediaWorker:
                 log.exception("adaptation step failed")
 
     def adapt(self, now: float) -> None:
-        """One step of every subscriber's adaptation: caps to the forwarder, events queued."""
+        """One step of every subscriber's adaptation: caps to the forwarder, events queued (who
+        started or stopped speaking among them)."""
+        for (src, ssrc), speaking in self.speakers.observe(self.forwarder.audio_levels(), now):
+            self.adaptation_events.append({"type": "speaking", "publisher": src, "ssrc": ssrc, "speaking": speaking})
         receivers = {tid for tid, t in self.transports.items() if t.role == "subscribe"}
-        routes, audio = [], Counter()
+        routes, audio, heard = [], Counter(), {}
         self.adaptation.measure_temporal(self.forwarder.temporal_bytes())
-        for (src, ssrc, dst), (out, video, layers, requested, priority, trequested) in self._routes.items():
-            if dst not in receivers:
-                continue  # legs to other workers and the recorder get what they are sent
-            if not video:
+        for (src, ssrc, dst), (out, video, *_) in self._routes.items():
+            if dst in receivers and not video:
                 audio[dst] += 1
-            else:  # (a video sent as one stream has one layer: on or paused)
-                routes.append(RouteInfo(src, ssrc, dst, out, layers, requested, priority,
-                                        self.adaptation.temporal_layers(src, ssrc), trequested))
+                heard.setdefault(dst, []).append((src, ssrc))
+        # Each subscriber's active speaker, among those it hears: its video ranks after a screen
+        # share and before the other cameras (priority: 2 per the track's own rank, 1 for that).
+        speaker = {dst: self.speakers.active(streams) for dst, streams in heard.items()}
+        for (src, ssrc, dst), (out, video, layers, requested, priority, trequested) in self._routes.items():
+            if dst not in receivers or not video:
+                continue  # legs to other workers and the recorder get what they are sent
+            active = (speaker.get(dst) or ("",))[0] == src
+            routes.append(RouteInfo(src, ssrc, dst, out, layers, requested, 2 * priority + active,
+                                    self.adaptation.temporal_layers(src, ssrc), trequested))
         if not routes and not self.adaptation.videos:
             return
         self.adaptation.measure(self.forwarder.layer_bytes(), now)
@@ -370,10 +381,11 @@ class MediaWorker:
         self.adaptation_events.extend(events)
 
     def take_adaptation_events(self, transport_ids: set[str]) -> list[dict]:
-        """The adaptation's events for these subscribers' transports, in order; others stay."""
-        mine = [e for e in self.adaptation_events if e["subscriber"] in transport_ids]
+        """The adaptation's events for these subscribers' transports (and who started or stopped
+        speaking of these publishers'), in order; others stay."""
+        mine = [e for e in self.adaptation_events if _transport_of(e) in transport_ids]
         if mine:
-            rest = [e for e in self.adaptation_events if e["subscriber"] not in transport_ids]
+            rest = [e for e in self.adaptation_events if _transport_of(e) not in transport_ids]
             self.adaptation_events.clear()
             self.adaptation_events.extend(rest)
         return mine
@@ -478,3 +490,8 @@ class MediaWorker:
         t.state = state
         if self.on_state is not None:
             self.on_state(t)
+
+
+def _transport_of(event: dict) -> str:
+    """The transport an adaptation event is about: its subscriber's (speaking: its publisher's)."""
+    return event["publisher"] if event["type"] == "speaking" else event["subscriber"]

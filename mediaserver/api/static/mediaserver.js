@@ -62,6 +62,7 @@ export class Room extends EventTarget {
     this.participants = new Map();
     this.tracks = new Map(); // track id -> {id, participant_id, kind, muted}
     this.videoStates = new Map(); // track id -> the latest of video_disabled_warning, video_disabled, ..._lifted, video_enabled
+    this.speakers = null; // {active, speaking}: who speaks in our room, as the server last said (routed rooms)
     this.me = null;
     this.session = null;
     this.roomInfo = null;
@@ -178,6 +179,7 @@ export class Room extends EventTarget {
           this.chatMessages = msg.chat || [];
           this.questions = new Map((msg.questions || []).map((q) => [q.id, q]));
           this.breakouts = msg.breakouts && msg.breakouts.rooms ? msg.breakouts : { rooms: [], open: false, plan: {} };
+          this.speakers = msg.speakers || null;
           this.event = msg.event || null; // an event's session: {starts_at, start_from, started}
           this.archive = msg.archive || null; // the archive recording the session: {id, name, started_at}
           this._openAll();
@@ -234,6 +236,10 @@ export class Room extends EventTarget {
       this._signals = this._signals.then(() => this._answer(msg.sdp)).catch(failed);
     } else if (msg.type === "layers") {
       this._setLayers(msg.track_id, msg.active).catch(failed);
+    } else if (msg.type === "speakers") {
+      // Who speaks in our room (routed: the server reads the levels every microphone sends).
+      this.speakers = { active: msg.active, speaking: msg.speaking };
+      this._emit("speakers", this.speakers);
     } else if (msg.type.startsWith("video_")) {
       // Audio fallback and video recovery: the server paused (or resumed) a video for our link.
       this.videoStates.set(msg.track_id, msg.type);

@@ -424,11 +424,14 @@ async function poll() {
     const el = $(`tile-${pid}`)?.querySelector(".quality");
     if (el) { el.hidden = false; el.textContent = q; el.setAttribute("aria-label", `Connection: ${q}`); }
   }
-  const stats = await room.subscribePc.getStats();
-  let loudest = null, level = 0.02;
-  stats.forEach((s) => {
-    if (s.type === "inbound-rtp" && s.kind === "audio" && (s.audioLevel || 0) > level) { level = s.audioLevel; loudest = (s.trackIdentifier || "").split("/")[0]; }
-  });
+  // The active speaker: the server's word where it gives one (routed rooms; ourselves too),
+  // else the loudest audio we receive.
+  let loudest = room.speakers ? room.speakers.active : null, level = 0.02;
+  if (!room.speakers) {
+    (await room.subscribePc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio" && (s.audioLevel || 0) > level) { level = s.audioLevel; loudest = (s.trackIdentifier || "").split("/")[0]; }
+    });
+  }
   for (const el of document.querySelectorAll(".tile")) el.classList.toggle("speaking", el.id === `tile-${loudest}`);
   await chooseLayers();
 }
