@@ -95,13 +95,16 @@ def _server(mode: str, setup: dict, conn) -> None:
     if setup.get("adaptive"):
         # TWCC feedback to the publisher, and its stream one layer of a three-layer VP8
         # simulcast track that every subscriber asks the top of (the layer choice, with its
-        # fallback, and the picture-ID rewrite run on every packet).
+        # fallback, and the picture-ID rewrite run on every packet); every packet to a
+        # subscriber numbered for its own feedback (its header extensions replaced by ours).
         track = SIMULCAST_TRACK
         fw.set_twcc("pub", TWCC_ID)
         fw.set_sdes("pub", MID_ID, RID_ID, 0)
         fw.add_simulcast("pub", track, "1", ["q", "h", "f"], "VP8")
     for i, eid in enumerate(e for e in setup["endpoints"] if e != "pub"):
         fw.set_route("pub", track, eid, Route(ssrc=0x50000000 + i, payload_type=96, video=True, layer=2))
+        if setup.get("adaptive"):
+            fw.set_twcc_out(eid, 5)
     if mode == "reference":
         def serve() -> None:
             import uvloop
@@ -366,10 +369,11 @@ def archive_rows(args, runs: int = 3) -> int:
 def adaptive_rows(args, runs: int = 3) -> int:
     """What adaptive media costs per forwarded packet: the publisher's packets carry the header
     extensions and VP8 descriptor Chrome's simulcast layers do; the worker records each one's
-    transport-wide number (and sends feedback every 50 ms), finds the layer each subscriber gets
-    and rewrites picture IDs; side by side with today's plain single stream."""
+    transport-wide number (and sends feedback every 50 ms), finds the layer each subscriber gets,
+    rewrites picture IDs and numbers what goes to each subscriber with its own transport-wide
+    sequence (its extensions replaced); side by side with today's plain single stream."""
     profile = args.profiles[0]
-    print(f"TWCC feedback and simulcast selection on, against a plain stream, fast path, {profile}, "
+    print(f"TWCC feedback, subscriber numbering and simulcast selection on, against a plain stream, fast path, {profile}, "
           f"{args.rate:,.0f} pkt/s offered, best of {runs} runs each")
     print(f"{'fan-out':>7} {'plain CPU-us/pkt':>17} {'adaptive CPU-us/pkt':>20} {'ratio':>6} {'loss':>6} {'TWCC msgs/s':>12}")
     for fanout in args.fanout:

@@ -24,6 +24,8 @@ import socket as _socket
 import struct as _struct
 from collections import Counter
 
+from mediaserver.media.feedback import Result as _Result  # (the reference's, so results compare equal)
+
 from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 
 from cython.operator cimport dereference as deref, preincrement as inc
@@ -41,11 +43,12 @@ from mediaserver._udp cimport (
     AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE, MSG_DONTWAIT, MSG_TRUNC, SCM_TIMESTAMPNS,
     SO_TIMESTAMPNS, SOL_SOCKET, SOL_UDP, UDP_SEGMENT, cmsghdr, htonl, htons, iovec, mmsghdr, msghdr, ntohl, ntohs, recvmmsg, sendmmsg, setsockopt, sockaddr_in, srtp_fn,
 )
-from mediaserver.fastpath cimport codecs, keyframes, nack, rtcp, rtp, temporal, twcc
+from mediaserver.fastpath cimport codecs, feedback, keyframes, nack, rtcp, rtp, temporal, twcc
 from mediaserver.fastpath.keyframes cimport Keyframes
 from mediaserver.fastpath.nack cimport NACK_CACHE, UPSTREAM_MAX, Asked, Slot
 from mediaserver.fastpath.rtcp cimport NACK_SEQS, PSFB, RR, RTPFB, SR, Quality
 from mediaserver.fastpath.rtp cimport KIND_DROP, KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, put16, put32, u16, u32
+from mediaserver.fastpath.feedback cimport Result, Sent
 from mediaserver.fastpath.temporal cimport DROP_WINDOW, MAX_TEMPORAL, Drops, Vp8Temporal
 from mediaserver.fastpath.twcc cimport TWCC_MAX_MESSAGES, Twcc
 
@@ -94,6 +97,7 @@ cdef enum:
     SLOW_PER_SOURCE = 4  # and the most from any one such address
 
 cdef double REMB_INTERVAL = 0.5
+cdef int RTX_BURST = 32768  # the reference's: repairs are at most half of what a route is sent, this burst
 cdef int LOUD_LEVEL = 40  # the reference's: an audio level (RFC 6464, -dBov) this loud or louder is loud
 cdef uint64_t REMB_FOLLOW = 3  # the reference's: an estimate under a third of the best is not followed
 cdef double LAYER_TIMEOUT = 1.0
@@ -108,6 +112,7 @@ cdef enum Stat:
     S_NACK_SERVED, S_NACK_MISSED, S_NACK_UPSTREAM, S_RX_PACKETS, S_RX_BATCHES, S_TX_BATCHES
     S_DROP_DTLS_NO_ICE, S_DROP_SLOW_UNKNOWN, S_PLI_DEFERRED, S_PADDING_IN, S_RTX_REPAIRED, S_RTX_REDUNDANT, S_TWCC_SENT
     S_LAYERS_FOUND, S_LAYER_SWITCHES, S_RTX_SENT, S_TX_GSO, S_GSO_REFUSED, S_VIDEO_RESUMED, S_TEMPORAL_DROPPED
+    S_TWCC_IN, S_DROP_TWCC_MALFORMED, S_DROP_MALFORMED, S_NACK_THROTTLED
     S_COUNT
 
 STAT_NAMES = (
@@ -118,6 +123,7 @@ STAT_NAMES = (
     "nack_served", "nack_missed", "nack_upstream", "rx_packets", "rx_batches", "tx_batches",
     "drop_dtls_no_ice", "drop_slow_unknown", "pli_deferred", "padding_in", "rtx_repaired", "rtx_redundant", "twcc_sent",
     "layers_found", "layer_switches", "rtx_sent", "tx_gso", "gso_refused", "video_resumed", "temporal_dropped",
+    "twcc_in", "drop_twcc_malformed", "drop_malformed", "nack_throttled",
 )
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
@@ -201,6 +207,7 @@ cdef struct Endpoint:
     int rid_ext
     int rrid_ext
     int level_ext  # its audio level extension's ID (RFC 6464); 0: none
+    Sent* sent  # what we send it, numbered, and its feedback; NULL unless it takes transport-cc
 
 cdef struct Level:
     uint64_t packets  # with an audio level
@@ -234,6 +241,7 @@ cdef struct Route:
     # numbers were shifted then, NACKs for before are not answered (resumed). The reference's.
     bint resume
     bint resumed
+    int rtx_tokens  # bytes of repairs it may be sent now (the reference's RTX_BURST)
     # VP8 temporal layers, the reference's: the highest TID it may get, the one it gets now, the
     # newest publisher sequence number routed since it first dropped one, and whether its
     # record of drops (FastPath.tdrops) exists.
@@ -427,9 +435,9 @@ cdef class FastPath:
                 self.names[idx] = eid
             else:
                 idx = self.eps.size()
-                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0))
+                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0, NULL))
                 self.names.append(eid)
-            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL, 0, 0, 0, 0)
+            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL, 0, 0, 0, 0, NULL)
             self.ids[eid] = idx
         finally:
             self.unlock()
@@ -491,6 +499,45 @@ cdef class FastPath:
             free(self.eps[idx].twcc.arrival)
             free(self.eps[idx].twcc)
             self.eps[idx].twcc = NULL
+
+    def set_twcc_out(self, str eid, int ext_id):
+        """Number what goes to the endpoint in header extension ``ext_id`` (1-14; 0: not) and pair
+        its transport-wide feedback with it (``twcc_results``), as the reference's."""
+        cdef int idx = self._ep(eid)
+        if not 0 <= ext_id <= 14:
+            raise ValueError("a one-byte header extension ID is 1-14")
+        with nogil:
+            self.lock()
+            if self.eps[idx].sent != NULL and (not ext_id or self.eps[idx].sent.ext_id != ext_id):
+                feedback.sent_free(self.eps[idx].sent)
+                self.eps[idx].sent = NULL
+            if ext_id and self.eps[idx].sent == NULL:
+                self.eps[idx].sent = feedback.sent_new(ext_id)
+            self.unlock()
+
+    def twcc_results(self):
+        """{subscriber: [feedback.Result, ...] since the last call}, as the reference's."""
+        out = {}
+        cdef int i, k
+        cdef Sent* s
+        cdef Result* r
+        with nogil:
+            self.lock()
+        try:
+            for i in range(self.eps.size()):
+                s = self.eps[i].sent
+                if not self.eps[i].used or s == NULL or s.rcount == 0:
+                    continue
+                got = []
+                for k in range(s.rcount):
+                    r = &s.results[(s.rhead + k) % feedback.MAX_RESULTS]
+                    got.append(_Result(r.seq, r.sent, r.size, None if r.lost else r.arrival, r.reported))
+                s.rhead = 0
+                s.rcount = 0
+                out[self.names[i]] = got
+        finally:
+            self.unlock()
+        return out
 
     def set_audio_level(self, str eid, int ext_id):
         """Count the audio levels (RFC 6464) the endpoint's packets carry in extension ``ext_id`` (0: none)."""
@@ -783,7 +830,8 @@ cdef class FastPath:
             inc(it)
         for key in stale:
             self.quality_map.erase(key)
-        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0)
+        feedback.sent_free(self.eps[idx].sent)
+        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0, NULL)
 
     cdef void _free_track(self, size_t t) noexcept nogil:
         cdef Track* tr = &self.tracks[t]
@@ -1381,11 +1429,20 @@ cdef class FastPath:
         cdef uint8_t* b
         cdef unordered_map[uint64_t, RtxOut].iterator rx
         cdef RtxOut* ro
+        cdef Sent* sent
+        cdef uint16_t tw_seq = 0
         if not self._ready(rt.dst):
             self.counts[<int>S_DROP_SUBSCRIBER_NOT_READY] += 1
             return False
         if codec == codecs.CODEC_VP8 and rt.video and not self._temporal(rt, plain, n, repair, &extra_seq, &extra_pid):
             return False
+        if repair:
+            if rt.rtx_tokens < n:
+                self.counts[<int>S_NACK_THROTTLED] += 1
+                return False
+            rt.rtx_tokens -= n
+        else:
+            rt.rtx_tokens = rt.rtx_tokens + n // 2 if rt.rtx_tokens + n // 2 < RTX_BURST else RTX_BURST
         if not self._consented(rt.dst, now):
             return False
         b = out.bufs + out.n * BUF
@@ -1422,9 +1479,18 @@ cdef class FastPath:
                 ro.seq += 1
                 length += 2
                 self.counts[<int>S_RTX_SENT] += 1
+        sent = self.eps[rt.dst].sent
+        if sent != NULL:
+            if rtp.payload_offset(b, length) < 0:
+                self.counts[<int>S_DROP_MALFORMED] += 1  # (its header extensions run past its end)
+                return False
+            tw_seq = feedback.sent_number(sent)
+            length = rtp.only_extension(b, length, sent.ext_id, tw_seq)
         if self.crypto and f_protect(self.eps[rt.dst].tx, b, &length) != 0:
             self.counts[<int>S_DROP_PROTECT] += 1
             return False
+        if sent != NULL:
+            feedback.sent_record(sent, tw_seq, now, length)
         self.counts[<int>S_RTP_OUT] += 1
         self.counts[<int>S_BYTES_OUT] += length
         self._commit(out, length, rt.dst)
@@ -1531,6 +1597,12 @@ cdef class FastPath:
             self._report_blocks(src, pt, fmt, pk, plen)
             if pt == SR and plen >= 28:
                 self._forward_sr(src, pk, now, out)
+            elif pt == RTPFB and fmt == 15:
+                if self.eps[src].sent != NULL:  # (a subscriber's, about what we send it)
+                    if feedback.sent_feedback(self.eps[src].sent, pk, plen, now):
+                        self.counts[<int>S_TWCC_IN] += 1
+                    else:
+                        self.counts[<int>S_DROP_TWCC_MALFORMED] += 1
             elif rtcp.is_remb(pt, fmt, pk, plen):
                 self._pass_remb(src, pk, plen, now, out)
             elif pt == RTPFB and fmt == 1 and plen >= 16:

@@ -791,8 +791,8 @@ def test_nacks_are_answered_with_rtx_where_the_subscriber_takes_it(setup):
     fw, peers = setup
     fw.set_rtx_out("s2", 0x2002, 0x2102, 97)
     pub = peers["pub"]
-    transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 0.0) for s in (1, 2, 3)],
-               lose=frozenset({("s1", 2), ("s2", 1002)}))
+    transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 0.0) for s in (1, 2, 3, 4, 5, 6)],
+               lose=frozenset({("s1", 2), ("s2", 1002)}))  # (six sent: room for three repairs, see RTX_BURST)
     out = transcript(fw, peers, [
         ("s1", peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [2])), 1.0),
         ("s2", peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1002, 1003])), 1.0),
@@ -809,6 +809,24 @@ def test_nacks_are_answered_with_rtx_where_the_subscriber_takes_it(setup):
     fw.set_rtx_out("s2", 0x2002, 0, 0)
     sent = fw.handle_rtcp(peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1001])), S2, 2.0)
     assert [struct.unpack_from("!HI", p, 2) for p, _ in sent] == [(1001, 1 * 3000 + 90000)] and fw.stats["rtx_sent"] == 2
+
+
+def test_repairs_are_at_most_half_of_what_a_subscriber_is_sent(setup):
+    """On a link that loses much, NACKs come for much, again and again: each subscriber's repairs
+    are held to half the bytes of what it was sent (with a burst), the rest is not answered."""
+    fw, peers = setup
+    pub = peers["pub"]
+    transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 0.0) for s in range(1, 11)],
+               lose=frozenset({("s1", s) for s in range(1, 11)}))
+    sent = fw.handle_rtcp(peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, list(range(1, 11)))), S1, 1.0)
+    assert len(sent) == 5 and fw.stats["nack_served"] == 5 and fw.stats["nack_throttled"] == 5
+    assert fw.stats.get("nack_upstream", 0) == 0  # (we have them: nothing to ask the publisher)
+    again = fw.handle_rtcp(peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [9, 10])), S1, 1.1)
+    assert again == []  # nothing sent since: no room
+    transcript(fw, peers, [("pub", pub.out.protect(rtp(s)), 1.2) for s in range(11, 15)])
+    assert len(fw.handle_rtcp(peers["s1"].out.protect_rtcp(rtcp.nack(0x2001, [9, 10])), S1, 1.3)) == 2
+    # s2 has its own room.
+    assert len(fw.handle_rtcp(peers["s2"].out.protect_rtcp(rtcp.nack(0x2002, [1001, 1002])), S2, 1.4)) == 2
 
 
 # A video sent as one stream: paused and resumed per subscriber (audio fallback) ---------------

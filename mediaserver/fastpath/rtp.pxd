@@ -2,6 +2,7 @@
 # RTP parsing and rewriting; the reference is mediaserver.media.rtp.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memmove
 
 # Packet kinds, the same values as mediaserver.media.rtp.
 cdef enum:
@@ -85,6 +86,23 @@ cdef inline int payload_length(const uint8_t* p, int n) noexcept nogil:
             return -1
         pad = p[n - 1]
     return n - start - pad if n - start - pad >= 0 else -1
+
+
+cdef inline int only_extension(uint8_t* p, int n, int ext_id, uint16_t seq) noexcept nogil:
+    """Replace the packet's header extensions with one two-byte value, ``ext_id`` in the one-byte
+    form (RFC 8285 4.2): a transport-wide sequence number of ours. In place (room for 8 more
+    bytes); returns the new length, -1 when the packet is malformed."""
+    cdef int head = 12 + 4 * (p[0] & 0x0F), off = payload_offset(p, n)
+    if off < 0:
+        return -1
+    memmove(p + head + 8, p + off, n - off)
+    p[0] |= 0x10
+    put16(p + head, 0xBEDE)
+    put16(p + head + 2, 1)
+    p[head + 4] = <uint8_t>((ext_id << 4) | 1)
+    put16(p + head + 5, seq)
+    p[head + 7] = 0
+    return head + 8 + n - off
 
 
 cdef inline int find_extension(const uint8_t* p, int n, int ext_id, int* length) noexcept nogil:

@@ -4,11 +4,11 @@
 # The publisher numbers every packet of its transport in a header extension; we tell it when
 # each arrived, and its own estimator (Chrome's send-side GCC) sets its bitrate from that.
 
-from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport malloc
 
 from mediaserver.fastpath.rtcp cimport RTPFB, SERVER_SSRC
-from mediaserver.fastpath.rtp cimport put16, put32
+from mediaserver.fastpath.rtp cimport put16, put32, u16, u32
 
 cdef enum:
     TWCC_RING = 2048  # arrivals remembered between two feedback messages
@@ -161,3 +161,76 @@ cdef inline int twcc_feedback(Twcc* tw, uint8_t* msg, uint32_t media_ssrc, doubl
     tw.count = <uint8_t>(tw.count + 1)
     tw.last_sent = now
     return pos
+
+
+cdef enum:
+    TWCC_MAX_REPORTED = 4096  # statuses read of one feedback message (more: not read)
+
+
+cdef inline bint twcc_parse(const uint8_t* pk, int n, uint16_t* base, int* count, int64_t* arrivals) noexcept nogil:
+    """A feedback message (a subscriber's, about what we sent it): its base sequence number,
+    status count and each packet's arrival in microseconds (-1: lost) into ``arrivals``
+    (TWCC_MAX_REPORTED slots). False when malformed: nothing of it is to be read (the
+    reference's ``parse`` raises then)."""
+    cdef int pos = 20, k = 0, j, m, total
+    cdef uint16_t c
+    cdef int32_t ref
+    cdef int64_t t
+    cdef int d
+    cdef uint8_t sym[TWCC_MAX_REPORTED]
+    if n < 1:
+        return False
+    if pk[0] & 0x20:  # RFC 3550 padding
+        if pk[n - 1] == 0 or pk[n - 1] > n - 20:
+            return False
+        n -= pk[n - 1]
+    if n < 20:
+        return False
+    base[0] = u16(pk + 12)
+    total = u16(pk + 14)
+    if total > TWCC_MAX_REPORTED:
+        return False
+    while k < total:
+        if pos + 2 > n:
+            return False
+        c = u16(pk + pos)
+        pos += 2
+        if not (c & 0x8000):  # run length
+            m = c & 0x1FFF
+            for j in range(m if m < total - k else total - k):
+                sym[k] = (c >> 13) & 3
+                k += 1
+        elif not (c & 0x4000):  # one bit each
+            for j in range(14):
+                if k < total:
+                    sym[k] = (c >> (13 - j)) & 1
+                    k += 1
+        else:  # two bits each
+            for j in range(7):
+                if k < total:
+                    sym[k] = (c >> (12 - 2 * j)) & 3
+                    k += 1
+    ref = <int32_t>(u32(pk + 16) >> 8)
+    if ref & 0x800000:
+        ref -= 1 << 24
+    t = <int64_t>ref * 64000
+    for k in range(total):
+        if sym[k] == 0:
+            arrivals[k] = -1
+            continue
+        if sym[k] == 3:
+            return False
+        if sym[k] == 1:
+            if pos + 1 > n:
+                return False
+            d = pk[pos]
+            pos += 1
+        else:
+            if pos + 2 > n:
+                return False
+            d = <int16_t>u16(pk + pos)
+            pos += 2
+        t += <int64_t>d * 250
+        arrivals[k] = t
+    count[0] = total
+    return True

@@ -19,9 +19,11 @@ from mediaserver.media import rtcp
 from mediaserver.media.codecs import CODEC_IDS, CODEC_VP8, keyframe_start, picture, rewrite_picture
 from mediaserver.media.keyframes import Keyframes
 from mediaserver.media.nack import NACK_CACHE, Cache, UpstreamAsks
-from mediaserver.media.rtp import find_extension, newer, payload_length, payload_offset, rewrite_rtp
+from mediaserver.media.feedback import Result, SentPackets
+from mediaserver.media.rtp import find_extension, newer, payload_length, payload_offset, rewrite_rtp, with_only_extension
 from mediaserver.media.srtp import SrtpKeys
 from mediaserver.media.temporal import DROP_WINDOW, MAX_TEMPORAL, Drops, newer16, step_layer, vp8_temporal
+from mediaserver.media import twcc
 from mediaserver.media.twcc import MAX_MESSAGES, Twcc
 
 __all__ = ["NACK_CACHE", "Forwarder", "Route"]
@@ -37,6 +39,10 @@ MAX_LAYER = 2  # simulcast layers are 0-2 (RFC 8853 allows more; browsers send u
 # counts as loud: a talker is -10 to -35 dBov (after the browser's gain control), a quiet room
 # under -60. (LiveKit's figure is 35.)
 LOUD_LEVEL = 40
+# A subscriber's repairs (NACK answers) are at most half the bytes of what it is sent, with a
+# burst of this many bytes: on a link that loses much, a repair is lost as often as the
+# original, and answering every NACK of every retry would bury the link.
+RTX_BURST = 32768
 
 
 @dataclass
@@ -68,6 +74,7 @@ class Route:
     # VP8 temporal layers (``mediaserver.media.temporal``): the highest TID it may get (its frame
     # rate: 2 full, 1 half, 0 a quarter), the one it gets now, the newest publisher sequence
     # number it was routed since it last dropped one, and what it dropped lately.
+    rtx_tokens: int = 0  # bytes of repairs it may be sent now (see RTX_BURST)
     tcap: int = MAX_TEMPORAL
     tcur: int = MAX_TEMPORAL
     tin_top: int | None = None
@@ -120,6 +127,7 @@ class Endpoint:
     twcc: Twcc | None = None  # transport-wide feedback we owe it, when negotiated
     sdes: tuple[int, int, int] | None = None  # its mid, rid and repaired-rid extension IDs
     level_ext: int = 0  # its audio level extension's ID (RFC 6464; 0: none)
+    sent: SentPackets | None = None  # what we send it, numbered, and its feedback (when it takes transport-cc)
 
     @property
     def ready(self) -> bool:
@@ -188,6 +196,25 @@ class Forwarder:
         if not 0 <= ext_id <= 255:
             raise ValueError("a header extension ID is 1-255")
         self.endpoints[eid].twcc = Twcc(ext_id) if ext_id else None
+
+    def set_twcc_out(self, eid: str, ext_id: int) -> None:
+        """Number what goes to the endpoint in header extension ``ext_id`` (1-14; 0: not) and
+        pair its transport-wide feedback with it (``twcc_results``): for its bandwidth estimate."""
+        if not 0 <= ext_id <= 14:
+            raise ValueError("a one-byte header extension ID is 1-14")
+        ep = self.endpoints[eid]
+        if not ext_id:
+            ep.sent = None
+        elif ep.sent is None or ep.sent.ext_id != ext_id:
+            ep.sent = SentPackets(ext_id)
+
+    def twcc_results(self) -> dict[str, list[Result]]:
+        """{subscriber: what its feedback said of the packets we sent it, since the last call}."""
+        out = {}
+        for eid, ep in self.endpoints.items():
+            if ep.sent is not None and ep.sent.results:
+                out[eid] = ep.sent.take()
+        return out
 
     def set_audio_level(self, eid: str, ext_id: int) -> None:
         """Count the audio levels (RFC 6464) the endpoint's packets carry in extension ``ext_id``
@@ -551,6 +578,13 @@ class Forwarder:
             if shift is None:
                 return None
             extra_seq, extra_pid = shift
+        if repair:
+            if route.rtx_tokens < len(plain):
+                self.stats["nack_throttled"] += 1
+                return None
+            route.rtx_tokens -= len(plain)
+        else:
+            route.rtx_tokens = min(route.rtx_tokens + len(plain) // 2, RTX_BURST)
         if self.tap is not None:
             self.tap(dst_id, plain)
         pkt = bytearray(plain)
@@ -578,7 +612,16 @@ class Forwarder:
             pkt[1] = (pkt[1] & 0x80) | rtx[1]
             rtx[2] = (rtx[2] + 1) & 0xFFFF
             self.stats["rtx_sent"] += 1
+        seq = None
+        if dst.sent is not None:
+            if payload_offset(pkt) is None:
+                self.stats["drop_malformed"] += 1  # (its header extensions run past its end)
+                return None
+            seq = dst.sent.number()
+            pkt = with_only_extension(pkt, dst.sent.ext_id, seq)
         protected = dst.tx.protect(bytes(pkt))
+        if seq is not None:
+            dst.sent.record(seq, now, len(protected))
         self.stats["rtp_out"] += 1
         self.stats["bytes_out"] += len(protected)
         return protected, dst.addr
@@ -647,6 +690,10 @@ class Forwarder:
                     self.quality[(ep.id, block["ssrc"])] = block
             if pt == rtcp.SR and len(packet) >= 28:
                 out += self._forward_sr(ep.id, packet)
+                continue
+            if pt == rtcp.RTPFB and fmt == twcc.FMT_TWCC:
+                if ep.sent is not None:  # (a subscriber's, about what we send it)
+                    self.stats["twcc_in" if ep.sent.feedback(packet, now) else "drop_twcc_malformed"] += 1
                 continue
             estimate = rtcp.remb_request(pt, fmt, packet)
             if estimate is not None:
@@ -777,7 +824,7 @@ class Forwarder:
                 self.stats["nack_missed"] += 1
                 missing.append(seq)
                 continue
-            sent = self._send_to(subscriber, route, cached, codec, repair=True)
+            sent = self._send_to(subscriber, route, cached, codec, now, repair=True)
             if sent:
                 out.append(sent)
                 self.stats["nack_served"] += 1

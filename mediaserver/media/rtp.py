@@ -64,6 +64,17 @@ def payload_length(packet: bytes) -> int | None:
     return len(packet) - start - pad if len(packet) - start - pad >= 0 else None
 
 
+def with_only_extension(packet: bytes | bytearray, ext_id: int, seq: int) -> bytearray:
+    """The packet with its header extensions replaced by one two-byte value, ``ext_id`` in the
+    one-byte form (RFC 8285 section 4.2; ID 1-14): a transport-wide sequence number of ours."""
+    head = 12 + 4 * (packet[0] & 0x0F)
+    off = payload_offset(packet)
+    out = bytearray(packet[:head])
+    out[0] |= 0x10
+    out += struct.pack("!HHBHB", 0xBEDE, 1, (ext_id << 4) | 1, seq, 0)
+    return out + packet[off:]
+
+
 def find_extension(packet: bytes, ext_id: int) -> bytes | None:
     """The value of header extension ``ext_id`` (RFC 8285, one- and two-byte forms)."""
     pos = 12 + 4 * (packet[0] & 0x0F)

@@ -30,6 +30,9 @@ MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 RRID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"  # RFC 6464
+# The ID of the transport-wide sequence numbers we put on what goes to a subscriber (its only
+# header extension: mediaserver.media.feedback).
+SUBSCRIBER_TWCC_ID = 5
 SIMULCAST_CODECS = ("VP8", "H264", "VP9")  # where the forwarder finds keyframes to switch on
 MAX_LAYERS = 3
 
@@ -222,6 +225,15 @@ def twcc_extension(remote: RemoteDescription, tracks: list[OfferedTrack | None])
     return ids.pop() if len(ids) == 1 else None
 
 
+def takes_twcc(answer: RemoteDescription) -> bool:
+    """Whether a subscriber's answer takes our transport-wide sequence numbers (every section
+    it accepts names the extension with our ID)."""
+    active = [m for m in answer.media if m.port != 0 and m.direction != "inactive"]
+    return bool(active) and all(
+        any(e.uri == twcc.URI and e.id == SUBSCRIBER_TWCC_ID for e in m.rtp.headerExtensions) for m in active
+    )
+
+
 def audio_level_extension(remote: RemoteDescription, tracks: list[OfferedTrack | None]) -> int | None:
     """The header extension ID the offer's audio carries its level in (RFC 6464), when every
     accepted audio section offers it with the same ID (one transport: one ID); else None."""
@@ -366,6 +378,8 @@ def subscribe_offer(
         if s.active:
             lines.append(f"a=msid:{s.stream_id} {s.track_id}")
         lines += [*_transport_lines(ufrag, pwd, fingerprint, "actpass", host, port), *_codec_lines(s.codec)]
+        # Transport-wide feedback on what we send: our own estimate of its link (mediaserver.media.bwe).
+        lines += [f"a=extmap:{SUBSCRIBER_TWCC_ID} {twcc.URI}", f"a=rtcp-fb:{s.codec.payload_type} transport-cc"]
         if rtx:
             lines += [f"a=rtpmap:{rtx} rtx/{s.codec.clock_rate}", f"a=fmtp:{rtx} apt={s.codec.payload_type}"]
         if s.active:

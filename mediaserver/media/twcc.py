@@ -113,23 +113,35 @@ def chunks(symbols: list[int]) -> list[int]:
     return out
 
 
+MAX_REPORTED = 4096  # statuses read of one feedback message (more: the message is not read)
+
+
 def parse(packet: bytes) -> tuple[int, int, list[int | None]]:
     """(base sequence number, reference time in microseconds, arrival in microseconds or None
-    per packet) of a feedback message: what a sender reads, for tests."""
-    if packet[0] & 0x20:
-        packet = packet[: len(packet) - packet[-1]]
+    per packet) of a feedback message (a subscriber's, about what we sent it; section 3.1).
+    Raises ValueError on a malformed one: it is not read at all (as in the fast path)."""
+    n = len(packet)
+    if packet[0] & 0x20:  # RFC 3550 padding
+        if n < 1 or packet[-1] == 0 or packet[-1] > n - 20:
+            raise ValueError("bad padding")
+        n -= packet[-1]
+    if n < 20:
+        raise ValueError("too short")
     base, count, ref_word = struct.unpack_from("!HHI", packet, 12)
+    if count > MAX_REPORTED:
+        raise ValueError("too many statuses")
     pos, symbols = 20, []
     while len(symbols) < count:
-        (c,) = struct.unpack_from("!H", packet, pos)
+        if pos + 2 > n:
+            raise ValueError("chunks cut short")
+        c = packet[pos] << 8 | packet[pos + 1]
         pos += 2
-        if not c & 0x8000:
-            symbols += [(c >> 13) & 3] * (c & 0x1FFF)
-        elif not c & 0x4000:
-            symbols += [(c >> (13 - j)) & 1 for j in range(14)]
-        else:
-            symbols += [(c >> (12 - 2 * j)) & 3 for j in range(7)]
-    symbols = symbols[:count]
+        if not c & 0x8000:  # run length
+            symbols += [(c >> 13) & 3] * min(c & 0x1FFF, count - len(symbols))
+        elif not c & 0x4000:  # status vector, one bit each
+            symbols += [(c >> (13 - j)) & 1 for j in range(14)][: count - len(symbols)]
+        else:  # two bits each
+            symbols += [(c >> (12 - 2 * j)) & 3 for j in range(7)][: count - len(symbols)]
     ref = ref_word >> 8
     if ref & 0x800000:
         ref -= 1 << 24
@@ -139,11 +151,18 @@ def parse(packet: bytes) -> tuple[int, int, list[int | None]]:
         if s == 0:
             arrivals.append(None)
             continue
+        if s == 3:
+            raise ValueError("a reserved status")
         if s == 1:
+            if pos + 1 > n:
+                raise ValueError("deltas cut short")
             d = packet[pos]
             pos += 1
         else:
-            (d,) = struct.unpack_from("!h", packet, pos)
+            if pos + 2 > n:
+                raise ValueError("deltas cut short")
+            d = packet[pos] << 8 | packet[pos + 1]
+            d -= 0x10000 if d & 0x8000 else 0
             pos += 2
         t += d * 250
         arrivals.append(t)

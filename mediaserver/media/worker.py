@@ -26,6 +26,7 @@ from mediaserver.media.rtp import KIND_DTLS, KIND_RTCP, KIND_RTP, KIND_STUN, cla
 from mediaserver.ids import new_id
 from mediaserver.media import sdp
 from mediaserver.media.adaptation import INTERVAL as ADAPT_INTERVAL, Adaptation, RouteInfo
+from mediaserver.media.bwe import Estimate
 from mediaserver.media.dtls import DtlsServer, ServerCertificate
 from mediaserver.media.forwarder import MAX_LAYER, Forwarder, Route
 from mediaserver.media.ice import CONSENT_TIMEOUT, AllowedNetworks, IceCredentials, answer_binding
@@ -128,6 +129,7 @@ class MediaWorker:
         # (src, src SSRC, dst) -> [out SSRC, video, simulcast layers, the layer it asked for].
         self.adaptation = Adaptation()
         self.speakers = Speakers()  # who speaks, from the audio levels publishers send (RFC 6464)
+        self.links: dict[str, Estimate] = {}  # subscriber transport -> our estimate of its link (its TWCC feedback)
         self._routes: dict[tuple[str, int, str], list] = {}
         self.adaptation_events: deque[dict] = deque(maxlen=1000)
         self._adapting: asyncio.Task | None = None
@@ -286,6 +288,8 @@ class MediaWorker:
         if remote.setup != "client":  # aiortc's parser reports a=setup:active as the "client" role
             raise MediaserverError("invalid_sdp", "the answer must take the DTLS client role (a=setup:active)")
         self._set_remote(t, remote)
+        # Numbered packets and feedback, where it takes them: our own estimate of its link.
+        self.forwarder.set_twcc_out(tid, sdp.SUBSCRIBER_TWCC_ID if sdp.takes_twcc(remote) else 0)
         rtx = sdp.answered_rtx(remote)
         for mid, s in t.offered.items():
             if s.kind == "video" and s.active:
@@ -369,10 +373,18 @@ class MediaWorker:
             active = (speaker.get(dst) or ("",))[0] == src
             routes.append(RouteInfo(src, ssrc, dst, out, layers, requested, 2 * priority + active,
                                     self.adaptation.temporal_layers(src, ssrc), trequested))
+        for sub, results in self.forwarder.twcc_results().items():  # (read even with no video: they pile up)
+            if sub in self.transports:
+                self.links.setdefault(sub, Estimate()).update(results)
+        for sub in [s for s in self.links if s not in self.transports]:
+            del self.links[sub]
         if not routes and not self.adaptation.videos:
             return
         self.adaptation.measure(self.forwarder.layer_bytes(), now)
+        # Each subscriber's link: our own estimate where it sends transport-wide feedback, else
+        # the one it sends us (REMB).
         estimates = {sub: max(by_track.values()) for sub, by_track in self.forwarder.subscriber_estimates().items()}
+        estimates.update({sub: est.bitrate for sub, est in self.links.items() if est.bitrate is not None})
         changes, events = self.adaptation.step(routes, audio, estimates, self.forwarder.quality, now)
         for (src, ssrc, dst), (cap, tcap) in changes.items():
             tcap = min(tcap, self._routes[(src, ssrc, dst)][5])
