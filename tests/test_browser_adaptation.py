@@ -267,3 +267,64 @@ async def test_a_camera_sent_as_one_stream_pauses_for_the_weak_viewer_only_and_r
         await cam.close()
         await near.close()
         await far.close()
+
+
+WEAK_UPLINK = Shape(rate=100_000, delay=0.04, loss=0.02)
+
+
+async def test_a_camera_whose_uplink_cannot_carry_video_goes_audio_only_and_comes_back(link, near_server, tmp_path):
+    """Publisher audio fallback: the camera's page behind a weak link (100 kbit/s, 40 ms, 2%
+    each way): its browser's own estimate falls under what video needs, so it warns, sends
+    audio only and says so; the viewer is told (reason publisher) and hears the audio; when the
+    link clears, the camera tries its lowest layer, and the viewer sees it again."""
+    from playwright.async_api import async_playwright
+
+    srv = near_server
+    link.clear()
+    camera = noise_camera(tmp_path)
+    async with async_playwright() as p, srv.http() as http:
+        flags = FLAGS + [f"--unsafely-treat-insecure-origin-as-secure={srv.url}"]
+        near = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
+        far = await p.chromium.launch(executable_path=link.far_executable(CHROMIUM, str(tmp_path)), headless=True,
+                                      args=flags + [f"--use-file-for-fake-video-capture={camera}"])
+        room = await make_room(http, name="Weak uplink", media_mode="routed")
+        pages = {}
+        for who, browser, role in (("cam", far, "moderator"), ("viewer", near, "subscriber")):
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 720})).new_page()
+            await page.goto(f"{srv.url}/join/{room['id']}?token={await make_token(http, room['id'], who, role)}")
+            await page.get_by_role("button", name="Join now").click()
+            pages[who] = page
+        cam, viewer = pages["cam"], pages["viewer"]
+        await cam.wait_for_function("window.room && window.room.publishPc && window.room.publishPc.connectionState === 'connected'", timeout=30000)
+        track = await cam.evaluate("window.room.trackIdOf(window.room._stream.getVideoTracks()[0])")
+
+        async def video(page=viewer):
+            return next((v for v in (await page.evaluate(RECEIVED))["video"] if v["track"] == track), None)
+
+        await _until("the viewer decodes the camera", lambda: _more(viewer, video, 20), 45)
+        await cam.evaluate("window.__uplink = []; window.room.addEventListener('uplink', (e) => window.__uplink.push(e.detail.state))")
+        state = f"window.room.videoStates.get('{track}') || null"
+        link.set(WEAK_UPLINK)
+        shaped = asyncio.get_running_loop().time()
+        await _until("the viewer told the camera is audio only", lambda: viewer.evaluate(f"({state}) === 'video_disabled'"), 60)
+        settled = asyncio.get_running_loop().time() - shaped
+        await viewer.locator(".notice.adapt", has_text="cam's connection is too weak").wait_for(timeout=5000)
+        await cam.locator(".notice.adapt", has_text="sending audio only").wait_for(timeout=5000)
+        assert (await cam.evaluate("window.__uplink"))[:2] == ["warned", "disabled"]
+        a, v = await viewer.evaluate(RECEIVED), await video()
+        await asyncio.sleep(3)
+        b, w = await viewer.evaluate(RECEIVED), await video()
+        assert b["audioPackets"] > a["audioPackets"] + 30, (a, b)  # its audio goes on
+        # (a trial of the lowest layer may show a few frames)
+        print(f"weak uplink: the camera audio only {settled:.1f} s after its link degraded ({w['frames'] - v['frames']} frames in 3 s)")
+
+        link.clear()
+        cleared = asyncio.get_running_loop().time()
+        before = (await video())["frames"]
+        await _until("the viewer told the camera's video is back", lambda: viewer.evaluate(f"({state}) === 'video_enabled'"), 45)
+        await _until("frames decoded again", lambda: _more(viewer, video, before + 10), 15)
+        print(f"weak uplink: video again {asyncio.get_running_loop().time() - cleared:.1f} s after the link cleared; "
+              f"the camera's states {await cam.evaluate('window.__uplink')}")
+        assert await viewer.locator(".notice.adapt").count() == 0 and await cam.locator(".notice.adapt").count() == 0
+        await near.close()
+        await far.close()

@@ -123,6 +123,17 @@ class Mute(ClientMessage):
     muted: bool
 
 
+class VideoFallback(ClientMessage):
+    """Publisher audio fallback: your uplink cannot carry your video (your browser's own estimate
+    says so: mediaserver.js watches it), so you send audio only for now. Every subscriber of the
+    track is told, as ``video_disabled_warning``, ``video_disabled_warning_lifted``,
+    ``video_disabled`` and ``video_enabled`` with reason ``publisher``."""
+
+    type: Literal["video_fallback"]
+    track_id: str = Field(..., max_length=128)
+    state: Literal["video_disabled_warning", "video_disabled_warning_lifted", "video_disabled", "video_enabled"]
+
+
 class StartSession(ClientMessage):
     """Speakers: open an event's session to participants (from 5 minutes before its slot)."""
 
@@ -315,7 +326,7 @@ class ArchiveStop(ClientMessage):
 
 AnyClientMessage = Annotated[
     Union[
-        Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, VideoQuality, Mute,
+        Join, Resume, Ping, Pong, Leave, EndSession, SetRole, Offer, Answer, Candidate, Subscribe, VideoQuality, Mute, VideoFallback,
         StartSession, RequestStage, CancelStageRequest, AnswerStageRequest, LeaveStage, RemoveFromStage, RemoveParticipant,
         Chat, ChatHistory, Ask, Upvote, AnswerQuestion, Questions,
         BreakoutCreate, BreakoutRename, BreakoutDelete, BreakoutAssign, BreakoutAutoAssign, BreakoutOpen,
@@ -407,11 +418,12 @@ class VideoAdaptation(ServerMessage):
     recovery), per publisher's track: ``video_disabled_warning`` (it is on its lowest layer and
     the link still struggles), ``video_disabled`` (paused; its audio goes on),
     ``video_disabled_warning_lifted``, ``video_enabled`` (back, from a keyframe). Nobody else's
-    video changes."""
+    video changes. ``reason``: ``bandwidth`` (your link), ``publisher`` (the publisher's uplink:
+    it sends audio only for now, to everyone)."""
 
     type: Literal["video_disabled_warning", "video_disabled_warning_lifted", "video_disabled", "video_enabled"]
     track_id: str
-    reason: Literal["bandwidth"] = "bandwidth"
+    reason: Literal["bandwidth", "publisher"] = "bandwidth"
 
 
 class MediaReset(ServerMessage):

@@ -311,6 +311,9 @@ class Connection:
         elif isinstance(msg, m.VideoQuality):
             await self.control.call(sid, "set_video_quality", pid, msg.track_id, msg.quality, msg.frame_rate)
             await self.send(m.Ack(id=msg.id))
+        elif isinstance(msg, m.VideoFallback):
+            await self.control.call(sid, "publisher_video", pid, msg.track_id, msg.state)
+            await self.send(m.Ack(id=msg.id))
         elif isinstance(msg, m.Mute):
             await self.control.call(sid, "set_muted", pid, msg.track_id, msg.muted)
             await self.send(m.Ack(id=msg.id))

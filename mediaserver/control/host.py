@@ -33,7 +33,7 @@ ENDED_LINGER = 10.0  # an ended unit stays this long, so long-polls under way se
 RECONCILE_SECONDS = 5.0  # how often the host looks in the store for sessions placed on it
 SUCCESSOR_WAIT = 2.0  # a dead worker's successor normally listens within a second; longer, its node may be gone
 UNIT_METHODS = {
-    "join", "resume", "ready", "publish", "subscribe_answer", "set_subscribed", "set_video_quality", "set_muted", "disconnect", "leave",
+    "join", "resume", "ready", "publish", "subscribe_answer", "set_subscribed", "set_video_quality", "set_muted", "publisher_video", "disconnect", "leave",
     "set_role", "end", "wait_events", "start_session", "request_stage", "cancel_stage_request",
     "answer_stage_request", "leave_stage", "remove_from_stage", "remove", "peer_publish", "signal", "client_quality", "direct_failed", "chat", "chat_history", "ask", "upvote",
     "settle_question", "questions", "breakouts", "breakout_info", "start_archive", "stop_archive",

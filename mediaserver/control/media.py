@@ -72,6 +72,7 @@ class Track:
     muted: bool = False
     layers: int = 0  # simulcast encodings (0: one stream)
     source: str = ""  # camera, microphone, screen or screen_audio (the publisher says; default by kind)
+    fallback: str | None = None  # the publisher's uplink: video_disabled_warning or video_disabled (None: fine)
 
     def __post_init__(self) -> None:
         self.source = self.source or ("camera" if self.kind == "video" else "microphone")
@@ -84,7 +85,7 @@ class Track:
 
     def public(self) -> dict:
         return {"id": self.id, "participant_id": self.participant_id, "kind": self.kind, "codec": self.codec["name"],
-                "muted": self.muted, "layers": self.layers, "source": self.source}
+                "muted": self.muted, "layers": self.layers, "source": self.source, "fallback": self.fallback}
 
 
 @dataclass
@@ -210,6 +211,20 @@ class MediaSession:
         if refresh:
             await self._refresh_all(exclude=participant_id)
         return result["answer"], added, removed
+
+    def publisher_video(self, participant_id: str, track_id: str, state: str) -> None:
+        """Publisher audio fallback: tell every subscriber of the publisher's video track what
+        its uplink allows (``state``: video_disabled_warning, ..._lifted, video_disabled,
+        video_enabled; reason ``publisher``); newcomers see it on the track (``fallback``)."""
+        t = self.tracks.get(track_id)
+        if t is None or t.participant_id != participant_id:
+            raise MediaserverError("not_found", f"you publish no track {track_id!r}")
+        if t.kind != "video":
+            raise MediaserverError("invalid_request", f"track {track_id!r} is audio: audio goes on whatever the uplink")
+        t.fallback = None if state in ("video_enabled", "video_disabled_warning_lifted") else state
+        for pid, sub in self.subscribers.items():
+            if any(s.track_id == track_id for s in sub.slots):
+                self.outbox.setdefault(pid, []).append({"type": state, "track_id": track_id, "reason": "publisher"})
 
     async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> Track:
         t = self.tracks.get(track_id)

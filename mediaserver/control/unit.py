@@ -323,6 +323,17 @@ class SessionUnit:
             await self.media.set_layer(participant_id, track_id, index, temporal)
         await self.core.notify()  # (its publisher may have layers to turn on or off)
 
+    async def publisher_video(self, participant_id: str, track_id: str, state: str) -> None:
+        """A publisher's uplink cannot carry its video (or can again): its subscribers are told
+        (reason ``publisher``), and it goes in its log."""
+        self._member(participant_id)
+        if isinstance(self.media, PeerMesh):
+            raise MediaserverError("relayed_media", "this room connects participants directly: your peers see your video stop themselves")
+        async with self._media_lock:
+            self.media.publisher_video(participant_id, track_id, state)
+        await self.core.record(participant_id, f"publisher_{state}", visibility="log", track_id=track_id)
+        await self.core.notify()
+
     async def set_muted(self, participant_id: str, track_id: str, muted: bool) -> None:
         self._member(participant_id)
         async with self._media_lock:

@@ -44,6 +44,12 @@ function simulcastLayers(track) {
   return null;
 }
 
+// Publisher audio fallback: when our uplink cannot carry our camera (the browser's own estimate
+// of it, which the server's transport-wide feedback feeds, under FLOOR bit/s for audio and the
+// lowest video together), we warn after WARN_AFTER s, send audio only after DISABLE_AFTER s
+// more, and try the camera's lowest layer again after a while (longer after each failed try).
+const UPLINK = { floor: 120000, warnAfter: 2, disableAfter: 5, retryAfter: [3, 6, 12, 20], trialFor: 4 };
+
 export class MediaserverError extends Error {
   constructor(code, message) { super(message); this.code = code; }
 }
@@ -176,6 +182,8 @@ export class Room extends EventTarget {
           this.mediaMode = msg.media_mode || "routed";
           this.participants.clear(); msg.participants.forEach((p) => this.participants.set(p.id, p));
           this.tracks.clear(); msg.tracks.forEach((t) => this.tracks.set(t.id, t));
+          // (a publisher sending audio only for now, its uplink too weak: as it told the server)
+          msg.tracks.forEach((t) => { if (t.fallback) this.videoStates.set(t.id, t.fallback); });
           this.chatMessages = msg.chat || [];
           this.questions = new Map((msg.questions || []).map((q) => [q.id, q]));
           this.breakouts = msg.breakouts && msg.breakouts.rooms ? msg.breakouts : { rooms: [], open: false, plan: {} };
@@ -361,6 +369,73 @@ export class Room extends EventTarget {
     const reply = await this.request({ type: "offer", pc: "publish", sdp: this.publishPc.localDescription.sdp, sources: this._sources() });
     await this.publishPc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
     this._watchConnection(this.publishPc, "publish");
+    // (Published again, after a media reset say: the camera sends in full until the uplink says
+    // otherwise; subscribers told it was paused hear it is not.)
+    const was = this.uplink;
+    clearInterval(this._uplinkTimer);
+    this._uplinkTimer = null;
+    this._watchUplink();
+    const camera = this.publishPc.getTransceivers().find((t) => t._source === "camera" && t.sender.track);
+    if (camera && (was === "disabled" || was === "trial")) await this._uplinkState(camera, "ok", "video_enabled");
+  }
+
+  // Publisher audio fallback (see UPLINK): this.uplink is "ok", "warned", "disabled" (audio
+  // only) or "trial"; every change goes to the server (our subscribers are told) and to us as
+  // an "uplink" event.
+  _watchUplink() {
+    if (this._uplinkTimer) return;
+    this.uplink = "ok";
+    let below = 0, since = 0, retries = 0, trialFrom = 0;
+    const tick = async () => {
+      const pc = this.publishPc;
+      const camera = pc && pc.getTransceivers().find((t) => t._source === "camera" && t.sender.track);
+      if (!camera) return;
+      let estimate = null;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded" && s.availableOutgoingBitrate) estimate = s.availableOutgoingBitrate;
+      });
+      if (estimate == null) return;
+      const low = estimate < UPLINK.floor, now = performance.now() / 1000;
+      below = low ? below + 1 : 0;
+      const state = this.uplink;
+      if (state === "ok" && below >= UPLINK.warnAfter) await this._uplinkState(camera, "warned", "video_disabled_warning");
+      else if (state === "warned" && !low) await this._uplinkState(camera, "ok", "video_disabled_warning_lifted");
+      else if (state === "warned" && below >= UPLINK.warnAfter + UPLINK.disableAfter) {
+        since = now;
+        await this._uplinkState(camera, "disabled", "video_disabled");
+      } else if (state === "disabled" && now - since >= UPLINK.retryAfter[Math.min(retries, UPLINK.retryAfter.length - 1)]) {
+        since = now;
+        trialFrom = estimate;
+        await this._uplinkState(camera, "trial", null); // (the lowest layer on trial: the browser probes with it)
+      } else if (state === "trial" && now - since >= UPLINK.trialFor) {
+        since = now;
+        if (!low) { retries = 0; await this._uplinkState(camera, "ok", "video_enabled"); }
+        else if (estimate > 1.2 * trialFrom) trialFrom = estimate; // (still climbing: the link may carry it soon)
+        else { retries += 1; await this._uplinkState(camera, "disabled", null); }
+      }
+    };
+    this._uplinkTimer = setInterval(() => tick().catch(() => {}), 1000);
+  }
+
+  async _uplinkState(transceiver, state, told) {
+    this.uplink = state;
+    await this._applyLayers(transceiver);
+    const trackId = this.me && transceiver.mid != null ? `${this.me.id}/${transceiver.mid}` : null;
+    if (told && trackId) await this.request({ type: "video_fallback", track_id: trackId, state: told }).catch(() => {});
+    this._emit("uplink", { state, trackId });
+  }
+
+  // What our camera's encodings send: what anyone receives (dynacast, from the server), none
+  // while our uplink carries audio only, the lowest alone while it is on trial.
+  async _applyLayers(transceiver) {
+    const params = transceiver.sender.getParameters();
+    if (!params.encodings || !params.encodings.length) return;
+    const wanted = transceiver._wanted || params.encodings.map(() => true);
+    params.encodings.forEach((e, i) => {
+      e.active = transceiver._source !== "camera" || this.uplink === "ok" || this.uplink === "warned" ? wanted[i] !== false
+        : this.uplink === "trial" ? i === 0 : false;
+    });
+    await transceiver.sender.setParameters(params);
   }
 
   // What each track we send is, by mid: the server puts a screen share before other videos when
@@ -421,6 +496,8 @@ export class Room extends EventTarget {
   }
 
   _stopPublishing() {
+    clearInterval(this._uplinkTimer);
+    this._uplinkTimer = null;
     if (this._screen) { this._screen.stream.getTracks().forEach((t) => t.stop()); this._screen = null; }
     if (this.publishPc) this.publishPc.close();
     this.publishPc = null;
@@ -502,10 +579,9 @@ export class Room extends EventTarget {
     const mid = trackId.split("/").pop();
     const tr = this.publishPc && this.publishPc.getTransceivers().find((t) => t.mid === mid);
     if (!tr || !tr.sender.track) return;
-    const params = tr.sender.getParameters();
-    if (!params.encodings || params.encodings.length !== active.length) return;
-    params.encodings.forEach((e, i) => { e.active = active[i]; });
-    await tr.sender.setParameters(params);
+    if (!tr.sender.getParameters().encodings || tr.sender.getParameters().encodings.length !== active.length) return;
+    tr._wanted = active;
+    await this._applyLayers(tr);
     this._emit("layers", { trackId, active });
   }
 

@@ -542,18 +542,31 @@ function wire(r) {
     n.textContent = "Cannot decrypt: check the passphrase";
     el.append(n);
   });
-  r.addEventListener("video_adaptation", ({ detail }) => {
-    // Our link cannot carry this video now: the server paused it (audio goes on), or warns it may.
-    const el = $(`tile-${detail.participantId}`);
+  const adaptNotice = (tileId, text) => {
+    const el = $(tileId);
     if (!el) return;
     el.querySelector(".notice.adapt")?.remove();
-    const text = { video_disabled_warning: "Weak connection: video may pause",
-      video_disabled: "Video paused: your connection is too weak (audio continues)" }[detail.state];
     if (!text) return; // lifted, or enabled again
     const n = document.createElement("span");
     n.className = "notice adapt"; n.setAttribute("role", "status");
     n.textContent = text;
     el.append(n);
+  };
+  r.addEventListener("video_adaptation", ({ detail }) => {
+    // A link cannot carry this video now, ours (the server paused it for us) or its publisher's
+    // (it sends audio only for now); audio goes on.
+    const who = r.participants.get(detail.participantId)?.name || "their";
+    const text = detail.reason === "publisher"
+      ? { video_disabled_warning: `${who}'s connection is weak: video may pause`,
+          video_disabled: `Video paused: ${who}'s connection is too weak (audio continues)` }[detail.state]
+      : { video_disabled_warning: "Weak connection: video may pause",
+          video_disabled: "Video paused: your connection is too weak (audio continues)" }[detail.state];
+    adaptNotice(`tile-${detail.participantId}`, text);
+  });
+  r.addEventListener("uplink", ({ detail }) => {
+    // Our own uplink cannot carry our camera: we send audio only for now (see mediaserver.js).
+    adaptNotice(`tile-${r.me.id}`, { warned: "Your connection is weak: your video may pause",
+      disabled: "Your connection is too weak for video: sending audio only" }[detail.state]);
   });
   r.addEventListener("media_mode_changed", ({ detail }) => {
     for (const el of [...document.querySelectorAll(".tile")]) if (el.id !== `tile-${r.me.id}`) el.remove();
