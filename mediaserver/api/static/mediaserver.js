@@ -69,6 +69,7 @@ export class Room extends EventTarget {
     this.tracks = new Map(); // track id -> {id, participant_id, kind, muted}
     this.videoStates = new Map(); // track id -> the latest of video_disabled_warning, video_disabled, ..._lifted, video_enabled
     this.speakers = null; // {active, speaking}: who speaks in our room, as the server last said (routed rooms)
+    this.uplink = "ok"; // what our uplink carries of our camera: ok, warned, disabled (audio only), trial
     this.me = null;
     this.session = null;
     this.roomInfo = null;
@@ -431,9 +432,9 @@ export class Room extends EventTarget {
     const params = transceiver.sender.getParameters();
     if (!params.encodings || !params.encodings.length) return;
     const wanted = transceiver._wanted || params.encodings.map(() => true);
+    const fallback = transceiver._source === "camera" ? this.uplink : "ok";
     params.encodings.forEach((e, i) => {
-      e.active = transceiver._source !== "camera" || this.uplink === "ok" || this.uplink === "warned" ? wanted[i] !== false
-        : this.uplink === "trial" ? i === 0 : false;
+      e.active = fallback === "disabled" ? false : fallback === "trial" ? i === 0 : wanted[i] !== false;
     });
     await transceiver.sender.setParameters(params);
   }
