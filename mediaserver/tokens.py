@@ -87,6 +87,18 @@ def mint(
     return token, grant
 
 
+def peek(token: str, room: bool = True) -> tuple[str | None, str | None]:
+    """The key ID (``kid``) and (``room``: if asked) room claim of a token, not verified: what to
+    fetch before verifying it (``verify`` says what is wrong with a token this cannot read;
+    None then)."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        claim = jwt.decode(token, options={"verify_signature": False}).get("room") if room else None
+    except (jwt.PyJWTError, AttributeError, TypeError, ValueError):
+        return None, None
+    return (kid if isinstance(kid, str) else None), (claim if isinstance(claim, str) else None)
+
+
 async def verify(
     token: str,
     *,

@@ -7,6 +7,7 @@ nothing half-written.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,39 @@ def _matches(q: str, *columns: Any) -> Any:
     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     pattern = f"%{escaped.lower()}%"
     return sa.or_(*(sa.func.lower(sa.func.coalesce(c, "")).like(pattern, escape="\\") for c in columns))
+
+
+@functools.cache
+def _join_lookup() -> Any:
+    """``Store.join_lookup``'s statement, built once (building and keying a statement of this
+    size costs more than SQLite takes to run it)."""
+    return (
+        sa.select(*[c.label(f"k_{c.name}") for c in api_keys.c], rooms,
+                  *[c.label(f"s_{c.name}") for c in sessions.c], *[c.label(f"e_{c.name}") for c in event_slots.c])
+        .select_from(
+            api_keys.outerjoin(rooms, rooms.c.id == sa.bindparam("room_id"))
+            .outerjoin(sessions, sa.and_(sessions.c.room_id == rooms.c.id, sessions.c.status != "ended"))
+            .outerjoin(event_slots, event_slots.c.room_id == rooms.c.id)
+        )
+        .where(api_keys.c.id == sa.bindparam("key_id"), api_keys.c.revoked_at.is_(None))
+    )
+
+
+@functools.cache
+def _update_by_id(table: sa.Table) -> Any:
+    """An UPDATE of one row by its ID (parameter ``_id``), the columns it sets given with it."""
+    return table.update().where(table.c.id == sa.bindparam("_id"))
+
+
+@functools.cache
+def _live_count() -> Any:
+    """A team's limit on live sessions and its live sessions but one, its row locked."""
+    live = (
+        sa.select(sa.func.count()).select_from(sessions)
+        .where(sessions.c.team_id == teams.c.id, sessions.c.status == "live", sessions.c.id != sa.bindparam("session_id"))
+        .scalar_subquery()
+    )
+    return sa.select(teams.c.max_live_sessions, live).where(teams.c.id == sa.bindparam("team_id")).with_for_update(of=teams)
 
 
 class Store(EventStore, PeopleStore, ArchiveStore):
@@ -237,6 +271,21 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         slot = {c.name: row[f"e_{c.name}"] for c in event_slots.c} if row["e_id"] is not None else None
         return room, session, slot
 
+    async def join_lookup(self, key_id: str, room_id: str) -> tuple[dict | None, dict | None, dict | None, dict | None]:
+        """What a join reads, in one statement: the API key (not revoked) that signed its token,
+        the room, the room's unended session and its event slot (each None when there is none;
+        all None without the key)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_join_lookup(), {"key_id": key_id, "room_id": room_id})).mappings().first()
+        if row is None:
+            return None, None, None, None
+        key = {c.name: row[f"k_{c.name}"] for c in api_keys.c}
+        if row["id"] is None:
+            return key, None, None, None
+        return (key, {c.name: row[c.name] for c in rooms.c},
+                {c.name: row[f"s_{c.name}"] for c in sessions.c} if row["s_id"] is not None else None,
+                {c.name: row[f"e_{c.name}"] for c in event_slots.c} if row["e_id"] is not None else None)
+
     async def update_room(self, room_id: str, team_id: str, fields: dict[str, Any]) -> dict | None:
         async with self.write() as conn:
             res = await conn.execute(
@@ -276,13 +325,14 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         """
         try:
             async with self.write() as conn:
-                team = await lock_row(conn, teams, room["team_id"])
+                if default_limit is None:
+                    await lock_row(conn, teams, room["team_id"])
                 existing = None if none_seen else await self._unended_session(conn, room["id"])
                 if existing and existing["status"] == "live":
                     return existing, False
                 if default_limit is not None:
                     try:
-                        await self._check_live_limit(conn, team, default_limit, existing["id"] if existing else None)
+                        await self._check_live_limit(conn, room["team_id"], default_limit, existing["id"] if existing else None)
                     except MediaserverError:
                         opened = await self._unended_session(conn, room["id"]) if none_seen else None
                         if opened and opened["status"] == "live":
@@ -304,7 +354,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
                     "media_worker": None,
                     **(placement or {}),
                 }
-                await conn.execute(sessions.insert().values(**session))
+                await conn.execute(sessions.insert(), session)
                 return session, True
         except IntegrityError:  # another process opened it between our read and write
             async with self.engine.connect() as conn:
@@ -313,16 +363,22 @@ class Store(EventStore, PeopleStore, ArchiveStore):
                 raise MediaserverError("conflict", "the room's session changed while opening it; try again")
             return existing, False
 
-    async def _check_live_limit(self, conn: Any, team: dict | None, default_limit: int, session_id: str | None) -> None:
-        """Refuse when the team's live sessions other than ``session_id`` reach its limit. The
-        caller holds the team's row lock (``lock_row``), so this count cannot go stale."""
-        limit = team["max_live_sessions"] if team and team["max_live_sessions"] is not None else default_limit
-        q = sa.select(sa.func.count()).select_from(sessions).where(
-            sessions.c.team_id == team["id"] if team else sa.false(), sessions.c.status == "live"
-        )
-        if session_id:
-            q = q.where(sessions.c.id != session_id)
-        live = int((await conn.execute(q)).scalar_one())
+    async def _check_live_limit(self, conn: Any, team_id: str, default_limit: int, session_id: str | None) -> None:
+        """Refuse when the team's live sessions other than ``session_id`` reach its limit, the
+        team's row locked, so two transactions checking the rule run one after the other and the
+        count cannot go stale. SQLite's write transaction holds its one lock already: one
+        statement reads the limit and the count. PostgreSQL takes the row lock first, in a
+        statement of its own: a statement that waited for the lock still counts from the
+        snapshot it started with (READ COMMITTED), which would miss the sessions the lock's
+        holder just opened."""
+        if not self.is_sqlite:
+            await lock_row(conn, teams, team_id)
+        row = (await conn.execute(_live_count(), {"team_id": team_id, "session_id": session_id or ""})).first()
+        if row is None:  # (no team row: none of its sessions count)
+            limit, live = default_limit, 0
+        else:
+            limit = row[0] if row[0] is not None else default_limit
+            live = int(row[1])
         if live >= limit:
             raise MediaserverError(
                 "session_limit_reached",
@@ -520,16 +576,15 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         async with self.write() as conn:
             if change.live_limit is not None:
                 row = (await conn.execute(sa.select(sessions.c.team_id).where(sessions.c.id == change.session_id))).first()
-                team = await lock_row(conn, teams, row[0]) if row else None
-                await self._check_live_limit(conn, team, change.live_limit, change.session_id)
+                await self._check_live_limit(conn, row[0] if row else "", change.live_limit, change.session_id)
+            # (Statements built once, their columns set by the parameters: a statement built per
+            # call costs more than SQLite takes to run it.)
             if change.session:
-                await conn.execute(
-                    sessions.update().where(sessions.c.id == change.session_id).values(**change.session)
-                )
+                await conn.execute(_update_by_id(sessions), {**change.session, "_id": change.session_id})
             if change.new_participants:
                 await conn.execute(participants.insert(), change.new_participants)
             for pid, values in change.participant_updates:
-                await conn.execute(participants.update().where(participants.c.id == pid).values(**values))
+                await conn.execute(_update_by_id(participants), {**values, "_id": pid})
             if change.events:
                 await conn.execute(events.insert(), change.events)
             if change.chat:
