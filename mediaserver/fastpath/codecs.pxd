@@ -16,6 +16,7 @@ cdef struct Vp8Descriptor:
     int pid_bits  # 7 or 15
     int tl0_at  # -1: no TL0PICIDX
     bint start  # S=1 and partition 0
+    int tid_at  # the TID/Y/KEYIDX byte when it carries a TID (T); -1: none
 
 
 cdef inline bint vp8_descriptor(const uint8_t* p, int n, Vp8Descriptor* d) noexcept nogil:
@@ -27,6 +28,7 @@ cdef inline bint vp8_descriptor(const uint8_t* p, int n, Vp8Descriptor* d) noexc
     d.pid_at = -1
     d.pid_bits = 0
     d.tl0_at = -1
+    d.tid_at = -1
     if p[0] & 0x80:  # X: extended control bits
         if n < 2:
             return False
@@ -42,6 +44,8 @@ cdef inline bint vp8_descriptor(const uint8_t* p, int n, Vp8Descriptor* d) noexc
             d.tl0_at = pos
             pos += 1
         if x & 0x30:  # T or K: TID/Y/KEYIDX
+            if x & 0x20:
+                d.tid_at = pos
             pos += 1
     if pos > n:
         return False

@@ -5,6 +5,8 @@
 
 from libc.stdint cimport uint8_t, uint16_t
 
+from mediaserver.fastpath.codecs cimport Vp8Descriptor, vp8_descriptor
+
 cdef enum:
     MAX_TEMPORAL = 2
     DROP_WINDOW = 512  # also the ring sizes: at most one drop per sequence number in the window
@@ -98,42 +100,16 @@ cdef inline uint16_t drops_publisher_seq(Drops* d, uint16_t cand) noexcept nogil
 
 cdef inline bint vp8_temporal(const uint8_t* p, int n, Vp8Temporal* t) noexcept nogil:
     """The temporal fields of a VP8 payload descriptor (RFC 7741 4.2); False without one."""
-    cdef int pos = 1
-    cdef uint8_t x
-    if n < 1:
+    cdef Vp8Descriptor d
+    if not vp8_descriptor(p, n, &d):
         return False
     t.pid = -1
-    t.tid = -1
-    t.sync = False
-    if p[0] & 0x80:  # X
-        if n < 2:
-            return False
-        x = p[1]
-        pos = 2
-        if x & 0x80:  # I
-            if pos >= n:
-                return False
-            if p[pos] & 0x80:
-                if pos + 1 >= n:
-                    return False
-                t.pid = ((p[pos] & 0x7F) << 8) | p[pos + 1]
-                pos += 2
-            else:
-                t.pid = p[pos]
-                pos += 1
-        if x & 0x40:  # L
-            pos += 1
-        if x & 0x30:  # T or K
-            if pos >= n:
-                return False
-            if x & 0x20:
-                t.tid = p[pos] >> 6
-                t.sync = (p[pos] & 0x20) != 0
-            pos += 1
-    if pos > n:
-        return False
-    t.start = (p[0] & 0x10) != 0 and (p[0] & 0x07) == 0
-    t.key = t.start and pos < n and (p[pos] & 0x01) == 0
+    if d.pid_at >= 0:
+        t.pid = (((p[d.pid_at] & 0x7F) << 8) | p[d.pid_at + 1]) if d.pid_bits == 15 else p[d.pid_at]
+    t.tid = (p[d.tid_at] >> 6) if d.tid_at >= 0 else -1
+    t.sync = d.tid_at >= 0 and (p[d.tid_at] & 0x20) != 0
+    t.start = d.start
+    t.key = d.start and d.size < n and (p[d.size] & 0x01) == 0  # P bit 0 (RFC 7741 4.3)
     return True
 
 

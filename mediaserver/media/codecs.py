@@ -20,13 +20,14 @@ class Vp8Descriptor:
     pid_bits: int  # 7 or 15
     tl0_at: int  # offset of TL0PICIDX, -1: none
     start: bool  # S=1 and partition 0: a frame's first packet
+    tid_at: int = -1  # offset of the TID/Y/KEYIDX byte when it carries a TID (T), -1: none
 
 
 def vp8_descriptor(payload: bytes) -> Vp8Descriptor | None:
     n = len(payload)
     if n < 1:
         return None
-    pos, pid_at, pid_bits, tl0_at = 1, -1, 0, -1
+    pos, pid_at, pid_bits, tl0_at, tid_at = 1, -1, 0, -1, -1
     if payload[0] & 0x80:  # X: extended control bits
         if n < 2:
             return None
@@ -42,10 +43,11 @@ def vp8_descriptor(payload: bytes) -> Vp8Descriptor | None:
             tl0_at = pos
             pos += 1
         if x & 0x30:  # T or K: TID/Y/KEYIDX
+            tid_at = pos if x & 0x20 else -1
             pos += 1
     if pos > n:
         return None
-    return Vp8Descriptor(pos, pid_at, pid_bits, tl0_at, bool(payload[0] & 0x10) and payload[0] & 0x07 == 0)
+    return Vp8Descriptor(pos, pid_at, pid_bits, tl0_at, bool(payload[0] & 0x10) and payload[0] & 0x07 == 0, tid_at)
 
 
 def vp8_keyframe_start(payload: bytes) -> bool:

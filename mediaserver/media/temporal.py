@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mediaserver.media.codecs import vp8_descriptor
+
 MAX_TEMPORAL = 2  # TIDs 0-2 (browsers send up to three temporal layers); a cap of 2 keeps all
 DROP_WINDOW = 512  # drops are remembered this many sequence numbers back (the NACK cache's reach)
 
@@ -81,39 +83,15 @@ class Vp8Temporal:
 
 def vp8_temporal(payload: bytes) -> Vp8Temporal | None:
     """The temporal fields of a VP8 payload descriptor (RFC 7741 4.2), None without one."""
-    n = len(payload)
-    if n < 1:
+    d = vp8_descriptor(payload)
+    if d is None:
         return None
-    pos, pid, tid, sync = 1, -1, -1, False
-    if payload[0] & 0x80:  # X
-        if n < 2:
-            return None
-        x = payload[1]
-        pos = 2
-        if x & 0x80:  # I: picture ID, 7 or 15 bits
-            if pos >= n:
-                return None
-            if payload[pos] & 0x80:
-                if pos + 1 >= n:
-                    return None
-                pid = (payload[pos] & 0x7F) << 8 | payload[pos + 1]
-                pos += 2
-            else:
-                pid = payload[pos]
-                pos += 1
-        if x & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if x & 0x30:  # T or K: TID/Y/KEYIDX
-            if pos >= n:
-                return None
-            if x & 0x20:
-                tid, sync = payload[pos] >> 6, bool(payload[pos] & 0x20)
-            pos += 1
-    if pos > n:
-        return None
-    start = bool(payload[0] & 0x10) and payload[0] & 0x07 == 0
-    key = start and pos < n and payload[pos] & 0x01 == 0  # P bit 0 (RFC 7741 4.3)
-    return Vp8Temporal(tid, sync, start, key, pid)
+    pid = -1
+    if d.pid_at >= 0:
+        pid = (payload[d.pid_at] & 0x7F) << 8 | payload[d.pid_at + 1] if d.pid_bits == 15 else payload[d.pid_at]
+    tid, sync = (payload[d.tid_at] >> 6, bool(payload[d.tid_at] & 0x20)) if d.tid_at >= 0 else (-1, False)
+    key = d.start and d.size < len(payload) and payload[d.size] & 0x01 == 0  # P bit 0 (RFC 7741 4.3)
+    return Vp8Temporal(tid, sync, d.start, key, pid)
 
 
 def step_layer(tcur: int, tcap: int, t: Vp8Temporal) -> int:
