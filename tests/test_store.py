@@ -164,3 +164,35 @@ async def test_events_order_and_participant_log(store: Store):
     assert [(e["type"], e["data"]) for e in log] == [("joined", {"i": 1}), ("session_ended", {"i": 3})]
     async with store.engine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(participants))).scalar_one() == 0
+
+
+async def test_a_write_waiting_for_another_processes_lock_does_not_stop_the_event_loop(tmp_path):
+    """SQLite has one write lock, which another process (a session host, another gateway) may
+    hold: a write transaction waits for it on the event loop, not inside SQLite, so the
+    process's other work goes on meanwhile; and it goes through once the lock is free."""
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "shared.db"
+    store = Store(f"sqlite:///{path}")
+    await store.migrate()
+    other = sqlite3.connect(path, isolation_level=None)  # (another process's connection)
+    other.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    ticker = asyncio.create_task(tick())
+    writer = asyncio.create_task(store.ensure_team("waiting"))
+    await asyncio.sleep(0.3)
+    assert not writer.done() and ticks >= 20, ticks  # the write waits; the loop does not
+    other.execute("ROLLBACK")
+    team = await asyncio.wait_for(writer, 5)
+    assert team["name"] == "waiting" and (await store.ensure_team("waiting"))["id"] == team["id"]
+    ticker.cancel()
+    other.close()
+    await store.close()

@@ -6,14 +6,25 @@ statements run in the calling thread instead: in WAL mode a read never waits for
 a write transaction holds the database's lock for well under a millisecond, because nothing in
 a transaction's body yields to the loop (each ``await conn.execute`` completes at once), so no
 other task runs in the middle of one. PostgreSQL keeps the async engine (asyncpg).
+
+Several processes share the file (gateways, session hosts), and SQLite has one write lock: a
+write transaction that finds it held must wait, and a wait inside SQLite (its busy handler)
+would stop this thread's event loop with it, every other connection of the process waiting
+too. So a write transaction's ``BEGIN IMMEDIATE`` does not wait in SQLite (the store sets the
+busy timeout to 0 for it): the lock being held, it fails at once, and ``begin`` sleeps on the
+event loop and tries again (from 0.5 ms, doubling up to 20 ms, for up to 30 s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sqlite3
 from typing import Any, AsyncIterator, Callable
 
 import sqlalchemy as sa
+
+WAIT_FIRST, WAIT_MAX, WAIT_TOTAL = 0.0005, 0.02, 30.0  # seconds: a held write lock is tried again after...
 
 
 class InLoopConnection:
@@ -43,7 +54,18 @@ class InLoopEngine:
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[InLoopConnection]:
-        with self.sync_engine.begin() as conn:
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + WAIT_TOTAL, WAIT_FIRST
+        with contextlib.ExitStack() as stack:
+            while True:
+                try:
+                    conn = stack.enter_context(self.sync_engine.begin())
+                    break
+                except sa.exc.OperationalError as e:
+                    if getattr(e.orig, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or loop.time() + delay > deadline:
+                        raise
+                await asyncio.sleep(delay)  # (another process writes: the loop goes on meanwhile)
+                delay = min(delay * 2, WAIT_MAX)
             yield InLoopConnection(conn)
 
     def execution_options(self, **options: Any) -> "InLoopEngine":

@@ -42,6 +42,7 @@ from mediaserver.store.schema import (
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 WRITE_OPTION = "mediaserver_write"
+BUSY_TIMEOUT_MS = 30000  # what a read (WAL: rarely) waits on a lock in SQLite; writes wait on the loop
 
 
 @dataclass
@@ -673,11 +674,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.close()
 
 
 def _sqlite_begin(conn: Any) -> None:
-    immediate = conn.get_execution_options().get(WRITE_OPTION)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if not conn.get_execution_options().get(WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN")
+        return
+    # A held write lock fails at once, and InLoopEngine.begin waits for it on the event loop
+    # (see mediaserver.store.inloop) instead of in SQLite, which would stop the loop.
+    raw = conn.connection.dbapi_connection
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
