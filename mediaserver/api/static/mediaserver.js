@@ -45,9 +45,9 @@ function simulcastLayers(track) {
 }
 
 // Publisher audio fallback: when our uplink cannot carry our camera (the browser's own estimate
-// of it, which the server's transport-wide feedback feeds, under FLOOR bit/s for audio and the
-// lowest video together), we warn after WARN_AFTER s, send audio only after DISABLE_AFTER s
-// more, and try the camera's lowest layer again after a while (longer after each failed try).
+// of it, which the server's transport-wide feedback feeds, under `floor` bit/s for audio and the
+// lowest video together), we warn after `warnAfter` s, send audio only after `disableAfter` s
+// more, and try the camera's lowest layer again (for `trialFor` s) after each of `retryAfter`.
 const UPLINK = { floor: 120000, warnAfter: 2, disableAfter: 5, retryAfter: [3, 6, 12, 20], trialFor: 4 };
 
 export class MediaserverError extends Error {
@@ -580,7 +580,8 @@ export class Room extends EventTarget {
     const mid = trackId.split("/").pop();
     const tr = this.publishPc && this.publishPc.getTransceivers().find((t) => t.mid === mid);
     if (!tr || !tr.sender.track) return;
-    if (!tr.sender.getParameters().encodings || tr.sender.getParameters().encodings.length !== active.length) return;
+    const encodings = tr.sender.getParameters().encodings;
+    if (!encodings || encodings.length !== active.length) return;
     tr._wanted = active;
     await this._applyLayers(tr);
     this._emit("layers", { trackId, active });
