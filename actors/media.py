@@ -76,17 +76,9 @@ class MediaWorkerActor:
         await self.service.start()
         await self.service.set_layer(src, src_ssrc, dst, layer, temporal)
 
-    async def quality(self, transport_ids: list[str]) -> dict[str, dict]:
+    async def reports(self, transport_ids: list[str], quality: bool = False) -> dict:
         await self.service.start()
-        return await self.service.quality(transport_ids)
-
-    async def transport_states(self, transport_ids: list[str]) -> dict[str, str]:
-        await self.service.start()
-        return await self.service.transport_states(transport_ids)
-
-    async def adaptation_events(self, transport_ids: list[str]) -> list[dict]:
-        await self.service.start()
-        return await self.service.adaptation_events(transport_ids)
+        return await self.service.reports(transport_ids, quality)
 
     async def stats(self) -> dict:
         await self.service.start()

@@ -259,7 +259,8 @@ class SessionHost:
         self.asleep[sid] = unit.wake_at()
 
     async def _media_reports(self) -> None:
-        """Connection states every tick, quality every ``quality_seconds``: one call per worker."""
+        """Connection states and adaptation events every tick, quality every ``quality_seconds``:
+        one call per worker."""
         by_worker: dict[str, list[SessionUnit]] = {}
         for sid, unit in self.units.items():
             if not unit.ended and unit.has_media():
@@ -273,11 +274,10 @@ class SessionHost:
             worker = self.places.worker(name)
             tids = [tid for u in units for tid in u.transports(name)]
             try:
-                states = await worker.transport_states(tids)
-                adapted = await worker.adaptation_events(tids)
-                quality = await worker.quality(tids) if quality_due else {}
+                got = await worker.reports(tids, quality_due)
             except MediaserverError:
                 continue  # restarting: the watch deals with it
+            states, adapted, quality = got["states"], got["events"], got["quality"]
             for u in units:
                 mine = u.transports(name)
                 await u.record_states({t: s for t, s in states.items() if t in mine})

@@ -109,7 +109,18 @@ class WorkerService:
     async def unroute(self, src: str, src_ssrc: int, dst: str) -> None:
         self.worker.unroute(src, src_ssrc, dst)
 
-    async def quality(self, transport_ids: list[str]) -> dict[str, dict]:
+    async def reports(self, transport_ids: list[str], quality: bool = False) -> dict:
+        """What a session host reads of its transports every tick, in one call: their
+        connection states, the adaptation's events since the last call (a subscriber's video
+        paused or back; of a publisher, that it speaks or stopped) and, with ``quality``, what
+        their receiver reports say."""
+        return {
+            "states": {tid: t.state for tid in transport_ids if (t := self.worker.transports.get(tid))},
+            "events": self.worker.take_adaptation_events(set(transport_ids)),
+            "quality": self._quality(transport_ids) if quality else {},
+        }
+
+    def _quality(self, transport_ids: list[str]) -> dict[str, dict]:
         """What subscribers report of what they receive (RFC 3550 receiver reports), per transport:
         the worst fraction lost and the mean interarrival jitter (in timestamp units) of its streams."""
         wanted = set(transport_ids)
@@ -125,14 +136,6 @@ class WorkerService:
             }
             for tid, blocks in by_transport.items()
         }
-
-    async def transport_states(self, transport_ids: list[str]) -> dict[str, str]:
-        return {tid: t.state for tid in transport_ids if (t := self.worker.transports.get(tid))}
-
-    async def adaptation_events(self, transport_ids: list[str]) -> list[dict]:
-        """What the adaptation did to these subscribers' video since the last call (audio
-        fallback and video recovery: mediaserver.media.adaptation), oldest first."""
-        return self.worker.take_adaptation_events(set(transport_ids))
 
     async def stats(self) -> dict:
         usage = resource.getrusage(resource.RUSAGE_SELF)
