@@ -48,6 +48,8 @@ def actor_config(settings: Settings, relay_secret: str | None = None) -> dict:
         "media_allowed_networks": list(settings.media_allowed_networks),
         "media_fastpath": settings.media_fastpath,
         "media_tap_dir": str(settings.media_tap_dir) if settings.media_tap_dir else None,
+        "media_gso": settings.media_gso,
+        "media_send_threads": settings.media_send_threads,
         "media_worker_capacity": settings.media_worker_capacity,
         "session_load_estimate": settings.session_load_estimate,
         "session_receivers_per_worker": settings.session_receivers_per_worker,

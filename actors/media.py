@@ -25,6 +25,7 @@ class MediaWorkerActor:
             fastpath=cfg.get("media_fastpath", True),
             tap_dir=cfg.get("media_tap_dir"),
             gso=cfg.get("media_gso", True),
+            send_threads=cfg.get("media_send_threads", 1),
         )
 
     # One method per WorkerService call (Ray needs them on the class). Each makes sure the port is

@@ -25,6 +25,7 @@ worker serves with < 0.5% loss and p99 < 5 ms.
     python -m loadtest.bench_fastpath --archive       # the worker's cost of archiving a track
     python -m loadtest.bench_fastpath --adaptive      # TWCC feedback and simulcast selection on, against off
     python -m loadtest.bench_fastpath --gso           # UDP GSO on, against off
+    python -m loadtest.bench_fastpath --threads 1 2   # one publisher's fan-out sent by 1 and 2 threads
 
 Run it in a loopback-only namespace, as ``make bench`` does: ``unshare -n sh -c 'ip link set lo up && ...'``.
 """
@@ -46,6 +47,7 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 PACKET = 1200
 PUB_SSRC = 0x10203040
 MODES = ("fastpath", "no-crypto", "reference")
+DEFAULT_COUNTS = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000]
 
 
 def _pin(cpu: int) -> None:
@@ -81,12 +83,16 @@ def _server(mode: str, setup: dict, conn) -> None:
     from mediaserver.media.forwarder import Forwarder, Route
     from mediaserver.media.srtp import BY_NAME, SrtpKeys
 
-    _pin(SERVER_CPU)
+    threads = setup.get("threads", 1)
+    if threads == 1:
+        _pin(SERVER_CPU)
+    else:  # its sender threads on every core (the load process keeps its own pinning)
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
     profile = BY_NAME[setup["profile"]]
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     _big_buffers(sock)
     sock.bind(("127.0.0.1", 0))
-    fw = Forwarder() if mode == "reference" else FastPath(crypto=mode == "fastpath", gso=setup.get("gso", True))
+    fw = Forwarder() if mode == "reference" else FastPath(crypto=mode == "fastpath", gso=setup.get("gso", True), threads=threads)
     for eid, (addr, rx, tx) in setup["endpoints"].items():
         fw.add_endpoint(eid)
         fw.set_address(eid, tuple(addr))
@@ -144,7 +150,7 @@ VP8_DESCRIPTOR = bytes([0x90, 0x80, 0x81, 0x23, 0x00])  # X, S, partition 0; I, 
 
 
 def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration: float, packet: int = PACKET,
-            adaptive: bool = False, gso: bool = True) -> dict:
+            adaptive: bool = False, gso: bool = True, threads: int = 1) -> dict:
     """One run: a publisher at out_rate/fanout packets/s, forwarded to ``fanout`` subscribers
     (``adaptive``: with TWCC feedback and simulcast selection, as ``_server`` says; ``gso``:
     the fast path's runs to one subscriber sent with UDP_SEGMENT)."""
@@ -173,7 +179,7 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
         endpoints[f"s{i}"] = (addr, os.urandom(klen), os.urandom(klen))
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_server, args=(mode, {"profile": profile_name, "endpoints": endpoints, "adaptive": adaptive, "gso": gso}, child),
+    proc = ctx.Process(target=_server, args=(mode, {"profile": profile_name, "endpoints": endpoints, "adaptive": adaptive, "gso": gso, "threads": threads}, child),
                        daemon=True)
     proc.start()
     try:
@@ -188,7 +194,9 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
         parent.send("mark")
         cpu0, core0, stats0 = parent.recv()
         sent0 = stream.sent
+        load0 = _cpu_seconds()
         _wire.run(stream, sink, rate, duration)
+        load1 = _cpu_seconds()
         parent.send("mark")
         cpu1, core1, stats1 = parent.recv()
         sent = stream.sent - sent0
@@ -199,6 +207,7 @@ def measure(mode: str, profile_name: str, fanout: int, out_rate: float, duration
             "forwarded_per_s": forwarded / duration,
             "cpu_us_per_packet": (cpu1 - cpu0) / forwarded * 1e6 if forwarded else float("nan"),
             "cpu_share": (cpu1 - cpu0) / duration,
+            "load_cpu_share": (load1 - load0) / duration,  # the load process's (sending and receiving)
             "core_busy": (core1 - core0) / duration,
             "core_us_per_packet": (core1 - core0) / forwarded * 1e6 if forwarded else float("nan"),
             "drops": {k: v - stats0.get(k, 0) for k, v in stats1.items() if k.startswith("drop_") and v > stats0.get(k, 0)},
@@ -263,13 +272,16 @@ def ratios(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def capacity(profile: str, duration: float, counts: list[int]) -> tuple[int, list[dict]]:
+PER_SUB = 2_000_000 / 8 / PACKET  # a 2 Mbps video subscriber's packets/s
+
+
+def capacity(profile: str, duration: float, counts: list[int], threads: int = 1) -> tuple[int, list[dict]]:
     """Largest subscriber count at 2 Mbps each (1200-byte packets: ~208 packets/s) with < 0.5% loss, p99 < 5 ms."""
-    per_sub = 2_000_000 / 8 / PACKET
+    per_sub = PER_SUB
     best, rows = 0, []
     for n in counts:
         _raise_fd_limit(n + 64)
-        r = measure("fastpath", profile, n, per_sub * n, duration)
+        r = measure("fastpath", profile, n, per_sub * n, duration, threads=threads)
         r["subscribers"] = n
         rows.append(r)
         ok = r["loss"] < 0.005 and r["p99_us"] < 5000
@@ -289,13 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--profiles", nargs="+", default=["SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM"])
     ap.add_argument("--capacity", action="store_true", help="benchmark 3: subscribers per worker at 2 Mbps")
-    ap.add_argument("--counts", type=int, nargs="+", default=[250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000])
+    ap.add_argument("--counts", type=int, nargs="+", default=DEFAULT_COUNTS)
     ap.add_argument("--e2ee", action="store_true",
                     help="end-to-end encrypted frames: 30 bytes more per packet (tag and trailer), against plain")
     ap.add_argument("--archive", action="store_true",
                     help="one track archived among its subscribers (one more SRTP output, to the recorder), against none")
     ap.add_argument("--adaptive", action="store_true",
                     help="TWCC feedback to the publisher and simulcast layer selection on, against a plain stream")
+    ap.add_argument("--threads", type=int, nargs="+",
+                    help="sender threads: with --capacity, the capacity with each count; alone, 2 Mbps subscribers "
+                         "(--counts, default 500 750 1000) served with each count, side by side")
     ap.add_argument("--gso", action="store_true",
                     help="UDP GSO (runs of datagrams to one subscriber in one send) on, against off")
     args = ap.parse_args(argv)
@@ -310,10 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.gso:
         return gso_rows(args)
     if args.capacity:
-        print(f"benchmark 3: 2 Mbps video subscribers on one worker (fast path, {args.profiles[0]}), {args.duration:g} s per step")
-        best, _ = capacity(args.profiles[0], args.duration, args.counts)
-        print(f"capacity: {best} subscribers at 2 Mbps with < 0.5% loss and p99 < 5 ms")
+        for threads in args.threads or [1]:
+            print(f"benchmark 3: 2 Mbps video subscribers on one worker (fast path, {args.profiles[0]}, "
+                  f"{threads} sender thread{'s' if threads > 1 else ''}), {args.duration:g} s per step")
+            best, _ = capacity(args.profiles[0], args.duration, args.counts, threads)
+            print(f"capacity: {best} subscribers at 2 Mbps with < 0.5% loss and p99 < 5 ms")
         return 0
+    if args.threads:
+        return threads_rows(args)
     print(f"benchmark 1: one stream of {PACKET}-byte packets, {args.rate:,.0f} forwarded packets/s offered, {args.duration:g} s per run")
     rows = []
     for profile in args.profiles:
@@ -413,6 +432,33 @@ def gso_rows(args, runs: int = 3) -> int:
               f"{b['cpu_us_per_packet'] / a['cpu_us_per_packet']:>6.2f} {p50(off):>7.0f}/{p99(off):<7.0f} "
               f"{p50(on):>6.0f}/{p99(on):<7.0f} {b['gso_share']:>7.0%} {b['rx_batch']:>10.1f} "
               f"{max(r['loss'] for r in off):>5.2%}/{max(r['loss'] for r in on):.2%}", flush=True)
+    return 0
+
+
+def threads_rows(args, runs: int = 3) -> int:
+    """One publisher's fan-out sent by one thread and by more (``FastPath(threads=N)``: each
+    subscriber owned by one thread, which protects and sends its packets while the loop routes
+    the next), at the same loads, interleaved ``runs`` times: the median run's latency through
+    the worker (the last copy of a packet waits for the ones before it on its thread) and the
+    worker's CPU. With more than one thread the worker may use every core, the load process's
+    included (this machine has two)."""
+    profile = args.profiles[0]
+    counts = args.counts if args.counts != DEFAULT_COUNTS else [500, 750, 1000]
+    print(f"one publisher's fan-out by sender threads {args.threads}, 2 Mbps subscribers, fast path, {profile}, "
+          f"{args.duration:g} s per run, median of {runs} interleaved runs")
+    print(f"{'subscribers':>11} {'threads':>7} {'fwd pkt/s':>10} {'CPU':>5} {'CPU-us/pkt':>10} {'p50 us':>7} {'p99 us':>7} {'loss':>7} "
+          f"{'load CPU':>8}")
+    for n in counts:
+        _raise_fd_limit(n + 64)
+        rows: dict[int, list[dict]] = {t: [] for t in args.threads}
+        for _ in range(runs):
+            for t in args.threads:
+                rows[t].append(measure("fastpath", profile, n, PER_SUB * n, args.duration, threads=t))
+        for t in args.threads:
+            mid = sorted(rows[t], key=lambda r: r["p99_us"])[runs // 2]
+            print(f"{n:>11} {t:>7} {mid['forwarded_per_s']:>10,.0f} {mid['cpu_share']:>5.0%} {mid['cpu_us_per_packet']:>10.2f} "
+                  f"{mid['p50_us']:>7.0f} {mid['p99_us']:>7.0f} {max(r['loss'] for r in rows[t]):>7.2%} "
+                  f"{mid['load_cpu_share']:>8.0%}", flush=True)
     return 0
 
 

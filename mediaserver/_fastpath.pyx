@@ -17,10 +17,14 @@ This file is the loop and its tables (endpoints, tracks, routes); the pieces it 
 Crypto is libsrtp as pylibsrtp ships it: its cffi module gives the addresses of
 ``srtp_protect`` and friends and of each session's ``srtp_t``, which C calls
 directly. All state sits behind one mutex: the loop holds it per received batch,
-control calls from Python hold it briefly.
+control calls from Python hold it briefly. With sender threads (``threads`` > 1) the loop
+still routes every copy; each sender thread owns a share of the endpoints and protects and
+sends their datagrams, and the loop waits for them before it lets the mutex go, so nothing
+they touch (an endpoint's SRTP session, the GSO refusals) changes under them.
 """
 
 import socket as _socket
+import threading
 import struct as _struct
 from collections import Counter
 
@@ -60,6 +64,12 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_lock(pthread_mutex_t*)
     int pthread_mutex_unlock(pthread_mutex_t*)
     int pthread_mutex_destroy(pthread_mutex_t*)
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_cond_init(pthread_cond_t*, void*)
+    int pthread_cond_wait(pthread_cond_t*, pthread_mutex_t*)
+    int pthread_cond_broadcast(pthread_cond_t*)
+    int pthread_cond_destroy(pthread_cond_t*)
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
@@ -95,6 +105,8 @@ cdef enum:
     SLOW_MAX = 512  # STUN/DTLS datagrams waiting for Python
     SLOW_UNKNOWN_MAX = 128  # of those, the most from addresses no endpoint has (new clients, or noise)
     SLOW_PER_SOURCE = 4  # and the most from any one such address
+    REFUSED_MAX = 8  # addresses one batch finds refusing GSO, noted until the batch settles
+    MAX_SENDERS = 16
 
 cdef double REMB_INTERVAL = 0.5
 cdef int RTX_BURST = 32768  # the reference's: repairs are at most half of what a route is sent, this burst
@@ -208,6 +220,7 @@ cdef struct Endpoint:
     int rrid_ext
     int level_ext  # its audio level extension's ID (RFC 6464); 0: none
     Sent* sent  # what we send it, numbered, and its feedback; NULL unless it takes transport-cc
+    int trailer  # bytes SRTP adds to an RTP packet to it (its profile's tag)
 
 cdef struct Level:
     uint64_t packets  # with an audio level
@@ -305,11 +318,29 @@ cdef struct OutBatch:
     uint8_t* control  # GSO_CONTROL bytes per message
     int* first  # a message's first datagram
     int* count  # its datagrams
+    # A sender thread's batch: its datagrams are queued in the clear and protected by the thread
+    # that sends them (with these sessions: SRTCP where rtcp is set).
+    bint defer
+    int sender
+    void** txs
+    uint8_t* rtcp
+    bint gso  # (the loop's setting when it was handed over)
+    # What sending it found, until the loop settles it into its counters (sender threads never
+    # write FastPath's own state).
+    uint64_t c_batches
+    uint64_t c_gso
+    uint64_t c_drop_send
+    uint64_t c_drop_protect
+    uint64_t c_failed_rtp
+    uint64_t c_refused
+    int nrefused
+    uint64_t refused[REFUSED_MAX]
 
 
 cdef bint out_init(OutBatch* b, bint collect) noexcept nogil:
     memset(b, 0, sizeof(OutBatch))
     b.collect = collect
+    b.sender = -1
     b.bufs = <uint8_t*>malloc(OUT_MAX * BUF)
     b.lens = <int*>malloc(OUT_MAX * sizeof(int))
     b.addrs = <uint64_t*>malloc(OUT_MAX * sizeof(uint64_t))
@@ -319,8 +350,10 @@ cdef bint out_init(OutBatch* b, bint collect) noexcept nogil:
     b.control = <uint8_t*>calloc(OUT_MAX, GSO_CONTROL)
     b.first = <int*>malloc(OUT_MAX * sizeof(int))
     b.count = <int*>malloc(OUT_MAX * sizeof(int))
+    b.txs = <void**>calloc(OUT_MAX, sizeof(void*))
+    b.rtcp = <uint8_t*>calloc(OUT_MAX, 1)
     return (b.bufs != NULL and b.lens != NULL and b.addrs != NULL and b.msgs != NULL and b.iov != NULL and b.names != NULL
-            and b.control != NULL and b.first != NULL and b.count != NULL)
+            and b.control != NULL and b.first != NULL and b.count != NULL and b.txs != NULL and b.rtcp != NULL)
 
 
 cdef void out_free(OutBatch* b) noexcept nogil:
@@ -333,7 +366,168 @@ cdef void out_free(OutBatch* b) noexcept nogil:
     free(b.control)
     free(b.first)
     free(b.count)
+    free(b.txs)
+    free(b.rtcp)
 
+
+cdef bint out_refused(OutBatch* out, uint64_t addr) noexcept nogil:
+    cdef int i
+    for i in range(out.nrefused):
+        if out.refused[i] == addr:
+            return True
+    return False
+
+
+cdef int out_messages(OutBatch* out, int i, int m, const unordered_set[uint64_t]* no_gso) noexcept nogil:
+    """Messages for datagrams ``i``.. of ``out`` from message ``m`` on; returns how many in
+    all. With GSO, consecutive datagrams to one address make one message while all but the
+    last have the first one's size (UDP_SEGMENT cuts at that size)."""
+    cdef int j, size, total
+    cdef uint64_t addr
+    cdef msghdr* h
+    cdef cmsghdr* cm
+    cdef bint grouping
+    while i < out.n:
+        addr = out.addrs[i]
+        size = out.lens[i]
+        total = size
+        j = i + 1
+        grouping = out.gso and no_gso.find(addr) == no_gso.end() and not out_refused(out, addr)
+        while grouping and j < out.n and j - i < GSO_SEGMENTS and out.addrs[j] == addr and out.lens[j] <= size \
+                and total + out.lens[j] <= GSO_BYTES:
+            total += out.lens[j]
+            j += 1
+            if out.lens[j - 1] < size:
+                break  # a shorter one can only be the last
+        out.names[m].sin_family = AF_INET
+        out.names[m].sin_addr.s_addr = htonl(<uint32_t>(addr >> 16))
+        out.names[m].sin_port = htons(<uint16_t>(addr & 0xFFFF))
+        h = &out.msgs[m].msg_hdr
+        h.msg_name = &out.names[m]
+        h.msg_namelen = sizeof(sockaddr_in)
+        h.msg_iov = &out.iov[i]
+        h.msg_iovlen = j - i
+        h.msg_flags = 0
+        if j - i > 1:
+            h.msg_control = out.control + m * GSO_CONTROL
+            h.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+            cm = CMSG_FIRSTHDR(h)
+            cm.cmsg_level = SOL_UDP
+            cm.cmsg_type = UDP_SEGMENT
+            cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+            (<uint16_t*>CMSG_DATA(cm))[0] = <uint16_t>size
+        else:
+            h.msg_control = NULL
+            h.msg_controllen = 0
+        out.first[m] = i
+        out.count[m] = j - i
+        m += 1
+        i = j
+    return m
+
+
+cdef void out_seal(OutBatch* out) noexcept nogil:
+    """Point the iovecs at the datagrams, protecting first those queued in the clear (a sender
+    thread's batch); a datagram libsrtp refuses is left out."""
+    cdef int i, k = 0, length
+    cdef bint ok
+    for i in range(out.n):
+        length = out.lens[i]
+        if out.defer and out.txs[i] != NULL:
+            if out.rtcp[i]:
+                ok = f_protect_rtcp(out.txs[i], out.bufs + i * BUF, &length) == 0
+            else:
+                ok = f_protect(out.txs[i], out.bufs + i * BUF, &length) == 0
+            if not ok:
+                out.c_drop_protect += 1
+                if not out.rtcp[i]:
+                    out.c_failed_rtp += 1
+                continue
+        out.iov[k].iov_base = out.bufs + i * BUF
+        out.iov[k].iov_len = length
+        out.lens[k] = length
+        out.addrs[k] = out.addrs[i]
+        k += 1
+    out.n = k
+
+
+cdef void out_send(OutBatch* out, int fd, const unordered_set[uint64_t]* no_gso) noexcept nogil:
+    """Send the batch with ``sendmmsg`` (runs to one address as one GSO message where allowed)
+    and empty it; what happened is counted in the batch (c_*)."""
+    cdef int i, m, sent, done = 0
+    cdef bint waited = False
+    cdef pollfd pfd
+    out_seal(out)
+    m = out_messages(out, 0, 0, no_gso)
+    out.c_batches += 1
+    while done < m:
+        sent = sendmmsg(fd, out.msgs + done, m - done, MSG_DONTWAIT)
+        if sent > 0:
+            for i in range(done, done + sent):
+                if out.count[i] > 1:
+                    out.c_gso += out.count[i]
+            done += sent
+        elif sent < 0 and errno == EAGAIN:
+            # The send buffer is full: wait a moment for room once, then drop the rest.
+            pfd.fd = fd
+            pfd.events = POLLOUT
+            if waited or poll(&pfd, 1, 2) <= 0:
+                out.c_drop_send += out.n - out.first[done]
+                break
+            waited = True
+        elif out.count[done] > 1 and (errno == EINVAL or errno == EIO) and out.nrefused < REFUSED_MAX:
+            # Segmentation refused on this path (a device without checksum offload, a socket
+            # without UDP checksums): this address gets single datagrams from now on.
+            out.c_refused += 1
+            out.refused[out.nrefused] = out.addrs[out.first[done]]
+            out.nrefused += 1
+            m = out_messages(out, out.first[done], done, no_gso)
+        else:
+            # The kernel refused this message (e.g. a pending ICMP error): skip it.
+            out.c_drop_send += out.count[done]
+            done += 1
+    out.n = 0
+
+
+cdef struct Sender:
+    # A sender thread: the loop fills one batch while the thread protects and sends the other.
+    pthread_mutex_t mu
+    pthread_cond_t cv
+    OutBatch batch[2]
+    int filling  # the batch the loop fills
+    bint busy  # the other one is being sent
+    bint quit
+    int fd
+    const unordered_set[uint64_t]* no_gso
+
+
+cdef void sender_wait(Sender* sd, bint busy) noexcept nogil:
+    """Until sd.busy is ``busy`` (or, waiting for work, the sender is told to quit). (Spinning
+    first instead of sleeping at once measured no better latency on a 2-core machine.)"""
+    pthread_mutex_lock(&sd.mu)
+    while sd.busy != busy and not (busy and sd.quit):
+        pthread_cond_wait(&sd.cv, &sd.mu)
+    pthread_mutex_unlock(&sd.mu)
+
+
+cdef void sender_set(Sender* sd, bint busy) noexcept nogil:
+    pthread_mutex_lock(&sd.mu)
+    sd.busy = busy
+    pthread_cond_broadcast(&sd.cv)
+    pthread_mutex_unlock(&sd.mu)
+
+
+cdef void sender_loop(Sender* sd) noexcept nogil:
+    cdef bint busy
+    while True:
+        sender_wait(sd, True)
+        pthread_mutex_lock(&sd.mu)
+        busy = sd.busy
+        pthread_mutex_unlock(&sd.mu)
+        if not busy:
+            return  # (told to quit)
+        out_send(&sd.batch[1 - sd.filling], sd.fd, sd.no_gso)
+        sender_set(sd, False)
 
 cdef class FastPath:
     """Forwarding state and the batch loop. The control API mirrors the reference Forwarder."""
@@ -352,6 +546,9 @@ cdef class FastPath:
     cdef uint64_t counts[<int>S_COUNT]
     cdef OutBatch ctl  # for calls from Python: collected, returned to the caller
     cdef OutBatch net  # for the loop: sent with sendmmsg
+    cdef Sender* senders  # threads beside the loop's that protect and send a share of its datagrams
+    cdef readonly int threads  # the loop's and the senders'
+    cdef int active  # senders running (while run() runs)
     cdef vector[string] got
     cdef vector[uint64_t] got_addr
     cdef int fd
@@ -374,13 +571,29 @@ cdef class FastPath:
     cdef dict sessions  # index -> (rx, tx) pylibsrtp sessions, kept alive while C uses them
     cdef list free_eps
 
-    def __cinit__(self, *, bint crypto=True, bint gso=True):
+    def __cinit__(self, *, bint crypto=True, bint gso=True, int threads=1):
+        """``threads``: how many threads send what the loop forwards (the loop's own and
+        threads - 1 more): one publisher's fan-out to many subscribers spread over cores."""
+        cdef int k
+        if not 1 <= threads <= MAX_SENDERS:
+            raise ValueError(f"threads must be 1 to {MAX_SENDERS}")
         self.crypto = crypto
         self.gso = gso
+        self.threads = threads
         pthread_mutex_init(&self.mu, NULL)
         memset(self.counts, 0, sizeof(self.counts))
         if not (out_init(&self.ctl, True) and out_init(&self.net, False)):
             raise MemoryError()
+        self.senders = <Sender*>calloc(threads - 1, sizeof(Sender)) if threads > 1 else NULL
+        for k in range(threads - 1):
+            pthread_mutex_init(&self.senders[k].mu, NULL)
+            pthread_cond_init(&self.senders[k].cv, NULL)
+            self.senders[k].no_gso = &self.no_gso
+            self.senders[k].fd = -1
+            if not (out_init(&self.senders[k].batch[0], False) and out_init(&self.senders[k].batch[1], False)):
+                raise MemoryError()
+            self.senders[k].batch[0].defer = self.senders[k].batch[1].defer = True
+            self.senders[k].batch[0].sender = self.senders[k].batch[1].sender = k
         self.slow_bufs = <uint8_t*>malloc(SLOW_MAX * BUF)
         self.slow_lens = <int*>malloc(SLOW_MAX * sizeof(int))
         self.slow_addrs = <uint64_t*>malloc(SLOW_MAX * sizeof(uint64_t))
@@ -395,6 +608,7 @@ cdef class FastPath:
 
     def __dealloc__(self):
         cdef size_t i
+        cdef int k
         for i in range(self.eps.size()):
             self._free_twcc(i)
         for i in range(self.tracks.size()):
@@ -402,6 +616,12 @@ cdef class FastPath:
                 self._free_track(i)
         out_free(&self.ctl)
         out_free(&self.net)
+        for k in range(self.threads - 1):
+            out_free(&self.senders[k].batch[0])
+            out_free(&self.senders[k].batch[1])
+            pthread_cond_destroy(&self.senders[k].cv)
+            pthread_mutex_destroy(&self.senders[k].mu)
+        free(self.senders)
         free(self.slow_bufs)
         free(self.slow_lens)
         free(self.slow_addrs)
@@ -435,9 +655,9 @@ cdef class FastPath:
                 self.names[idx] = eid
             else:
                 idx = self.eps.size()
-                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0, NULL))
+                self.eps.push_back(Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0, NULL, 0))
                 self.names.append(eid)
-            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL, 0, 0, 0, 0, NULL)
+            self.eps[idx] = Endpoint(True, 0, NULL, NULL, -1e18, NULL, 0, 0, 0, 0, NULL, 0)
             self.ids[eid] = idx
         finally:
             self.unlock()
@@ -467,11 +687,13 @@ cdef class FastPath:
         rx, tx = keys.sessions()
         cdef uintptr_t rxp = int(_srtp_ffi.cast("uintptr_t", rx._srtp[0]))
         cdef uintptr_t txp = int(_srtp_ffi.cast("uintptr_t", tx._srtp[0]))
+        cdef int trailer = keys.profile.rtp_trailer
         old = self.sessions.get(idx)
         with nogil:
             self.lock()
             self.eps[idx].rx = <void*>rxp
             self.eps[idx].tx = <void*>txp
+            self.eps[idx].trailer = trailer
             self.unlock()
         self.sessions[idx] = (rx, tx)
         del old  # freed only once C no longer points at it
@@ -831,7 +1053,7 @@ cdef class FastPath:
         for key in stale:
             self.quality_map.erase(key)
         feedback.sent_free(self.eps[idx].sent)
-        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0, NULL)
+        self.eps[idx] = Endpoint(False, 0, NULL, NULL, 0.0, NULL, 0, 0, 0, 0, NULL, 0)
 
     cdef void _free_track(self, size_t t) noexcept nogil:
         cdef Track* tr = &self.tracks[t]
@@ -1058,12 +1280,13 @@ cdef class FastPath:
         out.addrs[out.n] = self.eps[dst].addr
         out.n += 1
         if out.n == OUT_MAX:
-            self._flush(out)
+            if out.defer:
+                self._hand_over(out.sender)
+            else:
+                self._flush(out)
 
     cdef void _flush(self, OutBatch* out) noexcept nogil:
-        cdef int i, m, sent, done = 0
-        cdef bint waited = False
-        cdef pollfd pfd
+        cdef int i
         if out.n == 0:
             return
         if out.collect:
@@ -1072,84 +1295,59 @@ cdef class FastPath:
                 self.got_addr.push_back(out.addrs[i])
             out.n = 0
             return
-        for i in range(out.n):
-            out.iov[i].iov_base = out.bufs + i * BUF
-            out.iov[i].iov_len = out.lens[i]
-        m = self._messages(out, 0, 0)
-        self.counts[<int>S_TX_BATCHES] += 1
-        while done < m:
-            sent = sendmmsg(self.fd, out.msgs + done, m - done, MSG_DONTWAIT)
-            if sent > 0:
-                for i in range(done, done + sent):
-                    if out.count[i] > 1:
-                        self.counts[<int>S_TX_GSO] += out.count[i]
-                done += sent
-            elif sent < 0 and errno == EAGAIN:
-                # The send buffer is full: wait a moment for room once, then drop the rest.
-                pfd.fd = self.fd
-                pfd.events = POLLOUT
-                if waited or poll(&pfd, 1, 2) <= 0:
-                    self.counts[<int>S_DROP_SEND] += out.n - out.first[done]
-                    break
-                waited = True
-            elif out.count[done] > 1 and (errno == EINVAL or errno == EIO):
-                # Segmentation refused on this path (a device without checksum offload, a
-                # socket without UDP checksums): this address gets single datagrams from now on.
-                self.counts[<int>S_GSO_REFUSED] += 1
-                self.no_gso.insert(out.addrs[out.first[done]])
-                m = self._messages(out, out.first[done], done)
-            else:
-                # The kernel refused this message (e.g. a pending ICMP error): skip it.
-                self.counts[<int>S_DROP_SEND] += out.count[done]
-                done += 1
-        out.n = 0
+        out.gso = self.gso
+        out_send(out, self.fd, &self.no_gso)
+        if self.active == 0:
+            self._settle(out)  # (with sender threads, once they are done: they read no_gso)
 
-    cdef int _messages(self, OutBatch* out, int i, int m) noexcept nogil:
-        """Messages for datagrams ``i``.. of ``out`` from message ``m`` on; returns how many in
-        all. With GSO, consecutive datagrams to one address make one message while all but the
-        last have the first one's size (UDP_SEGMENT cuts at that size)."""
-        cdef int j, size, total
-        cdef uint64_t addr
-        cdef msghdr* h
-        cdef cmsghdr* cm
-        cdef bint grouping
-        while i < out.n:
-            addr = out.addrs[i]
-            size = out.lens[i]
-            total = size
-            j = i + 1
-            grouping = self.gso and self.no_gso.find(addr) == self.no_gso.end()
-            while grouping and j < out.n and j - i < GSO_SEGMENTS and out.addrs[j] == addr and out.lens[j] <= size \
-                    and total + out.lens[j] <= GSO_BYTES:
-                total += out.lens[j]
-                j += 1
-                if out.lens[j - 1] < size:
-                    break  # a shorter one can only be the last
-            out.names[m].sin_family = AF_INET
-            out.names[m].sin_addr.s_addr = htonl(<uint32_t>(addr >> 16))
-            out.names[m].sin_port = htons(<uint16_t>(addr & 0xFFFF))
-            h = &out.msgs[m].msg_hdr
-            h.msg_name = &out.names[m]
-            h.msg_namelen = sizeof(sockaddr_in)
-            h.msg_iov = &out.iov[i]
-            h.msg_iovlen = j - i
-            h.msg_flags = 0
-            if j - i > 1:
-                h.msg_control = out.control + m * GSO_CONTROL
-                h.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-                cm = CMSG_FIRSTHDR(h)
-                cm.cmsg_level = SOL_UDP
-                cm.cmsg_type = UDP_SEGMENT
-                cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                (<uint16_t*>CMSG_DATA(cm))[0] = <uint16_t>size
-            else:
-                h.msg_control = NULL
-                h.msg_controllen = 0
-            out.first[m] = i
-            out.count[m] = j - i
-            m += 1
-            i = j
-        return m
+    cdef void _settle(self, OutBatch* out) noexcept nogil:
+        """What sending a batch found, into the counters and no_gso."""
+        cdef int i
+        self.counts[<int>S_TX_BATCHES] += out.c_batches
+        self.counts[<int>S_TX_GSO] += out.c_gso
+        self.counts[<int>S_DROP_SEND] += out.c_drop_send
+        self.counts[<int>S_DROP_PROTECT] += out.c_drop_protect
+        self.counts[<int>S_RTP_OUT] -= out.c_failed_rtp
+        self.counts[<int>S_GSO_REFUSED] += out.c_refused
+        for i in range(out.nrefused):
+            self.no_gso.insert(out.refused[i])
+        out.c_batches = out.c_gso = out.c_drop_send = out.c_drop_protect = out.c_failed_rtp = out.c_refused = 0
+        out.nrefused = 0
+
+    cdef inline OutBatch* _out_for(self, OutBatch* out, int dst) noexcept nogil:
+        """The batch a datagram to ``dst`` goes in: with sender threads, each owns the
+        subscribers whose index falls to it (so one subscriber's datagrams keep their order and
+        its SRTP session is used by one thread at a time); the loop thread keeps share 0."""
+        cdef int share
+        if self.active == 0 or out != &self.net:
+            return out
+        share = dst % (self.active + 1)
+        if share == 0:
+            return out
+        return &self.senders[share - 1].batch[self.senders[share - 1].filling]
+
+    cdef void _hand_over(self, int k) noexcept nogil:
+        """Give sender ``k`` the batch the loop filled (once it has sent the one before)."""
+        cdef Sender* sd = &self.senders[k]
+        sender_wait(sd, 0)
+        sd.batch[sd.filling].gso = self.gso
+        sd.filling = 1 - sd.filling
+        sender_set(sd, 1)
+
+    cdef void _drain(self) noexcept nogil:
+        """At the end of a received batch: every sender's datagrams out, and the loop waits for
+        them (the state they read stays the loop's, under its lock, until then)."""
+        cdef int k
+        cdef Sender* sd
+        for k in range(self.active):
+            if self.senders[k].batch[self.senders[k].filling].n:
+                self._hand_over(k)
+        for k in range(self.active):
+            sd = &self.senders[k]
+            sender_wait(sd, 0)
+            self._settle(&sd.batch[0])
+            self._settle(&sd.batch[1])
+        self._settle(&self.net)
 
     cdef void _rtp(self, uint8_t* p, int n, uint64_t addr, double now, double arrival, OutBatch* out) noexcept nogil:
         cdef uint16_t seq
@@ -1424,7 +1622,7 @@ cdef class FastPath:
         sent as one stream whose codec we were told): its route keeps track of what it was sent,
         and VP8 frames above its temporal layer are not sent; ``repair``: a retransmission, sent
         as RTX where the subscriber takes it."""
-        cdef int length = n, off, pid, tl0, extra_seq = 0, extra_pid = 0
+        cdef int length = n, clear, off, pid, tl0, extra_seq = 0, extra_pid = 0
         cdef uint16_t out_seq
         cdef uint8_t* b
         cdef unordered_map[uint64_t, RtxOut].iterator rx
@@ -1445,6 +1643,7 @@ cdef class FastPath:
             rt.rtx_tokens = rt.rtx_tokens + n // 2 if rt.rtx_tokens + n // 2 < RTX_BURST else RTX_BURST
         if not self._consented(rt.dst, now):
             return False
+        out = self._out_for(out, rt.dst)
         b = out.bufs + out.n * BUF
         memcpy(b, plain, n)
         rtp.rewrite(b, rt.ssrc, <uint16_t>(rt.seq_delta + extra_seq), rt.ts_delta)
@@ -1486,14 +1685,21 @@ cdef class FastPath:
                 return False
             tw_seq = feedback.sent_number(sent)
             length = rtp.only_extension(b, length, sent.ext_id, tw_seq)
-        if self.crypto and f_protect(self.eps[rt.dst].tx, b, &length) != 0:
+        clear = length
+        if out.defer:
+            # Its sender thread protects it: what SRTP adds is the profile's tag.
+            out.txs[out.n] = self.eps[rt.dst].tx if self.crypto else NULL
+            out.rtcp[out.n] = 0
+            if self.crypto:
+                length += self.eps[rt.dst].trailer
+        elif self.crypto and f_protect(self.eps[rt.dst].tx, b, &length) != 0:
             self.counts[<int>S_DROP_PROTECT] += 1
             return False
         if sent != NULL:
             feedback.sent_record(sent, tw_seq, now, length)
         self.counts[<int>S_RTP_OUT] += 1
         self.counts[<int>S_BYTES_OUT] += length
-        self._commit(out, length, rt.dst)
+        self._commit(out, clear if out.defer else length, rt.dst)
         return True
 
     cdef bint _temporal(self, Route* rt, const uint8_t* plain, int n, bint repair, int* extra_seq, int* extra_pid) noexcept nogil:
@@ -1561,9 +1767,13 @@ cdef class FastPath:
         cdef uint8_t* b
         if not self._consented(dst, now):
             return False
+        out = self._out_for(out, dst)
         b = out.bufs + out.n * BUF
         memcpy(b, plain, n)
-        if self.crypto and f_protect_rtcp(self.eps[dst].tx, b, &length) != 0:
+        if out.defer:
+            out.txs[out.n] = self.eps[dst].tx if self.crypto else NULL
+            out.rtcp[out.n] = 1
+        elif self.crypto and f_protect_rtcp(self.eps[dst].tx, b, &length) != 0:
             self.counts[<int>S_DROP_PROTECT] += 1
             return False
         self._commit(out, length, dst)
@@ -1813,9 +2023,33 @@ cdef class FastPath:
         """The batch loop; returns after ``stop()``. Call it from a thread of its own."""
         if self.fd < 0:
             raise RuntimeError("attach() a socket first")
+        cdef int k
         self.stopping = False
+        helpers = []
+        for k in range(self.threads - 1):
+            self.senders[k].fd = self.fd
+            self.senders[k].quit = False
+            helper = threading.Thread(target=self._sender, args=(k,), name=f"fastpath-send-{k + 1}", daemon=True)
+            helper.start()
+            helpers.append(helper)
+        self.active = self.threads - 1
+        try:
+            with nogil:
+                self._loop()
+        finally:
+            self.active = 0  # (the loop drained them before it returned)
+            for k in range(self.threads - 1):
+                with nogil:
+                    pthread_mutex_lock(&self.senders[k].mu)
+                    self.senders[k].quit = True
+                    pthread_cond_broadcast(&self.senders[k].cv)
+                    pthread_mutex_unlock(&self.senders[k].mu)
+            for t in helpers:
+                t.join()
+
+    def _sender(self, int k):
         with nogil:
-            self._loop()
+            sender_loop(&self.senders[k])
 
     def stop(self):
         self.stopping = True
@@ -1955,6 +2189,8 @@ cdef class FastPath:
                     self._forward(run_code, run_p, run_len, run_seq, run_n, now, &self.net)
                     run_n = 0
                 self._flush(&self.net)
+                if self.active:
+                    self._drain()
                 self.unlock()
                 if woke:
                     write(self.efd, &one, 8)

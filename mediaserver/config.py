@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # The fast path sends a subscriber's consecutive packets in one UDP_SEGMENT (GSO) send; a
     # path that refuses it gets single datagrams anyway, so turning this off is for measuring.
     media_gso: bool = True
+    # Threads each media worker's fast path sends with: its loop's and this many less one more,
+    # each protecting and sending a share of the subscribers. More than one pays on a node whose
+    # cores are not all taken by workers, for one publisher's fan-out to hundreds (a webinar).
+    media_send_threads: int = Field(1, ge=1, le=16)
     # Debugging: with media_fastpath false, each worker writes the first packets it forwards
     # (SRTP removed) here as JSON lines, to see what the server sees. Never on a real deployment.
     media_tap_dir: Path | None = None

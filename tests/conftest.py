@@ -32,9 +32,12 @@ async def browser():
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    """One real `mediaserver serve` (local Ray, SQLite) for the API tests, with short timers."""
+    """One real `mediaserver serve` (local Ray, SQLite) for the API tests, with short timers.
+    Its media worker sends with two threads, so the aiortc and Chromium tests that use it cross
+    the fast path's sender threads (the servers of test_fault, test_cluster and others keep the
+    default one)."""
     data_dir = tmp_path_factory.mktemp("server")
-    env = server_env(data_dir)
+    env = server_env(data_dir, media_send_threads=2)
     srv = ServerProcess(data_dir=data_dir, env=env)
     srv.key = create_key(env)
     srv.start()

@@ -85,6 +85,7 @@ async def test_publisher_reaches_three_subscribers_and_nobody_else(server):
             assert figures[f'mediaserver_media_rtp_out_total{{worker="{worker}"}}'] > 3 * 60
             assert figures[f'mediaserver_media_bytes_out_total{{worker="{worker}"}}'] > 0
             assert figures[f'mediaserver_media_worker_cpu_seconds_total{{worker="{worker}"}}'] > 0
+            assert figures[f'mediaserver_media_send_threads{{worker="{worker}"}}'] == 2  # (the fixture's setting)
             assert figures['mediaserver_joins_total{result="joined"}'] >= 5
             assert figures['mediaserver_ws_connections'] >= 5
 

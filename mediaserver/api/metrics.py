@@ -53,12 +53,14 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("mediaserver_participants", "connected participants (all sessions)", value=snap.get("participants", 0))
         workers = snap.get("workers", {})
         transports = GaugeMetricFamily("mediaserver_media_transports", "open peer-connection transports", labels=["worker"])
+        threads = GaugeMetricFamily("mediaserver_media_send_threads", "threads the worker's fast path sends with", labels=["worker"])
         cpu = CounterMetricFamily("mediaserver_media_worker_cpu_seconds", "CPU time of the media worker process", labels=["worker"])
         drops = CounterMetricFamily("mediaserver_media_drops", "packets not forwarded, by reason", labels=["worker", "reason"])
         counters = {k: CounterMetricFamily(f"mediaserver_media_{k}", h, labels=["worker"]) for k, h in WORKER_COUNTERS.items()}
         for w, stats in workers.items():
             transports.add_metric([w], stats.get("transports", 0))
             cpu.add_metric([w], stats.get("cpu_seconds", 0.0))
+            threads.add_metric([w], stats.get("send_threads", 1))
             for k, fam in counters.items():
                 fam.add_metric([w], stats.get(k, 0))
             for k, v in stats.items():
@@ -66,6 +68,7 @@ class _Snapshot(Collector):
                     drops.add_metric([w, k[5:]], v)
         yield transports
         yield cpu
+        yield threads
         yield drops
         yield from counters.values()
         yield GaugeMetricFamily("mediaserver_scrape_timestamp_seconds", "when these figures were gathered", value=time.time())

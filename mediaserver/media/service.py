@@ -24,11 +24,11 @@ RELAY_PROFILE = BY_NAME[LEG_PROFILE]
 class WorkerService:
     def __init__(
         self, *, bind_host: str, port: int, advertised_host: str | None, allowed_networks: Iterable[str],
-        fastpath: bool = True, tap_dir: str | None = None, gso: bool = True,
+        fastpath: bool = True, tap_dir: str | None = None, gso: bool = True, send_threads: int = 1,
     ):
         self.worker = MediaWorker(
             bind_host=bind_host, port=port, advertised_host=advertised_host, allowed_networks=allowed_networks,
-            fastpath=fastpath, tap_dir=tap_dir, gso=gso,
+            fastpath=fastpath, tap_dir=tap_dir, gso=gso, send_threads=send_threads,
         )
         self.started = False
         # Changes when the process restarts (and with it every transport): owners compare it.
@@ -143,6 +143,7 @@ class WorkerService:
             "port": self.worker.port,
             "transports": len(self.worker.transports),
             "fastpath": self.worker.fast,
+            "send_threads": self.worker.forwarder.threads if self.worker.fast else 1,
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             **self.worker.stats,
         }

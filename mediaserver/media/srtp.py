@@ -13,12 +13,13 @@ class Profile:
     libsrtp_id: int
     key_len: int
     salt_len: int
+    rtp_trailer: int  # bytes protecting an RTP packet adds: its authentication tag (no MKI)
 
 
 # Preference order: AEAD first (cheaper per packet and stronger), then the mandatory one.
 PROFILES = (
-    Profile(b"SRTP_AEAD_AES_128_GCM", Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 16, 12),
-    Profile(b"SRTP_AES128_CM_SHA1_80", Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14),
+    Profile(b"SRTP_AEAD_AES_128_GCM", Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 16, 12, 16),
+    Profile(b"SRTP_AES128_CM_SHA1_80", Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14, 10),
 )
 BY_NAME = {p.openssl_name.decode(): p for p in PROFILES}
 

@@ -104,6 +104,7 @@ class MediaWorker:
         fastpath: bool = True,
         tap_dir: str | None = None,
         gso: bool = True,
+        send_threads: int = 1,
     ):
         self.bind_host = bind_host
         self.requested_port = port
@@ -114,7 +115,7 @@ class MediaWorker:
         self.cert = ServerCertificate()
         # The fast path speaks IPv4 (its endpoint keys are address:port in 48 bits).
         self.fast = fastpath and ipaddress.ip_address(socket.gethostbyname(bind_host)).version == 4
-        self.forwarder: Forwarder | FastPath = FastPath(gso=gso) if self.fast else Forwarder()
+        self.forwarder: Forwarder | FastPath = FastPath(gso=gso, threads=send_threads) if self.fast else Forwarder()
         if tap_dir and not self.fast:
             self.forwarder.tap = PacketTap(tap_dir)
         self.counts: Counter = Counter()  # the slow path's own (STUN, DTLS, errors)
