@@ -8,6 +8,7 @@ from typing import Any
 from actors.media import RemoteWorker
 from actors.recorder import RemoteRecorder
 from actors.view import ClusterView
+from mediaserver import heap
 from mediaserver.control.host import SessionHost
 from mediaserver.control.placement import Placement
 from mediaserver.control.topology import node_of
@@ -81,6 +82,7 @@ class SessionHostActor:
         store = Store(cfg["db_url"])
         self.places = ClusterPlaces(cfg, store)
         self.host = SessionHost(name, store, cfg, self.places)
+        heap.settle()
 
     async def call(self, session_id: str, method: str, args: tuple, new: dict | None = None) -> Any:
         await self._start()

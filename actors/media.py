@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from actors import cluster
+from mediaserver import heap
 from mediaserver.control.topology import WorkerSpec
 
 
@@ -27,6 +28,7 @@ class MediaWorkerActor:
             gso=cfg.get("media_gso", True),
             send_threads=cfg.get("media_send_threads", 1),
         )
+        heap.settle()
 
     # One method per WorkerService call (Ray needs them on the class). Each makes sure the port is
     # bound first: a restarted worker is called by whoever reaches it first.

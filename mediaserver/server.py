@@ -143,6 +143,7 @@ def ice_servers(settings: Settings, boot: dict) -> tuple[IceServers, LocalTurn |
 async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
     from actors import cluster
     from actors.control import ControlPlane, actor_config
+    from mediaserver import heap
     from mediaserver.control.topology import local_labels
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,7 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
+            heap.settle()
             if settings.port == 0:  # the kernel chose the port: links and the banner say which
                 settings.port = server.servers[0].sockets[0].getsockname()[1]
                 boot["join_url"] = demo_link(settings, boot)
