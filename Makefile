@@ -56,12 +56,14 @@ test: install-test system-test-deps
 # a session over two workers), 7 (loadtest/bench_join.py: join to first frame), the end-to-end
 # encryption row (bench_fastpath --e2ee), the archiving row (bench_fastpath --archive), the adaptive-media
 # row (bench_fastpath --adaptive: TWCC feedback and simulcast selection), the UDP GSO row
-# (bench_fastpath --gso) and what
+# (bench_fastpath --gso), sender threads (bench_fastpath --threads 1 2), receiving with io_uring
+# (bench_fastpath --uring, which installs Debian's liburing-dev when run as root) and what
 # an idle server costs (loadtest/bench_idle.py): figures on stdout, loopback only.
 bench: install-test
 	@if unshare -n true 2>/dev/null; then NS="unshare -n"; else NS="unshare -rn"; fi; \
 	command -v janus >/dev/null || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null; \
-	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus && $(BIN)/python -m loadtest.bench_sessions && $(BIN)/python -m loadtest.bench_recovery && $(BIN)/python -m loadtest.bench_webinar && $(BIN)/python -m loadtest.bench_join && $(BIN)/python -m loadtest.bench_fastpath --e2ee --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --archive --fanout 50 && $(BIN)/python -m loadtest.bench_fastpath --adaptive --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --gso && $(BIN)/python -m loadtest.bench_idle'
+	[ -e /usr/include/liburing.h ] || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liburing-dev >/dev/null; \
+	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus && $(BIN)/python -m loadtest.bench_sessions && $(BIN)/python -m loadtest.bench_recovery && $(BIN)/python -m loadtest.bench_webinar && $(BIN)/python -m loadtest.bench_join && $(BIN)/python -m loadtest.bench_fastpath --e2ee --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --archive --fanout 50 && $(BIN)/python -m loadtest.bench_fastpath --adaptive --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --gso && $(BIN)/python -m loadtest.bench_fastpath --threads 1 2 && $(BIN)/python -m loadtest.bench_fastpath --uring && $(BIN)/python -m loadtest.bench_idle'
 
 
 clean:

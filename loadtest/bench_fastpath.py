@@ -26,6 +26,7 @@ worker serves with < 0.5% loss and p99 < 5 ms.
     python -m loadtest.bench_fastpath --adaptive      # TWCC feedback and simulcast selection on, against off
     python -m loadtest.bench_fastpath --gso           # UDP GSO on, against off
     python -m loadtest.bench_fastpath --threads 1 2   # one publisher's fan-out sent by 1 and 2 threads
+    python -m loadtest.bench_fastpath --uring         # receiving with io_uring against recvmmsg (a C probe)
 
 Run it in a loopback-only namespace, as ``make bench`` does: ``unshare -n sh -c 'ip link set lo up && ...'``.
 """
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+",
                     help="sender threads: with --capacity, the capacity with each count; alone, 2 Mbps subscribers "
                          "(--counts, default 500 750 1000) served with each count, side by side")
+    ap.add_argument("--uring", action="store_true",
+                    help="receiving with io_uring (multishot recvmsg) against recvmmsg, in a C probe (needs cc, liburing-dev)")
     ap.add_argument("--gso", action="store_true",
                     help="UDP GSO (runs of datagrams to one subscriber in one send) on, against off")
     args = ap.parse_args(argv)
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         return adaptive_rows(args)
     if args.gso:
         return gso_rows(args)
+    if args.uring:
+        return uring_rows(args)
     if args.capacity:
         for threads in args.threads or [1]:
             print(f"benchmark 3: 2 Mbps video subscribers on one worker (fast path, {args.profiles[0]}, "
@@ -459,6 +464,35 @@ def threads_rows(args, runs: int = 3) -> int:
             print(f"{n:>11} {t:>7} {mid['forwarded_per_s']:>10,.0f} {mid['cpu_share']:>5.0%} {mid['cpu_us_per_packet']:>10.2f} "
                   f"{mid['p50_us']:>7.0f} {mid['p99_us']:>7.0f} {max(r['loss'] for r in rows[t]):>7.2%} "
                   f"{mid['load_cpu_share']:>8.0%}", flush=True)
+    return 0
+
+
+def uring_rows(args, runs: int = 3, rates: tuple[int, ...] = (5_000, 20_000, 100_000)) -> int:
+    """Whether io_uring would receive cheaper than the fast path's poll + recvmmsg: the probe
+    ``loadtest/uring_probe.c`` receives the same paced stream both ways (see its header), best
+    of ``runs`` interleaved runs, CPU-us per received packet of the receiving process."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    src = Path(__file__).with_name("uring_probe.c")
+    exe = Path(tempfile.mkdtemp(prefix="uring-probe-")) / "uring_probe"
+    if not shutil.which("cc") or not Path("/usr/include/liburing.h").exists():
+        print("io_uring probe: not run (needs cc and liburing-dev)")
+        return 0
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(src), "-luring"], check=True)
+    print(f"receiving 1200-byte datagrams: poll + recvmmsg (the fast path's) against io_uring multishot recvmsg, "
+          f"{args.duration:g} s per run, best of {runs} interleaved, CPU-us per packet received")
+    print(f"{'pkt/s':>8} {'recvmmsg':>9} {'io_uring':>9} {'ratio':>6}")
+    for rate in rates:
+        best: dict[str, float] = {}
+        for _ in range(runs):
+            for mode in ("recvmmsg", "uring"):
+                out = subprocess.run([str(exe), mode, str(rate), str(args.duration)], check=True, capture_output=True, text=True)
+                _, got, us, loss = out.stdout.split()
+                best[mode] = min(best.get(mode, float("inf")), float(us))
+        print(f"{rate:>8,} {best['recvmmsg']:>9.2f} {best['uring']:>9.2f} {best['uring'] / best['recvmmsg']:>6.2f}", flush=True)
     return 0
 
 
