@@ -11,13 +11,20 @@ with ``epoll`` and ``recvmmsg``, never decrypting: the RTP header is in the clea
 sender's clock says how long it took: the kernel stamps each datagram as it reaches
 the subscriber's socket (SO_TIMESTAMPNS, the real-time clock), so how fast the sink
 drains its sockets does not count. ``run`` drives both without the GIL.
+
+A ``Receiver`` does what a subscriber's peer connection would with what reaches it, for a
+load test's subscribers (``loadtest.client.measure``): once their connections are up it takes
+over their sockets, decrypts each packet with the connection's own SRTP session and reads the
+send time the publisher's ``Stream`` wrote into the payload against the kernel's receive stamp,
+so neither the client's Python nor how soon it reads counts in the latency.
 """
 
 from pylibsrtp._binding import ffi as _srtp_ffi, lib as _srtp_lib
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
+from libcpp.unordered_map cimport unordered_map
 from libcpp.vector cimport vector
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
@@ -47,6 +54,7 @@ from posix.time cimport nanosleep
 
 
 cdef srtp_fn f_protect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_protect")))
+cdef srtp_fn f_unprotect = <srtp_fn><uintptr_t>int(_srtp_ffi.cast("uintptr_t", _srtp_ffi.addressof(_srtp_lib, "srtp_unprotect")))
 
 cdef enum:
     BUF = 2048
@@ -187,6 +195,21 @@ cdef class Stream:
         return done
 
 
+cdef double percentile(uint64_t* hist, uint64_t late, double q) noexcept:
+    """The q-th percentile of a latency histogram of 1 us buckets (``late``: past its end)."""
+    cdef uint64_t total = late, acc = 0
+    cdef int i
+    for i in range(HIST):
+        total += hist[i]
+    if total == 0:
+        return float("nan")
+    for i in range(HIST):
+        acc += hist[i]
+        if acc >= q / 100.0 * total:
+            return i
+    return HIST
+
+
 cdef class Sink:
     """Receives on many sockets; counts packets and their latency against one Stream's clock."""
 
@@ -280,18 +303,163 @@ cdef class Sink:
 
     def percentile(self, double q):
         """The q-th percentile of latency in microseconds (1 us resolution)."""
-        cdef uint64_t total = 0, acc = 0
-        cdef int i
-        for i in range(HIST):
-            total += self.hist[i]
-        total += self.late
-        if total == 0:
-            return float("nan")
-        for i in range(HIST):
-            acc += self.hist[i]
-            if acc >= q / 100.0 * total:
-                return float(i)
-        return float(HIST)
+        return percentile(self.hist, self.late, q)
+
+
+cdef inline uint64_t received_at(msghdr* h, uint64_t fallback) noexcept nogil:
+    """The kernel's receive stamp of a datagram (SO_TIMESTAMPNS), else ``fallback``."""
+    cdef cmsghdr* cm = CMSG_FIRSTHDR(h)
+    cdef timespec* stamp
+    while cm != NULL:
+        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+            stamp = <timespec*>CMSG_DATA(cm)
+            return <uint64_t>stamp.tv_sec * 1000000000 + stamp.tv_nsec
+        cm = CMSG_NXTHDR(h, cm)
+    return fallback
+
+
+cdef uint64_t MINUTE_NS = 60000000000
+
+
+cdef struct Transit:
+    int64_t last  # ns, the stream's previous packet's
+    double jitter  # ns, RFC 3550 section 6.4.1
+    bint seen
+
+
+cdef class Receiver:
+    """Subscribers' sockets and their SRTP sessions: counts what arrives decrypted, with its
+    latency from the send time in its payload and, per stream, the interarrival jitter."""
+
+    cdef int ep
+    cdef vector[int] fds
+    cdef vector[void*] sessions
+    cdef list keep  # the pylibsrtp sessions, alive while C uses them
+    cdef uint64_t* hist
+    cdef unordered_map[uint64_t, Transit] transit  # (socket's index, SSRC) -> its stream's
+    cdef readonly uint64_t received
+    cdef readonly uint64_t bytes
+    cdef readonly uint64_t late  # beyond the histogram
+    cdef readonly uint64_t unstamped  # RTP without a send time (audio too short, or another sender's)
+    cdef readonly uint64_t not_rtp  # STUN, DTLS, RTCP: left alone while we hold the socket
+    cdef readonly uint64_t refused  # SRTP would not authenticate it
+
+    def __cinit__(self, list receivers):
+        """``receivers``: (socket fd, pylibsrtp Session that decrypts what it receives)."""
+        cdef epoll_event ev
+        cdef int fd, one = 1
+        cdef uintptr_t ptr
+        self.ep = epoll_create1(0)
+        if self.ep < 0:
+            raise OSError("epoll_create1 failed")
+        self.hist = <uint64_t*>calloc(HIST, sizeof(uint64_t))
+        if self.hist == NULL:
+            raise MemoryError()
+        self.keep = []
+        for fd, session in receivers:
+            ptr = int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))
+            memset(&ev, 0, sizeof(ev))
+            ev.events = EPOLLIN
+            ev.data.u32 = self.fds.size()
+            if epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev) != 0:
+                raise OSError("epoll_ctl failed")
+            setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(int))
+            self.fds.push_back(fd)
+            self.sessions.push_back(<void*>ptr)
+            self.keep.append(session)
+
+    def __dealloc__(self):
+        free(self.hist)
+        if self.ep >= 0:
+            close(self.ep)
+
+    def run(self, double duration):
+        """Receive for ``duration`` seconds, without the GIL (call it from a thread)."""
+        cdef uint64_t end = mono_ns() + <uint64_t>(duration * 1e9)
+        with nogil:
+            while mono_ns() < end:
+                self.drain(20)
+
+    cdef void drain(self, int timeout_ms) noexcept nogil:
+        cdef epoll_event events[64]
+        cdef mmsghdr msgs[BATCH]
+        cdef iovec iov[BATCH]
+        cdef uint8_t* bufs = <uint8_t*>malloc(BATCH * BUF)
+        cdef uint8_t control[BATCH][64]
+        cdef int n, i, k, got, idx, length, off
+        cdef uint8_t* b
+        cdef uint64_t now, arrived, sent, lat, key
+        cdef int64_t tr, d
+        cdef Transit* st
+        if bufs == NULL:
+            return
+        n = epoll_wait(self.ep, events, 64, timeout_ms)
+        for i in range(n):
+            idx = events[i].data.u32
+            while True:
+                for k in range(BATCH):
+                    iov[k].iov_base = bufs + k * BUF
+                    iov[k].iov_len = BUF
+                    memset(&msgs[k].msg_hdr, 0, sizeof(msghdr))
+                    msgs[k].msg_hdr.msg_iov = &iov[k]
+                    msgs[k].msg_hdr.msg_iovlen = 1
+                    msgs[k].msg_hdr.msg_control = control[k]
+                    msgs[k].msg_hdr.msg_controllen = 64
+                got = recvmmsg(self.fds[idx], msgs, BATCH, MSG_DONTWAIT, NULL)
+                if got <= 0:
+                    break
+                now = now_ns()
+                for k in range(got):
+                    b = bufs + k * BUF
+                    length = msgs[k].msg_len
+                    # RTP (RFC 7983: first byte 128-191), not RTCP (payload types 64-95 under mux).
+                    if length < 12 or b[0] < 128 or b[0] > 191 or 64 <= (b[1] & 0x7F) <= 95:
+                        self.not_rtp += 1
+                        continue
+                    if f_unprotect(self.sessions[idx], b, &length) != 0:
+                        self.refused += 1
+                        continue
+                    self.received += 1
+                    self.bytes += length
+                    off = 12 + 4 * (b[0] & 0x0F)
+                    if b[0] & 0x10 and length >= off + 4:
+                        off += 4 + 4 * ((<int>b[off + 2] << 8) | b[off + 3])
+                    if length < off + 8:
+                        self.unstamped += 1
+                        continue
+                    sent = 0
+                    for d in range(8):
+                        sent = (sent << 8) | b[off + d]
+                    arrived = received_at(&msgs[k].msg_hdr, now)
+                    if sent == 0 or sent > arrived + MINUTE_NS or arrived > sent + MINUTE_NS:
+                        self.unstamped += 1  # (not a time: another sender's payload)
+                        continue
+                    lat = (arrived - sent) // 1000 if arrived > sent else 0
+                    if lat < HIST:
+                        self.hist[lat] += 1
+                    else:
+                        self.late += 1
+                    key = (<uint64_t>idx << 32) | ((<uint64_t>b[8] << 24) | (<uint64_t>b[9] << 16) | (<uint64_t>b[10] << 8) | b[11])
+                    st = &self.transit[key]
+                    tr = <int64_t>arrived - <int64_t>sent
+                    if st.seen:
+                        d = tr - st.last
+                        st.jitter += ((d if d >= 0 else -d) - st.jitter) / 16.0
+                    st.seen = True
+                    st.last = tr
+                if got < BATCH:
+                    break
+        free(bufs)
+
+    def percentile(self, double q):
+        """The q-th percentile of latency in microseconds (1 us resolution)."""
+        return percentile(self.hist, self.late, q)
+
+    @property
+    def jitter_ms(self):
+        """The mean over streams of their interarrival jitter."""
+        values = [item.second.jitter / 1e6 for item in self.transit]
+        return sum(values) / len(values) if values else 0.0
 
 
 def send_paced(Stream stream, double rate, double duration):

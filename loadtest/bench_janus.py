@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--bitrate", type=float, default=2_000_000)
     ap.add_argument("--only", choices=["mediaserver", "janus"], help="run one server only")
+    ap.add_argument("--scenarios", nargs="+", metavar="PxS", help="e.g. 1x10 5x20 (default: all four)")
     args = ap.parse_args(argv)
+    scenarios = [tuple(map(int, x.split("x"))) for x in args.scenarios] if args.scenarios else SCENARIOS
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
     allow_loopback_candidates()
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         server = Mediaserver()
         server.start()
         try:
-            for pubs, subs in SCENARIOS:
+            for pubs, subs in scenarios:
                 r = figures(asyncio.run(run_ours(server, pubs, subs, args.duration, args.bitrate)), pubs, subs)
                 rows.append(("mediaserver", pubs, subs, r))
                 print(_line("mediaserver", pubs, subs, r), flush=True)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         jp.start()
         pin(jp.proc.pid, 0)
         try:
-            for n, (pubs, subs) in enumerate(SCENARIOS):
+            for n, (pubs, subs) in enumerate(scenarios):
                 r = figures(asyncio.run(run_janus(jp, 1000 + n, pubs, subs, args.duration, args.bitrate)), pubs, subs)
                 rows.append(("janus", pubs, subs, r))
                 print(_line("janus", pubs, subs, r), flush=True)

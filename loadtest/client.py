@@ -7,7 +7,11 @@ connections (aiortc does the ICE and DTLS handshakes), and then:
   (``loadtest._wire``: paced ``sendmmsg`` on the ICE socket, SRTP through libsrtp),
   never encoding; every packet carries its send time in the first 8 payload bytes;
 - as a subscriber, counts what arrives (after SRTP, as the browser would) without
-  depacketizing or decoding, and measures latency from the embedded send time.
+  depacketizing or decoding, and measures latency from the embedded send time. While
+  ``measure`` measures, C does that (``loadtest._wire.Receiver``: it takes over each
+  subscriber's socket, decrypts with the connection's own SRTP session and times each packet
+  by the kernel's receive stamp), so the client's Python is neither the bottleneck nor in the
+  figures; outside it, aiortc receives and the counting hook below counts.
 
 It reports delivered packets/s, loss, jitter and end-to-end latency. The signaling is
 an adapter (``MediaserverSignaling``) so the same load can run against another SFU.
@@ -23,7 +27,6 @@ import asyncio
 import concurrent.futures
 import json
 import re
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -191,6 +194,14 @@ class LoadParticipant:
             self.sig.on_offer = self._answer
         await self.sig.join()
 
+    def receiving_socket(self) -> tuple[int, Any, Any]:
+        """Once the subscribe connection is up: its socket's fd, the SRTP session that decrypts
+        what it receives, and the asyncio transport reading it (to pause while C reads)."""
+        dtls = self.sub_pc.getTransceivers()[0].receiver.transport  # (one, bundled)
+        pair = next(iter(dtls.transport._connection._nominated.values()))
+        transport = pair.protocol.transport
+        return transport.get_extra_info("socket").fileno(), dtls._rx_srtp, transport
+
     async def _answer(self, offer: str) -> str:
         await self.sub_pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
         for t in self.sub_pc.getTransceivers():
@@ -275,23 +286,36 @@ async def measure(
                 raise RuntimeError("subscribers did not connect in 60 s")
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
-        before = [s.received.packets for s in subs]
-        cpu0 = cpu() if cpu else None
-        t0 = time.monotonic()
-        sent = sum(await asyncio.gather(*(p.send(duration) for p in pubs)))
-        await asyncio.sleep(0.5)  # the last packets in flight
-        elapsed = time.monotonic() - t0
-        cpu_used = cpu() - cpu0 if cpu else None
-        got = sum(s.received.packets - b for s, b in zip(subs, before))
-        latencies = [x for s in subs for x in s.received.latencies]
+        # C receives from here (see the module's docstring): aiortc stops reading the sockets
+        # meanwhile, and takes them back after.
+        from loadtest import _wire
+
+        taken = [s.receiving_socket() for s in subs]
+        receiver = _wire.Receiver([(fd, session) for fd, session, _ in taken])
+        for _, _, transport in taken:
+            transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        try:
+            receiving = loop.run_in_executor(None, receiver.run, duration + 0.5)  # (+ the last packets in flight)
+            cpu0 = cpu() if cpu else None
+            t0 = time.monotonic()
+            sent = sum(await asyncio.gather(*(p.send(duration) for p in pubs)))
+            await receiving
+            elapsed = time.monotonic() - t0
+            cpu_used = cpu() - cpu0 if cpu else None
+        finally:
+            for _, _, transport in taken:
+                transport.resume_reading()
+        got = receiver.received
         expected = sent * len(subs)
         return {
             "publishers": len(pubs), "subscribers": len(subs), "duration": duration,
             "packets_sent": sent, "packets_delivered": got,
             "delivered_per_s": got / elapsed,
             "loss": (1 - got / expected) if expected else 0.0,
-            "latency_p50_ms": _pct(latencies, 50) * 1000, "latency_p99_ms": _pct(latencies, 99) * 1000,
-            "jitter_ms": statistics.fmean(s.received.jitter for s in subs) * 1000 if subs else 0.0,
+            "latency_p50_ms": receiver.percentile(50) / 1000, "latency_p99_ms": receiver.percentile(99) / 1000,
+            "jitter_ms": receiver.jitter_ms,
+            "not_decrypted": receiver.refused,
             "join_p50_ms": _pct([p.sig.join_seconds for p in pubs + subs], 50) * 1000,
             "server_cpu_seconds": cpu_used,
             "elapsed": elapsed,
