@@ -2058,22 +2058,24 @@ cdef class FastPath:
         """The STUN and DTLS datagrams received since the last call: [(bytes, (host, port))]."""
         cdef uint64_t value
         cdef int i, slot
+        cdef vector[string] datagrams
+        cdef vector[uint64_t] addrs
         if self.efd >= 0:
             read(self.efd, &value, 8)
-        out = []
         with nogil:
+            # Copied out under the lock and made Python objects after it: allocating them could
+            # run the garbage collector, and the loop would wait that long for the lock.
             self.lock()
-        try:
             for i in range(self.slow_count):
                 slot = (self.slow_head + i) % SLOW_MAX
-                out.append(((<char*>self.slow_bufs + slot * BUF)[:self.slow_lens[slot]], address_of(self.slow_addrs[slot])))
+                datagrams.push_back(string(<char*>self.slow_bufs + slot * BUF, self.slow_lens[slot]))
+                addrs.push_back(self.slow_addrs[slot])
             self.slow_head = (self.slow_head + self.slow_count) % SLOW_MAX
             self.slow_count = 0
             self.slow_unknown = 0
             self.slow_by_source.clear()
-        finally:
             self.unlock()
-        return out
+        return [(datagrams[i], address_of(addrs[i])) for i in range(datagrams.size())]
 
     cdef bint _admit_slow(self, uint64_t addr, int kind) noexcept nogil:
         """Whether a STUN or DTLS datagram gets a place in the queue to Python. Clients we know
@@ -2211,16 +2213,20 @@ cdef class FastPath:
     @property
     def quality(self):
         """{(subscriber endpoint, SSRC it sees): its latest reception report}, as the reference's."""
-        out = {}
-        with nogil:
+        cdef vector[uint64_t] keys
+        cdef vector[Quality] reports
+        cdef size_t i
+        with nogil:  # (copied under the lock, Python's objects made after: see take_slow)
             self.lock()
-        try:
             for item in self.quality_map:
-                q = item.second
-                out[(self.names[item.first >> 32], item.first & 0xFFFFFFFF)] = {
-                    "ssrc": item.first & 0xFFFFFFFF, "fraction_lost": q.fraction / 256, "lost": q.lost,
-                    "highest_seq": q.highest, "jitter": q.jitter, "lsr": q.lsr, "dlsr": q.dlsr,
-                }
-        finally:
+                keys.push_back(item.first)
+                reports.push_back(item.second)
             self.unlock()
+        out = {}
+        for i in range(keys.size()):
+            q = reports[i]
+            out[(self.names[keys[i] >> 32], keys[i] & 0xFFFFFFFF)] = {
+                "ssrc": keys[i] & 0xFFFFFFFF, "fraction_lost": q.fraction / 256, "lost": q.lost,
+                "highest_seq": q.highest, "jitter": q.jitter, "lsr": q.lsr, "dlsr": q.dlsr,
+            }
         return out
