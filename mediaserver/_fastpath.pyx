@@ -739,26 +739,36 @@ cdef class FastPath:
 
     def twcc_results(self):
         """{subscriber: [feedback.Result, ...] since the last call}, as the reference's."""
-        out = {}
         cdef int i, k
+        cdef size_t j, first
         cdef Sent* s
-        cdef Result* r
+        cdef Result r
+        cdef vector[int] who  # endpoint, then where its results start in ``results``
+        cdef vector[size_t] starts
+        cdef vector[Result] results
         with nogil:
+            # Copied out under the lock, Python's objects made after it (see take_slow): a busy
+            # worker has thousands of these per subscriber every step.
             self.lock()
-        try:
             for i in range(self.eps.size()):
                 s = self.eps[i].sent
                 if not self.eps[i].used or s == NULL or s.rcount == 0:
                     continue
-                got = []
+                who.push_back(i)
+                starts.push_back(results.size())
                 for k in range(s.rcount):
-                    r = &s.results[(s.rhead + k) % feedback.MAX_RESULTS]
-                    got.append(_Result(r.seq, r.sent, r.size, None if r.lost else r.arrival, r.reported))
+                    results.push_back(s.results[(s.rhead + k) % feedback.MAX_RESULTS])
                 s.rhead = 0
                 s.rcount = 0
-                out[self.names[i]] = got
-        finally:
             self.unlock()
+        out = {}
+        for j in range(who.size()):
+            first = starts[j]
+            got = []
+            for k in range(<int>((starts[j + 1] if j + 1 < who.size() else results.size()) - first)):
+                r = results[first + k]
+                got.append(_Result(r.seq, r.sent, r.size, None if r.lost else r.arrival, r.reported))
+            out[self.names[who[j]]] = got
         return out
 
     def set_audio_level(self, str eid, int ext_id):

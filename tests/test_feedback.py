@@ -13,7 +13,7 @@ from mediaserver.media import rtcp, twcc
 from mediaserver.media.feedback import Result
 from mediaserver.media.rtp import find_extension, payload_offset
 from mediaserver.media.srtp import PROFILES
-from test_forwarder import IMPLEMENTATIONS, PUB_SSRC, S1, Peer, build, rtp, transcript
+from test_forwarder import IMPLEMENTATIONS, PUB_SSRC, S1, S2, Peer, build, rtp, transcript
 from test_temporal import recorded_temporal_session, run_raw
 
 OUR_ID = 5
@@ -29,6 +29,23 @@ def feedback_from(sub, seqs_arrivals: list[tuple[int, float | None]], media_ssrc
     tw.base = seqs_arrivals[0][0]  # (lost ones at the start are reported lost too)
     msg = tw.feedback(media_ssrc, 0.0)
     return sub.out.protect_rtcp(msg)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_each_subscribers_results_are_its_own(impl):
+    """Two subscribers taking transport-cc, each with feedback of its own: one call returns
+    each one's results, in its order, and none of the other's."""
+    fw, peers = build(impl, PROFILES[0])
+    fw.set_twcc_out("s1", OUR_ID)
+    fw.set_twcc_out("s2", OUR_ID)
+    transcript(fw, peers, [("pub", peers["pub"].out.protect(rtp(10 + i)), 1.0 + i * 0.01) for i in range(4)])
+    fw.handle_rtcp(feedback_from(peers["s1"], [(1, 2.000), (2, 2.002), (3, None), (4, 2.031)]), S1, 1.2)
+    fw.handle_rtcp(feedback_from(peers["s2"], [(1, None), (2, 5.000)]), S2, 1.3)
+    got = fw.twcc_results()
+    assert sorted(got) == ["s1", "s2"]
+    assert [(x.seq, x.arrival is None, x.reported) for x in got["s1"]] == [(1, False, 1.2), (2, False, 1.2), (3, True, 1.2), (4, False, 1.2)]
+    assert [(x.seq, x.arrival is None, x.reported) for x in got["s2"]] == [(1, True, 1.3), (2, False, 1.3)]
+    assert fw.twcc_results() == {}
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
