@@ -195,6 +195,41 @@ cdef class Stream:
         return done
 
 
+cdef inline uint64_t received_at(msghdr* h, uint64_t fallback) noexcept nogil:
+    """The kernel's receive stamp of a datagram (SO_TIMESTAMPNS), else ``fallback``."""
+    cdef cmsghdr* cm = CMSG_FIRSTHDR(h)
+    cdef timespec* stamp
+    while cm != NULL:
+        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+            stamp = <timespec*>CMSG_DATA(cm)
+            return <uint64_t>stamp.tv_sec * 1000000000 + stamp.tv_nsec
+        cm = CMSG_NXTHDR(h, cm)
+    return fallback
+
+
+cdef inline void ready_batch(mmsghdr* msgs, iovec* iov, uint8_t* bufs, int size, uint8_t* control) noexcept nogil:
+    """BATCH messages for recvmmsg: datagram k into bufs + k * size, its ancillary data (the
+    receive stamp) into control + k * 64."""
+    cdef int k
+    for k in range(BATCH):
+        iov[k].iov_base = bufs + k * size
+        iov[k].iov_len = size
+        memset(&msgs[k].msg_hdr, 0, sizeof(msghdr))
+        msgs[k].msg_hdr.msg_iov = &iov[k]
+        msgs[k].msg_hdr.msg_iovlen = 1
+        msgs[k].msg_hdr.msg_control = control + k * 64
+        msgs[k].msg_hdr.msg_controllen = 64
+
+
+cdef inline void count_latency(uint64_t* hist, uint64_t* late, uint64_t arrived, uint64_t sent) noexcept nogil:
+    """Into a histogram of 1 us buckets (``late``: past its end)."""
+    cdef uint64_t lat = (arrived - sent) // 1000 if arrived > sent else 0
+    if lat < HIST:
+        hist[lat] += 1
+    else:
+        late[0] += 1
+
+
 cdef double percentile(uint64_t* hist, uint64_t late, double q) noexcept:
     """The q-th percentile of a latency histogram of 1 us buckets (``late``: past its end)."""
     cdef uint64_t total = late, acc = 0
@@ -260,21 +295,12 @@ cdef class Sink:
         cdef uint8_t bufs[BATCH][256]  # headers are enough: the rest is truncated
         cdef uint8_t control[BATCH][64]
         cdef int n, i, k, got
-        cdef uint64_t t, lat, arrived
+        cdef uint64_t t
         cdef uint16_t seq
-        cdef cmsghdr* cm
-        cdef timespec* stamp
         n = epoll_wait(self.ep, events, 64, timeout_ms)
         for i in range(n):
             while True:
-                for k in range(BATCH):
-                    iov[k].iov_base = bufs[k]
-                    iov[k].iov_len = 256
-                    memset(&msgs[k].msg_hdr, 0, sizeof(msghdr))
-                    msgs[k].msg_hdr.msg_iov = &iov[k]
-                    msgs[k].msg_hdr.msg_iovlen = 1
-                    msgs[k].msg_hdr.msg_control = control[k]
-                    msgs[k].msg_hdr.msg_controllen = 64
+                ready_batch(msgs, iov, &bufs[0][0], 256, &control[0][0])
                 got = recvmmsg(events[i].data.fd, msgs, BATCH, MSG_DONTWAIT, NULL)
                 if got <= 0:
                     break
@@ -285,37 +311,13 @@ cdef class Sink:
                     self.received += 1
                     self.bytes += msgs[k].msg_len
                     seq = (<uint16_t>bufs[k][2] << 8) | bufs[k][3]
-                    arrived = t
-                    cm = CMSG_FIRSTHDR(&msgs[k].msg_hdr)
-                    while cm != NULL:
-                        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
-                            stamp = <timespec*>CMSG_DATA(cm)
-                            arrived = <uint64_t>stamp.tv_sec * 1000000000 + stamp.tv_nsec
-                            break
-                        cm = CMSG_NXTHDR(&msgs[k].msg_hdr, cm)
-                    lat = (arrived - self.clock.sent_at[seq]) // 1000 if arrived > self.clock.sent_at[seq] else 0
-                    if lat < HIST:
-                        self.hist[lat] += 1
-                    else:
-                        self.late += 1
+                    count_latency(self.hist, &self.late, received_at(&msgs[k].msg_hdr, t), self.clock.sent_at[seq])
                 if got < BATCH:
                     break
 
     def percentile(self, double q):
         """The q-th percentile of latency in microseconds (1 us resolution)."""
         return percentile(self.hist, self.late, q)
-
-
-cdef inline uint64_t received_at(msghdr* h, uint64_t fallback) noexcept nogil:
-    """The kernel's receive stamp of a datagram (SO_TIMESTAMPNS), else ``fallback``."""
-    cdef cmsghdr* cm = CMSG_FIRSTHDR(h)
-    cdef timespec* stamp
-    while cm != NULL:
-        if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
-            stamp = <timespec*>CMSG_DATA(cm)
-            return <uint64_t>stamp.tv_sec * 1000000000 + stamp.tv_nsec
-        cm = CMSG_NXTHDR(h, cm)
-    return fallback
 
 
 cdef uint64_t MINUTE_NS = 60000000000
@@ -388,7 +390,7 @@ cdef class Receiver:
         cdef uint8_t control[BATCH][64]
         cdef int n, i, k, got, idx, length, off
         cdef uint8_t* b
-        cdef uint64_t now, arrived, sent, lat, key
+        cdef uint64_t now, arrived, sent, key
         cdef int64_t tr, d
         cdef Transit* st
         if bufs == NULL:
@@ -397,14 +399,7 @@ cdef class Receiver:
         for i in range(n):
             idx = events[i].data.u32
             while True:
-                for k in range(BATCH):
-                    iov[k].iov_base = bufs + k * BUF
-                    iov[k].iov_len = BUF
-                    memset(&msgs[k].msg_hdr, 0, sizeof(msghdr))
-                    msgs[k].msg_hdr.msg_iov = &iov[k]
-                    msgs[k].msg_hdr.msg_iovlen = 1
-                    msgs[k].msg_hdr.msg_control = control[k]
-                    msgs[k].msg_hdr.msg_controllen = 64
+                ready_batch(msgs, iov, bufs, BUF, &control[0][0])
                 got = recvmmsg(self.fds[idx], msgs, BATCH, MSG_DONTWAIT, NULL)
                 if got <= 0:
                     break
@@ -434,11 +429,7 @@ cdef class Receiver:
                     if sent == 0 or sent > arrived + MINUTE_NS or arrived > sent + MINUTE_NS:
                         self.unstamped += 1  # (not a time: another sender's payload)
                         continue
-                    lat = (arrived - sent) // 1000 if arrived > sent else 0
-                    if lat < HIST:
-                        self.hist[lat] += 1
-                    else:
-                        self.late += 1
+                    count_latency(self.hist, &self.late, arrived, sent)
                     key = (<uint64_t>idx << 32) | ((<uint64_t>b[8] << 24) | (<uint64_t>b[9] << 16) | (<uint64_t>b[10] << 8) | b[11])
                     st = &self.transit[key]
                     tr = <int64_t>arrived - <int64_t>sent
