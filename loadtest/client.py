@@ -174,6 +174,13 @@ async def _connected(pc: RTCPeerConnection, timeout: float = 20) -> None:
         await asyncio.sleep(0.05)
 
 
+def _ice_path(dtls: Any) -> tuple[Any, tuple]:
+    """A connected DTLS transport's nominated ICE pair: the asyncio transport of its socket,
+    and the remote address media goes to."""
+    pair = next(iter(dtls.transport._connection._nominated.values()))
+    return pair.protocol.transport, pair.remote_addr
+
+
 def _payload_type(sdp: str, kind: str) -> int:
     m = re.search(rf"^m={kind} \d+ \S+ (\d+)", sdp, re.M)
     if not m:
@@ -198,8 +205,7 @@ class LoadParticipant:
         """Once the subscribe connection is up: its socket's fd, the SRTP session that decrypts
         what it receives, and the asyncio transport reading it (to pause while C reads)."""
         dtls = self.sub_pc.getTransceivers()[0].receiver.transport  # (one, bundled)
-        pair = next(iter(dtls.transport._connection._nominated.values()))
-        transport = pair.protocol.transport
+        transport, _ = _ice_path(dtls)
         return transport.get_extra_info("socket").fileno(), dtls._rx_srtp, transport
 
     async def _answer(self, offer: str) -> str:
@@ -221,9 +227,8 @@ class LoadParticipant:
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         await _connected(pc)
         dtls = video.transport
-        pair = next(iter(dtls.transport._connection._nominated.values()))
-        fd = pair.protocol.transport.get_extra_info("socket").fileno()
-        remote = pair.remote_addr
+        transport, remote = _ice_path(dtls)
+        fd = transport.get_extra_info("socket").fileno()
         per_frame = max(1, round(bitrate / 8 / PACKET / fps))
         self.streams.append((
             _wire.Stream(fd, remote, video._ssrc, PACKET, _payload_type(answer, "video"), session=dtls._tx_srtp,
