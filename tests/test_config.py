@@ -42,6 +42,10 @@ def test_bad_values_are_refused(tmp_path, monkeypatch):
         load_settings(database_url="mysql://x")
     with pytest.raises(ValidationError):
         load_settings(unknown_option=1)
+    for threads in (0, 17, "many"):  # a worker's sender threads: 1 to 16
+        with pytest.raises(ValidationError, match="media_send_threads"):
+            load_settings(media_send_threads=threads)
+    assert load_settings(media_send_threads=4).media_send_threads == 4
     with pytest.raises(FileNotFoundError):
         load_settings(config_file=tmp_path / "missing.toml")
     assert CONFIG_ENV not in __import__("os").environ  # loading leaves the environment alone

@@ -225,3 +225,9 @@ def test_a_fan_out_spread_over_sender_threads_matches_the_reference(threads, pro
     assert stats["rtp_out"] == 150 * 40
     assert stats["bytes_out"] == sum(len(p) for eid in subs for p in got[eid])
     assert not any(k.startswith("drop_") for k in stats), stats
+
+
+@pytest.mark.parametrize("threads", [0, 17, -1])
+def test_a_thread_count_out_of_range_is_refused(threads):
+    with pytest.raises(ValueError, match="threads must be 1 to 16"):
+        FastPath(threads=threads)
