@@ -572,6 +572,9 @@ cdef class FastPath:
         """``threads``: how many threads send what the loop forwards (the loop's own and
         threads - 1 more): one publisher's fan-out to many subscribers spread over cores."""
         cdef int k
+        # First, so that __dealloc__ of one refused below closes no descriptor (0 is stdin).
+        self.fd = -1
+        self.efd = -1
         if not 1 <= threads <= MAX_SENDERS:
             raise ValueError(f"threads must be 1 to {MAX_SENDERS}")
         self.crypto = crypto

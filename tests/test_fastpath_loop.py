@@ -229,5 +229,12 @@ def test_a_fan_out_spread_over_sender_threads_matches_the_reference(threads, pro
 
 @pytest.mark.parametrize("threads", [0, 17, -1])
 def test_a_thread_count_out_of_range_is_refused(threads):
+    import os
+
+    stdin = os.fstat(0)
     with pytest.raises(ValueError, match="threads must be 1 to 16"):
         FastPath(threads=threads)
+    import gc
+
+    gc.collect()
+    assert os.fstat(0).st_ino == stdin.st_ino  # (the refused one closed no descriptor of ours)
