@@ -18,6 +18,7 @@ from actors.host import SessionHostActor
 from actors.media import media_worker
 from actors.view import ClusterView
 from mediaserver.config import Settings
+from mediaserver.control.batch import MAX_BATCH, MAX_POLLS, Batcher
 from mediaserver.control.directory import UNREAD, DirectoryCore
 from mediaserver.control.host import brand_new
 from mediaserver.control.placement import Placement
@@ -27,6 +28,7 @@ from mediaserver.store import Store
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.3)  # then every 0.3 s: a restarting host is back in about a second
+LONG_POLLS = {"wait_events"}  # batched apart: a batch of calls is answered when its slowest is
 MAINTAIN_SECONDS = 2.0  # how often a gateway looks for new nodes and measures the media workers' load
 
 
@@ -75,6 +77,7 @@ class ControlPlane:
         )
         self._handles: dict[str, Any] = {}  # host name -> actor handle
         self._host_of: dict[str, str] = {}  # session -> host name
+        self._batchers: dict[tuple[str, str], Batcher] = {}  # (host, "calls" or "polls") -> its batcher
         self._counted: dict[str, tuple[float, float]] = {}  # worker -> (rtp_out, when) at the last look
         self._task: asyncio.Task | None = None
 
@@ -149,14 +152,22 @@ class ControlPlane:
             return session, None
         return session, brand_new(session, room, slot)
 
-    async def _host(self, session_id: str) -> Any:
+    async def _host(self, session_id: str) -> str:
         name = self._host_of.get(session_id)
         if name is None:
             name = await self.directory.host_of(session_id)
             if name is None:
                 raise MediaserverError("session_not_found", f"no session {session_id}")
             self._host_of[session_id] = name
-        return self._host_handle(name)
+        return name
+
+    def _batcher(self, name: str, kind: str) -> Batcher:
+        """Calls (``calls``) or long polls (``polls``) to host ``name``, a turn's at a time."""
+        if (name, kind) not in self._batchers:
+            self._batchers[name, kind] = Batcher(
+                lambda batch: cluster.call(self._host_handle(name), kind, batch), max_batch=MAX_POLLS if kind == "polls" else MAX_BATCH,
+            )
+        return self._batchers[name, kind]
 
     def _host_handle(self, name: str) -> Any:
         handle = self._handles.get(name)
@@ -183,9 +194,10 @@ class ControlPlane:
         end = loop.time() + deadline
         attempt = 0
         while True:
-            host = await self._host(session_id)
             try:
-                return await cluster.call(host, "call", session_id, method, args, new if attempt == 0 else None)
+                host = await self._host(session_id)
+                kind = "polls" if method in LONG_POLLS else "calls"
+                return await self._batcher(host, kind).call(session_id, method, args, new if attempt == 0 else None)
             except MediaserverError as e:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 if e.code != "unavailable" or loop.time() + delay > end:
@@ -194,6 +206,14 @@ class ControlPlane:
             await self.view.refresh(force=attempt > 0)  # or its host's node may be gone (it moves then)
             await asyncio.sleep(delay)
             attempt += 1
+
+    def batch_figures(self) -> dict[str, dict[str, int]]:
+        """Calls this gateway sent to session hosts and the messages they went in, by kind."""
+        out = {kind: {"calls": 0, "messages": 0} for kind in ("calls", "polls")}
+        for (_, kind), b in self._batchers.items():
+            out[kind]["calls"] += b.calls
+            out[kind]["messages"] += b.batches
+        return out
 
     def forget(self, session_id: str) -> None:
         self._host_of.pop(session_id, None)
@@ -222,7 +242,7 @@ class ControlPlane:
 
     async def call_host(self, session_id: str, method: str, *args: Any) -> Any:
         """A host-level operation on the host of ``session_id``."""
-        return await cluster.call_retrying(await self._host(session_id), method, *args)
+        return await cluster.call_retrying(self._host_handle(await self._host(session_id)), method, *args)
 
     # Figures -----------------------------------------------------------------------------
 

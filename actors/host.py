@@ -9,6 +9,7 @@ from actors.media import RemoteWorker
 from actors.recorder import RemoteRecorder
 from actors.view import ClusterView
 from mediaserver import heap
+from mediaserver.control.batch import run_batch, run_polls
 from mediaserver.control.host import SessionHost
 from mediaserver.control.placement import Placement
 from mediaserver.control.topology import node_of
@@ -86,6 +87,19 @@ class SessionHostActor:
 
     async def call(self, session_id: str, method: str, args: tuple, new: dict | None = None) -> Any:
         await self._start()
+        return await self.host.call(session_id, method, *args, new=new)
+
+    async def calls(self, batch: list[tuple]) -> list[tuple]:
+        """Several calls at once (``mediaserver.control.batch``): one outcome each."""
+        await self._start()
+        return await run_batch(self._run, batch)
+
+    async def polls(self, batch: list[tuple]) -> list[tuple]:
+        """Several long polls at once, answered once one of them is (``run_polls``)."""
+        await self._start()
+        return await run_polls(self._run, batch)
+
+    async def _run(self, session_id: str, method: str, args: tuple, new: dict | None) -> Any:
         return await self.host.call(session_id, method, *args, new=new)
 
     async def move_media(self, session_id: str, avoid: str | None) -> str:

@@ -7,6 +7,7 @@ media, the way benchmark clients would:
 - cold joins: new sessions one at a time, then 100 started together (one join each, all sent
   at once), p50/p99 from sending ``join`` to receiving ``joined``, and the server's CPU per join;
 - warm joins: a second participant into live sessions, one after another;
+- a room of 50 filling at once (every join wakes everyone already in), and one chat message to all;
 - memory per 1,000 live sessions (one connected participant each);
 - memory per 100 open breakout rooms (sessions with 10 open rooms each).
 
@@ -92,15 +93,19 @@ def cpu_seconds(root: int) -> float:
 
 
 def cpu_by_process(root: int) -> dict[str, float]:
+    """CPU seconds of each process of the server, as "name[pid]". A Ray worker's name is its
+    actor class: Ray retitles the process with each task it runs ("ray::X.method"), and a key
+    that changed between two readings would count the process's whole life as the difference."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            name = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0].rsplit("/", 1)[-1][:30]
+            name = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0].rsplit("/", 1)[-1][:60]
         except OSError:
             continue
-        out[f"{name}[{pid}]"] = (int(fields[11]) + int(fields[12])) / tick
+        actor = re.search(r"(\w+Actor)\b", name)
+        out[f"{'ray::' + actor.group(1) if actor else name[:30]}[{pid}]"] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
@@ -114,7 +119,7 @@ def profile(root: int, out: str) -> list[subprocess.Popen]:
             cmd = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
         except OSError:
             continue
-        name = "gateway" if pid == root else "host" if any("SessionHostActor" in c for c in cmd) else None
+        name = "gateway" if pid == root else "host" if any("SessionHostActor" in c for c in cmd) else "worker" if any("MediaWorkerActor" in c for c in cmd) else None
         if name:
             spies.append(subprocess.Popen(
                 ["py-spy", "record", "-p", str(pid), "-r", "250", "-f", "raw", "--nonblocking",
@@ -162,6 +167,7 @@ class Client:
         self.ws = None
         self.reader: asyncio.Task | None = None
         self.joined: dict = {}
+        self.chat_at: dict[str, float] = {}  # chat text -> when it arrived
 
     async def join(self, token: str, room_id: str) -> float:
         self.ws = await websockets.connect(self.ws_url, max_queue=None, open_timeout=120, ping_interval=None)
@@ -184,6 +190,8 @@ class Client:
                 msg = json.loads(raw)
                 if msg.get("type") == "ping":
                     await self.ws.send('{"type": "pong"}')
+                elif msg.get("event") == "chat":
+                    self.chat_at[msg["data"]["message"]["text"]] = time.perf_counter()
         except websockets.ConnectionClosed:
             pass
 
@@ -278,6 +286,9 @@ async def run(args: argparse.Namespace) -> dict:
             warm = await joins(cold_rooms[: args.warm], "second", at_once=False)
             out["warm_join_ms"] = ms(warm)
             print(f"warm joins (into live sessions, one by one): {out['warm_join_ms']}", flush=True)
+            if args.room:
+                out["full_room"] = await full_room(http, ws_url, token, clients, args.room, server.proc.pid)
+                print(f"a room of {args.room} filling at once: {out['full_room']}", flush=True)
 
             await asyncio.sleep(args.settle)
             before = memory(server.proc.pid)
@@ -366,6 +377,30 @@ async def run(args: argparse.Namespace) -> dict:
     return out
 
 
+async def full_room(http: httpx.AsyncClient, ws_url: str, token, clients: list, n: int, root: int) -> dict:
+    """``n`` participants join one new room at the same instant (each join is news to everyone
+    already in: every one of their long polls wakes), then one of them says something in the
+    chat: join p50/p99, the server's CPU per join, and how long the message takes to reach all."""
+    room = (await make_rooms(http, 1, "full"))[0]
+    cs = [Client(ws_url) for _ in range(n)]
+    clients.extend(cs)
+    cpu0 = cpu_seconds(root)
+    took = await asyncio.gather(*(c.join(token(room, f"member{i}"), room) for i, c in enumerate(cs)))
+    await asyncio.sleep(2)  # (the presence news settles)
+    cpu_joins = cpu_seconds(root) - cpu0
+    cpu0, t0 = cpu_seconds(root), time.perf_counter()
+    await cs[0].command({"type": "chat", "text": "hello, everyone"})
+    deadline = time.time() + 30
+    while time.time() < deadline and not all("hello, everyone" in c.chat_at for c in cs):
+        await asyncio.sleep(0.01)
+    arrived = [c.chat_at.get("hello, everyone", float("nan")) - t0 for c in cs]
+    await asyncio.sleep(1)
+    return {
+        "join_ms": ms(took), "server_cpu_ms_per_join": round(cpu_joins / n * 1000, 2),
+        "chat_to_all_ms": round(max(arrived) * 1000, 1), "chat_server_cpu_ms": round((cpu_seconds(root) - cpu0) * 1000, 1),
+    }
+
+
 def main() -> None:
     import resource
 
@@ -376,6 +411,7 @@ def main() -> None:
     p.add_argument("--cold", type=int, default=100, help="new sessions started together for the cold-join figure")
     p.add_argument("--warm", type=int, default=50, help="joins into live sessions")
     p.add_argument("--breakout-sessions", type=int, default=50, help="sessions that open 10 breakout rooms each")
+    p.add_argument("--room", type=int, default=50, help="participants joining one room at once (0: skip)")
     p.add_argument("--batch", type=int, default=100, help="joins sent together while filling the server")
     p.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each memory reading")
     p.add_argument("--json", action="store_true")

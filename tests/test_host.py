@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from mediaserver.control.batch import Batcher, run_batch, run_polls
 from mediaserver.control.directory import DirectoryCore
 from mediaserver.control.host import SessionHost, brand_new
 from mediaserver.errors import MediaserverError
@@ -114,6 +115,60 @@ async def test_a_failure_in_one_session_leaves_its_neighbours_untouched(env):
     assert history == ["before", "again"]
     # Its participant's media starts over (a new owner cannot know its peer connections).
     assert host.units[broken].media.outbox[people[broken]][0]["type"] == "media_reset"
+
+
+async def test_calls_and_long_polls_batched_to_a_host_keep_to_their_own_sessions(env):
+    """What a gateway sends a host a turn at a time: one session's failing call in a batch fails
+    alone, and a batch of long polls over several sessions hands each participant its own
+    events, none lost or given twice, the ones not answered sent again unnoticed."""
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    await host.start()
+
+    async def run(sid, method, args, new):
+        return await host.call(sid, method, *args, new=new)
+
+    calls = Batcher(lambda batch: run_batch(run, batch))
+    polls = Batcher(lambda batch: run_polls(run, batch))
+    sids = [await open_session(store, team, directory) for _ in range(3)]
+    joined = await asyncio.gather(*(calls.call(sid, "join", ("mod", "Mod", "moderator")) for sid in sids))
+    assert calls.batches == 1 and calls.calls == 3
+    people = {sid: j["participant"]["id"] for sid, j in zip(sids, joined)}
+    seq = {sid: j["last_seq"] for sid, j in zip(sids, joined)}
+    broken = sids[0]
+
+    async def fails(*_args, **_kw):
+        raise RuntimeError("a bug in this session's handling")
+
+    host.units[broken].core.chat = fails
+    said = await asyncio.gather(*(calls.call(sid, "chat", (people[sid], f"hi {i}")) for i, sid in enumerate(sids)), return_exceptions=True)
+    assert calls.batches == 2
+    assert isinstance(said[0], MediaserverError) and said[0].code == "internal"
+    assert [s["text"] for s in said[1:]] == ["hi 1", "hi 2"]
+
+    got: dict[str, list[str]] = {sid: [] for sid in sids}
+
+    async def listen(sid: str, until: str) -> None:
+        while True:
+            res = await polls.call(sid, "wait_events", (people[sid], seq[sid], 30.0, None))
+            for ev in res["events"]:
+                if ev["type"] == "chat":
+                    got[sid].append(ev["data"]["message"]["text"])
+            seq[sid] = max(seq[sid], res["last_seq"])
+            if until in got[sid]:
+                return
+
+    listeners = [asyncio.ensure_future(listen(sid, "last")) for sid in sids]
+    await asyncio.sleep(0.05)
+    for i, sid in enumerate(sids):
+        await calls.call(sid, "chat", (people[sid], "last"))
+        await asyncio.sleep(0.05)
+        if i < 2:  # the later sessions' polls are still waiting, sent again
+            assert not listeners[2].done()
+    await asyncio.wait_for(asyncio.gather(*listeners), 5)
+    assert got[sids[1]] == ["hi 1", "last"] and got[sids[2]] == ["hi 2", "last"]
+    assert got[broken] == ["last"]  # rebuilt from the store, it answered the call after the failure
+    assert polls.batches >= 3 and polls.calls > len(sids)  # (a poll sent again counts again)
 
 
 async def test_a_brand_new_session_starts_from_what_its_creator_read_and_matches_the_store(env, monkeypatch):

@@ -67,6 +67,45 @@ async def test_51st_participant_is_refused(server):
                 await p.close()
 
 
+def host_traffic(metrics: str) -> dict[str, float]:
+    """The gateway's calls to session hosts and the messages they went in, from /metrics."""
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith(("mediaserver_host_calls_total", "mediaserver_host_messages_total")):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+async def test_a_room_filling_at_once_tells_everyone_of_everyone(server):
+    """Twenty join one room at the same instant, so every join wakes everyone's long poll: each
+    learns of all the others (in its joined message or a joined event, once each), and the
+    gateway's calls to the session's host went in fewer messages than there were calls."""
+    async with server.http() as http:
+        before = host_traffic((await http.get("/metrics")).text)
+        room = await make_room(http, name="rush hour")
+        people = await asyncio.gather(*(join_room(server, http, room, f"p{i}") for i in range(20)))
+        try:
+            everyone = {p.id for p in people}
+            for p in people:
+                known = [q["id"] for q in p.joined["participants"] if q["id"] != p.id]
+                while set(known) != everyone - {p.id}:
+                    known.append((await p.wait_event("joined", timeout=20))["participant_id"])
+                assert sorted(known) == sorted(everyone - {p.id})  # (no one twice)
+            said = await people[7].command({"type": "chat", "text": "all here?"})
+            assert said["type"] == "ack"
+            for p in people:
+                assert (await p.wait_event("chat", people[7].id))["data"]["message"]["text"] == "all here?"
+            after = host_traffic((await http.get("/metrics")).text)
+            sent = {k: after[k] - before.get(k, 0) for k in after}
+            for kind in ("calls", "polls"):
+                calls, messages = sent[f'mediaserver_host_calls_total{{kind="{kind}"}}'], sent[f'mediaserver_host_messages_total{{kind="{kind}"}}']
+                assert calls >= 20 and 0 < messages < calls, (kind, calls, messages)
+        finally:
+            for p in people:
+                await p.close()
+
+
 async def test_mic_and_camera_request_approved_declined_and_revoked(server):
     offer = await an_offer()
     async with server.http() as http:

@@ -86,7 +86,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        snapshot = {**await store.live_figures(), "workers": await control.media_stats()}
+        snapshot = {**await store.live_figures(), "workers": await control.media_stats(), "host_calls": control.batch_figures()}
         return Response(app.state.metrics.render(snapshot), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

@@ -71,4 +71,11 @@ class _Snapshot(Collector):
         yield threads
         yield drops
         yield from counters.values()
+        calls = CounterMetricFamily("mediaserver_host_calls", "session operations this gateway sent to session hosts (kind: calls or long polls)", labels=["kind"])
+        messages = CounterMetricFamily("mediaserver_host_messages", "messages they went in (calls made in one turn of the event loop go as one)", labels=["kind"])
+        for kind, n in snap.get("host_calls", {}).items():
+            calls.add_metric([kind], n["calls"])
+            messages.add_metric([kind], n["messages"])
+        yield calls
+        yield messages
         yield GaugeMetricFamily("mediaserver_scrape_timestamp_seconds", "when these figures were gathered", value=time.time())
