@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -90,6 +91,11 @@ def cpu_seconds(root: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_by_process(root: int) -> dict[str, float]:
@@ -265,6 +271,7 @@ async def run(args: argparse.Namespace) -> dict:
             print(f"cold joins (new sessions, one at a time): {out['cold_join_one_at_a_time_ms']}", flush=True)
             cold_rooms = await make_rooms(http, args.cold, "cold")
             cpu_before, by_before = cpu_seconds(server.proc.pid), cpu_by_process(server.proc.pid)
+            own_before = own_cpu()
             spies = profile(server.proc.pid, args.profile) if args.profile else []
             if spies:
                 await asyncio.sleep(1)  # (py-spy attaching; the clients' pings go on meanwhile)
@@ -277,6 +284,8 @@ async def run(args: argparse.Namespace) -> dict:
             out["cold_join_ms"] = {
                 **ms(cold),
                 "server_cpu_ms_per_join": round(cpu_used / len(cold) * 1000, 2),
+                # the benchmark's own clients, on the same cores (WebSocket handshakes, JSON)
+                "client_cpu_ms_per_join": round((own_cpu() - own_before) / len(cold) * 1000, 2),
                 "cpu_ms_per_join_by_process": {  # (the process name without its pid)
                     k.split("[")[0]: round((v - by_before.get(k, 0.0)) / len(cold) * 1000, 2)
                     for k, v in by_after.items() if v - by_before.get(k, 0.0) > 0
@@ -402,8 +411,6 @@ async def full_room(http: httpx.AsyncClient, ws_url: str, token, clients: list, 
 
 
 def main() -> None:
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -297,3 +297,46 @@ async def test_browsers_are_archived_from_the_meeting_page_or_always(server, bro
 async def _decoding(pages) -> bool:
     counts = [await frames(p) for p in pages]
     return all(c and max(c) >= 10 for c in counts)
+
+
+async def test_segments_a_dead_recorder_left_open_are_finished_by_the_next_one(tmp_path):
+    """Without Ray: a segment open when its recorder's process died (its container never closed)
+    is finished by whoever next stops the archive on that node, and listed like any other: every
+    frame the dead muxer had written out, in a file that decodes; nothing is left as ``.part``."""
+    from fractions import Fraction
+
+    from mediaserver.media.recorder import OPEN_LOG, SEGMENT_LOG, RecorderService, Segment, TrackInfo
+
+    enc = av.CodecContext.create("libvpx", "w")
+    enc.width, enc.height, enc.pix_fmt, enc.time_base = 64, 48, "yuv420p", Fraction(1, 30)
+    enc.options = {"g": "15", "deadline": "realtime"}
+    packets = []
+    for i in range(90):  # 3 s at 30 frames a second
+        frame = av.VideoFrame(64, 48, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes([(i * 7) % 256]) * plane.buffer_size)
+        frame.pts = i
+        packets += [(bytes(p), p.is_keyframe) for p in enc.encode(frame)]
+    assert packets[0][1] and len(packets) >= 85
+
+    directory = tmp_path / "archives" / "arc_dead"
+    directory.mkdir(parents=True)
+    info = TrackInfo(track_id="part_a/0", participant_id="part_a", kind="video", codec="VP8", clock_rate=90000, name="A")
+    seg = Segment(str(directory), "part_a-0-0", info, 1.25)
+    (directory / OPEN_LOG).write_text(json.dumps(seg.describe()) + "\n")
+    for i, (data, key) in enumerate(packets):
+        seg.add(data, i * 3000, key)
+    # The process dies here: the container is never closed (what it held in memory is gone).
+    assert (directory / "part_a-0-0.webm.part").stat().st_size > 0
+
+    result = await RecorderService(host="127.0.0.1", archive_dir=str(tmp_path / "archives")).stop_archive("arc_dead")
+    [segment] = result["segments"]
+    assert segment["file"] == "part_a-0-0.webm" and segment["salvaged"] and segment["offset"] == 1.25
+    assert sorted(p.name for p in directory.iterdir()) == [SEGMENT_LOG, "part_a-0-0.webm"]
+    with av.open(str(directory / "part_a-0-0.webm")) as c:
+        decoded = list(c.decode(video=0))
+    # Clusters of half a second are on disk as they close: at least the first 2.5 s survive.
+    assert segment["frames"] == len(decoded) >= 75 and 2.4 <= segment["duration"] <= 3.0, (segment, len(decoded))
+    # Asked again (its log now has it), the same segment, finished once.
+    again = await RecorderService(host="127.0.0.1", archive_dir=str(tmp_path / "archives")).stop_archive("arc_dead")
+    assert again["segments"] == [segment]

@@ -285,22 +285,42 @@ async def test_an_archive_goes_on_in_new_segments_after_its_media_worker_dies(fa
             await pub.close()
 
 
-async def test_an_archive_records_on_after_its_recorder_dies(fault_server, ray_client):
+async def test_an_archive_records_on_after_its_recorder_dies(fault_server, ray_client, tmp_path):
     """The recorder (one per node, a Ray actor) is killed mid-archive: its owner sees it at once,
-    starts another and sends it every track again (the segments it had open are lost)."""
+    starts another and sends it every track again, and the segments the dead one had open are
+    finished by its successor: the frames recorded before the kill are all in a whole file (but
+    the last moment the dead process had buffered), and the new segment goes on from the fault."""
+    import av
+
+    from loadtest.peers import read_counter
+
     server = fault_server
     async with server.http() as http:
-        pub, _video, archive = await _archiving(server, http, "recorder crash")
+        pub, video, archive = await _archiving(server, http, "recorder crash")
         try:
             recorder = ray_client.find("recorder:127.0.0.1")
+            before = video.sent
             killed_at = time.time()
             os.kill(await ray_client.call(recorder, "pid"), signal.SIGKILL)
             await asyncio.sleep(4)
             done = await _stopped(http, archive)
-            assert not any(f["name"].startswith(".") for f in done["files"])  # (the recorder's own log is not a file)
+            assert not any(f["name"].startswith(".") or f["name"].endswith(".part") for f in done["files"]), done["files"]
             manifest = (await http.get(f"/v1/archives/{archive['id']}/files/manifest.json")).json()
-            after = [s for s in manifest["segments"] if s["kind"] == "video" and done["started_at"] + s["offset"] > killed_at]
-            assert after and after[0]["duration"] > 2, manifest["segments"]  # recorded on in the new recorder
+            video_segments = [s for s in manifest["segments"] if s["kind"] == "video"]
+            salvaged = [s for s in video_segments if s.get("salvaged")]
+            after = [s for s in video_segments if done["started_at"] + s["offset"] > killed_at]
+            assert len(salvaged) == 1 and after and after[0]["duration"] > 2, manifest["segments"]  # recorded on
+            assert any(s.get("salvaged") for s in manifest["segments"] if s["kind"] == "audio"), manifest["segments"]
+            listed = {f["name"] for f in done["files"]}
+            assert all(s["file"] in listed for s in manifest["segments"])
+            path = tmp_path / salvaged[0]["file"]
+            path.write_bytes((await http.get(f"/v1/archives/{archive['id']}/files/{salvaged[0]['file']}")).content)
+            with av.open(str(path)) as c:
+                frames = [read_counter(f) for f in c.decode(video=0)]
+            # From the archive's first keyframe to within a second of the kill (the last half
+            # second the muxer held died with the process), every frame, in a file any player reads.
+            assert frames and frames[-1] >= before - 30 and len(set(frames)) >= 0.9 * (frames[-1] - frames[0]), frames[-5:]
+            assert salvaged[0]["frames"] == len(frames) and salvaged[0]["duration"] >= 0.5
         finally:
             await pub.close()
 

@@ -12,6 +12,11 @@ A video segment starts on a keyframe: until one comes the recorder asks for it w
 stops; a track that comes back under a new SSRC (its publisher published again after a media
 worker restart) starts a new segment. Files are written as ``.part`` and renamed when whole,
 so a file that is listed is never half written.
+
+A recorder that dies leaves its open segments as ``.part`` files. Each segment is noted when it
+opens (``.open.jsonl``), so whoever next records or stops the archive on that node finishes
+them: what the dead process had written (all but its last buffered moment) is copied, packet for
+packet, into a whole file, and listed like any other segment (``salvage``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from mediaserver.media.srtp import SrtpKeys
 log = logging.getLogger(__name__)
 
 SEGMENT_LOG = ".segments.jsonl"  # finished segments, one JSON line each (not one of the archive's files)
+OPEN_LOG = ".open.jsonl"  # segments as they open: what a successor needs to finish one left open
 KEYFRAME_ASK_SECONDS = 1.0  # how often a video segment still waiting for a keyframe asks again
 # (codec name -> container format, file suffix, PyAV codec)
 CONTAINERS = {"VP8": ("webm", "webm", "vp8"), "VP9": ("webm", "webm", "vp9"), "OPUS": ("webm", "webm", "libopus"),
@@ -190,7 +196,11 @@ class Segment:
     def _open(self, first: bytes) -> None:
         import av
 
-        self.container = av.open(self.path + ".part", "w", format=self.format)
+        # Clusters of at most half a second, each written out whole as it closes: what a recorder
+        # that dies leaves on disk is readable up to about its last half second (by default the
+        # Matroska muxer keeps 5 s in memory, and a killed process took it all).
+        self.container = av.open(self.path + ".part", "w", format=self.format,
+                                 container_options={"cluster_time_limit": "500", "flush_packets": "1"})
         if self.info.kind == "audio":
             self.stream = self.container.add_stream(self.codec_name, rate=48000)
             self.stream.codec_context.extradata = OPUS_HEAD
@@ -208,10 +218,15 @@ class Segment:
         self.container = None
         os.replace(self.path + ".part", self.path)
         return {
-            "file": self.name, "track_id": self.info.track_id, "participant_id": self.info.participant_id,
-            "name": self.info.name, "kind": self.info.kind, "codec": self.info.codec,
-            "offset": round(self.offset, 3), "duration": round(self.pts / self.info.clock_rate, 3),
+            **self.describe(), "duration": round(self.pts / self.info.clock_rate, 3),
             "frames": self.frames, "keyframes": self.keyframes, "size": os.path.getsize(self.path),
+        }
+
+    def describe(self) -> dict:
+        """What the manifest says of this segment before it ends (also what ``salvage`` needs)."""
+        return {
+            "file": self.name, "track_id": self.info.track_id, "participant_id": self.info.participant_id,
+            "name": self.info.name, "kind": self.info.kind, "codec": self.info.codec, "offset": round(self.offset, 3),
         }
 
 
@@ -247,11 +262,10 @@ class Recorder:
             self.started_at = self.clock()
         self._numbers: dict[str, int] = {}  # track -> segments it has had
         self._udp: asyncio.DatagramTransport | None = None
-        # Segments finished before (a recorder that died, started again for the same archive).
+        # Segments finished before (a recorder that died, started again for the same archive),
+        # those it left open finished now.
         self._log = os.path.join(self.directory, SEGMENT_LOG)
-        if os.path.exists(self._log):
-            with open(self._log) as f:
-                self.done.extend(json.loads(line) for line in f if line.strip())
+        self.done.extend(recover(self.directory))
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -295,6 +309,8 @@ class Recorder:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if os.path.exists(opened := os.path.join(self.directory, OPEN_LOG)):
+            os.remove(opened)  # (every segment it noted is finished and in the log)
         return list(self.done)
 
     def status(self) -> dict:
@@ -357,6 +373,8 @@ class Recorder:
                 stem = f"{info.track_id.replace('/', '-')}-{n}"
             self._numbers[info.track_id] = n + 1
             stream.segment = Segment(self.directory, stem, info, self.clock() - self.started_at)
+            with open(os.path.join(self.directory, OPEN_LOG), "a") as f:
+                f.write(json.dumps(stream.segment.describe()) + "\n")
         try:
             stream.segment.add(data, timestamp, key)
         except Exception:
@@ -370,6 +388,78 @@ class Recorder:
         stream.asked_at = now
         self._count("pli_sent")
         self._udp.sendto(self.tx.protect_rtcp(rtcp.pli(ssrc)), stream.addr)
+
+
+def _read_log(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def recover(directory: str) -> list[dict]:
+    """The segments an archive's directory has, finished in order: those a recorder finished
+    (its log) and, finished now and added to the log, those a recorder that died left open."""
+    log_path = os.path.join(directory, SEGMENT_LOG)
+    done = _read_log(log_path)
+    opened = os.path.join(directory, OPEN_LOG)
+    finished = {d["file"] for d in done}
+    for entry in _read_log(opened):
+        part = os.path.join(directory, entry["file"] + ".part")
+        if entry["file"] in finished or not os.path.exists(part):
+            continue
+        info = salvage(part, os.path.join(directory, entry["file"]), entry)
+        if info is None:
+            log.warning("archive %s: nothing readable in %s", os.path.basename(directory), entry["file"])
+            os.remove(part)
+            continue
+        done.append(info)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(info) + "\n")
+        log.info("archive %s: %s finished after its recorder died (%.1f s)", os.path.basename(directory), entry["file"], info["duration"])
+    if os.path.exists(opened):
+        os.remove(opened)  # (every entry is in the log now, or gone; segments opened from here on are noted anew)
+    return done
+
+
+def salvage(part: str, path: str, entry: dict) -> dict | None:
+    """Copy what a dead recorder wrote to ``part`` into a whole file at ``path`` (packet for
+    packet, no transcoding; a truncated last cluster is where the copy ends); its manifest
+    entry, None if nothing in it can be read."""
+    import av
+
+    fmt = CONTAINERS[entry["codec"].upper()][0]
+    frames = keyframes = 0
+    last = None
+    try:
+        src = av.open(part)
+    except (av.FFmpegError, OSError):
+        return None
+    with src:
+        if not src.streams:
+            return None
+        ins = src.streams[0]
+        with av.open(path + ".part2", "w", format=fmt) as dst:
+            out = dst.add_stream_from_template(ins)
+            try:
+                for packet in src.demux(ins):
+                    if packet.dts is None:
+                        continue  # (the demuxer's end-of-stream marker)
+                    last = packet.pts if last is None else max(last, packet.pts)
+                    frames += 1
+                    keyframes += packet.is_keyframe
+                    packet.stream = out
+                    dst.mux(packet)
+            except (av.FFmpegError, OSError):
+                pass  # the truncated end of what the dead process wrote
+            time_base = ins.time_base
+    if not frames:
+        os.remove(path + ".part2")
+        return None
+    os.replace(path + ".part2", path)
+    os.remove(part)
+    return {**entry, "duration": round(float(last * time_base), 3), "frames": frames, "keyframes": keyframes,
+            "size": os.path.getsize(path), "salvaged": True}
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -452,6 +542,9 @@ class RecorderService:
         """Finish every file of the archive; its segments and the tracks it could not write."""
         rec = self.recorders.pop(archive_id, None)
         if rec is None:
-            return {"segments": [], "skipped": [], "known": False}
+            # Not recording here (this recorder started after the one recording it died): what that
+            # one wrote, its open segments finished now.
+            directory = os.path.join(self.archive_dir, archive_id)
+            return {"segments": recover(directory) if os.path.isdir(directory) else [], "skipped": [], "known": False}
         return {"segments": rec.stop(), "skipped": rec.skipped, "known": True}
 
