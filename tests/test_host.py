@@ -6,6 +6,7 @@ sessions, a session nobody has joined yet, and a restarted host taking its sessi
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -452,3 +453,59 @@ async def test_an_archive_without_ffmpeg_keeps_its_track_files(env, tmp_path, mo
         assert done["status"] == status and "ffmpeg is not installed" in done["error"], done
         if status == "ready":
             assert [f["name"] for f in done["files"]] == ["manifest.json"]
+
+
+async def test_an_archive_whose_finishing_host_died_is_finished_by_the_next(env, tmp_path):
+    """The host finishing a stopped archive (manifest, composition) dies before it is done: the
+    archive does not stay ``processing``. The host that takes the session on finishes it, from
+    what the recorder wrote, even though the session has ended and nobody will load it again."""
+    from mediaserver.control import archive
+    from mediaserver.media.recorder import RecorderService
+
+    store, team, clock, new_host, directory = env
+    recorder = RecorderService(host="127.0.0.1", archive_dir=str(tmp_path / "archives"))
+    stuck = asyncio.Event()
+    composing = recorder.compose
+
+    async def compose_never_ends(archive_id):
+        stuck.set()
+        await asyncio.Event().wait()
+
+    def host_with_recorder() -> SessionHost:
+        h = new_host()
+        h.places.recorder = lambda worker: recorder
+        h.places.leg_keys = lambda a, b: ("11" * 28, "22" * 28)
+        return h
+
+    host = host_with_recorder()
+    await host.start()
+    sid = await open_session(store, team, directory)
+    mod = (await host.call(sid, "join", "mod", "Mod", "moderator"))["participant"]
+    started = await host.call(sid, "start_archive", mod["id"], "the talk", "both")
+    recorder.compose = compose_never_ends
+    await host.call(sid, "end", "api")  # (the session's end stops the archive)
+    await asyncio.wait_for(stuck.wait(), 5)
+    assert (await store.get_archive(started["id"]))["status"] == "processing"
+    # The host dies: its tasks go with it, and so does what its process knew it was finishing.
+    for task in list(host.units[sid].archives._finishing):
+        task.cancel()
+    await host.stop()
+    assert started["id"] not in archive.FINISHING
+    recorder.compose = composing
+
+    host = host_with_recorder()
+    await host.start()
+
+    async def finished():
+        row = await store.get_archive(started["id"])
+        return row if row["status"] != "processing" else None
+
+    for _ in range(100):
+        if done := await finished():
+            break
+        await asyncio.sleep(0.05)
+    assert done and done["status"] == "ready", done
+    assert {f["name"] for f in done["files"]} == {"manifest.json", "composed.mp4"}
+    manifest = json.loads((tmp_path / "archives" / started["id"] / "manifest.json").read_text())
+    assert manifest["archive_id"] == started["id"] and manifest["stopped_at"] == done["stopped_at"]
+    assert sid not in host.units and started["id"] not in archive.FINISHING

@@ -37,6 +37,9 @@ def public(row: dict) -> dict:
     return {k: row.get(k) for k in keys}
 
 
+FINISHING: set[str] = set()  # archives this process is finishing (a host that died left its own unfinished)
+
+
 class Archiver:
     def __init__(self, unit: Any, recorder: Callable[[str], Any], *, max_seconds: float = 4 * 3600,
                  clock: Callable[[], float], keys: Callable[[str], tuple[str, str]] | None = None):
@@ -168,59 +171,44 @@ class Archiver:
             if archive_id and (row is None or row["session_id"] != self.unit.session_id):
                 raise MediaserverError("archive_not_found", f"no archive {archive_id} in this session")
             raise MediaserverError("archive_not_recording", "no archive of this session is recording now")
-        row = await core.store.finish_archive(current["id"], frm="recording", to="processing",
-                                              stopped_at=self.clock(), stop_reason=reason, error=error)
+        FINISHING.add(current["id"])  # (before it reads processing: the host's sweep must leave it to us)
+        try:
+            row = await core.store.finish_archive(current["id"], frm="recording", to="processing",
+                                                  stopped_at=self.clock(), stop_reason=reason, error=error)
+        except BaseException:
+            FINISHING.discard(current["id"])
+            raise
         if row is None:
+            FINISHING.discard(current["id"])
             raise MediaserverError("archive_not_recording", "this archive has stopped already")
         self.current = None
         self.close()
-        async with self.unit._media_lock:
-            media = self.unit.media
-            recording = getattr(media, "recording", None)
-            ours = recording is not None and recording.archive_id == row["id"]
-            # (the recorder that has its files: the one it was sent to, else the one beside home)
-            recorder = recording.recorder if ours else self.recorder(self.unit.media_home)
-            try:
-                result = await media.stop_recording() if ours else await recorder.stop_archive(row["id"])
-            except Exception as e:
-                result = {"segments": [], "skipped": [], "error": repr(e)}
-        if not core.ended:
-            await core.record(by, "archive_stopped", archive_id=row["id"], reason=reason)
+        try:
+            async with self.unit._media_lock:
+                media = self.unit.media
+                recording = getattr(media, "recording", None)
+                ours = recording is not None and recording.archive_id == row["id"]
+                # (the recorder that has its files: the one it was sent to, else the one beside home)
+                recorder = recording.recorder if ours else self.recorder(self.unit.media_home)
+                try:
+                    result = await media.stop_recording() if ours else await recorder.stop_archive(row["id"])
+                except Exception as e:
+                    result = {"segments": [], "skipped": [], "error": repr(e)}
+            if not core.ended:
+                await core.record(by, "archive_stopped", archive_id=row["id"], reason=reason)
+        except BaseException:
+            FINISHING.discard(row["id"])  # (the host's sweep finishes it)
+            raise
         task = asyncio.ensure_future(self._finish(row, result, recorder))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         return public(row)
 
     async def _finish(self, row: dict, result: dict, recorder: Any) -> dict:
-        """Write the manifest, compose if asked, and mark the archive ready (or failed). A composed
-        file that cannot be made fails an archive that asked only for it; with ``both`` the track
-        files stay, ready, and ``error`` says why there is no composed one."""
-        store = self.core.store
-        problems = [f"track {t['track_id']} not recorded: {t['error']}" for t in result.get("lost", [])]
-        if result.get("error"):
-            problems.append(f"the recorder did not finish: {result['error']}")
         try:
-            manifest = {
-                "archive_id": row["id"], "session_id": row["session_id"], "room_id": row["room_id"],
-                "name": row["name"], "started_at": row["started_at"], "stopped_at": row["stopped_at"],
-                "segments": result.get("segments", []), "not_recorded": result.get("skipped", []),
-            }
-            files = await recorder.write_manifest(row["id"], manifest)
-            if row["output"] in ("composed", "both"):
-                try:
-                    files = await recorder.compose(row["id"])
-                except MediaserverError as e:
-                    if row["output"] == "composed":
-                        raise
-                    problems.append(f"no composed file: {e.message}")
-            if row["output"] == "composed":
-                files = [f for f in files if f["kind"] != "track"]
-            done = await store.finish_archive(row["id"], frm="processing", to="ready", files=files,
-                                              size=sum(f["size"] for f in files),
-                                              error="; ".join(problems)[:500] or row.get("error"))
-        except Exception as e:
-            log.warning("archive %s not finished: %r", row["id"], e)
-            done = await store.finish_archive(row["id"], frm="processing", to="failed", error=str(e)[:500])
+            done = await finish(self.core.store, row, result, recorder)
+        finally:
+            FINISHING.discard(row["id"])
         if done is not None and not self.core.ended:
             try:
                 await self.core.record(None, "archive_ready" if done["status"] == "ready" else "archive_failed",
@@ -260,3 +248,35 @@ class Archiver:
             if self.core.room.get("archive_mode") == "always":
                 await self.start(None, None, "both")
 
+
+async def finish(store: Any, row: dict, result: dict, recorder: Any) -> dict | None:
+    """Write the manifest of a stopped archive (``processing``), compose if asked, and mark it
+    ready (or failed); its row then (None: someone else finished it first). A composed file
+    that cannot be made fails an archive that asked only for it; with ``both`` the track
+    files stay, ready, and ``error`` says why there is no composed one."""
+    problems = [f"track {t['track_id']} not recorded: {t['error']}" for t in result.get("lost", [])]
+    if result.get("error"):
+        problems.append(f"the recorder did not finish: {result['error']}")
+    try:
+        manifest = {
+            "archive_id": row["id"], "session_id": row["session_id"], "room_id": row["room_id"],
+            "name": row["name"], "started_at": row["started_at"], "stopped_at": row["stopped_at"],
+            "segments": result.get("segments", []), "not_recorded": result.get("skipped", []),
+        }
+        files = await recorder.write_manifest(row["id"], manifest)
+        if row["output"] in ("composed", "both"):
+            try:
+                files = await recorder.compose(row["id"])
+            except MediaserverError as e:
+                if row["output"] == "composed":
+                    raise
+                problems.append(f"no composed file: {e.message}")
+        if row["output"] == "composed":
+            files = [f for f in files if f["kind"] != "track"]
+        done = await store.finish_archive(row["id"], frm="processing", to="ready", files=files,
+                                          size=sum(f["size"] for f in files),
+                                          error="; ".join(problems)[:500] or row.get("error"))
+    except Exception as e:
+        log.warning("archive %s not finished: %r", row["id"], e)
+        done = await store.finish_archive(row["id"], frm="processing", to="failed", error=str(e)[:500])
+    return done

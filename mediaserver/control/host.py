@@ -22,6 +22,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
+from mediaserver.control import archive
 from mediaserver.control.media import Worker
 from mediaserver.control.unit import SessionUnit
 from mediaserver.errors import MediaserverError
@@ -108,7 +109,10 @@ class SessionHost:
 
     async def _reconcile(self) -> None:
         """Sessions placed here that this host does not hold yet: the ones with someone connected
-        (or nobody ever in) are loaded now; the rest sleep until their timers are due."""
+        (or nobody ever in) are loaded now; the rest sleep until their timers are due. And
+        archives of its sessions that were stopped but never finished (the host finishing them
+        died) are finished."""
+        await self._finish_orphaned_archives()
         for row in await self.store.host_sessions(self.name):
             sid = row["id"]
             if sid in self.units or sid in self._loading or sid in self.asleep:
@@ -118,6 +122,28 @@ class SessionHost:
             else:
                 due = [t + self.cfg["grace_seconds"] for t in (row["empty_since"], row["first_disconnected_at"]) if t is not None]
                 self.asleep[sid] = min(due) if due else None
+
+    async def _finish_orphaned_archives(self) -> None:
+        for row in await self.store.unfinished_archives(self.name):
+            if row["id"] not in archive.FINISHING:
+                archive.FINISHING.add(row["id"])
+                self._tasks.append(asyncio.ensure_future(self._finish_archive(row)))
+        self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _finish_archive(self, row: dict) -> None:
+        """Finish an archive whose finisher died: its recorder stops it if it still records it,
+        else reads what it wrote (segments a dead recorder left open included); then the manifest
+        and the composed file, as ``Archiver.stop`` would have. A failure is tried again at the
+        next look."""
+        try:
+            recorder = self.places.recorder(row["media_worker"])
+            result = await recorder.stop_archive(row["id"])
+            done = await archive.finish(self.store, row, result, recorder)
+            log.info("archive %s, left unfinished, is %s", row["id"], done["status"] if done else "finished elsewhere")
+        except Exception as e:
+            log.warning("archive %s not finished yet (%r); trying again", row["id"], e)
+        finally:
+            archive.FINISHING.discard(row["id"])
 
     async def _load_quietly(self, sid: str) -> None:
         try:

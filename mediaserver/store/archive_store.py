@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id
-from mediaserver.store.schema import archives
+from mediaserver.store.schema import archives, sessions
 
 
 class ArchiveStore:
@@ -45,6 +45,17 @@ class ArchiveStore:
                 .values(status=to, updated_at=time.time() if now is None else now, **fields)
             )
         return await self.get_archive(archive_id) if res.rowcount else None
+
+    async def unfinished_archives(self, host: str) -> list[dict]:
+        """Stopped archives not finished yet (``processing``) of the sessions placed on ``host``,
+        each with its session's media worker (``media_worker``: where its recorder is)."""
+        q = (
+            sa.select(archives, sessions.c.media_worker)
+            .select_from(archives.join(sessions, sessions.c.id == archives.c.session_id))
+            .where(sessions.c.host == host, archives.c.status == "processing")
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
 
     async def get_archive(self, archive_id: str, team_id: str | None = None) -> dict | None:
         q = sa.select(archives).where(archives.c.id == archive_id)
