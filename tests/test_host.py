@@ -126,7 +126,7 @@ async def test_calls_and_long_polls_batched_to_a_host_keep_to_their_own_sessions
     host = new_host()
     await host.start()
 
-    async def run(sid, method, args, new):
+    async def run(sid, method, args, new=None):
         return await host.call(sid, method, *args, new=new)
 
     calls = Batcher(lambda batch: run_batch(run, batch))
@@ -509,3 +509,28 @@ async def test_an_archive_whose_finishing_host_died_is_finished_by_the_next(env,
     manifest = json.loads((tmp_path / "archives" / started["id"] / "manifest.json").read_text())
     assert manifest["archive_id"] == started["id"] and manifest["stopped_at"] == done["stopped_at"]
     assert sid not in host.units and started["id"] not in archive.FINISHING
+
+
+async def test_polls_stopped_as_their_time_runs_out_leave_the_session_whole(env):
+    """A batch of long polls is answered once one is, and the rest are stopped on the host: a
+    poll stopped just as its own time runs out must not break its session (with ``wait_for``
+    around the condition's wait, the lock was left released and the unit was dropped as faulty)."""
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    await host.start()
+    sids = [await open_session(store, team, directory) for _ in range(4)]
+    people = {sid: (await host.call(sid, "join", "mod", "Mod", "moderator"))["participant"] for sid in sids}
+    units = dict(host.units)
+
+    async def run(sid, method, args, new=None):
+        return await host.call(sid, method, *args, new=new)
+
+    async def rounds() -> None:
+        for round_ in range(60):
+            polls = [(sid, "wait_events", (people[sid]["id"], 10**9, 0.002 + 0.0005 * (i % 5), people[sid]["connection_id"]), None)
+                     for i, sid in enumerate(sids * 10)]
+            outcomes = await run_polls(run, polls, linger=0.0005 * (round_ % 4))
+            assert all(o[0] in ("ok", "again") for o in outcomes), outcomes
+
+    await asyncio.wait_for(rounds(), 30)  # (with the lock left released, a poll could wait for ever)
+    assert host.faults == 0 and host.units == units

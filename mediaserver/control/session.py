@@ -346,9 +346,7 @@ class SessionCore(MeetingRules):
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
-                except asyncio.TimeoutError:
+                if not await _wait(self._changed, remaining):
                     break
         self.touch(participant_id)
         oldest = self.recent[0]["seq"] if self.recent else self.last_seq + 1
@@ -521,3 +519,23 @@ class SessionCore(MeetingRules):
         self.recent.extend(e for e in tx.change.events if e["visibility"] in VISIBLE)
         async with self._changed:
             self._changed.notify_all()
+
+
+async def _wait(changed: asyncio.Condition, seconds: float) -> bool:
+    """``changed.wait()`` for at most ``seconds``; False if the time ran out. Cancelling it (a
+    gateway's batch of polls is answered, ``run_polls``) leaves the lock held, as ``async with``
+    expects: ``wait_for`` runs the wait in a task of its own, and a cancel arriving while it
+    cancels that task for its timeout returned with the lock not yet taken back (Python 3.11)."""
+    if hasattr(asyncio, "timeout"):
+        try:
+            async with asyncio.timeout(seconds):  # (Python 3.11+: in this task)
+                await changed.wait()
+            return True
+        except TimeoutError:
+            return False
+    try:
+        await asyncio.wait_for(changed.wait(), seconds)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
