@@ -15,6 +15,7 @@ import ray
 from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from mediaserver.control.batch import Batcher
 from mediaserver.errors import MediaserverError
 
 log = logging.getLogger(__name__)
@@ -168,22 +169,34 @@ async def call(handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
 
 class ActorClient:
     """Calls on one named actor, found (or created) by ``_make`` at the first call; once it has
-    died, the next call makes it anew (for actors that Ray does not restart)."""
+    died, the next call makes it anew (for actors that Ray does not restart). With ``_batched``,
+    the calls made in one turn of the event loop go as one message (the actor's ``calls``, see
+    ``mediaserver.control.batch``), all but the long ones (``_long``)."""
 
     _handle: Any = None
+    _batched = False
+    _long: frozenset[str] = frozenset({"watch"})
+    _batch: Batcher | None = None
 
     def _make(self) -> Any:
         raise NotImplementedError
+
+    def _current(self) -> Any:
+        if self._handle is None:
+            self._handle = self._make()
+        return self._handle
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
 
         async def remote_call(*args: Any) -> Any:
-            if self._handle is None:
-                self._handle = self._make()
             try:
-                return await call(self._handle, method, *args)
+                if self._batched and method not in self._long:
+                    if self._batch is None:
+                        self._batch = Batcher(lambda batch: call(self._current(), "calls", batch))
+                    return await self._batch.call(method, args)
+                return await call(self._current(), method, *args)
             except MediaserverError as e:
                 if e.code == "unavailable":
                     self._handle = None  # dead: the next call finds (or starts) the new one

@@ -11,7 +11,15 @@ from typing import Any
 
 from actors import cluster
 from mediaserver import heap
+from mediaserver.control.batch import run_batch
+from mediaserver.errors import MediaserverError
 from mediaserver.control.topology import WorkerSpec
+
+
+BATCHED = frozenset({
+    "start", "relay", "create_transport", "close_transport", "close_participants", "publish", "subscribe_offer",
+    "subscribe_answer", "route", "unroute", "set_layer", "reports", "stats",
+})  # (watch never returns: alone)
 
 
 class MediaWorkerActor:
@@ -90,6 +98,16 @@ class MediaWorkerActor:
     def pid(self) -> int:
         return os.getpid()
 
+    async def calls(self, batch: list[tuple]) -> list[tuple]:
+        """Several calls at once, each answered with its own outcome (``RemoteWorker`` sends the
+        ones made in one turn of its caller's event loop together)."""
+        return await run_batch(self._run, batch)
+
+    async def _run(self, method: str, args: tuple) -> Any:
+        if method not in BATCHED:
+            raise MediaserverError("invalid_request", f"no media worker call {method!r}")
+        return await getattr(self, method)(*args)
+
 
 def media_worker(cfg: dict, spec: WorkerSpec) -> Any:
     """The handle of the media worker ``spec`` names, created on its node if missing. Workers
@@ -102,6 +120,8 @@ def media_worker(cfg: dict, spec: WorkerSpec) -> Any:
 class RemoteWorker(cluster.ActorClient):
     """The ``mediaserver.control.media.Worker`` calls, made on the media worker ``spec`` names.
     After the worker died, the next call starts its successor (on the same node)."""
+
+    _batched = True
 
     def __init__(self, cfg: dict, spec: WorkerSpec):
         self._cfg = cfg

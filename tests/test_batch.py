@@ -16,7 +16,7 @@ class Host:
     def __init__(self) -> None:
         self.messages: list[list[tuple]] = []
 
-    async def run(self, session_id, method, args, new):
+    async def run(self, session_id, method, args, new=None):
         if method == "fail":
             raise MediaserverError("not_moderator", f"{session_id} may not")
         if method == "bug":
@@ -32,7 +32,7 @@ class Host:
 async def test_calls_made_in_one_turn_leave_as_one_message_each_with_its_own_outcome():
     host = Host()
     b = Batcher(host.send)
-    calls = [b.call(f"s{i}", "fail" if i == 3 else "bug" if i == 5 else "op", (i,) * (i % 3), new={"n": i}) for i in range(8)]
+    calls = [b.call(f"s{i}", "fail" if i == 3 else "bug" if i == 5 else "op", (i,) * (i % 3), {"n": i}) for i in range(8)]
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert len(host.messages) == 1 and len(host.messages[0]) == 8
     for i, r in enumerate(results):
@@ -98,7 +98,7 @@ class Mailboxes:
         self.polled: dict[str, int] = {}
         self.stopped = 0
 
-    async def run(self, session_id, method, args, new):
+    async def run(self, session_id, method, args, new=None):
         self.polled[session_id] = self.polled.get(session_id, 0) + 1
         event = self.news.setdefault(session_id, asyncio.Event())
         try:
@@ -141,7 +141,7 @@ async def test_a_batch_of_polls_is_answered_when_one_is_and_the_others_wait_on_u
 
 
 async def test_polls_that_fail_at_once_answer_the_batch_without_failing_the_rest():
-    async def run(session_id, method, args, new):
+    async def run(session_id, method, args, new=None):
         if session_id == "gone":
             raise MediaserverError("session_not_found", "no session gone")
         await asyncio.sleep(args[0])
@@ -154,7 +154,7 @@ async def test_polls_that_fail_at_once_answer_the_batch_without_failing_the_rest
 async def test_polls_woken_together_come_back_together():
     news = asyncio.Event()
 
-    async def run(session_id, method, args, new):
+    async def run(session_id, method, args, new=None):
         await news.wait()
         for _ in range(3):  # (each takes a few turns to finish, as a real poll re-taking its lock does)
             await asyncio.sleep(0)

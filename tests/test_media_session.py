@@ -5,6 +5,8 @@ to it once, and the relay stops when nobody there receives it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from loadtest.peers import accept, answer_offer, collect, loopback_only_ice, new_pc, publisher_offer, wait_for
@@ -94,3 +96,49 @@ async def test_losing_the_extra_worker_restarts_only_its_receivers(two_workers):
     finally:
         for pc in (pub_pc, first_pc, second_pc):
             await pc.close()
+
+
+class Counting:
+    """A media worker seen through the calls made on it: how many were under way at once."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.busy = self.most = 0
+
+    def __getattr__(self, name):
+        method = getattr(self.worker, name)
+
+        async def counted(*args):
+            self.busy += 1
+            self.most = max(self.most, self.busy)
+            try:
+                await asyncio.sleep(0.001)  # (a remote worker answers later: the caller goes on meanwhile)
+                return await method(*args)
+            finally:
+                self.busy -= 1
+
+        return counted
+
+
+async def test_a_publication_reaches_every_viewer_in_one_round_of_worker_calls(two_workers):
+    """Twelve viewers on the home worker: when someone publishes, every viewer's offer is made at
+    once (a gateway's worker client sends such calls as one message), and each viewer gets
+    exactly one offer, for both tracks. Past one worker, legs are made one at a time (tested above)."""
+    a, _ = two_workers
+    worker = Counting(a)
+    media = MediaSession(worker, receivers_per_worker=1000, more=None, home="media:a")
+    viewers = [f"v{i}" for i in range(12)]
+    for v in viewers:
+        await media.join(v)
+        assert media.take_outbox(v) == []  # (nothing to receive yet)
+    pub_pc = new_pc()
+    try:
+        worker.most = 0
+        answer, added, _ = await media.publish("alice", await publisher_offer(pub_pc))  # (it refreshes everyone)
+        assert worker.most >= 12  # all the viewers' calls under way together
+        for v in viewers:
+            [offer] = media.take_outbox(v)
+            assert offer["type"] == "offer" and offer["sdp"].count("m=") == 2
+            assert {s.track_id for s in media.subscribers[v].slots} == {t.id for t in added}
+    finally:
+        await pub_pc.close()

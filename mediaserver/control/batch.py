@@ -1,4 +1,4 @@
-"""Calls to one host made in the same turn of the event loop, sent as one.
+"""Calls to one actor (a session host, a media worker) made in the same turn of the event loop, sent as one.
 
 A call between processes (a Ray actor call) costs far more than the work most session operations
 do: about 0.7 ms of CPU on each side here, for a join that is itself 3 ms. A gateway receiving a
@@ -28,7 +28,7 @@ MAX_POLLS = 64  # long polls in one message (the ones not answered are sent agai
 LINGER = 0.002  # s a batch of polls waits, once one is answered, for others woken by the same event
 AGAIN: tuple = ("again",)  # a long poll not answered this time: send it again
 
-Call = tuple[str, str, tuple, Any]  # session, operation, its arguments, ``new`` (see SessionHost.call)
+Call = tuple  # what the receiving side's ``run`` takes: (session, operation, arguments, new) for a host
 Outcome = tuple  # ("ok", value), ("error", code, message), or AGAIN
 
 
@@ -45,9 +45,9 @@ class Batcher:
         self.batches = 0  # sent so far (for tests and figures)
         self.calls = 0
 
-    def call(self, session_id: str, method: str, args: tuple, new: Any = None) -> asyncio.Future:
+    def call(self, *call: Any) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        self._queue((session_id, method, args, new), fut)
+        self._queue(call, fut)
         return fut
 
     def _queue(self, call: Call, fut: asyncio.Future) -> None:
@@ -112,11 +112,11 @@ async def run_polls(run: Callable[..., Awaitable[Any]], polls: list[Call], linge
     return [AGAIN if t.cancelled() else t.result() for t in tasks]
 
 
-async def _one(run: Callable[..., Awaitable[Any]], session_id: str, method: str, args: tuple, new: Any) -> Outcome:
+async def _one(run: Callable[..., Awaitable[Any]], *call: Any) -> Outcome:
     try:
-        return ("ok", await run(session_id, method, args, new))
+        return ("ok", await run(*call))
     except MediaserverError as e:
         return ("error", e.code, e.message)
     except Exception:
-        log.exception("%s of session %s failed", method, session_id)
-        return ("error", "internal", f"the control plane failed on {method}")
+        log.exception("%r failed", call[:2])
+        return ("error", "internal", "the control plane failed on this operation; try again")

@@ -20,6 +20,8 @@ the same leg.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import random
 import zlib
@@ -411,10 +413,24 @@ class MediaSession:
         await self._refresh_all(exclude)
 
     async def _refresh_all(self, exclude: str | None = None) -> None:
-        for pid in list(self.subscribers):
-            if pid != exclude:
+        pids = [pid for pid in self.subscribers if pid != exclude]
+        if self._home_only():
+            # Each refresh then touches its own subscriber and the home worker only, so they go
+            # together: a publication reaches a room's viewers in one round of worker calls
+            # (sent as one message, see RemoteWorker) instead of one after another.
+            results = await asyncio.gather(*(self.refresh(pid, dynacast=False) for pid in pids), return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+        else:
+            for pid in pids:  # (legs and relays to other workers are made on the way: one at a time)
                 await self.refresh(pid, dynacast=False)
         self.dynacast()  # once for all of them: it reads every subscriber's slots
+
+    def _home_only(self) -> bool:
+        """Every subscriber receives from the home worker, and will (there is room for all)."""
+        room = self.receivers_per_worker is None or self.more is None or len(self.subscribers) <= self.receivers_per_worker
+        return room and all(sub.worker == HOME for sub in self.subscribers.values())
 
     async def join(self, participant_id: str) -> None:
         self.subscribers.setdefault(participant_id, Subscriber())
