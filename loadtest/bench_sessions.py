@@ -7,7 +7,8 @@ media, the way benchmark clients would:
 - cold joins: new sessions one at a time, then 100 started together (one join each, all sent
   at once), p50/p99 from sending ``join`` to receiving ``joined``, and the server's CPU per join;
 - warm joins: a second participant into live sessions, one after another;
-- a room of 50 filling at once (every join wakes everyone already in), and one chat message to all;
+- a room of 50 filling at once (every join wakes everyone already in), one chat message to all,
+  and one of them publishing (how soon the other 49 are offered its tracks);
 - memory per 1,000 live sessions (one connected participant each);
 - memory per 100 open breakout rooms (sessions with 10 open rooms each).
 
@@ -174,6 +175,7 @@ class Client:
         self.reader: asyncio.Task | None = None
         self.joined: dict = {}
         self.chat_at: dict[str, float] = {}  # chat text -> when it arrived
+        self.offer_at: float | None = None  # when the server's first subscribe offer arrived
 
     async def join(self, token: str, room_id: str) -> float:
         self.ws = await websockets.connect(self.ws_url, max_queue=None, open_timeout=120, ping_interval=None)
@@ -198,6 +200,8 @@ class Client:
                     await self.ws.send('{"type": "pong"}')
                 elif msg.get("event") == "chat":
                     self.chat_at[msg["data"]["message"]["text"]] = time.perf_counter()
+                elif msg.get("type") == "offer" and self.offer_at is None:
+                    self.offer_at = time.perf_counter()
         except websockets.ConnectionClosed:
             pass
 
@@ -404,9 +408,27 @@ async def full_room(http: httpx.AsyncClient, ws_url: str, token, clients: list, 
         await asyncio.sleep(0.01)
     arrived = [c.chat_at.get("hello, everyone", float("nan")) - t0 for c in cs]
     await asyncio.sleep(1)
+    chat_cpu = cpu_seconds(root) - cpu0
+    # The first of them publishes (an aiortc offer: audio and video): every other one is offered
+    # the new tracks (a subscribe offer each, made by the media worker).
+    from aiortc import RTCPeerConnection
+    from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+    pc = RTCPeerConnection()
+    pc.addTrack(AudioStreamTrack())
+    pc.addTrack(VideoStreamTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    cpu0, t0 = cpu_seconds(root), time.perf_counter()
+    await cs[0].command({"type": "offer", "pc": "publish", "sdp": pc.localDescription.sdp})
+    deadline = time.time() + 30
+    while time.time() < deadline and not all(c.offer_at for c in cs[1:]):
+        await asyncio.sleep(0.005)
+    offered = [(c.offer_at or float("nan")) - t0 for c in cs[1:]]
+    await pc.close()
     return {
         "join_ms": ms(took), "server_cpu_ms_per_join": round(cpu_joins / n * 1000, 2),
-        "chat_to_all_ms": round(max(arrived) * 1000, 1), "chat_server_cpu_ms": round((cpu_seconds(root) - cpu0) * 1000, 1),
+        "chat_to_all_ms": round(max(arrived) * 1000, 1), "chat_server_cpu_ms": round(chat_cpu * 1000, 1),
+        "publication_offered_ms": ms(offered),
     }
 
 
