@@ -87,7 +87,7 @@ class SessionHostActor:
 
     async def call(self, session_id: str, method: str, args: tuple, new: dict | None = None) -> Any:
         await self._start()
-        return await self.host.call(session_id, method, *args, new=new)
+        return await self._run(session_id, method, args, new)
 
     async def calls(self, batch: list[tuple]) -> list[tuple]:
         """Several calls at once (``mediaserver.control.batch``): one outcome each."""

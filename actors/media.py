@@ -12,8 +12,8 @@ from typing import Any
 from actors import cluster
 from mediaserver import heap
 from mediaserver.control.batch import run_batch
-from mediaserver.errors import MediaserverError
 from mediaserver.control.topology import WorkerSpec
+from mediaserver.errors import MediaserverError
 
 
 BATCHED = frozenset({

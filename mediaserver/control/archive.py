@@ -175,15 +175,10 @@ class Archiver:
         try:
             row = await core.store.finish_archive(current["id"], frm="recording", to="processing",
                                                   stopped_at=self.clock(), stop_reason=reason, error=error)
-        except BaseException:
-            FINISHING.discard(current["id"])
-            raise
-        if row is None:
-            FINISHING.discard(current["id"])
-            raise MediaserverError("archive_not_recording", "this archive has stopped already")
-        self.current = None
-        self.close()
-        try:
+            if row is None:
+                raise MediaserverError("archive_not_recording", "this archive has stopped already")
+            self.current = None
+            self.close()
             async with self.unit._media_lock:
                 media = self.unit.media
                 recording = getattr(media, "recording", None)
@@ -197,7 +192,7 @@ class Archiver:
             if not core.ended:
                 await core.record(by, "archive_stopped", archive_id=row["id"], reason=reason)
         except BaseException:
-            FINISHING.discard(row["id"])  # (the host's sweep finishes it)
+            FINISHING.discard(current["id"])  # (not stopped here, or the host's sweep finishes it)
             raise
         task = asyncio.ensure_future(self._finish(row, result, recorder))
         self._finishing.add(task)

@@ -21,7 +21,6 @@ the same leg.
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import random
 import zlib

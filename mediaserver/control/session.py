@@ -538,4 +538,3 @@ async def _wait(changed: asyncio.Condition, seconds: float) -> bool:
         return True
     except asyncio.TimeoutError:
         return False
-
