@@ -25,11 +25,14 @@ _remote_classes: dict[type, Any] = {}
 
 # Ray settings for an instance serve starts itself (an operator's cluster sets its own, see the
 # README): no idle workers kept in reserve (each is a ~50 MB process), and a call to an actor
-# that died fails within 0.1 s instead of 1 s, so owners learn of a death at once.
+# that died fails within 0.1 s instead of 1 s, so owners learn of a death at once. A caller
+# checks that wait on its core worker's bookkeeping tick (1 s by default), so without the tick
+# at 0.1 s a call made while a host restarts failed up to a second after the host was back.
 SYSTEM_CONFIG = {
     "enable_worker_prestart": False,
     "prestart_worker_first_driver": False,
     "timeout_ms_task_wait_for_death_info": 100,
+    "core_worker_internal_heartbeat_ms": 100,
 }
 
 _local_node: Any = None  # the Ray node serve started, when it started one itself

@@ -27,7 +27,9 @@ from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
 
 log = logging.getLogger(__name__)
-RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.3)  # then every 0.3 s: a restarting host is back in about a second
+# Then every 0.1 s: a restarting host is back in about a second, and a call to it fails 0.1-0.2 s
+# after it is made (Ray's tick, cluster.SYSTEM_CONFIG), so a longer wait only adds to the outage.
+RETRY_DELAYS = (0.02, 0.05, 0.1)
 LONG_POLLS = {"wait_events"}  # batched apart: a batch of calls is answered when its slowest is
 MAINTAIN_SECONDS = 2.0  # how often a gateway looks for new nodes and measures the media workers' load
 

@@ -28,13 +28,15 @@ class ClusterView:
         self._lock = asyncio.Lock()
 
     async def refresh(self, *, force: bool = False) -> None:
+        asked = time.monotonic()
         async with self._lock:
-            if not force and time.monotonic() - self._at < REFRESH_SECONDS:
-                return
+            if self._at >= asked or (not force and asked - self._at < REFRESH_SECONDS):
+                return  # (one begun while we waited for the lock is as fresh as one of our own)
+            began = time.monotonic()
             found = await asyncio.to_thread(cluster.nodes)
             self.nodes = describe(found, self.cfg)
             self.states = await self.store.node_states()
-            self._at = time.monotonic()
+            self._at = began
 
     # Lookups (on the last refresh) --------------------------------------------------------
 

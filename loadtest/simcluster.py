@@ -16,7 +16,8 @@ RAY = str(Path(sys.executable).parent / "ray")
 # Each node's Ray, as the README tells operators: callers hear of a dead actor at once, no idle
 # workers in reserve, and a node that stops answering is declared dead within about 2 s.
 RAY_ENV = {
-    "RAY_AUTH_MODE": "token", "RAY_timeout_ms_task_wait_for_death_info": "100", "RAY_enable_worker_prestart": "0",
+    "RAY_AUTH_MODE": "token", "RAY_timeout_ms_task_wait_for_death_info": "100",
+    "RAY_core_worker_internal_heartbeat_ms": "100", "RAY_enable_worker_prestart": "0",
     "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3", "RAY_health_check_timeout_ms": "500",
 }
 

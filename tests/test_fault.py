@@ -153,6 +153,40 @@ async def test_ray_kill_with_restart(fault_server, ray_client):
         await b.close()
 
 
+async def test_callers_that_want_a_fresh_view_at_once_share_one_reading(fault_server, ray_client, monkeypatch):
+    """While a host restarts, every call to it fails and its caller asks for a fresh view of the
+    cluster: many at the same instant share one reading of Ray's nodes (they queued behind one
+    begun after they asked), instead of reading one after another; a later ask reads again."""
+    from actors import view as view_module
+    from actors.control import actor_config
+    from mediaserver.config import Settings
+    from mediaserver.store import Store
+
+    readings = []
+    real = view_module.cluster.nodes
+
+    def nodes():
+        readings.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(view_module.cluster, "nodes", nodes)
+    settings = Settings(data_dir=fault_server.data_dir)
+    store = Store(settings.db_url)
+    try:
+        view = view_module.ClusterView(actor_config(settings), store)
+        await asyncio.gather(*(view.refresh(force=True) for _ in range(30)))
+        assert 1 <= len(readings) <= 2, readings  # the first, and one begun after the other 29 asked
+        assert view.nodes and all(n.alive for n in view.nodes)
+        assert any(n.hosts for n in view.nodes)  # the server's own node, its session hosts on it
+        await view.refresh(force=True)
+        assert len(readings) in (2, 3)  # asked after the last reading began: read again
+        count = len(readings)
+        await view.refresh()  # not forced, and fresh: nothing read
+        assert len(readings) == count
+    finally:
+        await store.close()
+
+
 async def test_breakout_rooms_are_held_by_their_sessions_host(fault_server, ray_client):
     """An open breakout room is owned by its session's host (found through the Directory) and
     retired when the rooms close or the session ends."""

@@ -154,7 +154,7 @@ async def test_the_meeting_page_shows_who_speaks(server, tmp_path):
         talker_id = await pages["talker"].evaluate("window.room.me.id")
         for page in pages.values():
             await page.wait_for_function(f"window.room.speakers && window.room.speakers.active === '{talker_id}'", timeout=30000)
-            await page.locator(f"#tile-{talker_id}.speaking").wait_for(state="attached", timeout=10000)  # (a 2 s poll)
+            await page.locator(f"#tile-{talker_id}.speaking").wait_for(state="attached", timeout=10000)
         assert await pages["listener"].evaluate("window.room.speakers.speaking") == [talker_id]  # the beeps are not speech
         await talking.close()
         await quiet.close()

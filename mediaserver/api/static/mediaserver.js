@@ -422,8 +422,9 @@ export class Room extends EventTarget {
     this.uplink = state;
     await this._applyLayers(transceiver);
     const trackId = this.me && transceiver.mid != null ? `${this.me.id}/${transceiver.mid}` : null;
-    if (told && trackId) await this.request({ type: "video_fallback", track_id: trackId, state: told }).catch(() => {});
+    // Our page first: the server's answer comes back over the very link that is too weak (seconds).
     this._emit("uplink", { state, trackId });
+    if (told && trackId) await this.request({ type: "video_fallback", track_id: trackId, state: told }).catch(() => {});
   }
 
   // What our camera's encodings send: what anyone receives (dynacast, from the server), none

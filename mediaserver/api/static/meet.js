@@ -418,22 +418,28 @@ function renderRooms() {
 
 // Live figures: connection quality per participant and who is speaking.
 async function poll() {
-  if (!room || !room.subscribePc || over) return;
+  if (!room || over) return;
+  if (room.speakers) markSpeaker(room.speakers.active); // (a tile made since the server last said)
+  if (!room.subscribePc) return;
   const quality = await room.quality();
   for (const [pid, q] of Object.entries(quality)) {
     const el = $(`tile-${pid}`)?.querySelector(".quality");
     if (el) { el.hidden = false; el.textContent = q; el.setAttribute("aria-label", `Connection: ${q}`); }
   }
-  // The active speaker: the server's word where it gives one (routed rooms; ourselves too),
-  // else the loudest audio we receive.
-  let loudest = room.speakers ? room.speakers.active : null, level = 0.02;
+  // Without the server's word (relayed rooms): the loudest audio we receive.
   if (!room.speakers) {
+    let loudest = null, level = 0.02;
     (await room.subscribePc.getStats()).forEach((s) => {
       if (s.type === "inbound-rtp" && s.kind === "audio" && (s.audioLevel || 0) > level) { level = s.audioLevel; loudest = (s.trackIdentifier || "").split("/")[0]; }
     });
+    markSpeaker(loudest);
   }
-  for (const el of document.querySelectorAll(".tile")) el.classList.toggle("speaking", el.id === `tile-${loudest}`);
   await chooseLayers();
+}
+
+// The active speaker's tile is marked (routed rooms: as soon as the server says, ourselves too).
+function markSpeaker(pid) {
+  for (const el of document.querySelectorAll(".tile")) el.classList.toggle("speaking", el.id === `tile-${pid}`);
 }
 
 // Each simulcast video comes in the layer its tile shows it at (device pixels): a small tile
@@ -513,6 +519,7 @@ function wire(r) {
     render();
   });
   r.addEventListener("breakouts", render);
+  r.addEventListener("speakers", ({ detail }) => markSpeaker(detail.active));
   r.addEventListener("archive", ({ detail }) => { status(detail ? "This session is being recorded." : "Recording stopped."); render(); });
   r.addEventListener("unpublished", () => { preview = null; render(); });
   r.addEventListener("closed", ({ detail }) => {
