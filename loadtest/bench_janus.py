@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bitrate", type=float, default=2_000_000)
     ap.add_argument("--only", choices=["mediaserver", "janus"], help="run one server only")
     ap.add_argument("--scenarios", nargs="+", metavar="PxS", help="e.g. 1x10 5x20 (default: all four)")
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="leave out the floor: a forwarding loop without crypto at each row's rate and fan-out")
     args = ap.parse_args(argv)
     scenarios = [tuple(map(int, x.split("x"))) for x in args.scenarios] if args.scenarios else SCENARIOS
     if (os.cpu_count() or 1) > 1:
@@ -216,7 +218,27 @@ def main(argv: list[str] | None = None) -> int:
         for key in ours:
             if key in theirs:
                 print(f"  {key[0]} x {key[1]}: {ours[key]['us_per_packet'] / theirs[key]['us_per_packet']:.2f}")
+        if args.floor:
+            print(floor(ours, theirs, args.duration))
     return 0
+
+
+def floor(ours: dict, theirs: dict, duration: float) -> str:
+    """What the kernel alone asks of a forwarder here: benchmark 1's loop with no crypto at all (one
+    receive, copies sent with sendmmsg) at each row's delivered rate and fan-out, against Janus's
+    CPU per packet. A ratio target below this is below what any forwarder could reach on this
+    machine (most of it is the loopback delivery each send carries out for its receiver)."""
+    from loadtest.bench_fastpath import measure
+
+    lines = ["\nThe floor: a forwarding loop without crypto (benchmark 1) at each row's rate and fan-out:"]
+    for (pubs, subs), r in ours.items():
+        if (pubs, subs) not in theirs:
+            continue
+        f = measure("no-crypto", "SRTP_AEAD_AES_128_GCM", subs, r["delivered_per_s"], duration)
+        janus_us = theirs[pubs, subs]["us_per_packet"]
+        lines.append(f"  {pubs} x {subs}: {f['cpu_us_per_packet']:.2f} us/packet = {f['cpu_us_per_packet'] / janus_us:.2f} of Janus's "
+                     f"(mediaserver {r['us_per_packet'] / f['cpu_us_per_packet']:.2f}x the floor)")
+    return "\n".join(lines)
 
 
 HEAD = (f"{'server':<12} {'pubs':>4} {'subs':>4} {'delivered/s':>11} {'loss':>7} {'CPU-s/s/stream':>14} "
