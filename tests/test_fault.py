@@ -217,6 +217,24 @@ async def test_breakout_rooms_are_held_by_their_sessions_host(fault_server, ray_
         await a.close()
 
 
+async def test_a_media_workers_batch_takes_only_its_listed_calls(fault_server, ray_client):
+    """``MediaWorkerActor.calls`` runs what a host's batch names only if it is one of the calls
+    hosts batch: anything else, a real method (``pid``) or a made-up one, is refused on its own,
+    and the listed call beside them still answers."""
+    async with fault_server.http() as http:
+        room = await make_room(http, name="worker batch")
+        a = await join_room(fault_server, http, room, "a", "moderator")
+        name = (await http.get(f"/v1/sessions/{a.joined['session']['id']}")).json()["media_worker"]
+        worker = ray_client.find(name)
+        before = await ray_client.call(worker, "pid")
+        outcomes = await ray_client.call(worker, "calls", [("pid", ()), ("__init__", ()), ("no_such_call", (1,)), ("stats", ())])
+        assert [o[:2] for o in outcomes[:3]] == [("error", "invalid_request")] * 3
+        assert "pid" in outcomes[0][2] and "no_such_call" in outcomes[2][2]
+        assert outcomes[3][0] == "ok" and outcomes[3][1]["fastpath"] is True and "port" in outcomes[3][1]
+        assert await ray_client.call(worker, "pid") == before  # nothing broke: the same process answers
+        await a.close()
+
+
 async def test_media_worker_killed_mid_session(fault_server, ray_client):
     """Ray restarts the media worker; the session tells its participants to start media over, and
     media flows again without anyone joining again by hand."""
