@@ -26,6 +26,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -120,6 +121,8 @@ def profile(root: int, out: str) -> list[subprocess.Popen]:
     """py-spy on the gateway and every session host until stopped, raw stacks into ``out``/
     (``pip install py-spy``; how the cold-join figure's CPU divides up)."""
     Path(out).mkdir(parents=True, exist_ok=True)
+    # (the one installed beside this Python, as `make` installs it, when it is not on PATH)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     spies = []
     for pid in tree(root):
         try:
@@ -129,7 +132,7 @@ def profile(root: int, out: str) -> list[subprocess.Popen]:
         name = "gateway" if pid == root else "host" if any("SessionHostActor" in c for c in cmd) else "worker" if any("MediaWorkerActor" in c for c in cmd) else None
         if name:
             spies.append(subprocess.Popen(
-                ["py-spy", "record", "-p", str(pid), "-r", "250", "-f", "raw", "--nonblocking",
+                [spy, "record", "-p", str(pid), "-r", "250", "-f", "raw", "--nonblocking",
                  "-o", f"{out}/{name}-{pid}.txt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
     return spies
