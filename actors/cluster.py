@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
-import ray
-from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+# A Ray call made before ``init`` (or after ``shutdown``, by a thread still finishing a cluster
+# view) must fail, not start Ray or join whatever cluster this machine last started: Ray reads
+# this when first imported.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
-from mediaserver.control.batch import Batcher
-from mediaserver.errors import MediaserverError
+import ray  # noqa: E402
+from ray.exceptions import ActorUnschedulableError, RayActorError, RayTaskError  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
+
+from mediaserver.control.batch import Batcher  # noqa: E402
+from mediaserver.errors import MediaserverError  # noqa: E402
+
+try:  # (the same when Ray was imported before this module, as in an actor's process)
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = False
+except (ImportError, AttributeError):  # pragma: no cover - Ray's internals moved; the variable above still applies
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +157,8 @@ def get_or_create(
 
 def nodes() -> list[dict]:
     """Every node of the cluster: {"id", "ip", "alive", "labels", "cpus"}."""
+    if not ray.is_initialized():
+        raise MediaserverError("unavailable", "not connected to the Ray cluster (not started yet, or stopping)")
     return [
         {"id": n["NodeID"], "ip": n["NodeManagerAddress"], "alive": bool(n.get("Alive")), "labels": n.get("Labels") or {},
          "cpus": int((n.get("Resources") or {}).get("CPU", 1))}

@@ -92,6 +92,7 @@ class ControlPlane:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)  # (nothing of it runs on after Ray stops)
 
     def _ensure_actors(self) -> None:
         for node in self.view.nodes:

@@ -153,6 +153,32 @@ async def test_ray_kill_with_restart(fault_server, ray_client):
         await b.close()
 
 
+def test_a_ray_call_made_before_init_fails_instead_of_joining_a_cluster(fault_server):
+    """A Ray call made by our code before ``cluster.init`` (or after ``shutdown``: a thread still
+    finishing a view of the cluster while serve stops) fails as ``unavailable``. Ray's default
+    would start Ray, or join whichever cluster this machine started last (here the fault server's
+    is running): a gateway once did that on its way out and never exited."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_AUTO_CONNECT"}
+    probe = (
+        "import ray\n"  # (Ray first, as in a process that imported it before our module)
+        "from actors import cluster\n"
+        "def outcome(f):\n"
+        "    try:\n        return repr(f())\n"
+        "    except Exception as e:\n        return getattr(e, 'code', type(e).__name__)\n"
+        "print(outcome(cluster.nodes), outcome(lambda: cluster.find('anything')), ray.is_initialized())\n"
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a Ray call before init hung: it went to start Ray or join another cluster")
+    assert out.returncode == 0, out.stderr[-2000:]
+    # (Ray's default: the state API refuses, but looking an actor up joined the running cluster)
+    assert out.stdout.split() == ["unavailable", "RaySystemError", "False"], out.stdout + out.stderr[-2000:]
+
+
 async def test_callers_that_want_a_fresh_view_at_once_share_one_reading(fault_server, ray_client, monkeypatch):
     """While a host restarts, every call to it fails and its caller asks for a fresh view of the
     cluster: many at the same instant share one reading of Ray's nodes (they queued behind one
