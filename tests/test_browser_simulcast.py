@@ -34,8 +34,11 @@ async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
             await page.get_by_role("button", name="Join now").click()
             pages.append(page)
         cam, ann, bob = pages
+        await cam.wait_for_function("window.room && window.room._stream && window.room.trackIdOf(window.room._stream.getVideoTracks()[0])", timeout=30000)
         track = await cam.evaluate("window.room.trackIdOf(window.room._stream.getVideoTracks()[0])")
-        # The page's 640x480 camera goes as two layers: 320x240 and 640x480.
+        # The page's 640x480 camera goes as two layers: 320x240 and 640x480 (once Ann's page has
+        # heard of the track: on a busy machine that may come after the camera's own answer).
+        await ann.wait_for_function(f"window.room && window.room.tracks.has('{track}')", timeout=30000)
         assert (await ann.evaluate(f"window.room.tracks.get('{track}').layers")) == 2
         owner = track.split("/")[0]
 
