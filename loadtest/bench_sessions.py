@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 import websockets
 
+from loadtest import lean_ws
 from mediaserver import tokens
 
 BIN = Path(sys.executable).parent / "mediaserver"
@@ -169,8 +170,18 @@ class Server:
                 self.proc.kill()
 
 
+async def connect_websockets(url: str):
+    return await websockets.connect(url, max_queue=None, open_timeout=120, ping_interval=None)
+
+
+CONNECT = {"lean": lean_ws.connect, "websockets": connect_websockets}  # --client
+CLOSED = (websockets.ConnectionClosed, lean_ws.ConnectionClosed)
+
+
 class Client:
     """One participant's WebSocket, kept open and read (so the server never waits on it)."""
+
+    connect = staticmethod(lean_ws.connect)
 
     def __init__(self, ws_url: str):
         self.ws_url = ws_url
@@ -181,8 +192,9 @@ class Client:
         self.offer_at: float | None = None  # when the server's first subscribe offer arrived
 
     async def join(self, token: str, room_id: str) -> float:
-        self.ws = await websockets.connect(self.ws_url, max_queue=None, open_timeout=120, ping_interval=None)
-        t0 = time.perf_counter()
+        self.opened_at = time.perf_counter()
+        self.ws = await self.connect(self.ws_url)
+        t0 = self.sent_at = time.perf_counter()
         await self.ws.send(json.dumps({"type": "join", "token": token, "room_id": room_id}))
         while True:
             msg = json.loads(await asyncio.wait_for(self.ws.recv(), 300))
@@ -190,7 +202,8 @@ class Client:
                 break
             if msg["type"] == "error":
                 raise RuntimeError(msg)
-        took = time.perf_counter() - t0
+        self.joined_at = time.perf_counter()
+        took = self.joined_at - t0
         self.joined = msg
         self.reader = asyncio.create_task(self._drain())
         return took
@@ -205,7 +218,7 @@ class Client:
                     self.chat_at[msg["data"]["message"]["text"]] = time.perf_counter()
                 elif msg.get("type") == "offer" and self.offer_at is None:
                     self.offer_at = time.perf_counter()
-        except websockets.ConnectionClosed:
+        except CLOSED:
             pass
 
     async def command(self, msg: dict) -> None:
@@ -228,6 +241,17 @@ def ms(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     return {"n": len(values), "p50": round(pct(values, 50) * 1000, 1), "p99": round(pct(values, 99) * 1000, 1)}
+
+
+async def host_messages(http: httpx.AsyncClient) -> dict[str, float]:
+    """What the gateway has sent its session hosts so far (``/metrics``): operations and the
+    messages they went in, by kind (calls, long polls)."""
+    out: dict[str, float] = {}
+    for line in (await http.get("/metrics")).text.splitlines():
+        m = re.match(r'mediaserver_host_(calls|messages)_total\{kind="(\w+)"\} (\S+)', line)
+        if m:
+            out[f"{m.group(2)}_{m.group(1)}"] = float(m.group(3))
+    return out
 
 
 async def make_rooms(http: httpx.AsyncClient, n: int, prefix: str) -> list[str]:
@@ -263,7 +287,8 @@ async def run(args: argparse.Namespace) -> dict:
         cs = [Client(ws_url) for _ in rooms]
         clients.extend(cs)
         if at_once:
-            return list(await asyncio.gather(*(c.join(token(r, identity, role), r) for c, r in zip(cs, rooms))))
+            signed = [token(r, identity, role) for r in rooms]  # (before the clock starts)
+            return list(await asyncio.gather(*(c.join(t, r) for c, t, r in zip(cs, signed, rooms))))
         return [await c.join(token(r, identity, role), r) for c, r in zip(cs, rooms)]
 
     try:
@@ -277,26 +302,37 @@ async def run(args: argparse.Namespace) -> dict:
             out["cold_join_one_at_a_time_ms"] = ms(alone)
             print(f"cold joins (new sessions, one at a time): {out['cold_join_one_at_a_time_ms']}", flush=True)
             cold_rooms = await make_rooms(http, args.cold, "cold")
+            sent_before = await host_messages(http)  # (read outside the CPU window: /metrics asks the workers too)
             cpu_before, by_before = cpu_seconds(server.proc.pid), cpu_by_process(server.proc.pid)
             own_before = own_cpu()
             spies = profile(server.proc.pid, args.profile) if args.profile else []
             if spies:
                 await asyncio.sleep(1)  # (py-spy attaching; the clients' pings go on meanwhile)
             cold = await joins(cold_rooms, "first")
+            burst = clients[-len(cold):]
             for spy in spies:
                 spy.send_signal(signal.SIGINT)  # (py-spy writes its samples on SIGINT)
                 spy.wait(30)
             cpu_used = cpu_seconds(server.proc.pid) - cpu_before
             by_after = cpu_by_process(server.proc.pid)
+            own_after = own_cpu()
+            sent = await host_messages(http)
+            start = min(c.opened_at for c in burst)
             out["cold_join_ms"] = {
                 **ms(cold),
+                # the user's view: from opening the WebSocket (all at once) to ``joined``
+                "with_connect": ms([c.joined_at - start for c in burst]),
+                # when the joins were sent: the server was answering handshakes until then
+                "sent_after": ms([c.sent_at - start for c in burst]),
                 "server_cpu_ms_per_join": round(cpu_used / len(cold) * 1000, 2),
                 # the benchmark's own clients, on the same cores (WebSocket handshakes, JSON)
-                "client_cpu_ms_per_join": round((own_cpu() - own_before) / len(cold) * 1000, 2),
+                "client_cpu_ms_per_join": round((own_after - own_before) / len(cold) * 1000, 2),
                 "cpu_ms_per_join_by_process": {  # (the process name without its pid)
                     k.split("[")[0]: round((v - by_before.get(k, 0.0)) / len(cold) * 1000, 2)
                     for k, v in by_after.items() if v - by_before.get(k, 0.0) > 0
                 },
+                # gateway -> host traffic of the burst (the joins, and every participant's long polls)
+                "to_hosts_per_join": {k: round((v - sent_before.get(k, 0.0)) / len(cold), 2) for k, v in sorted(sent.items())},
             }
             print(f"cold joins ({args.cold} new sessions at once): {out['cold_join_ms']}", flush=True)
             warm = await joins(cold_rooms[: args.warm], "second", at_once=False)
@@ -448,8 +484,15 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=5.0, help="seconds to wait before each memory reading")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", metavar="DIR", help="py-spy the gateway and hosts during the cold joins, raw stacks into DIR")
+    p.add_argument("--client", choices=sorted(CONNECT), default="lean",
+                   help="the benchmark's WebSocket client: a lean one (loadtest/lean_ws.py), or the websockets library's")
     args = p.parse_args()
-    result = asyncio.run(run(args))
+    Client.connect = staticmethod(CONNECT[args.client])
+    try:  # the clients share the server's cores: the cheaper their event loop, the less they take
+        import uvloop
+        result = uvloop.run(run(args))
+    except ImportError:
+        result = asyncio.run(run(args))
     print(json.dumps(result, indent=2) if args.json else json.dumps(result))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -49,3 +50,70 @@ async def test_locust_smoke_run_has_no_failures(server, tmp_path):
     for name in ("chat", "upvote", "resume", "questions"):
         assert int(rows[("ws", name)]["Request Count"]) > 0, name
     assert int(rows[("media", "publish+subscribe")]["Request Count"]) >= 1, text[-3000:]
+
+
+def test_lean_websocket_frames_parse_as_rfc6455():
+    """Benchmark 4's lean client frames messages as the websockets library reads them: masked
+    (RFC 6455 §5.3), with each of the three length encodings (§5.2)."""
+    from websockets.frames import Frame
+    from websockets.streams import StreamReader
+
+    from loadtest import lean_ws
+
+    for size in (0, 1, 125, 126, 65535, 65536):
+        payload = bytes(i % 251 for i in range(size))
+        raw = lean_ws.frame(lean_ws.OP_TEXT, payload)
+        assert raw[1] & 0x80, "a client frame must be masked"
+        reader = StreamReader()
+        reader.feed_data(raw)
+        parser = Frame.parse(reader.read_exact, mask=True)
+        try:
+            next(parser)
+        except StopIteration as done:
+            got = done.value
+        else:
+            raise AssertionError(f"the frame of {size} bytes did not parse whole")
+        assert got.fin and got.opcode.value == lean_ws.OP_TEXT and got.data == payload, size
+
+
+async def test_lean_websocket_client_joins_and_chats(server):
+    """The lean client against a real server: the handshake, a join, a chat message between two
+    participants (frames both ways, longer than 125 bytes), and a close."""
+    from loadtest import lean_ws
+    from tests.helpers import make_room, make_token
+
+    async with server.http() as http:
+        room = await make_room(http)
+        tokens = [await make_token(http, room["id"], name) for name in ("ann", "bob")]
+    sockets = [await lean_ws.connect(server.ws_url) for _ in tokens]
+
+    async def until(ws, check):
+        while True:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if check(msg):
+                return msg
+
+    ids = []
+    for ws, tok in zip(sockets, tokens):
+        await ws.send(json.dumps({"type": "join", "token": tok, "room_id": room["id"]}))
+        joined = await until(ws, lambda m: m["type"] in ("joined", "error"))
+        assert joined["type"] == "joined" and joined["reconnect_token"], joined
+        ids.append(joined["participant"]["id"])
+    ann, bob = sockets
+    text = " ".join(["hello"] * 40)  # a frame over 125 bytes each way
+    await ann.send(json.dumps({"type": "chat", "text": text}))
+    heard = await until(bob, lambda m: m.get("event") == "chat")
+    assert heard["data"]["message"]["text"] == text
+    await ann.close()
+    # What arrived before the close can still be read; then the socket says it is closed.
+    for _ in range(100):
+        try:
+            await asyncio.wait_for(ann.recv(), 5)
+        except lean_ws.ConnectionClosed as e:
+            assert e.code == 1000
+            break
+    else:
+        raise AssertionError("a closed socket kept reading")
+    # the server saw the close as ann's socket going away
+    await until(bob, lambda m: m.get("event") == "disconnected" and m["participant_id"] == ids[0])
+    await bob.close()
