@@ -5,7 +5,8 @@ media, the way benchmark clients would:
 
 - idle memory of the whole server (every process it started: gateway, Ray, actors);
 - cold joins: new sessions one at a time, then 100 started together (one join each, all sent
-  at once), p50/p99 from sending ``join`` to receiving ``joined``, and the server's CPU per join;
+  at once), p50/p99 from sending ``join`` to receiving ``joined`` and from opening the
+  WebSocket (the user's wait), and the server's CPU per join (the clients: ``loadtest/lean_ws.py``);
 - warm joins: a second participant into live sessions, one after another;
 - a room of 50 filling at once (every join wakes everyone already in), one chat message to all,
   and one of them publishing (how soon the other 49 are offered its tracks);
@@ -322,6 +323,8 @@ async def run(args: argparse.Namespace) -> dict:
                 **ms(cold),
                 # the user's view: from opening the WebSocket (all at once) to ``joined``
                 "with_connect": ms([c.joined_at - start for c in burst]),
+                # ... its deciles, first to last joined: all at the end, or spread over the burst
+                "with_connect_deciles": [round(pct([c.joined_at - start for c in burst], p) * 1000) for p in range(0, 101, 10)],
                 # when the joins were sent: the server was answering handshakes until then
                 "sent_after": ms([c.sent_at - start for c in burst]),
                 "server_cpu_ms_per_join": round(cpu_used / len(cold) * 1000, 2),

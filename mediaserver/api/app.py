@@ -21,6 +21,7 @@ from mediaserver.api.limits import BodyLimit
 from mediaserver.api.metrics import GatewayMetrics
 from mediaserver.config import Settings
 from mediaserver.errors import MediaserverError
+from mediaserver.pacing import TurnBudget
 from mediaserver.store import Store
 from mediaserver.turn import IceServers
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings, store: Store, control: Any, *, reconnect_secr
     app.state.ice_servers = ice_servers or IceServers.from_settings(settings)
     app.state.client_address = ClientAddress(settings.trusted_proxies)
     app.state.metrics = GatewayMetrics()
+    app.state.admissions = TurnBudget()  # joins started per turn of the event loop (mediaserver/pacing.py)
     app.include_router(rest.router)
     app.include_router(archives.router)
     app.include_router(events.router)

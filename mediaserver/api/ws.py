@@ -43,6 +43,7 @@ class Connection:
         self.reconnect_secret = state.reconnect_secret
         self.client_address = state.client_address
         self.ice_servers = state.ice_servers
+        self.admissions = state.admissions
         self.session_id: str | None = None
         self.participant_id: str | None = None
         self.role: str | None = None
@@ -99,6 +100,7 @@ class Connection:
         except WebSocketDisconnect:
             return
         try:
+            await self.admissions.take()  # a burst's joins go on a few per turn, in the order they came
             if isinstance(first, m.Join):
                 await self.join(first)
             elif isinstance(first, m.Resume):
