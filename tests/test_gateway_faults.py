@@ -76,3 +76,25 @@ def test_a_command_that_fails_unexpectedly_answers_internal_and_keeps_the_connec
         ws.send_json({"type": "leave", "id": "l1"})  # (the server closes: the handler ends before the client)
         assert ws.receive_json()["type"] == "ack"
     assert control.calls.count("chat") == 1
+
+
+def test_the_websocket_goes_straight_to_its_handler_and_the_rest_to_the_api(app_and_token):
+    """The participant WebSocket skips FastAPI's routing and middleware (their cost per
+    connection); the REST API still goes through them."""
+    app, _, room, token = app_and_token
+    seen: list[str] = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            seen.append(scope["type"])
+            return await self.inner(scope, receive, send)
+
+    app.api.add_middleware(Spy)
+    with TestClient(app) as client, client.websocket_connect("/v1/ws") as ws:
+        ws.send_json({"type": "join", "token": token, "room_id": room["id"]})
+        assert ws.receive_json()["type"] == "joined"
+        assert client.get("/v1/health").status_code == 200
+    assert "http" in seen and "websocket" not in seen, seen
