@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id
-from mediaserver.store.schema import archives, sessions
+from mediaserver.store.schema import archives, fixed, sessions
 
 
 class ArchiveStore:
@@ -41,7 +41,7 @@ class ArchiveStore:
         in ``frm`` (someone else moved it first)."""
         async with self.write() as conn:
             res = await conn.execute(
-                archives.update().where(archives.c.id == archive_id, archives.c.status == frm)
+                archives.update().where(archives.c.id == archive_id, archives.c.status == fixed(frm))
                 .values(status=to, updated_at=time.time() if now is None else now, **fields)
             )
         return await self.get_archive(archive_id) if res.rowcount else None
@@ -52,7 +52,7 @@ class ArchiveStore:
         q = (
             sa.select(archives, sessions.c.media_worker)
             .select_from(archives.join(sessions, sessions.c.id == archives.c.session_id))
-            .where(sessions.c.host == host, archives.c.status == "processing")
+            .where(sessions.c.host == host, archives.c.status == fixed("processing"))
         )
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
@@ -66,7 +66,7 @@ class ArchiveStore:
         return dict(row) if row else None
 
     async def recording_archive(self, session_id: str) -> dict | None:
-        q = sa.select(archives).where(archives.c.session_id == session_id, archives.c.status == "recording")
+        q = sa.select(archives).where(archives.c.session_id == session_id, archives.c.status == fixed("recording"))
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).mappings().first()
         return dict(row) if row else None

@@ -3,6 +3,8 @@
 Changes to these tables go with a new Alembic revision in ``migrations/versions``.
 """
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -17,10 +19,20 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal,
     text,
 )
 
 metadata = MetaData()
+
+
+def fixed(value: str) -> Any:
+    """``value`` written into a statement instead of bound to it, for comparisons with a column
+    that a partial index's WHERE names (the ``status`` of sessions and of archives below).
+    SQLite prepares such a statement again every time a bound value there changes, which is
+    every time it runs: a join's lookup took 0.13 ms instead of 0.02."""
+    return literal(value, literal_execute=True)
+
 
 teams = Table(
     "teams",

@@ -30,6 +30,7 @@ from mediaserver.store.schema import (
     chat_messages,
     event_slots,
     events,
+    fixed,
     media_nodes,
     participants,
     question_votes,
@@ -79,7 +80,7 @@ def _join_lookup() -> Any:
                   *[c.label(f"s_{c.name}") for c in sessions.c], *[c.label(f"e_{c.name}") for c in event_slots.c])
         .select_from(
             api_keys.outerjoin(rooms, rooms.c.id == sa.bindparam("room_id"))
-            .outerjoin(sessions, sa.and_(sessions.c.room_id == rooms.c.id, sessions.c.status != "ended"))
+            .outerjoin(sessions, sa.and_(sessions.c.room_id == rooms.c.id, sessions.c.status != fixed("ended")))
             .outerjoin(event_slots, event_slots.c.room_id == rooms.c.id)
         )
         .where(api_keys.c.id == sa.bindparam("key_id"), api_keys.c.revoked_at.is_(None))
@@ -97,7 +98,7 @@ def _live_count() -> Any:
     """A team's limit on live sessions and its live sessions but one, its row locked."""
     live = (
         sa.select(sa.func.count()).select_from(sessions)
-        .where(sessions.c.team_id == teams.c.id, sessions.c.status == "live", sessions.c.id != sa.bindparam("session_id"))
+        .where(sessions.c.team_id == teams.c.id, sessions.c.status == fixed("live"), sessions.c.id != sa.bindparam("session_id"))
         .scalar_subquery()
     )
     return sa.select(teams.c.max_live_sessions, live).where(teams.c.id == sa.bindparam("team_id")).with_for_update(of=teams)
@@ -258,7 +259,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         q = (
             sa.select(rooms, *s_cols, *e_cols)
             .select_from(
-                rooms.outerjoin(sessions, sa.and_(sessions.c.room_id == rooms.c.id, sessions.c.status != "ended"))
+                rooms.outerjoin(sessions, sa.and_(sessions.c.room_id == rooms.c.id, sessions.c.status != fixed("ended")))
                 .outerjoin(event_slots, event_slots.c.room_id == rooms.c.id)
             )
             .where(rooms.c.id == room_id)
@@ -388,7 +389,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
 
     async def _unended_session(self, conn: Any, room_id: str) -> dict | None:
         row = (
-            await conn.execute(sa.select(sessions).where(sessions.c.room_id == room_id, sessions.c.status != "ended"))
+            await conn.execute(sa.select(sessions).where(sessions.c.room_id == room_id, sessions.c.status != fixed("ended")))
         ).mappings().first()
         return dict(row) if row else None
 
@@ -399,7 +400,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
     async def count_live_sessions(self, team_id: str, *, exclude_session_id: str | None = None) -> int:
         """Sessions of a team that count against its limit: live, not ending soon."""
         q = sa.select(sa.func.count()).select_from(sessions).where(
-            sessions.c.team_id == team_id, sessions.c.status == "live"
+            sessions.c.team_id == team_id, sessions.c.status == fixed("live")
         )
         if exclude_session_id:
             q = q.where(sessions.c.id != exclude_session_id)
@@ -413,7 +414,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         async with self.write() as conn:
             cond = sessions.c.host.is_(None) if only_if_host is None else sessions.c.host == only_if_host
             await conn.execute(
-                sessions.update().where(sessions.c.id == session_id, sessions.c.status != "ended", cond).values(host=host)
+                sessions.update().where(sessions.c.id == session_id, sessions.c.status != fixed("ended"), cond).values(host=host)
             )
             row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).mappings().first()
         return dict(row) if row else None
@@ -427,7 +428,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
             sa.select(sessions.c.id, sessions.c.status, sessions.c.empty_since, sessions.c.started_at, sessions.c.last_seq,
                       sa.func.coalesce(connected, 0).label("connected"), dropped.label("first_disconnected_at"))
             .select_from(sessions.outerjoin(participants, participants.c.session_id == sessions.c.id))
-            .where(sessions.c.host == host, sessions.c.status != "ended")
+            .where(sessions.c.host == host, sessions.c.status != fixed("ended"))
             .group_by(sessions.c.id, sessions.c.status, sessions.c.empty_since, sessions.c.started_at, sessions.c.last_seq)
         )
         async with self.engine.connect() as conn:
@@ -435,7 +436,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
 
     async def worker_sessions(self, since: float | None = None) -> dict[str, int]:
         """Unended sessions per media worker (``since``: only those started since then)."""
-        q = sa.select(sessions.c.media_worker, sa.func.count()).where(sessions.c.status != "ended").group_by(sessions.c.media_worker)
+        q = sa.select(sessions.c.media_worker, sa.func.count()).where(sessions.c.status != fixed("ended")).group_by(sessions.c.media_worker)
         if since is not None:
             q = q.where(sessions.c.started_at >= since)
         async with self.engine.connect() as conn:
@@ -444,7 +445,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
     async def sessions_on_workers(self, workers: Iterable[str]) -> list[dict]:
         """Unended sessions whose media goes through these workers (id, host, media_worker)."""
         q = (sa.select(sessions.c.id, sessions.c.host, sessions.c.media_worker)
-             .where(sessions.c.media_worker.in_(list(workers)), sessions.c.status != "ended").order_by(sessions.c.started_at))
+             .where(sessions.c.media_worker.in_(list(workers)), sessions.c.status != fixed("ended")).order_by(sessions.c.started_at))
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(q)).mappings()]
 
@@ -464,20 +465,20 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         async with self.write() as conn:
             cond = sessions.c.media_worker.is_(None) if only_if is None else sessions.c.media_worker == only_if
             await conn.execute(
-                sessions.update().where(sessions.c.id == session_id, sessions.c.status != "ended", cond).values(media_worker=to)
+                sessions.update().where(sessions.c.id == session_id, sessions.c.status != fixed("ended"), cond).values(media_worker=to)
             )
             row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).mappings().first()
         return dict(row) if row else None
 
     async def host_loads(self) -> dict[str, int]:
         """Unended sessions per host."""
-        q = sa.select(sessions.c.host, sa.func.count()).where(sessions.c.status != "ended").group_by(sessions.c.host)
+        q = sa.select(sessions.c.host, sa.func.count()).where(sessions.c.status != fixed("ended")).group_by(sessions.c.host)
         async with self.engine.connect() as conn:
             return {host: n for host, n in await conn.execute(q) if host is not None}
 
     async def unended_session_ids(self) -> list[str]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(sessions.c.id).where(sessions.c.status != "ended"))
+            rows = await conn.execute(sa.select(sessions.c.id).where(sessions.c.status != fixed("ended")))
             return [r[0] for r in rows]
 
     async def get_session(self, session_id: str, team_id: str | None = None) -> dict | None:
@@ -533,14 +534,14 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         """Unended sessions by status, and connected participants, across all teams (for metrics)."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                sa.select(sessions.c.status, sa.func.count()).where(sessions.c.status != "ended").group_by(sessions.c.status)
+                sa.select(sessions.c.status, sa.func.count()).where(sessions.c.status != fixed("ended")).group_by(sessions.c.status)
             )
             by_status = {status: n for status, n in rows}
             connected = (
                 await conn.execute(
                     sa.select(sa.func.count())
                     .select_from(participants.join(sessions, sessions.c.id == participants.c.session_id))
-                    .where(participants.c.state == "connected", sessions.c.status != "ended")
+                    .where(participants.c.state == "connected", sessions.c.status != fixed("ended"))
                 )
             ).scalar_one()
         return {"sessions": {s: by_status.get(s, 0) for s in ("live", "ending_soon")}, "participants": int(connected)}
