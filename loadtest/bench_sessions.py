@@ -191,6 +191,7 @@ class Client:
         self.joined: dict = {}
         self.chat_at: dict[str, float] = {}  # chat text -> when it arrived
         self.offer_at: float | None = None  # when the server's first subscribe offer arrived
+        self.opened_at = self.sent_at = self.joined_at = 0.0  # (join: opening the socket, sending join, joined)
 
     async def join(self, token: str, room_id: str) -> float:
         self.opened_at = time.perf_counter()
@@ -319,12 +320,12 @@ async def run(args: argparse.Namespace) -> dict:
             own_after = own_cpu()
             sent = await host_messages(http)
             start = min(c.opened_at for c in burst)
+            waits = [c.joined_at - start for c in burst]  # the user's view: from opening the WebSocket (all at once) to ``joined``
             out["cold_join_ms"] = {
                 **ms(cold),
-                # the user's view: from opening the WebSocket (all at once) to ``joined``
-                "with_connect": ms([c.joined_at - start for c in burst]),
+                "with_connect": ms(waits),
                 # ... its deciles, first to last joined: all at the end, or spread over the burst
-                "with_connect_deciles": [round(pct([c.joined_at - start for c in burst], p) * 1000) for p in range(0, 101, 10)],
+                "with_connect_deciles": [round(pct(waits, p) * 1000) for p in range(0, 101, 10)],
                 # when the joins were sent: the server was answering handshakes until then
                 "sent_after": ms([c.sent_at - start for c in burst]),
                 "server_cpu_ms_per_join": round(cpu_used / len(cold) * 1000, 2),

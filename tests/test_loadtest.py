@@ -52,30 +52,6 @@ async def test_locust_smoke_run_has_no_failures(server, tmp_path):
     assert int(rows[("media", "publish+subscribe")]["Request Count"]) >= 1, text[-3000:]
 
 
-def test_lean_websocket_frames_parse_as_rfc6455():
-    """Benchmark 4's lean client frames messages as the websockets library reads them: masked
-    (RFC 6455 §5.3), with each of the three length encodings (§5.2)."""
-    from websockets.frames import Frame
-    from websockets.streams import StreamReader
-
-    from loadtest import lean_ws
-
-    for size in (0, 1, 125, 126, 65535, 65536):
-        payload = bytes(i % 251 for i in range(size))
-        raw = lean_ws.frame(lean_ws.OP_TEXT, payload)
-        assert raw[1] & 0x80, "a client frame must be masked"
-        reader = StreamReader()
-        reader.feed_data(raw)
-        parser = Frame.parse(reader.read_exact, mask=True)
-        try:
-            next(parser)
-        except StopIteration as done:
-            got = done.value
-        else:
-            raise AssertionError(f"the frame of {size} bytes did not parse whole")
-        assert got.fin and got.opcode.value == lean_ws.OP_TEXT and got.data == payload, size
-
-
 async def test_lean_websocket_client_joins_and_chats(server):
     """The lean client against a real server: the handshake, a join, a chat message between two
     participants (frames both ways, longer than 125 bytes), and a close."""
