@@ -47,7 +47,6 @@ class Gateway:
 
     def __init__(self, api: FastAPI):
         self.api = api
-        self.state = api.state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == WS_PATH:
