@@ -97,4 +97,6 @@ def test_the_websocket_goes_straight_to_its_handler_and_the_rest_to_the_api(app_
         ws.send_json({"type": "join", "token": token, "room_id": room["id"]})
         assert ws.receive_json()["type"] == "joined"
         assert client.get("/v1/health").status_code == 200
+        ws.send_json({"type": "leave", "id": "l1"})  # (the handler ends before the client shuts down)
+        assert ws.receive_json()["type"] == "ack"
     assert "http" in seen and "websocket" not in seen, seen
