@@ -146,8 +146,18 @@ class ControlPlane:
     ) -> tuple[dict, dict | None]:
         """The room's unended session (opened if there is none) and, when this call created
         it, what its host may start from instead of reading the store (``SessionHost.call``'s
-        ``new``: the session, ``room`` and its event ``slot`` as the caller read them)."""
+        ``new``: the session, ``room`` and its event ``slot`` as the caller read them).
+
+        When the caller has just read that the room has no session (``existing`` None), the new
+        one is only placed here, not written: the first join's call writes it on its host
+        (``DirectoryCore.plan``), or answers ``session_opened_elsewhere`` if another join opened
+        the room's session first."""
         await self.view.refresh()
+        if existing is None:
+            session = await self.directory.plan(room, client_address)
+            if session.get("host"):
+                self._host_of[session["id"]] = session["host"]
+            return session, brand_new(session, room, slot, unwritten=True)
         session, created = await self.directory.open(room, client_address, existing=existing)
         if session.get("host"):
             self._host_of[session["id"]] = session["host"]
@@ -200,7 +210,9 @@ class ControlPlane:
             try:
                 host = await self._host(session_id)
                 kind = "polls" if method in LONG_POLLS else "calls"
-                return await self._batcher(host, kind).call(session_id, method, args, new if attempt == 0 else None)
+                # (An unwritten session goes with every attempt: only its first join writes it.)
+                carry = new if attempt == 0 or (new and new.get("unwritten")) else None
+                return await self._batcher(host, kind).call(session_id, method, args, carry)
             except MediaserverError as e:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 if e.code != "unavailable" or loop.time() + delay > end:

@@ -54,13 +54,15 @@ class ClusterPlaces:
             spec = self.view.worker(name)
         return spec is not None and self.view.alive(spec.node)
 
-    async def place(self, session_id: str, current: str | None, avoid: str | None) -> str:
+    async def place(self, session_id: str, current: str | None, avoid: str | None, *, write: bool = True) -> str:
         await self.view.refresh(force=True)
         loads = await self.view.worker_loads()
         here = self.view.node(node_of(current)) if current else None
         choice = self.placement.choose(
             loads, region=here.region if here else None, exclude_nodes={node_of(avoid)} if avoid else set(),
         )
+        if not write:
+            return choice.name  # (its first join writes the session, with this worker)
         row = await self.store.move_media(session_id, to=choice.name, only_if=current)
         if row is None:
             raise MediaserverError("session_not_found", f"no session {session_id}")

@@ -30,6 +30,7 @@ STATUS: dict[str, int] = {
     "participant_not_found": 404,
     "session_ended": 410,
     "session_limit_reached": 429,
+    "session_opened_elsewhere": 409,  # (between gateway and host: a first join raced another; the gateway joins that one)
     "room_full": 409,
     "not_moderator": 403,
     "not_joined": 409,

@@ -53,7 +53,9 @@ async def env(tmp_path):
         async def usable(self, name):
             return name == "media:test:0"
 
-        async def place(self, session_id, current, avoid):
+        async def place(self, session_id, current, avoid, *, write=True):
+            if not write:
+                return "media:test:0"
             return (await store.move_media(session_id, to="media:test:0", only_if=current))["media_worker"]
 
         async def extra(self, session_id, using):
@@ -78,6 +80,55 @@ async def env(tmp_path):
 async def open_session(store: Store, team: dict, directory: DirectoryCore) -> str:
     room = await store.create_room(team["id"], dict(ROOM))
     return (await directory.open_session(room))["id"]
+
+
+async def test_an_unwritten_session_is_written_by_its_first_join_or_gives_way(env, monkeypatch):
+    """A gateway that read "no session" only places one (``DirectoryCore.plan``): the first
+    join writes it on its host, reading nothing first. A second opener of the same room, and an
+    opener past the team's limit, write nothing and leave no unit behind; the first learns that
+    the room's session is elsewhere, so its gateway joins that one."""
+    store, team, clock, new_host, directory = env
+    host = new_host()
+    await host.start()
+    room = await store.create_room(team["id"], {**ROOM, "name": "first"})
+    planned = await directory.plan(room)
+    assert await store.get_session(planned["id"]) is None
+    reads = []
+    for name in ("get_session", "get_room", "slot_for_room", "unended_session"):
+        real = getattr(store, name)
+
+        async def counted(*args, real=real, name=name, **kwargs):
+            reads.append(name)
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    joined = await host.call(planned["id"], "join", "mod", "Mod", "moderator", new=brand_new(planned, room, None, unwritten=True))
+    assert reads == []
+    monkeypatch.undo()
+    row = await store.get_session(planned["id"])
+    assert (row["status"], row["room_id"], row["host"], row["last_seq"]) == ("live", room["id"], "host:test:0", 1)
+    assert [p["id"] for p in await store.list_participants(planned["id"])] == [joined["participant"]["id"]]
+    assert not host.units[planned["id"]].core.unwritten
+
+    # Another gateway planned the same room at the same moment: its join gives way.
+    late = await directory.plan(room)
+    with pytest.raises(MediaserverError) as e:
+        await host.call(late["id"], "join", "sub", "Sub", "subscriber", new=brand_new(late, room, None, unwritten=True))
+    assert e.value.code == "session_opened_elsewhere"
+    assert late["id"] not in host.units and await store.get_session(late["id"]) is None
+    assert (await store.unended_session(room["id"]))["id"] == planned["id"]
+    assert len(await store.list_participants(planned["id"])) == 1
+
+    # A team at its limit: refused, nothing written, no unit left.
+    limited = await store.ensure_team("one only", max_live_sessions=1)
+    rooms = [await store.create_room(limited["id"], {**ROOM, "name": f"l{i}"}) for i in range(2)]
+    first = await directory.plan(rooms[0])
+    await host.call(first["id"], "join", "a", "A", "moderator", new=brand_new(first, rooms[0], None, unwritten=True))
+    over = await directory.plan(rooms[1])
+    with pytest.raises(MediaserverError) as e:
+        await host.call(over["id"], "join", "b", "B", "moderator", new=brand_new(over, rooms[1], None, unwritten=True))
+    assert e.value.code == "session_limit_reached"
+    assert over["id"] not in host.units and await store.unended_session(rooms[1]["id"]) is None
 
 
 async def test_a_failure_in_one_session_leaves_its_neighbours_untouched(env):

@@ -80,12 +80,16 @@ def host_traffic(metrics: str) -> dict[str, float]:
 async def test_a_room_filling_at_once_tells_everyone_of_everyone(server):
     """Twenty join one room at the same instant, so every join wakes everyone's long poll: each
     learns of all the others (in its joined message or a joined event, once each), and the
-    gateway's calls to the session's host went in fewer messages than there were calls."""
+    gateway's calls to the session's host went in fewer messages than there were calls. They
+    all raced to open the session (its first join writes it, on its host): they are all in one."""
     async with server.http() as http:
         before = host_traffic((await http.get("/metrics")).text)
         room = await make_room(http, name="rush hour")
         people = await asyncio.gather(*(join_room(server, http, room, f"p{i}") for i in range(20)))
         try:
+            assert len({p.joined["session"]["id"] for p in people}) == 1
+            listed = (await http.get("/v1/sessions", params={"room_id": room["id"]})).json()["sessions"]
+            assert [s["id"] for s in listed if s["room_id"] == room["id"]] == [people[0].joined["session"]["id"]]
             everyone = {p.id for p in people}
             for p in people:
                 known = [q["id"] for q in p.joined["participants"] if q["id"] != p.id]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from mediaserver.errors import MediaserverError
-from mediaserver.store import SessionChange, Store
+from mediaserver.store import SessionChange, Store, new_session_row
 
 ROOM = {
     "name": "Burst", "type": "adhoc", "media_mode": "routed", "archive_mode": "manual", "encryption": "server",
@@ -184,6 +184,54 @@ async def test_first_joins_of_a_room_at_the_team_limit_join_the_session_one_of_t
     with pytest.raises(MediaserverError) as e:
         await stores[0].open_session(third, time.time(), default_limit=10, none_seen=True)
     assert e.value.code == "session_limit_reached"
+
+
+async def first_join(s: Store, room: dict, identity: str = "first") -> str:
+    """What a session host writes for the first join of a session the gateway only placed
+    (``SessionChange.opens``): the session, its participant and its event, in one transaction."""
+    row = new_session_row(room, time.time(), {"host": "host:test:0", "media_worker": "media:test:0"})
+    pid = f"part_{identity}_{row['id']}"
+    await s.apply(SessionChange(
+        row["id"], session={"last_seq": 1}, opens=row, live_limit=10,
+        new_participants=[{
+            "id": pid, "session_id": row["id"], "identity": identity, "name": identity, "role": "publisher",
+            "state": "connected", "joined_at": row["started_at"], "disconnected_at": None, "left_at": None,
+            "left_reason": None, "on_stage": False, "stage_requested_at": None, "breakout_id": None,
+        }],
+        events=[{"session_id": row["id"], "seq": 1, "participant_id": pid, "type": "joined", "visibility": "broadcast",
+                 "data": {}, "at": row["started_at"]}],
+    ))
+    return row["id"]
+
+
+async def test_first_joins_written_by_hosts_open_one_session_per_room(stores):
+    """Every gateway saw no session and placed one of its own: the hosts' first joins write
+    them, one wins, and every other gives way (``session_opened_elsewhere``) writing nothing."""
+    team = await stores[0].ensure_team("hosts open")
+    room = await stores[0].create_room(team["id"], {**ROOM})
+    ok, refused = await burst(stores, [lambda s: first_join(s, room) for _ in range(BURST)])
+    assert len(ok) == 1 and refused == ["session_opened_elsewhere"] * (BURST - 1)
+    assert (await stores[0].unended_session(room["id"]))["id"] == ok[0]
+    assert len(await stores[0].list_participants(ok[0])) == 1
+
+
+async def test_first_joins_written_by_hosts_keep_the_team_limit(stores):
+    team = await stores[0].ensure_team("hosts limited", max_live_sessions=3)
+    rooms = [await stores[0].create_room(team["id"], {**ROOM, "name": f"h{i}"}) for i in range(BURST)]
+    ok, refused = await burst(stores, [lambda s, r=r: first_join(s, r) for r in rooms])
+    assert len(ok) == 3 and refused == ["session_limit_reached"] * (BURST - 3)
+    assert await stores[0].count_live_sessions(team["id"]) == 3
+
+
+async def test_first_joins_written_by_hosts_at_the_limit_give_way_to_the_one_that_opened(stores):
+    """One session short of the limit, a burst of first joins of one room: the one that opened
+    it is in, and the others are told to join it, not that the team is at its limit."""
+    team = await stores[0].ensure_team("hosts one more", max_live_sessions=2)
+    await first_join(stores[0], await stores[0].create_room(team["id"], {**ROOM, "name": "other"}))
+    room = await stores[0].create_room(team["id"], {**ROOM, "name": "last"})
+    ok, refused = await burst(stores, [lambda s: first_join(s, room) for _ in range(BURST)])
+    assert len(ok) == 1 and refused == ["session_opened_elsewhere"] * (BURST - 1)
+    assert await stores[0].count_live_sessions(team["id"]) == 2
 
 
 async def test_ending_soon_sessions_coming_back_count_against_the_limit(stores):

@@ -25,6 +25,7 @@ from mediaserver.errors import MediaserverError
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 128 * 1024
+OPEN_ATTEMPTS = 3  # a first join that another opened the session before: joins it (once more if that one ended meanwhile)
 
 
 def _validation_message(e: ValidationError) -> str:
@@ -155,9 +156,19 @@ class Connection:
             )
         client = self.ws.client.host if self.ws.client else None
         address = self.client_address(client, self.ws.headers.get("x-forwarded-for"))
-        session, new = await self.control.open_session(room, address, existing=current, slot=slot)
-        self.session_id = session["id"]
-        result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role, new=new)
+        for attempt in range(OPEN_ATTEMPTS):
+            session, new = await self.control.open_session(room, address, existing=current, slot=slot)
+            self.session_id = session["id"]
+            try:
+                result = await self.control.call(self.session_id, "join", grant.identity, grant.name, grant.role, new=new)
+                break
+            except MediaserverError as e:
+                if new and new.get("unwritten"):
+                    self.control.forget(self.session_id)  # (never written: no such session)
+                # Another first join opened the room's session before ours could: join that one.
+                if e.code != "session_opened_elsewhere" or attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                current = await self.store.unended_session(room["id"])
         ttl = max(grant.expires_at - time.time(), 0) + self.settings.grace_seconds
         await self._welcome(msg.id, result, room, resumed=False, ttl=ttl)
 

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 from mediaserver.control.placement import Placement, WorkerLoad
 from mediaserver.control.topology import node_of
 from mediaserver.ids import new_id
-from mediaserver.store import Store
+from mediaserver.store import Store, new_session_row
 
 LOADS_TTL = 1.0  # seconds the hosts' and workers' session counts are reused between placements
 UNREAD = object()  # (``open``'s caller has not read the room's session)
@@ -70,6 +70,14 @@ class DirectoryCore:
         return await self.store.open_session(
             room, self.clock(), default_limit=self.default_max_live_sessions, placement=placement, none_seen=existing is None,
         )
+
+    async def plan(self, room: dict, client_address: str | None = None) -> dict:
+        """A new session for a room that has none, placed but not written: its first join writes
+        it, in the transaction that admits that participant (``SessionChange.opens``), where the
+        team's limit and the room's one unended session are checked. One write per cold join,
+        in the session's host, instead of one here and one there."""
+        region = self.placement.region_of(room.get("location_hint")) or self.placement.region_of(client_address)
+        return new_session_row(room, self.clock(), await self.place(new_id("sess"), region))
 
     async def place(self, session_id: str, region: str | None = None) -> dict:
         """Where a new session goes: a media worker (by region and headroom), and the host with

@@ -59,20 +59,22 @@ class MediaPlaces(Protocol):
 
     def worker(self, name: str) -> Worker: ...  # the client of a media worker, by name
     async def usable(self, name: str) -> bool: ...  # it exists and its node is up (and not draining)
-    async def place(self, session_id: str, current: str | None, avoid: str | None) -> str: ...
+    async def place(self, session_id: str, current: str | None, avoid: str | None, *, write: bool = True) -> str: ...
     # ^ a media worker for a session whose worker is unusable, or, ``avoid``, on another node
-    # than the one it is on (written to the store; the name it stands on is returned)
+    # than the one it is on (written to the store unless ``write`` is false, for a session its
+    # first join has yet to write; the name it stands on is returned)
     async def extra(self, session_id: str, using: list[str]) -> str: ...  # one more worker for its receivers
     def leg_keys(self, a: str, b: str) -> tuple[str, str]: ...  # the keys of the leg from worker a to b
     def recorder(self, worker: str) -> Any: ...  # the recorder on a media worker's node (archives)
 
 
-def brand_new(session: dict, room: dict, slot: dict | None) -> dict:
+def brand_new(session: dict, room: dict, slot: dict | None, *, unwritten: bool = False) -> dict:
     """What the creator of a session hands its host with the first call (``SessionHost.call``'s
-    ``new``): the row it inserted, as ``Store.get_session`` would read it, the room and the
-    room's event slot as it read them just before."""
+    ``new``): the row it inserted (or, ``unwritten``, the row for the first join to insert), as
+    ``Store.get_session`` would read it, the room and the room's event slot as it read them just
+    before."""
     row = {**session, "room_name": room["name"], "room_encryption": room["encryption"]}
-    return {"session": row, "room": room, "slot": slot}
+    return {"session": row, "room": room, "slot": slot, "unwritten": unwritten}
 
 
 class SessionHost:
@@ -163,7 +165,8 @@ class SessionHost:
 
         ``new``: the caller has just created the session, and this is what it wrote and read
         (``session``, ``room``, ``slot``): a unit not loaded yet starts from it instead of
-        reading the store, since a session nobody has joined has nothing else to read."""
+        reading the store, since a session nobody has joined has nothing else to read. With
+        ``unwritten`` the caller only chose the session's id and place: its first join writes it."""
         if method not in UNIT_METHODS:
             raise MediaserverError("invalid_request", f"no session operation {method!r}")
         unit = await self._unit(session_id, new)
@@ -172,6 +175,12 @@ class SessionHost:
             result = getattr(unit, method)(*args)
             return await result if asyncio.iscoroutine(result) else result
         except MediaserverError:
+            if unit.core.unwritten and self.units.get(session_id) is unit:
+                # Its first join did not open it (another opened the room's session, or the team is
+                # at its limit): there is no such session, so no unit either.
+                del self.units[session_id]
+                self._worker_of.pop(session_id, None)
+                unit.archives.close()
             raise
         except Exception:
             log.exception("session %s failed on %s; it is rebuilt from the store", session_id, method)
@@ -198,7 +207,8 @@ class SessionHost:
             raise MediaserverError("session_not_found", f"no session {sid}")
         worker = row.get("media_worker")
         if row["status"] != "ended" and (worker is None or not await self.places.usable(worker)):
-            worker = await self.places.place(sid, worker, None)  # its worker's node is gone (or it has none yet)
+            # its worker's node is gone (or it has none yet)
+            worker = await self.places.place(sid, worker, None, write=not (new and new.get("unwritten")))
             row = {**row, "media_worker": worker}  # (as the store now has it)
         unit = SessionUnit(
             self.store, sid, self.places.worker(worker), grace=self.cfg["grace_seconds"], stale=self.cfg["stale_seconds"],

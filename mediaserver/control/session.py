@@ -74,6 +74,9 @@ class SessionCore(MeetingRules):
         self.loaded_at = 0.0  # when this owner loaded the session (its clock)
         self.joining = 0  # joins under way: a session nobody has joined yet is not ended under them
         self.retired = False  # its owner let it go: it writes nothing more
+        # Not in the store yet: its creator handed it over unwritten, and its first join writes
+        # it (``SessionChange.opens``), in the transaction that admits that participant.
+        self.unwritten = False
 
     async def ensure_loaded(self, session: dict | None = None, new: dict | None = None) -> None:
         async with self._load_lock:
@@ -89,6 +92,7 @@ class SessionCore(MeetingRules):
         if session is None:
             raise MediaserverError("session_not_found", f"no session {self.session_id}")
         room = new["room"] if new else await self.store.get_room(session["room_id"])
+        self.unwritten = bool(new and new.get("unwritten"))
         fresh = session["last_seq"] == 0  # nothing has happened in it yet: nothing else to read
         parts = [] if fresh else await self.store.list_participants(self.session_id)
         recent = [] if fresh else await self.store.session_events(
@@ -503,7 +507,11 @@ class SessionCore(MeetingRules):
             self._update_emptiness(tx)
             self._settle_media_mode(tx)
         tx.change.session = {**tx.session, "last_seq": tx.seq}
+        if self.unwritten:
+            tx.change.opens = self.session
+            tx.change.live_limit = self.live_limit  # a new session counts against the team's limit
         await self.store.apply(tx.change)  # raises before memory changes: nothing half-applied
+        self.unwritten = False
         self.session.update(tx.change.session)
         for pid, row in tx.participants.items():
             if row["state"] == "left":

@@ -62,6 +62,25 @@ class SessionChange:
     # The session comes back to life (someone connected to an ending-soon session): check the
     # team's live-session limit in the same transaction, with this as the server's default limit.
     live_limit: int | None = None
+    # The session opens with this operation (its first join): its row, inserted first. The team's
+    # limit is checked (``live_limit``) and the room's one unended session is the index's to keep.
+    opens: dict[str, Any] | None = None
+
+
+def new_session_row(room: dict, now: float, placement: dict | None = None) -> dict:
+    """A room's new session as its row reads: live, nothing happened yet, placed as ``placement``
+    says (``id``, ``host``, ``media_worker``)."""
+    return {
+        "id": new_id("sess"), "room_id": room["id"], "team_id": room["team_id"], "status": "live", "started_at": now,
+        "empty_since": None, "ended_at": None, "end_reason": None, "last_seq": 0, "host": None, "media_worker": None,
+        **(placement or {}),
+    }
+
+
+def _opened_elsewhere() -> MediaserverError:
+    return MediaserverError(
+        "session_opened_elsewhere", "another join opened this room's session at the same moment; join again to enter it"
+    )
 
 
 def _matches(q: str, *columns: Any) -> Any:
@@ -342,20 +361,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
                         raise
                 if existing:
                     return existing, False
-                session = {
-                    "id": new_id("sess"),
-                    "room_id": room["id"],
-                    "team_id": room["team_id"],
-                    "status": "live",
-                    "started_at": now,
-                    "empty_since": None,
-                    "ended_at": None,
-                    "end_reason": None,
-                    "last_seq": 0,
-                    "host": None,
-                    "media_worker": None,
-                    **(placement or {}),
-                }
+                session = new_session_row(room, now, placement)
                 await conn.execute(sessions.insert(), session)
                 return session, True
         except IntegrityError:  # another process opened it between our read and write
@@ -574,14 +580,41 @@ class Store(EventStore, PeopleStore, ArchiveStore):
             return [dict(r) for r in (await conn.execute(q)).mappings()]
 
     async def apply(self, change: SessionChange) -> None:
-        """Write one session operation's rows atomically."""
+        """Write one session operation's rows atomically.
+
+        An operation that opens its session (``change.opens``) is refused with
+        ``session_opened_elsewhere`` when the room has an unended session already (another join
+        opened it first, or this one's earlier attempt did): its caller joins that one instead.
+        That includes a refusal by the team's limit once the room's session counts in it."""
+        try:
+            await self._apply(change)
+        except IntegrityError:
+            if change.opens is None:
+                raise
+            raise _opened_elsewhere() from None
+        except MediaserverError as e:
+            if change.opens is None or e.code != "session_limit_reached":
+                raise
+            opened = await self.unended_session(change.opens["room_id"])
+            if opened is None or opened["status"] != "live":
+                raise
+            raise _opened_elsewhere() from None
+
+    async def _apply(self, change: SessionChange) -> None:
         async with self.write() as conn:
             if change.live_limit is not None:
-                row = (await conn.execute(sa.select(sessions.c.team_id).where(sessions.c.id == change.session_id))).first()
-                await self._check_live_limit(conn, row[0] if row else "", change.live_limit, change.session_id)
+                if change.opens is not None:
+                    team_id = change.opens["team_id"]
+                else:
+                    row = (await conn.execute(sa.select(sessions.c.team_id).where(sessions.c.id == change.session_id))).first()
+                    team_id = row[0] if row else ""
+                await self._check_live_limit(conn, team_id, change.live_limit, change.session_id)
             # (Statements built once, their columns set by the parameters: a statement built per
             # call costs more than SQLite takes to run it.)
-            if change.session:
+            if change.opens is not None:
+                row = {**change.opens, **change.session}
+                await conn.execute(sessions.insert(), {c.name: row[c.name] for c in sessions.c if c.name in row})
+            elif change.session:
                 await conn.execute(_update_by_id(sessions), {**change.session, "_id": change.session_id})
             if change.new_participants:
                 await conn.execute(participants.insert(), change.new_participants)
