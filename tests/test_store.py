@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from mediaserver.config import Settings
-from mediaserver.store import SessionChange, Store
+from mediaserver.store import SessionChange, Store, new_session_row
 from mediaserver.store.schema import participants
 
 ROOM = {
@@ -121,6 +123,62 @@ async def test_apply_is_all_or_nothing(store: Store):
     assert [p["id"] for p in await store.list_participants(session["id"])] == ["part_1"]
     assert (await store.get_session(session["id"]))["last_seq"] == 1
     assert len(await store.session_events(session["id"])) == 1
+
+
+async def test_changes_applied_together_each_get_their_own_outcome(store: Store):
+    """Changes applied in the same turn of the event loop (on SQLite, one transaction) land or
+    fail each on its own: one refused does not take the others with it, and one whose caller
+    was cancelled before it was written is not written."""
+    team = await store.ensure_team("acme")
+    rooms = [await store.create_room(team["id"], {**ROOM, "name": f"r{i}"}) for i in range(4)]
+    a, _ = await store.open_session(rooms[0], 100.0)
+    b, _ = await store.open_session(rooms[1], 100.0)
+
+    def joined(session_id: str, seq: int, pid: str) -> SessionChange:
+        part = {
+            "id": pid, "session_id": session_id, "identity": pid, "name": pid, "role": "publisher",
+            "state": "connected", "joined_at": 100.0, "disconnected_at": None, "left_at": None, "left_reason": None,
+        }
+        ev = {"session_id": session_id, "seq": seq, "participant_id": pid, "type": "joined",
+              "visibility": "broadcast", "data": {}, "at": 100.0}
+        return SessionChange(session_id, session={"last_seq": seq}, new_participants=[part], events=[ev])
+
+    await store.apply(joined(b["id"], 1, "b1"))
+    c = new_session_row(rooms[2], 100.0)
+    opens_c = joined(c["id"], 1, "c1")
+    opens_c.opens = c
+    outcomes = await asyncio.gather(
+        store.apply(joined(a["id"], 1, "a1")), store.apply(joined(b["id"], 1, "b2")), store.apply(opens_c),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and isinstance(outcomes[1], IntegrityError) and outcomes[2] is None
+    assert [p["id"] for p in await store.list_participants(a["id"])] == ["a1"]
+    assert [p["id"] for p in await store.list_participants(b["id"])] == ["b1"]
+    assert (await store.unended_session(rooms[2]["id"]))["id"] == c["id"]
+
+    kept = asyncio.ensure_future(store.apply(joined(a["id"], 2, "a2")))
+    dropped = asyncio.ensure_future(store.apply(joined(b["id"], 2, "b3")))
+    await asyncio.sleep(0)  # (both are waiting for this turn's write)
+    dropped.cancel()
+    await kept
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert [p["id"] for p in await store.list_participants(a["id"])] == ["a1", "a2"]
+    assert [p["id"] for p in await store.list_participants(b["id"])] == ["b1"]
+    assert (await store.get_session(b["id"]))["last_seq"] == 1
+
+    # Two that both land: one transaction on SQLite.
+    writes = []
+    real = store.write
+
+    def counted():
+        writes.append(1)
+        return real()
+
+    store.write = counted
+    await asyncio.gather(store.apply(joined(a["id"], 3, "a3")), store.apply(joined(b["id"], 2, "b4")))
+    assert len(writes) == (1 if store.is_sqlite else 2)
+    assert (await store.get_session(a["id"]))["last_seq"] == 3 and (await store.get_session(b["id"]))["last_seq"] == 2
 
 
 async def test_list_sessions_filters_and_search(store: Store):

@@ -7,6 +7,7 @@ nothing half-written.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from dataclasses import dataclass, field
@@ -91,6 +92,11 @@ def _matches(q: str, *columns: Any) -> Any:
 
 
 @functools.cache
+def _insert(table: sa.Table) -> Any:
+    return table.insert()
+
+
+@functools.cache
 def _join_lookup() -> Any:
     """``Store.join_lookup``'s statement, built once (building and keying a statement of this
     size costs more than SQLite takes to run it)."""
@@ -144,6 +150,8 @@ class Store(EventStore, PeopleStore, ArchiveStore):
             self.engine = create_async_engine(url, **kwargs)
         # Write transactions go through this engine: on SQLite they start with BEGIN IMMEDIATE.
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
+        self._group: list[tuple[SessionChange, asyncio.Future]] = []  # (``apply``: this turn's, committed together)
+        self._tasks: set[asyncio.Future] = set()
 
     def write(self) -> Any:
         """A write transaction. A rule checked by reading before writing holds under concurrency
@@ -585,9 +593,69 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         An operation that opens its session (``change.opens``) is refused with
         ``session_opened_elsewhere`` when the room has an unended session already (another join
         opened it first, or this one's earlier attempt did): its caller joins that one instead.
-        That includes a refusal by the team's limit once the room's session counts in it."""
+        That includes a refusal by the team's limit once the room's session counts in it.
+
+        On SQLite the operations applied in one turn of the event loop (a host's burst of joins,
+        each of its own session) are committed together, in one transaction: a commit costs more
+        than the rows it writes (about 0.2 ms of WAL writing here). Each caller still gets its own
+        outcome: if any of them is refused, the transaction is rolled back and each is applied
+        on its own. (PostgreSQL: one transaction each, as its row locks could deadlock a group.)"""
+        if not self.is_sqlite:
+            return await self._apply_alone(change)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._group.append((change, fut))
+        if len(self._group) == 1:
+            loop.call_soon(lambda: self._tasks.add(asyncio.ensure_future(self._commit_group())))
         try:
-            await self._apply(change)
+            await fut
+        except asyncio.CancelledError:
+            if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                raise  # (not written)
+            # Written, but its caller was cancelled on the way back: it must still learn that it
+            # was (its memory follows the store); the cancellation comes at its next wait.
+            asyncio.current_task().cancel()
+
+    async def _commit_group(self) -> None:
+        group, self._group = self._group, []
+        try:
+            if len(group) > 1:
+                try:
+                    async with self.write() as conn:
+                        # (From here to the commit nothing waits: no caller is cancelled meanwhile.)
+                        group = [(c, f) for c, f in group if not f.cancelled()]
+                        for change, _ in group:
+                            await self._apply_in(conn, change)
+                except (IntegrityError, MediaserverError):
+                    pass  # one of them is refused: each on its own, below
+                else:
+                    for _, f in group:
+                        f.set_result(None)
+                    return
+            for change, f in group:
+                if f.cancelled():
+                    continue
+                try:
+                    await self._apply_alone(change)
+                except Exception as e:
+                    if not f.done():
+                        f.set_exception(e)
+                else:
+                    if not f.done():
+                        f.set_result(None)
+        except BaseException as e:  # (the store closing, the loop stopping): nobody is left waiting
+            for _, f in group:
+                if not f.done():
+                    f.set_exception(e if isinstance(e, Exception) else MediaserverError("unavailable", "the store is closing"))
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            self._tasks.discard(asyncio.current_task())
+
+    async def _apply_alone(self, change: SessionChange) -> None:
+        try:
+            async with self.write() as conn:
+                await self._apply_in(conn, change)
         except IntegrityError:
             if change.opens is None:
                 raise
@@ -600,36 +668,35 @@ class Store(EventStore, PeopleStore, ArchiveStore):
                 raise
             raise _opened_elsewhere() from None
 
-    async def _apply(self, change: SessionChange) -> None:
-        async with self.write() as conn:
-            if change.live_limit is not None:
-                if change.opens is not None:
-                    team_id = change.opens["team_id"]
-                else:
-                    row = (await conn.execute(sa.select(sessions.c.team_id).where(sessions.c.id == change.session_id))).first()
-                    team_id = row[0] if row else ""
-                await self._check_live_limit(conn, team_id, change.live_limit, change.session_id)
-            # (Statements built once, their columns set by the parameters: a statement built per
-            # call costs more than SQLite takes to run it.)
+    async def _apply_in(self, conn: Any, change: SessionChange) -> None:
+        if change.live_limit is not None:
             if change.opens is not None:
-                row = {**change.opens, **change.session}
-                await conn.execute(sessions.insert(), {c.name: row[c.name] for c in sessions.c if c.name in row})
-            elif change.session:
-                await conn.execute(_update_by_id(sessions), {**change.session, "_id": change.session_id})
-            if change.new_participants:
-                await conn.execute(participants.insert(), change.new_participants)
-            for pid, values in change.participant_updates:
-                await conn.execute(_update_by_id(participants), {**values, "_id": pid})
-            if change.events:
-                await conn.execute(events.insert(), change.events)
-            if change.chat:
-                await conn.execute(chat_messages.insert(), change.chat)
-            if change.new_questions:
-                await conn.execute(questions.insert(), change.new_questions)
-            for qid, values in change.question_updates:
-                await conn.execute(questions.update().where(questions.c.id == qid).values(**values))
-            if change.votes:
-                await conn.execute(question_votes.insert(), change.votes)
+                team_id = change.opens["team_id"]
+            else:
+                row = (await conn.execute(sa.select(sessions.c.team_id).where(sessions.c.id == change.session_id))).first()
+                team_id = row[0] if row else ""
+            await self._check_live_limit(conn, team_id, change.live_limit, change.session_id)
+        # (Statements built once, their columns set by the parameters: a statement built per
+        # call costs more than SQLite takes to run it.)
+        if change.opens is not None:
+            row = {**change.opens, **change.session}
+            await conn.execute(_insert(sessions), {c.name: row[c.name] for c in sessions.c if c.name in row})
+        elif change.session:
+            await conn.execute(_update_by_id(sessions), {**change.session, "_id": change.session_id})
+        if change.new_participants:
+            await conn.execute(_insert(participants), change.new_participants)
+        for pid, values in change.participant_updates:
+            await conn.execute(_update_by_id(participants), {**values, "_id": pid})
+        if change.events:
+            await conn.execute(_insert(events), change.events)
+        if change.chat:
+            await conn.execute(_insert(chat_messages), change.chat)
+        if change.new_questions:
+            await conn.execute(_insert(questions), change.new_questions)
+        for qid, values in change.question_updates:
+            await conn.execute(questions.update().where(questions.c.id == qid).values(**values))
+        if change.votes:
+            await conn.execute(_insert(question_votes), change.votes)
 
     # Chat and Q&A ---------------------------------------------------------------------
 
