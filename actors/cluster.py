@@ -166,6 +166,11 @@ def nodes() -> list[dict]:
     ]
 
 
+def node_ip() -> str:
+    """The address of the node this process runs on, as the cluster knows it."""
+    return ray.util.get_node_ip_address()
+
+
 def find(name: str) -> Any | None:
     try:
         return ray.get_actor(name)

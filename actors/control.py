@@ -20,6 +20,7 @@ from actors.view import ClusterView
 from mediaserver.config import Settings
 from mediaserver.control.batch import MAX_BATCH, MAX_POLLS, Batcher
 from mediaserver.control.directory import UNREAD, DirectoryCore
+from mediaserver.control.channel import ChannelClient, channel_key
 from mediaserver.control.host import brand_new
 from mediaserver.control.placement import Placement
 from mediaserver.control.topology import node_of
@@ -80,6 +81,8 @@ class ControlPlane:
         self._handles: dict[str, Any] = {}  # host name -> actor handle
         self._host_of: dict[str, str] = {}  # session -> host name
         self._batchers: dict[tuple[str, str], Batcher] = {}  # (host, "calls" or "polls") -> its batcher
+        self._channels: dict[str, ChannelClient] = {}  # host -> the connection its batches go over
+        self._channel_key = channel_key(self.cfg["relay_secret"] or "")
         self._counted: dict[str, tuple[float, float]] = {}  # worker -> (rtp_out, when) at the last look
         self._task: asyncio.Task | None = None
 
@@ -93,6 +96,8 @@ class ControlPlane:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)  # (nothing of it runs on after Ray stops)
+        for client in self._channels.values():
+            client.close()
 
     def _ensure_actors(self) -> None:
         for node in self.view.nodes:
@@ -137,6 +142,8 @@ class ControlPlane:
                 # it go, so the node's hosts start afresh if it comes back.
                 if name in self._handles:
                     del self._handles[name]
+                    if name in self._channels:
+                        self._channels.pop(name).close()
                     cluster.kill(name, restart=False)
 
     # Sessions --------------------------------------------------------------------------
@@ -178,9 +185,20 @@ class ControlPlane:
         """Calls (``calls``) or long polls (``polls``) to host ``name``, a turn's at a time."""
         if (name, kind) not in self._batchers:
             self._batchers[name, kind] = Batcher(
-                lambda batch: cluster.call(self._host_handle(name), kind, batch), max_batch=MAX_POLLS if kind == "polls" else MAX_BATCH,
+                lambda batch: self._send(name, kind, batch), max_batch=MAX_POLLS if kind == "polls" else MAX_BATCH,
             )
         return self._batchers[name, kind]
+
+    async def _send(self, name: str, kind: str, batch: list) -> list:
+        """A batch to host ``name`` over its channel (``mediaserver.control.channel``), whose
+        address the host gives through Ray: again after a restart, since the old one is closed."""
+        client = self._channels.get(name)
+        if client is None or client.closed:
+            address = await cluster.call(self._host_handle(name), "channel")
+            client = self._channels.get(name)
+            if client is None or client.closed:
+                client = self._channels[name] = ChannelClient(tuple(address), self._channel_key)
+        return await client.request(kind, batch)
 
     def _host_handle(self, name: str) -> Any:
         handle = self._handles.get(name)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
+from actors import cluster
 from actors.media import RemoteWorker
 from actors.recorder import RemoteRecorder
 from actors.view import ClusterView
 from mediaserver import heap
 from mediaserver.control.batch import run_batch, run_polls
+from mediaserver.control.channel import ChannelServer, channel_key
 from mediaserver.control.host import SessionHost
 from mediaserver.control.placement import Placement
 from mediaserver.control.topology import node_of
@@ -85,7 +88,27 @@ class SessionHostActor:
         store = Store(cfg["db_url"])
         self.places = ClusterPlaces(cfg, store)
         self.host = SessionHost(name, store, cfg, self.places)
+        self.channel_server = ChannelServer(self._batch, channel_key(cfg["relay_secret"]))
+        self._address: tuple[str, int] | None = None
+        self._opening: asyncio.Lock | None = None
         heap.settle()
+
+    async def channel(self) -> tuple[str, int]:
+        """Where gateways send this host's batches of calls and polls (a connection of their
+        own, ``mediaserver.control.channel``: a Ray call costs ten times as much)."""
+        await self._start()
+        self._opening = self._opening or asyncio.Lock()
+        async with self._opening:
+            if self._address is None:
+                self._address = await self.channel_server.start(cluster.node_ip())
+        return self._address
+
+    async def _batch(self, kind: str, batch: list[tuple]) -> list[tuple]:
+        if kind == "calls":
+            return await self.calls(batch)
+        if kind == "polls":
+            return await self.polls(batch)
+        raise MediaserverError("invalid_request", f"no batch kind {kind!r}")
 
     async def call(self, session_id: str, method: str, args: tuple, new: dict | None = None) -> Any:
         await self._start()
