@@ -256,6 +256,49 @@ async def test_a_write_waiting_for_another_processes_lock_does_not_stop_the_even
     await store.close()
 
 
+async def test_a_joins_lookup_reads_what_sqlalchemy_reads(store: Store):
+    """On SQLite the join's lookup runs on SQLite's cursor (``InLoopEngine.first``): the same
+    rows, values and types as the statement run through SQLAlchemy, in every case a join meets."""
+    import time
+
+    from mediaserver.store.store import _join_lookup
+
+    team = await store.ensure_team("acme")
+    key = await store.create_api_key(team["id"], "k")
+    plain = await store.create_room(team["id"], {**ROOM, "name": "plain"})
+    live = await store.create_room(team["id"], {**ROOM, "name": "live"})
+    session, _ = await store.open_session(live, 100.0)
+    await store.apply(SessionChange(session["id"], session={"meeting": {"started": True, "plan": {"p": "b"}}}))
+    now = time.time()
+    event = await store.create_event(team["id"], "Fair", now, now + 7200, [{
+        "identity": "acme", "name": "ACME", "max_sessions": 2, "spots": 3, "duration": 1800.0, "timeframes": [[now, now + 7200]],
+    }])
+    slot = await store.add_slot(event, event["hosts"][0], now + 600, {**ROOM, "name": "slot", "type": "adhoc"})
+    for key_id, room_id in [
+        (key["id"], plain["id"]), (key["id"], live["id"]), (key["id"], slot["room_id"]), (key["id"], "room_none"),
+        ("AK_none", plain["id"]),
+    ]:
+        async with store.engine.connect() as conn:
+            row = (await conn.execute(_join_lookup(), {"key_id": key_id, "room_id": room_id})).mappings().first()
+        looked = await store.join_lookup(key_id, room_id)
+        if row is None:
+            assert looked == (None, None, None, None)
+            continue
+        k, room, sess, sl = looked
+        assert k == {c: row[f"k_{c}"] for c in k}
+        assert (room is None) == (room_id == "room_none") and (room is None or room == {c: row[c] for c in room})
+        if room_id == live["id"]:
+            assert sess["meeting"] == {"started": True, "plan": {"p": "b"}} and sess["id"] == session["id"]
+            assert sess == {c: row[f"s_{c}"] for c in sess}
+        else:
+            assert sess is None
+        assert (sl is not None) == (room_id == slot["room_id"])
+        if sl is not None:
+            assert sl == {c: row[f"e_{c}"] for c in sl} and sl["spots"] == 3 and isinstance(sl["starts_at"], float)
+        for d in (k, room, sess, sl):
+            assert d is None or all(type(c) is str for c in d)  # (plain names: cheap to send to a host)
+
+
 def test_the_join_statements_write_the_session_status_in_instead_of_binding_it():
     """SQLite prepares a statement again, every time it runs, when a value bound to it is
     compared with a column that a partial index's WHERE names (``sessions.status``): a join's

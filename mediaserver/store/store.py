@@ -96,6 +96,14 @@ def _insert(table: sa.Table) -> Any:
     return table.insert()
 
 
+# (name, label in the join's row) per table, plain strings: a column's name is a str subclass
+# that costs a ``__reduce__`` each time a row travels to a session host.
+_JOIN_COLUMNS = tuple(
+    tuple((str(c.name), f"{prefix}{c.name}") for c in table.c)
+    for table, prefix in ((api_keys, "k_"), (rooms, ""), (sessions, "s_"), (event_slots, "e_"))
+)
+
+
 @functools.cache
 def _join_lookup() -> Any:
     """``Store.join_lookup``'s statement, built once (building and keying a statement of this
@@ -304,16 +312,20 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         """What a join reads, in one statement: the API key (not revoked) that signed its token,
         the room, the room's unended session and its event slot (each None when there is none;
         all None without the key)."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(_join_lookup(), {"key_id": key_id, "room_id": room_id})).mappings().first()
+        params = {"key_id": key_id, "room_id": room_id}
+        if isinstance(self.engine, InLoopEngine):
+            row = self.engine.first(_join_lookup(), params)
+        else:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(_join_lookup(), params)).mappings().first()
         if row is None:
             return None, None, None, None
-        key = {c.name: row[f"k_{c.name}"] for c in api_keys.c}
+        key, room, session, slot = _JOIN_COLUMNS
         if row["id"] is None:
-            return key, None, None, None
-        return (key, {c.name: row[c.name] for c in rooms.c},
-                {c.name: row[f"s_{c.name}"] for c in sessions.c} if row["s_id"] is not None else None,
-                {c.name: row[f"e_{c.name}"] for c in event_slots.c} if row["e_id"] is not None else None)
+            return {n: row[label] for n, label in key}, None, None, None
+        return ({n: row[label] for n, label in key}, {n: row[label] for n, label in room},
+                {n: row[label] for n, label in session} if row["s_id"] is not None else None,
+                {n: row[label] for n, label in slot} if row["e_id"] is not None else None)
 
     async def update_room(self, room_id: str, team_id: str, fields: dict[str, Any]) -> dict | None:
         async with self.write() as conn:
