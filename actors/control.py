@@ -160,6 +160,12 @@ class ControlPlane:
         (``DirectoryCore.plan``), or answers ``session_opened_elsewhere`` if another join opened
         the room's session first."""
         await self.view.refresh()
+        if existing is not UNREAD and existing is not None:
+            # Live, or ending soon: the host's join brings it back to live, the team's limit
+            # checked in that write (``SessionCore._update_emptiness``): nothing to write here.
+            if existing.get("host") in self.view.live_hosts():
+                self._host_of[existing["id"]] = existing["host"]
+            return existing, None
         if existing is None:
             session = await self.directory.plan(room, client_address)
             if session.get("host"):
