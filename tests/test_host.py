@@ -277,12 +277,27 @@ async def test_a_session_nobody_is_connected_to_sleeps_and_wakes_with_its_state(
     await host.call(sid, "disconnect", sub["id"], sub["connection_id"])
     await host.tick()
     assert sid not in host.units and host.asleep[sid] == mod["joined_at"] + GRACE  # mod dropped first
-    # Someone comes back: the session wakes with everything it had.
+    # Someone comes back: the session wakes with everything it had. Its media was closed when it
+    # went to sleep, so the worker is not asked to close it again.
+    worker = host.places.worker("media:test:0")
+    closed = []
+    real_close = worker.close_participants
+
+    async def close_participants(pids):
+        closed.append(list(pids))
+        return await real_close(pids)
+
+    worker.close_participants = close_participants
     back = await host.call(sid, "resume", sub["id"])
     assert back["participant"]["role"] == "publisher" and back["participant"]["state"] == "connected"
     assert [m["text"] for m in back["chat"]] == ["hello"]
     assert [r["name"] for r in back["breakouts"]["rooms"]] == ["Blue"]
     assert sid in host.units and sid not in host.asleep
+    assert closed == []
+    # A new host (after a restart) cannot know that: it closes what the worker may still hold.
+    other = new_host()
+    await other._unit(sid)
+    assert len(closed) == 1 and sorted(closed[0]) == sorted([mod["id"], sub["id"]])
 
 
 async def test_a_sleeping_session_wakes_for_its_timers(env):

@@ -88,6 +88,7 @@ class SessionHost:
         self.clock = clock
         self.units: dict[str, SessionUnit] = {}
         self.asleep: dict[str, float | None] = {}  # session -> when its timers are due (None: none)
+        self._released: set[str] = set()  # asleep, their media released by this host (``_sleep``)
         self._worker_of: dict[str, str] = {}  # session -> its media worker
         self._loading: dict[str, asyncio.Task] = {}
         self._ended_at: dict[str, float] = {}
@@ -218,8 +219,9 @@ class SessionHost:
             relayed_max=self.cfg.get("relayed_max_participants", 4), auto_back_to_direct=self.cfg.get("auto_back_to_direct", False),
             recorder=getattr(self.places, "recorder", None), archive_max_seconds=self.cfg.get("archive_max_seconds", 4 * 3600),
         )
-        await unit.load(row, new)
+        await unit.load(row, new, released=sid in self._released)
         self.asleep.pop(sid, None)
+        self._released.discard(sid)
         self.units[sid] = unit
         self._worker_of[sid] = worker
         if not unit.ended:
@@ -293,6 +295,7 @@ class SessionHost:
         self.units.pop(sid, None)
         self._worker_of.pop(sid, None)
         self.asleep[sid] = unit.wake_at()
+        self._released.add(sid)
 
     async def _media_reports(self) -> None:
         """Connection states and adaptation events every tick, quality every ``quality_seconds``:

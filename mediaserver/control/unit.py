@@ -77,10 +77,12 @@ class SessionUnit:
 
     # Loading ----------------------------------------------------------------------
 
-    async def load(self, session: dict | None = None, new: dict | None = None) -> None:
+    async def load(self, session: dict | None = None, new: dict | None = None, *, released: bool = False) -> None:
         """Load the session from the store (``session``: its row, when just read; ``new``: what
         the creator of a brand-new session read, see ``SessionHost.call``); participants it
-        finds were connected to an owner that is gone, so their media starts over (``media_reset``)."""
+        finds were connected to an owner that is gone, so their media starts over (``media_reset``).
+        ``released``: this host put it to sleep and closed its media then, so the worker holds
+        nothing of theirs to close (a call to the worker saved on every wake)."""
         await self.core.ensure_loaded(session, new)
         if self.core.ended:
             await self.archives.adopt()  # (one still recording when it ended is stopped now)
@@ -94,8 +96,9 @@ class SessionUnit:
             restored = [pid for pid in self.core.restored if pid in self.core.participants]
             self.core.restored = []
             if restored:
-                # The worker may still hold transports of theirs (it outlived the owner): close them.
-                await self.worker.close_participants(restored)
+                if not released:
+                    # The worker may still hold transports of theirs (it outlived the owner): close them.
+                    await self.worker.close_participants(restored)
                 for pid in restored:
                     await self.media.join(pid)
                 self.media.reset("the session was restored after a fault")
