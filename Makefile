@@ -51,7 +51,8 @@ test: install-test system-test-deps
 	$$NS sh -c 'ip link set lo up && exec $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'
 
 # Benchmarks 1 and 3 (loadtest/bench_fastpath.py), 2 (loadtest/bench_janus.py, which installs
-# Debian's janus when run as root), 4 (loadtest/bench_sessions.py: what a session costs), 5
+# Debian's janus when run as root), 4 (loadtest/bench_sessions.py: what a session costs; loadtest/bench_floor.py:
+# the least a join can do, beside it), 5
 # (loadtest/bench_recovery.py: a session after its media worker or host dies), 6 (loadtest/bench_webinar.py:
 # a session over two workers), 7 (loadtest/bench_join.py: join to first frame), the end-to-end
 # encryption row (bench_fastpath --e2ee), the archiving row (bench_fastpath --archive), the adaptive-media
@@ -63,7 +64,7 @@ bench: install-test
 	@if unshare -n true 2>/dev/null; then NS="unshare -n"; else NS="unshare -rn"; fi; \
 	command -v janus >/dev/null || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null; \
 	[ -e /usr/include/liburing.h ] || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liburing-dev >/dev/null; \
-	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus && $(BIN)/python -m loadtest.bench_sessions && $(BIN)/python -m loadtest.bench_recovery && $(BIN)/python -m loadtest.bench_webinar && $(BIN)/python -m loadtest.bench_join && $(BIN)/python -m loadtest.bench_fastpath --e2ee --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --archive --fanout 50 && $(BIN)/python -m loadtest.bench_fastpath --adaptive --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --gso && $(BIN)/python -m loadtest.bench_fastpath --threads 1 2 && $(BIN)/python -m loadtest.bench_fastpath --uring && $(BIN)/python -m loadtest.bench_idle'
+	$$NS sh -c 'ip link set lo up && $(BIN)/python -m loadtest.bench_fastpath $(ARGS) && $(BIN)/python -m loadtest.bench_fastpath --capacity $(ARGS) && $(BIN)/python -m loadtest.bench_janus && $(BIN)/python -m loadtest.bench_sessions && $(BIN)/python -m loadtest.bench_floor && $(BIN)/python -m loadtest.bench_recovery && $(BIN)/python -m loadtest.bench_webinar && $(BIN)/python -m loadtest.bench_join && $(BIN)/python -m loadtest.bench_fastpath --e2ee --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --archive --fanout 50 && $(BIN)/python -m loadtest.bench_fastpath --adaptive --fanout 10 50 && $(BIN)/python -m loadtest.bench_fastpath --gso && $(BIN)/python -m loadtest.bench_fastpath --threads 1 2 && $(BIN)/python -m loadtest.bench_fastpath --uring && $(BIN)/python -m loadtest.bench_idle'
 
 
 clean:
