@@ -167,6 +167,14 @@ async def test_changes_applied_together_each_get_their_own_outcome(store: Store)
     assert [p["id"] for p in await store.list_participants(b["id"])] == ["b1"]
     assert (await store.get_session(b["id"]))["last_seq"] == 1
 
+    # One that fails unexpectedly (a value the database cannot take) fails alone too.
+    broken = joined(a["id"], 3, "a-broken")
+    broken.events[0]["data"] = object()
+    outcomes = await asyncio.gather(store.apply(broken), store.apply(joined(b["id"], 2, "b5")), return_exceptions=True)
+    assert isinstance(outcomes[0], Exception) and outcomes[1] is None
+    assert [p["id"] for p in await store.list_participants(b["id"])] == ["b1", "b5"]
+    assert [p["id"] for p in await store.list_participants(a["id"])] == ["a1", "a2"]
+
     # Two that both land: one transaction on SQLite.
     writes = []
     real = store.write
@@ -176,9 +184,9 @@ async def test_changes_applied_together_each_get_their_own_outcome(store: Store)
         return real()
 
     store.write = counted
-    await asyncio.gather(store.apply(joined(a["id"], 3, "a3")), store.apply(joined(b["id"], 2, "b4")))
+    await asyncio.gather(store.apply(joined(a["id"], 3, "a3")), store.apply(joined(b["id"], 3, "b4")))
     assert len(writes) == (1 if store.is_sqlite else 2)
-    assert (await store.get_session(a["id"]))["last_seq"] == 3 and (await store.get_session(b["id"]))["last_seq"] == 2
+    assert (await store.get_session(a["id"]))["last_seq"] == 3 and (await store.get_session(b["id"]))["last_seq"] == 3
 
 
 async def test_list_sessions_filters_and_search(store: Store):

@@ -182,6 +182,7 @@ class SessionHost:
                 del self.units[session_id]
                 self._worker_of.pop(session_id, None)
                 unit.archives.close()
+                unit.core.retired = True  # (a call still waiting on it writes nothing: it is tried again)
             raise
         except Exception:
             log.exception("session %s failed on %s; it is rebuilt from the store", session_id, method)

@@ -638,8 +638,10 @@ class Store(EventStore, PeopleStore, ArchiveStore):
                         group = [(c, f) for c, f in group if not f.cancelled()]
                         for change, _ in group:
                             await self._apply_in(conn, change)
-                except (IntegrityError, MediaserverError):
-                    pass  # one of them is refused: each on its own, below
+                except Exception:
+                    # One of them is refused (or fails): each on its own, below, so that only its
+                    # caller hears of it (one session's failure must not fail its neighbours).
+                    pass
                 else:
                     for _, f in group:
                         f.set_result(None)
