@@ -307,6 +307,48 @@ async def test_a_joins_lookup_reads_what_sqlalchemy_reads(store: Store):
             assert d is None or all(type(c) is str for c in d)  # (plain names: cheap to send to a host)
 
 
+async def test_a_hosts_loading_reads_what_sqlalchemy_reads(store: Store):
+    """The reads a host loads a session with (``_reads``) run on SQLite's cursor: the same rows,
+    in the same order, with the same values and types as through SQLAlchemy."""
+    from mediaserver.store.store import _reads
+
+    team = await store.ensure_team("acme")
+    room = await store.create_room(team["id"], ROOM)
+    session, _ = await store.open_session(room, 100.0)
+    parts = [{
+        "id": f"part_{i}", "session_id": session["id"], "identity": f"p{i}", "name": f"P {i}", "role": "publisher",
+        "state": "connected", "joined_at": 100.0 + i, "disconnected_at": None, "left_at": None, "left_reason": None,
+        "on_stage": i == 1,
+    } for i in range(3)]
+    evs = [{"session_id": session["id"], "seq": i + 1, "participant_id": f"part_{i % 3}", "type": "joined",
+            "visibility": ("broadcast", "private", "staff", "room")[i % 4], "data": {"n": i, "nested": [i, {"x": None}]},
+            "at": 100.0 + i} for i in range(7)]
+    qs = [{"id": f"q{i}", "session_id": session["id"], "participant_id": "part_0", "name": "P 0", "text": f"why {i}?",
+           "status": "open", "answer": None, "votes": 1, "asked_at": 110.0 + i, "updated_at": 110.0 + i} for i in range(2)]
+    await store.apply(SessionChange(
+        session["id"], session={"last_seq": 7, "meeting": {"started": True}}, new_participants=parts, events=evs,
+        new_questions=qs, votes=[{"question_id": "q1", "participant_id": "part_2", "at": 115.0}],
+    ))
+    cases = [
+        ("room", {"id": room["id"]}), ("room", {"id": "room_none"}), ("session", {"id": session["id"]}),
+        ("participants", {"session_id": session["id"]}), ("events", {"session_id": session["id"], "after_seq": 2, "limit": 3}),
+        ("broadcast_events", {"session_id": session["id"], "after_seq": 0, "limit": 100}),
+        ("questions", {"session_id": session["id"]}), ("votes", {"session_id": session["id"]}),
+    ]
+    for name, params in cases:
+        async with store.engine.connect() as conn:
+            expected = [dict(r) for r in (await conn.execute(_reads()[name], params)).mappings()]
+        got = await store._rows(_reads()[name], params)
+        assert got == expected, name
+        assert [[type(v) for v in r.values()] for r in got] == [[type(v) for v in r.values()] for r in expected], name
+    assert [e["seq"] for e in await store.session_events(session["id"], after_seq=2, limit=3)] == [3, 4, 5]
+    assert [e["visibility"] for e in await store.session_events(session["id"], broadcast_only=True)] == [
+        "broadcast", "staff", "room", "broadcast", "staff"]
+    assert (await store.get_session(session["id"]))["meeting"] == {"started": True}
+    assert [p["on_stage"] for p in await store.list_participants(session["id"])] == [False, True, False]
+    assert [q["voters"] for q in await store.session_questions(session["id"])] == [[], ["part_2"]]
+
+
 def test_the_join_statements_write_the_session_status_in_instead_of_binding_it():
     """SQLite prepares a statement again, every time it runs, when a value bound to it is
     compared with a column that a partial index's WHERE names (``sessions.status``): a join's

@@ -47,35 +47,45 @@ class InLoopEngine:
     def __init__(self, engine: sa.Engine):
         self.sync_engine = engine
         self._reader: Any = None  # (``first``'s own connection)
-        self._prepared: dict[Any, tuple[str, list[str], list[tuple[str, Any]]]] = {}
+        self._prepared: dict[Any, tuple[str, list[str], dict[str, Any], list[tuple[str, Any]]]] = {}
 
     def first(self, stmt: sa.Select, params: dict[str, Any]) -> dict[str, Any] | None:
         """The first row of a SELECT, by column key, or None: SQLAlchemy compiles the statement
         and processes the values (its own types' result processors), but the statement runs on
         SQLite's cursor. For the hottest read of all (a join's lookup), SQLAlchemy's execution
         layers cost 260 us where SQLite takes 20. ``stmt`` must be built once (it keys the cache)."""
+        rows = self.rows(stmt, params, one=True)
+        return rows[0] if rows else None
+
+    def rows(self, stmt: sa.Select, params: dict[str, Any], *, one: bool = False) -> list[dict[str, Any]]:
+        """Every row of a SELECT (``one``: the first only), as ``first`` runs it."""
         prepared = self._prepared.get(stmt)
         if prepared is None:
             dialect = self.sync_engine.dialect
-            # (Values written into the statement, ``literal_execute``, are rendered now; the
-            # named parameters stay ``?`` in the order ``positiontup`` gives.)
-            compiled = stmt.params(**params).compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+            # The statement as SQLite gets it (values written in, ``literal_execute``, and lists
+            # expanded), its parameters in order, and the constants among them (an IN's values,
+            # a default OFFSET); the caller's named ones are bound on each run.
+            state = stmt.compile(dialect=dialect).construct_expanded_state(params)
+            order = list(state.positiontup or ())
+            constants = {k: state.parameters[k] for k in order if k not in params}
             columns = [
                 (str(c.key), c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in stmt.selected_columns
             ]
-            prepared = self._prepared[stmt] = (str(compiled), list(compiled.positiontup or ()), columns)
-        sql, order, columns = prepared
+            prepared = self._prepared[stmt] = (state.statement, order, constants, columns)
+        sql, order, constants, columns = prepared
         if self._reader is None:
             # Its own pooled connection, kept (the pool's connect event set it up as every other).
             self._reader = self.sync_engine.raw_connection()
-        cursor = self._reader.driver_connection.execute(sql, [params[k] for k in order])
+        values = [params[k] if k in params else constants[k] for k in order]
+        cursor = self._reader.driver_connection.execute(sql, values)
         try:
-            row = cursor.fetchone()
+            found = [cursor.fetchone()] if one else cursor.fetchall()
         finally:
             cursor.close()  # (its statement done: no read snapshot held open, no checkpoint held up)
-        if row is None:
-            return None
-        return {key: (convert(v) if convert is not None and v is not None else v) for (key, convert), v in zip(columns, row)}
+        return [
+            {key: (convert(v) if convert is not None and v is not None else v) for (key, convert), v in zip(columns, row)}
+            for row in found if row is not None
+        ]
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[InLoopConnection]:

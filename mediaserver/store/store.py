@@ -96,6 +96,33 @@ def _insert(table: sa.Table) -> Any:
     return table.insert()
 
 
+@functools.cache
+def _reads() -> dict[str, Any]:
+    """The reads a session host makes to load (or wake) a session, built once: building and
+    keying a statement costs more than SQLite takes to run it."""
+    by_session = sa.bindparam("session_id")
+    events_after = sa.select(events).where(events.c.session_id == by_session, events.c.seq > sa.bindparam("after_seq"))
+    return {
+        "room": sa.select(rooms).where(rooms.c.id == sa.bindparam("id")),
+        "session": (
+            sa.select(sessions, rooms.c.name.label("room_name"), rooms.c.encryption.label("room_encryption"))
+            .join(rooms, rooms.c.id == sessions.c.room_id)
+            .where(sessions.c.id == sa.bindparam("id"))
+        ),
+        "participants": sa.select(participants).where(participants.c.session_id == by_session).order_by(participants.c.joined_at),
+        "events": events_after.order_by(events.c.seq).limit(sa.bindparam("limit")),
+        # (what participants are sent: room events are filtered per participant)
+        "broadcast_events": events_after.where(events.c.visibility.in_(("broadcast", "room", "staff")))
+        .order_by(events.c.seq).limit(sa.bindparam("limit")),
+        "questions": sa.select(questions).where(questions.c.session_id == by_session).order_by(questions.c.asked_at),
+        "votes": (
+            sa.select(question_votes.c.question_id, question_votes.c.participant_id)
+            .join(questions, questions.c.id == question_votes.c.question_id)
+            .where(questions.c.session_id == by_session)
+        ),
+    }
+
+
 # (name, label in the join's row) per table, plain strings: a column's name is a str subclass
 # that costs a ``__reduce__`` each time a row travels to a session host.
 _JOIN_COLUMNS = tuple(
@@ -160,6 +187,13 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
         self._group: list[tuple[SessionChange, asyncio.Future]] = []  # (``apply``: this turn's, committed together)
         self._tasks: set[asyncio.Future] = set()
+
+    async def _rows(self, stmt: Any, params: dict[str, Any]) -> list[dict]:
+        """A prebuilt SELECT's rows: on SQLite's cursor (``InLoopEngine.rows``), else as usual."""
+        if isinstance(self.engine, InLoopEngine):
+            return self.engine.rows(stmt, params)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(stmt, params)).mappings()]
 
     def write(self) -> Any:
         """A write transaction. A rule checked by reading before writing holds under concurrency
@@ -279,9 +313,10 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         return room
 
     async def get_room(self, room_id: str, team_id: str | None = None) -> dict | None:
-        q = sa.select(rooms).where(rooms.c.id == room_id)
-        if team_id is not None:
-            q = q.where(rooms.c.team_id == team_id)
+        if team_id is None:  # (a session's host loading it: prebuilt)
+            found = await self._rows(_reads()["room"], {"id": room_id})
+            return found[0] if found else None
+        q = sa.select(rooms).where(rooms.c.id == room_id, rooms.c.team_id == team_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).mappings().first()
             return dict(row) if row else None
@@ -508,16 +543,14 @@ class Store(EventStore, PeopleStore, ArchiveStore):
             return [r[0] for r in rows]
 
     async def get_session(self, session_id: str, team_id: str | None = None) -> dict | None:
-        q = (
-            sa.select(sessions, rooms.c.name.label("room_name"), rooms.c.encryption.label("room_encryption"))
-            .join(rooms, rooms.c.id == sessions.c.room_id)
-            .where(sessions.c.id == session_id)
-        )
+        q = _reads()["session"]
         if team_id is not None:
             q = q.where(sessions.c.team_id == team_id)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(q)).mappings().first()
-            return dict(row) if row else None
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(q, {"id": session_id})).mappings().first()
+                return dict(row) if row else None
+        found = await self._rows(q, {"id": session_id})
+        return found[0] if found else None
 
     async def list_sessions(
         self,
@@ -573,9 +606,7 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         return {"sessions": {s: by_status.get(s, 0) for s in ("live", "ending_soon")}, "participants": int(connected)}
 
     async def list_participants(self, session_id: str) -> list[dict]:
-        q = sa.select(participants).where(participants.c.session_id == session_id).order_by(participants.c.joined_at)
-        async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings()]
+        return await self._rows(_reads()["participants"], {"session_id": session_id})
 
     async def get_participant(self, participant_id: str) -> dict | None:
         async with self.engine.connect() as conn:
@@ -592,12 +623,8 @@ class Store(EventStore, PeopleStore, ArchiveStore):
     async def session_events(
         self, session_id: str, *, after_seq: int = 0, broadcast_only: bool = False, limit: int = 1000
     ) -> list[dict]:
-        q = sa.select(events).where(events.c.session_id == session_id, events.c.seq > after_seq)
-        if broadcast_only:  # what participants are sent (room events are filtered per participant)
-            q = q.where(events.c.visibility.in_(("broadcast", "room", "staff")))
-        q = q.order_by(events.c.seq).limit(limit)
-        async with self.engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(q)).mappings()]
+        q = _reads()["broadcast_events" if broadcast_only else "events"]
+        return await self._rows(q, {"session_id": session_id, "after_seq": after_seq, "limit": limit})
 
     async def apply(self, change: SessionChange) -> None:
         """Write one session operation's rows atomically.
@@ -737,18 +764,10 @@ class Store(EventStore, PeopleStore, ArchiveStore):
 
     async def session_questions(self, session_id: str) -> list[dict]:
         """A session's questions with who voted for each."""
-        async with self.engine.connect() as conn:
-            qs = [dict(r) for r in (await conn.execute(
-                sa.select(questions).where(questions.c.session_id == session_id).order_by(questions.c.asked_at)
-            )).mappings()]
-            votes = await conn.execute(
-                sa.select(question_votes.c.question_id, question_votes.c.participant_id)
-                .join(questions, questions.c.id == question_votes.c.question_id)
-                .where(questions.c.session_id == session_id)
-            )
-            voters: dict[str, list[str]] = {}
-            for qid, pid in votes:
-                voters.setdefault(qid, []).append(pid)
+        qs = await self._rows(_reads()["questions"], {"session_id": session_id})
+        voters: dict[str, list[str]] = {}
+        for vote in await self._rows(_reads()["votes"], {"session_id": session_id}):
+            voters.setdefault(vote["question_id"], []).append(vote["participant_id"])
         for q in qs:
             q["voters"] = voters.get(q["id"], [])
         return qs
