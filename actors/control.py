@@ -19,7 +19,7 @@ from actors.media import media_worker
 from actors.view import ClusterView
 from mediaserver.config import Settings
 from mediaserver.control.batch import MAX_BATCH, MAX_POLLS, Batcher
-from mediaserver.control.directory import UNREAD, DirectoryCore
+from mediaserver.control.directory import DirectoryCore
 from mediaserver.control.channel import ChannelClient, channel_key
 from mediaserver.control.host import brand_new
 from mediaserver.control.placement import Placement
@@ -149,34 +149,25 @@ class ControlPlane:
     # Sessions --------------------------------------------------------------------------
 
     async def open_session(
-        self, room: dict, client_address: str | None = None, *, existing: Any = UNREAD, slot: dict | None = None,
+        self, room: dict, client_address: str | None = None, *, existing: dict | None, slot: dict | None = None,
     ) -> tuple[dict, dict | None]:
-        """The room's unended session (opened if there is none) and, when this call created
-        it, what its host may start from instead of reading the store (``SessionHost.call``'s
-        ``new``: the session, ``room`` and its event ``slot`` as the caller read them).
+        """The session a join of ``room`` goes to, and what its host starts from (``SessionHost.call``'s
+        ``new``), given the room's unended session as the caller has just read it (``existing``).
 
-        When the caller has just read that the room has no session (``existing`` None), the new
-        one is only placed here, not written: the first join's call writes it on its host
-        (``DirectoryCore.plan``), or answers ``session_opened_elsewhere`` if another join opened
-        the room's session first."""
+        Nothing is written here. An existing session (live, or ending soon: the host's join brings
+        it back to live and checks the team's limit in that write, ``SessionCore._update_emptiness``)
+        is joined as it is. Without one, a new session is placed (``DirectoryCore.plan``) and handed
+        over unwritten with the room and ``slot``: the first join's call writes it on its host, or
+        answers ``session_opened_elsewhere`` if another join opened the room's session first."""
         await self.view.refresh()
-        if existing is not UNREAD and existing is not None:
-            # Live, or ending soon: the host's join brings it back to live, the team's limit
-            # checked in that write (``SessionCore._update_emptiness``): nothing to write here.
-            if existing.get("host") in self.view.live_hosts():
-                self._host_of[existing["id"]] = existing["host"]
-            return existing, None
         if existing is None:
             session = await self.directory.plan(room, client_address)
-            if session.get("host"):
-                self._host_of[session["id"]] = session["host"]
-            return session, brand_new(session, room, slot, unwritten=True)
-        session, created = await self.directory.open(room, client_address, existing=existing)
-        if session.get("host"):
+            new = brand_new(session, room, slot, unwritten=True)
+        else:
+            session, new = existing, None
+        if session.get("host") in self.view.live_hosts():
             self._host_of[session["id"]] = session["host"]
-        if not created or existing is UNREAD:
-            return session, None
-        return session, brand_new(session, room, slot)
+        return session, new
 
     async def _host(self, session_id: str) -> str:
         name = self._host_of.get(session_id)
@@ -224,8 +215,10 @@ class ControlPlane:
 
         Every session operation is safe to repeat: a repeated join replaces its own orphan
         (same identity), leave/resume/set_role/disconnect are idempotent, and a repeated end
-        answers ``session_ended``. ``new`` (see ``open_session``) goes with the first attempt
-        only: once one has reached a host, the store may hold more than it says.
+        answers ``session_ended``. ``new`` (see ``open_session``) goes with every attempt: the
+        session is unwritten until its first join commits, and a host that loads it from ``new``
+        once it was (the attempt before reached a host that then died) is refused by the store
+        (``session_opened_elsewhere``), so the join goes to the session as the store has it.
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
@@ -234,9 +227,7 @@ class ControlPlane:
             try:
                 host = await self._host(session_id)
                 kind = "polls" if method in LONG_POLLS else "calls"
-                # (An unwritten session goes with every attempt: only its first join writes it.)
-                carry = new if attempt == 0 or (new and new.get("unwritten")) else None
-                return await self._batcher(host, kind).call(session_id, method, args, carry)
+                return await self._batcher(host, kind).call(session_id, method, args, new)
             except MediaserverError as e:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 if e.code != "unavailable" or loop.time() + delay > end:

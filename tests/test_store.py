@@ -265,7 +265,7 @@ async def test_a_write_waiting_for_another_processes_lock_does_not_stop_the_even
 
 
 async def test_a_joins_lookup_reads_what_sqlalchemy_reads(store: Store):
-    """On SQLite the join's lookup runs on SQLite's cursor (``InLoopEngine.first``): the same
+    """On SQLite the join's lookup runs on SQLite's cursor (``InLoopEngine.rows``): the same
     rows, values and types as the statement run through SQLAlchemy, in every case a join meets."""
     import time
 

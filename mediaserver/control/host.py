@@ -178,11 +178,10 @@ class SessionHost:
         except MediaserverError:
             if unit.core.unwritten and self.units.get(session_id) is unit:
                 # Its first join did not open it (another opened the room's session, or the team is
-                # at its limit): there is no such session, so no unit either.
-                del self.units[session_id]
+                # at its limit): there is no such session, so no unit either (a call still waiting
+                # on it writes nothing: it is tried again).
+                self._let_go(session_id, unit)
                 self._worker_of.pop(session_id, None)
-                unit.archives.close()
-                unit.core.retired = True  # (a call still waiting on it writes nothing: it is tried again)
             raise
         except Exception:
             log.exception("session %s failed on %s; it is rebuilt from the store", session_id, method)
@@ -239,12 +238,16 @@ class SessionHost:
         """Forget a unit that failed unexpectedly; the next call rebuilds it from the store (its
         participants' media starts over), and calls still waiting on it are let go."""
         self.faults += 1
+        unit.broken = True
+        self._let_go(sid, unit)
+        asyncio.ensure_future(unit.core.notify())
+
+    def _let_go(self, sid: str, unit: SessionUnit) -> None:
+        """Forget a unit; calls still under way on it write nothing now (its successor does)."""
         if self.units.get(sid) is unit:
             del self.units[sid]
-        unit.broken = True
         unit.archives.close()
-        unit.core.retired = True  # calls still under way on it write nothing now: the new one does
-        asyncio.ensure_future(unit.core.notify())
+        unit.core.retired = True
 
     # Timers --------------------------------------------------------------------------------
 

@@ -46,19 +46,14 @@ class InLoopConnection:
 class InLoopEngine:
     def __init__(self, engine: sa.Engine):
         self.sync_engine = engine
-        self._reader: Any = None  # (``first``'s own connection)
+        self._reader: Any = None  # (``rows``'s own connection)
         self._prepared: dict[Any, tuple[str, list[str], dict[str, Any], list[tuple[str, Any]]]] = {}
 
-    def first(self, stmt: sa.Select, params: dict[str, Any]) -> dict[str, Any] | None:
-        """The first row of a SELECT, by column key, or None: SQLAlchemy compiles the statement
-        and processes the values (its own types' result processors), but the statement runs on
-        SQLite's cursor. For the hottest read of all (a join's lookup), SQLAlchemy's execution
+    def rows(self, stmt: sa.Select, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """A SELECT's rows, by column key: SQLAlchemy compiles the statement and processes the
+        values (its own types' result processors), but the statement runs on SQLite's cursor.
+        For the hottest reads (a join's lookup, a host loading a session), SQLAlchemy's execution
         layers cost 260 us where SQLite takes 20. ``stmt`` must be built once (it keys the cache)."""
-        rows = self.rows(stmt, params, one=True)
-        return rows[0] if rows else None
-
-    def rows(self, stmt: sa.Select, params: dict[str, Any], *, one: bool = False) -> list[dict[str, Any]]:
-        """Every row of a SELECT (``one``: the first only), as ``first`` runs it."""
         prepared = self._prepared.get(stmt)
         if prepared is None:
             dialect = self.sync_engine.dialect
@@ -79,12 +74,12 @@ class InLoopEngine:
         values = [params[k] if k in params else constants[k] for k in order]
         cursor = self._reader.driver_connection.execute(sql, values)
         try:
-            found = [cursor.fetchone()] if one else cursor.fetchall()
+            found = cursor.fetchall()
         finally:
             cursor.close()  # (its statement done: no read snapshot held open, no checkpoint held up)
         return [
             {key: (convert(v) if convert is not None and v is not None else v) for (key, convert), v in zip(columns, row)}
-            for row in found if row is not None
+            for row in found
         ]
 
     @contextlib.asynccontextmanager

@@ -347,14 +347,10 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         """What a join reads, in one statement: the API key (not revoked) that signed its token,
         the room, the room's unended session and its event slot (each None when there is none;
         all None without the key)."""
-        params = {"key_id": key_id, "room_id": room_id}
-        if isinstance(self.engine, InLoopEngine):
-            row = self.engine.first(_join_lookup(), params)
-        else:
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(_join_lookup(), params)).mappings().first()
-        if row is None:
+        found = await self._rows(_join_lookup(), {"key_id": key_id, "room_id": room_id})  # (one row at most)
+        if not found:
             return None, None, None, None
+        row = found[0]
         key, room, session, slot = _JOIN_COLUMNS
         if row["id"] is None:
             return {n: row[label] for n, label in key}, None, None, None
