@@ -128,3 +128,29 @@ async def test_a_host_that_goes_away_fails_every_waiting_request_at_once():
     with pytest.raises(MediaserverError) as e:
         await client.request("calls", [1])
     assert e.value.code == "unavailable"
+
+
+async def test_a_malformed_or_oversized_frame_closes_only_that_connection():
+    """A peer that proved the key but then sends a frame over the limit, or one that is not a
+    request, loses its connection; the host goes on answering everyone else."""
+    from mediaserver.control.channel import HEADER, MAX_FRAME, _frame
+
+    async def handle(kind, batch):
+        return [("ok", c) for c in batch]
+
+    server, address = await started(handle)
+    try:
+        for bad in (HEADER.pack(MAX_FRAME + 1), _frame("not a request"), HEADER.pack(5) + b"\x80\x05junk"):
+            client = ChannelClient(address, KEY)
+            assert await client.request("calls", [1]) == [("ok", 1)]  # (connected and proved)
+            client._writer.write(bad)
+            for _ in range(100):
+                if client.closed:
+                    break
+                await asyncio.sleep(0.02)
+            assert client.closed, bad[:8]
+            other = ChannelClient(address, KEY)
+            assert await other.request("calls", [2]) == [("ok", 2)]
+            other.close()
+    finally:
+        await server.stop()
