@@ -59,6 +59,9 @@ async def test_each_viewer_gets_the_layer_it_asks_for(server, browser):
         # The page shows each video in a tile under 300 px wide at this size: both viewers take
         # the lower layer by themselves (they start on the top one).
         for viewer in (ann, bob):
+            # (The tile appears once the viewer's page has the camera's stream: on a busy machine
+            # that can come after the page heard of the track.)
+            await viewer.wait_for_selector(f"#tile-{owner} video", timeout=30000)
             width = await viewer.evaluate(f"document.querySelector('#tile-{owner} video').getBoundingClientRect().width")
             assert width < 400, width
             await until(viewer, lambda v: 0 < v["frameWidth"] <= 400 and v["framesDecoded"] > 10, "the lower layer for a small tile")
