@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import subprocess
@@ -220,6 +221,11 @@ class MeetingUser(User):
                                 exception=RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"))
             return
         result = json.loads(proc.stdout)
+        if not result["packets_delivered"] or math.isnan(result["latency_p99_ms"]):
+            # Nothing arrived in the run's seconds: a failure to report (a NaN time would stop locust).
+            events.request.fire(request_type="media", name="publish+subscribe", response_time=elapsed, response_length=0,
+                                exception=RuntimeError(f"no media delivered in {MEDIA_SECONDS:g} s"))
+            return
         events.request.fire(request_type="media", name="publish+subscribe", response_time=elapsed,
                             response_length=result["packets_delivered"], exception=None)
         events.request.fire(request_type="media", name=f"delivered loss={result['loss']:.2%}", response_time=result["latency_p99_ms"],
