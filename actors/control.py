@@ -162,6 +162,8 @@ class ControlPlane:
         await self.view.refresh()
         if existing is None:
             session = await self.directory.plan(room, client_address)
+            if not session.get("host"):
+                raise MediaserverError("unavailable", "no session host is running yet; try again in a moment")
             new = brand_new(session, room, slot, unwritten=True)
         else:
             session, new = existing, None
@@ -223,9 +225,12 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         attempt = 0
+        # A session not written yet is nowhere in the store to be looked up: its host is the one
+        # it was placed on (a host restarts on its node; should the node go, the join fails).
+        planned = new["session"].get("host") if new and new.get("unwritten") else None
         while True:
             try:
-                host = await self._host(session_id)
+                host = planned or await self._host(session_id)
                 kind = "polls" if method in LONG_POLLS else "calls"
                 return await self._batcher(host, kind).call(session_id, method, args, new)
             except MediaserverError as e:

@@ -6,6 +6,7 @@ session hosts (moving media off a node that is gone).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -14,7 +15,14 @@ from mediaserver.control.placement import RECENT_SECONDS, WorkerLoad
 from mediaserver.control.topology import NodeSpec, WorkerSpec, describe
 from mediaserver.store import Store
 
+log = logging.getLogger(__name__)
 REFRESH_SECONDS = 2.0  # how old a view may be before a caller asks Ray (and the store) again
+STALE_SECONDS = 30.0  # ... and before a caller waits for that instead of going on with the old one
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cluster view: a background refresh failed: %r", task.exception())
 
 
 class ClusterView:
@@ -26,9 +34,22 @@ class ClusterView:
         self.rates: dict[str, float] = {}  # worker -> forwarded packets/s, when someone measured it
         self._at = -1e9
         self._lock = asyncio.Lock()
+        self._background: asyncio.Future | None = None
 
     async def refresh(self, *, force: bool = False) -> None:
+        """Bring the view up to date. Unless ``force``d, a view younger than ``STALE_SECONDS``
+        is used as it is, and refreshed in the background if older than ``REFRESH_SECONDS``:
+        a join must not wait on Ray's node table (tens of ms in a burst, every join behind the
+        first). A caller that found a node gone, or needs one that just joined, forces it."""
         asked = time.monotonic()
+        if not force and self.nodes and asked - self._at < STALE_SECONDS:
+            if asked - self._at >= REFRESH_SECONDS and (self._background is None or self._background.done()):
+                self._background = asyncio.ensure_future(self._refresh(asked, force=False))
+                self._background.add_done_callback(_log_failure)
+            return
+        await self._refresh(asked, force=force)
+
+    async def _refresh(self, asked: float, *, force: bool) -> None:
         async with self._lock:
             if self._at >= asked or (not force and asked - self._at < REFRESH_SECONDS):
                 return  # (one begun while we waited for the lock is as fresh as one of our own)

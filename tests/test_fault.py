@@ -153,6 +153,28 @@ async def test_ray_kill_with_restart(fault_server, ray_client):
         await b.close()
 
 
+async def test_a_cold_join_while_its_host_restarts_opens_its_session(fault_server, ray_client):
+    """A new room's first join whose host dies just before it: the join is tried again on the
+    restarted host (the session, not written yet, is not in the store to be looked up) and
+    opens the session there, once."""
+    server = fault_server
+    async with server.http() as http:
+        warm = await make_room(http, name="warm")
+        w = await join_room(server, http, warm, "w", "moderator")
+        names = (await http.get("/v1/server")).json()["nodes"][0]["hosts"]
+        assert len(names) == 2
+        for name in names:  # (whichever the new session is placed on)
+            os.kill(await ray_client.call(ray_client.find(name), "pid"), signal.SIGKILL)
+        rooms = [await make_room(http, name=f"cold after kill {i}") for i in range(3)]
+        joined = await asyncio.gather(*(join_room(server, http, r, "a", "moderator") for r in rooms))
+        for room, p in zip(rooms, joined):
+            assert p.joined["session"]["room_id"] == room["id"]
+            sessions = (await http.get("/v1/sessions", params={"room_id": room["id"]})).json()["sessions"]
+            assert [s["id"] for s in sessions] == [p.joined["session"]["id"]]
+            await p.close()
+        await w.close()
+
+
 def test_a_ray_call_made_before_init_fails_instead_of_joining_a_cluster(fault_server):
     """A Ray call made by our code before ``cluster.init`` (or after ``shutdown``: a thread still
     finishing a view of the cluster while serve stops) fails as ``unavailable``. Ray's default
@@ -210,6 +232,19 @@ async def test_callers_that_want_a_fresh_view_at_once_share_one_reading(fault_se
         count = len(readings)
         await view.refresh()  # not forced, and fresh: nothing read
         assert len(readings) == count
+        # Older than REFRESH_SECONDS: answered at once from the view as it is (a burst of joins
+        # does not wait on Ray), while one reading goes on behind it.
+        view._at -= view_module.REFRESH_SECONDS + 1
+        at = view._at
+        for _ in range(10):
+            await view.refresh()  # (returns without waiting on anything: the reading has not begun)
+        assert len(readings) == count and view._at == at and not view._background.done()
+        await view._background
+        assert len(readings) == count + 1 and view._at > at
+        # Older than STALE_SECONDS: too old to act on, the caller waits for a reading.
+        view._at -= view_module.STALE_SECONDS + 1
+        await view.refresh()
+        assert len(readings) == count + 2
     finally:
         await store.close()
 

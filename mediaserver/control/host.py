@@ -90,7 +90,7 @@ class SessionHost:
         self.asleep: dict[str, float | None] = {}  # session -> when its timers are due (None: none)
         self._released: set[str] = set()  # asleep, their media released by this host (``_sleep``)
         self._worker_of: dict[str, str] = {}  # session -> its media worker
-        self._loading: dict[str, asyncio.Task] = {}
+        self._loading: dict[str, asyncio.Future] = {}
         self._ended_at: dict[str, float] = {}
         self._watched: set[str] = set()
         self._tasks: list[asyncio.Task] = []
@@ -195,6 +195,22 @@ class SessionHost:
         if unit is not None:
             return unit
         task = self._loading.get(sid)
+        if task is None and new is not None and new.get("unwritten"):
+            # Placed a moment ago and not written yet: nothing of it exists anywhere to load, or to
+            # leave half-loaded if its caller is cancelled, so it loads in its caller (a task of its
+            # own waits two turns of the event loop, behind a whole burst's other calls).
+            loading = self._loading[sid] = asyncio.get_running_loop().create_future()
+            try:
+                unit = await self._load(sid, new)
+            except BaseException as e:
+                loading.set_exception(MediaserverError("unavailable", f"session {sid} was not loaded ({type(e).__name__}); retry"))
+                loading.exception()  # (nobody else may be waiting: retrieved)
+                raise
+            else:
+                loading.set_result(unit)
+            finally:
+                self._loading.pop(sid, None)
+            return unit
         if task is None:
             task = self._loading[sid] = asyncio.ensure_future(self._load(sid, new))
             task.add_done_callback(lambda _t, sid=sid: self._loading.pop(sid, None))

@@ -23,7 +23,7 @@ from mediaserver.errors import MediaserverError
 from mediaserver.ids import new_id, new_secret
 from mediaserver.store.archive_store import ArchiveStore
 from mediaserver.store.event_store import EventStore
-from mediaserver.store.inloop import InLoopEngine
+from mediaserver.store.inloop import InLoopConnection, InLoopEngine
 from mediaserver.store.locking import lock_row
 from mediaserver.store.people_store import PeopleStore
 from mediaserver.store.schema import (
@@ -151,6 +151,15 @@ def _join_lookup() -> Any:
 def _update_by_id(table: sa.Table) -> Any:
     """An UPDATE of one row by its ID (parameter ``_id``), the columns it sets given with it."""
     return table.update().where(table.c.id == sa.bindparam("_id"))
+
+
+async def _run(conn: Any, stmt: Any, params: dict[str, Any] | list[dict[str, Any]]) -> list[Any] | None:
+    """A statement built once, in a write transaction: on SQLite straight on its cursor
+    (``InLoopConnection.run``), elsewhere through SQLAlchemy. A SELECT's rows, else None."""
+    if isinstance(conn, InLoopConnection):
+        return conn.run(stmt, params)
+    result = await conn.execute(stmt, params)
+    return result.all() if result.returns_rows else None
 
 
 @functools.cache
@@ -432,7 +441,8 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         holder just opened."""
         if not self.is_sqlite:
             await lock_row(conn, teams, team_id)
-        row = (await conn.execute(_live_count(), {"team_id": team_id, "session_id": session_id or ""})).first()
+        found = await _run(conn, _live_count(), {"team_id": team_id, "session_id": session_id or ""})
+        row = found[0] if found else None
         if row is None:  # (no team row: none of its sessions count)
             limit, live = default_limit, 0
         else:
@@ -641,7 +651,8 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         fut = loop.create_future()
         self._group.append((change, fut))
         if len(self._group) == 1:
-            loop.call_soon(lambda: self._tasks.add(asyncio.ensure_future(self._commit_group())))
+            # (its first step comes after every callback ready now: the turn's other changes join it)
+            self._tasks.add(asyncio.ensure_future(self._commit_group()))
         try:
             await fut
         except asyncio.CancelledError:
@@ -717,23 +728,23 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         # call costs more than SQLite takes to run it.)
         if change.opens is not None:
             row = {**change.opens, **change.session}
-            await conn.execute(_insert(sessions), {c.name: row[c.name] for c in sessions.c if c.name in row})
+            await _run(conn, _insert(sessions), {c.name: row[c.name] for c in sessions.c if c.name in row})
         elif change.session:
-            await conn.execute(_update_by_id(sessions), {**change.session, "_id": change.session_id})
+            await _run(conn, _update_by_id(sessions), {**change.session, "_id": change.session_id})
         if change.new_participants:
-            await conn.execute(_insert(participants), change.new_participants)
+            await _run(conn, _insert(participants), change.new_participants)
         for pid, values in change.participant_updates:
-            await conn.execute(_update_by_id(participants), {**values, "_id": pid})
+            await _run(conn, _update_by_id(participants), {**values, "_id": pid})
         if change.events:
-            await conn.execute(_insert(events), change.events)
+            await _run(conn, _insert(events), change.events)
         if change.chat:
-            await conn.execute(_insert(chat_messages), change.chat)
+            await _run(conn, _insert(chat_messages), change.chat)
         if change.new_questions:
-            await conn.execute(_insert(questions), change.new_questions)
+            await _run(conn, _insert(questions), change.new_questions)
         for qid, values in change.question_updates:
-            await conn.execute(questions.update().where(questions.c.id == qid).values(**values))
+            await _run(conn, _update_by_id(questions), {**values, "_id": qid})
         if change.votes:
-            await conn.execute(_insert(question_votes), change.votes)
+            await _run(conn, _insert(question_votes), change.votes)
 
     # Chat and Q&A ---------------------------------------------------------------------
 
