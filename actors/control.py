@@ -185,8 +185,17 @@ class ControlPlane:
         if (name, kind) not in self._batchers:
             self._batchers[name, kind] = Batcher(
                 lambda batch: self._send(name, kind, batch), max_batch=MAX_POLLS if kind == "polls" else MAX_BATCH,
+                submit=lambda batch, done: self._submit(name, kind, batch, done),
             )
         return self._batchers[name, kind]
+
+    def _submit(self, name: str, kind: str, batch: list, done: Any) -> bool:
+        """Send at once over the host's channel if it is open (else ``_send`` opens it)."""
+        client = self._channels.get(name)
+        if client is None or not client.connected:
+            return False
+        client.submit(kind, batch, done)
+        return True
 
     async def _send(self, name: str, kind: str, batch: list) -> list:
         """A batch to host ``name`` over its channel (``mediaserver.control.channel``), whose

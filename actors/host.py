@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, Awaitable
 
 from actors import cluster
 from actors.media import RemoteWorker
 from actors.recorder import RemoteRecorder
 from actors.view import ClusterView
 from mediaserver import heap
-from mediaserver.control.batch import run_batch, run_polls
+from mediaserver.control.batch import run_batch, run_polls, start_batch
 from mediaserver.control.channel import ChannelServer, channel_key
 from mediaserver.control.host import SessionHost
 from mediaserver.control.placement import Placement
@@ -103,11 +103,13 @@ class SessionHostActor:
                 self._address = await self.channel_server.start(cluster.node_ip())
         return self._address
 
-    async def _batch(self, kind: str, batch: list[tuple]) -> list[tuple]:
+    def _batch(self, kind: str, batch: list[tuple]) -> Awaitable[list[tuple]]:
         if kind == "calls":
-            return await self.calls(batch)
+            if self.host.started and self.places.view.usable_now():
+                return start_batch(self._run, batch)  # (the calls start now: see ChannelServer)
+            return self.calls(batch)
         if kind == "polls":
-            return await self.polls(batch)
+            return self.polls(batch)
         raise MediaserverError("invalid_request", f"no batch kind {kind!r}")
 
     async def call(self, session_id: str, method: str, args: tuple, new: dict | None = None) -> Any:

@@ -41,13 +41,20 @@ class ClusterView:
         is used as it is, and refreshed in the background if older than ``REFRESH_SECONDS``:
         a join must not wait on Ray's node table (tens of ms in a burst, every join behind the
         first). A caller that found a node gone, or needs one that just joined, forces it."""
-        asked = time.monotonic()
-        if not force and self.nodes and asked - self._at < STALE_SECONDS:
-            if asked - self._at >= REFRESH_SECONDS and (self._background is None or self._background.done()):
-                self._background = asyncio.ensure_future(self._refresh(asked, force=False))
-                self._background.add_done_callback(_log_failure)
+        if not force and self.usable_now():
             return
-        await self._refresh(asked, force=force)
+        await self._refresh(time.monotonic(), force=force)
+
+    def usable_now(self) -> bool:
+        """Whether the view may be used as it is (``refresh`` would not wait); one older than
+        ``REFRESH_SECONDS`` is refreshed in the background meanwhile."""
+        asked = time.monotonic()
+        if not self.nodes or asked - self._at >= STALE_SECONDS:
+            return False
+        if asked - self._at >= REFRESH_SECONDS and (self._background is None or self._background.done()):
+            self._background = asyncio.ensure_future(self._refresh(asked, force=False))
+            self._background.add_done_callback(_log_failure)
+        return True
 
     async def _refresh(self, asked: float, *, force: bool) -> None:
         async with self._lock:

@@ -35,10 +35,16 @@ Outcome = tuple  # ("ok", value), ("error", code, message), or AGAIN
 class Batcher:
     """Gathers calls and hands each turn's to ``send`` (one list in, one outcome per call out)."""
 
-    def __init__(self, send: Callable[[list[Call]], Awaitable[list[Outcome]]], *, max_batch: int = MAX_BATCH):
+    def __init__(
+        self, send: Callable[[list[Call]], Awaitable[list[Outcome]]], *, max_batch: int = MAX_BATCH,
+        submit: Callable[[list[Call], Callable[[Any, BaseException | None], None]], bool] | None = None,
+    ):
         """``send`` answers ``again`` for a call it did not carry out this time (long polls):
-        such a call goes in the next batch, its caller none the wiser."""
+        such a call goes in the next batch, its caller none the wiser. ``submit``, if given,
+        sends a batch at once when it can (True), calling back with ``(outcomes, None)`` or
+        ``(None, error)``: no task to start, one turn of the event loop less each way."""
         self.send = send
+        self.submit = submit
         self.max_batch = max_batch
         self._pending: list[tuple[Call, asyncio.Future]] = []
         self._scheduled = False
@@ -60,24 +66,32 @@ class Batcher:
         self._scheduled = False
         pending, self._pending = self._pending, []
         for i in range(0, len(pending), self.max_batch):
-            asyncio.ensure_future(self._send(pending[i:i + self.max_batch]))
+            live = [(c, f) for c, f in pending[i:i + self.max_batch] if not f.done()]  # (callers gone meanwhile)
+            if not live:
+                continue
+            self.batches += 1
+            self.calls += len(live)
+            calls = [c for c, _ in live]
+            if self.submit is None or not self.submit(calls, lambda outcomes, error, live=live: self._deliver(live, outcomes, error)):
+                asyncio.ensure_future(self._send(live))
 
-    async def _send(self, batch: list[tuple[Call, asyncio.Future]]) -> None:
-        live = [(c, f) for c, f in batch if not f.done()]  # (a caller that went away meanwhile)
-        if not live:
-            return
-        self.batches += 1
-        self.calls += len(live)
+    async def _send(self, live: list[tuple[Call, asyncio.Future]]) -> None:
         try:
             outcomes = await self.send([c for c, _ in live])
-            if len(outcomes) != len(live):
-                raise MediaserverError("internal", f"the host answered {len(outcomes)} of {len(live)} calls")
-        except BaseException as e:  # the whole batch failed (its host died, say): every call did
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(e if isinstance(e, Exception) else MediaserverError("unavailable", "cancelled"))
+        except BaseException as e:
+            self._deliver(live, None, e)
             if not isinstance(e, Exception):
                 raise
+            return
+        self._deliver(live, outcomes, None)
+
+    def _deliver(self, live: list[tuple[Call, asyncio.Future]], outcomes: list[Outcome] | None, error: BaseException | None) -> None:
+        if error is None and len(outcomes) != len(live):
+            error = MediaserverError("internal", f"the host answered {len(outcomes)} of {len(live)} calls")
+        if error is not None:  # the whole batch failed (its host died, say): every call did
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(error if isinstance(error, Exception) else MediaserverError("unavailable", "cancelled"))
             return
         for (call, fut), outcome in zip(live, outcomes):
             if fut.done():
@@ -90,11 +104,37 @@ class Batcher:
                 fut.set_exception(MediaserverError(outcome[1], outcome[2]))
 
 
-async def run_batch(run: Callable[..., Awaitable[Any]], calls: list[Call]) -> list[Outcome]:
+def start_batch(run: Callable[..., Awaitable[Any]], calls: list[Call]) -> asyncio.Future:
     """The host's side: every call of a batch at once (as if each had come alone), each
-    answered with its own outcome."""
+    answered with its own outcome; the future has them all once the last is done. Each call's
+    task starts now (not from a task of the batch's own: a turn of the event loop sooner), and
+    cancelling the future cancels them."""
+    loop = asyncio.get_running_loop()
+    out = loop.create_future()
+    tasks = [loop.create_task(_one(run, *c)) for c in calls]
+    left = len(tasks)
 
-    return list(await asyncio.gather(*(_one(run, *c) for c in calls)))
+    def one_done(_: asyncio.Future) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0 and not out.done():
+            out.set_result([("error", "unavailable", "cancelled") if t.cancelled() else t.result() for t in tasks])
+
+    def stopped(_: asyncio.Future) -> None:
+        if out.cancelled():
+            for t in tasks:
+                t.cancel()
+
+    if not tasks:
+        out.set_result([])
+    for t in tasks:
+        t.add_done_callback(one_done)
+    out.add_done_callback(stopped)
+    return out
+
+
+async def run_batch(run: Callable[..., Awaitable[Any]], calls: list[Call]) -> list[Outcome]:
+    return await start_batch(run, calls)
 
 
 async def run_polls(run: Callable[..., Awaitable[Any]], polls: list[Call], linger: float = LINGER) -> list[Outcome]:

@@ -52,66 +52,137 @@ def _frame(value: Any) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> Any:
-    (n,) = HEADER.unpack(await reader.readexactly(HEADER.size))
-    if n > MAX_FRAME:
-        raise ValueError(f"a frame of {n} bytes")
-    return pickle.loads(await reader.readexactly(n))
+class _Framed(asyncio.Protocol):
+    """What both ends read: a fixed-size hello (``hello_size`` bytes, then ``hello``, which may
+    ask for another), then length-prefixed pickles (``frame``). Frames are handled as their
+    bytes arrive, not by a task reading a stream: a reply reaches its caller one turn of the
+    event loop sooner on each side, and a burst's calls wait on a few turns each."""
+
+    hello_size = 0
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            while self.transport is not None and not self.transport.is_closing():
+                if self.hello_size:
+                    if len(self._buffer) < self.hello_size:
+                        return
+                    hello = bytes(self._buffer[: self.hello_size])
+                    del self._buffer[: self.hello_size]
+                    self.hello_size = 0
+                    self.hello(hello)
+                    continue
+                if len(self._buffer) < HEADER.size:
+                    return
+                (n,) = HEADER.unpack_from(self._buffer)
+                if n > MAX_FRAME:
+                    raise ValueError(f"a frame of {n} bytes")
+                if len(self._buffer) < HEADER.size + n:
+                    return
+                body = bytes(self._buffer[HEADER.size : HEADER.size + n])
+                del self._buffer[: HEADER.size + n]
+                self.frame(pickle.loads(body))
+        except Exception as e:  # a malformed frame: this connection is done, the process is not
+            log.warning("host channel: closing a connection after %r", e)
+            self.transport.close()
+
+    def hello(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def frame(self, value: Any) -> None:
+        raise NotImplementedError
 
 
 class ChannelServer:
-    """The host's side: ``handle(kind, batch)`` answers each request, several at once."""
+    """The host's side: ``handle(kind, batch)`` answers each request, several at once. It may
+    return a coroutine, or a future it has already set going (``batch.start_batch``)."""
 
     def __init__(self, handle: Callable[[str, list], Awaitable[list]], key: bytes):
         self.handle = handle
         self.key = key
         self.server: asyncio.AbstractServer | None = None
+        self.connections: set[_HostEnd] = set()
         self.refused = 0  # peers that could not prove the key (for tests and logs)
 
     async def start(self, host: str, port: int = 0) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._serve, host, port)
+        self.server = await asyncio.get_running_loop().create_server(lambda: _HostEnd(self), host, port)
         return host, self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            for end in list(self.connections):
+                end.transport.abort()
             await self.server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        tasks: set[asyncio.Task] = set()
-        try:
-            nonce = os.urandom(NONCE_BYTES)
-            writer.write(nonce)
-            hello = await asyncio.wait_for(reader.readexactly(32 + NONCE_BYTES), HELLO_SECONDS)
-            if not hmac.compare_digest(hello[:32], _proof(self.key, nonce, b"gateway")):
-                self.refused += 1
-                log.warning("host channel: a peer at %s did not prove the key; closed", writer.get_extra_info("peername"))
-                return
-            writer.write(_proof(self.key, hello[32:], b"host"))
-            while True:
-                rid, kind, batch = await _read_frame(reader)
-                task = asyncio.ensure_future(self._answer(writer, rid, kind, batch))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
-            pass  # the gateway went away (or never said hello)
-        except Exception as e:  # a malformed frame: this connection is done, the host is not
-            log.warning("host channel: closing a connection after %r", e)
-        finally:
-            for t in tasks:
-                t.cancel()
-            writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, rid: int, kind: str, batch: list) -> None:
+class _HostEnd(_Framed):
+    def __init__(self, server: ChannelServer):
+        super().__init__()
+        self.server = server
+        self.nonce = os.urandom(NONCE_BYTES)
+        self.proved = False
+        self.answers: set[asyncio.Future] = set()
+        self._too_slow: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        transport.write(self.nonce)  # type: ignore[attr-defined]
+        self.hello_size = 32 + NONCE_BYTES
+        self._too_slow = asyncio.get_running_loop().call_later(HELLO_SECONDS, transport.close)
+
+    def hello(self, data: bytes) -> None:
+        self._too_slow.cancel()
+        if not hmac.compare_digest(data[:32], _proof(self.server.key, self.nonce, b"gateway")):
+            self.server.refused += 1
+            log.warning("host channel: a peer at %s did not prove the key; closed", self.transport.get_extra_info("peername"))
+            self.transport.close()
+            return
+        self.proved = True
+        self.transport.write(_proof(self.server.key, data[32:], b"host"))
+
+    def frame(self, value: Any) -> None:
+        rid, kind, batch = value
         try:
-            reply = (rid, await self.handle(kind, batch))
-        except MediaserverError as e:
+            answer = asyncio.ensure_future(self.server.handle(kind, batch))
+        except Exception as e:  # (a handle that failed before it could start)
+            answer = asyncio.get_running_loop().create_future()
+            answer.set_exception(e)
+        self.answers.add(answer)
+        answer.add_done_callback(lambda f, rid=rid, kind=kind: self._reply(rid, kind, f))
+
+    def _reply(self, rid: int, kind: str, answer: asyncio.Future) -> None:
+        self.answers.discard(answer)
+        if answer.cancelled():
+            return  # (the connection is gone)
+        e = answer.exception()
+        if e is None:
+            reply = (rid, answer.result())
+        elif isinstance(e, MediaserverError):
             reply = (rid, None, e.code, e.message)
-        except Exception:
-            log.exception("host channel: a %s batch failed", kind)
+        else:
+            log.error("host channel: a %s batch failed", kind, exc_info=e)
             reply = (rid, None, "internal", "the session host failed on this batch; try again")
-        if not writer.is_closing():
-            writer.write(_frame(reply))
+        if not self.transport.is_closing():
+            self.transport.write(_frame(reply))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._too_slow is not None:
+            self._too_slow.cancel()
+        for answer in list(self.answers):
+            answer.cancel()
+
+
+Done = Callable[[Any, "MediaserverError | None"], None]  # (outcomes, None) or (None, error)
 
 
 class ChannelClient:
@@ -123,68 +194,95 @@ class ChannelClient:
         self.address = address
         self.key = key
         self.closed = False
-        self._writer: asyncio.StreamWriter | None = None
+        self.connected = False
+        self._end: _GatewayEnd | None = None
         self._connecting: asyncio.Future | None = None
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, Done] = {}
         self._next = 0
-        self._reader_task: asyncio.Task | None = None
+
+    def submit(self, kind: str, batch: list, done: Done) -> None:
+        """Send a batch now (``connected`` only); ``done`` is called as its answer is read (or the
+        connection is lost), in the reading's own turn of the event loop."""
+        self._next += 1
+        self._pending[self._next] = done
+        self._end.transport.write(_frame((self._next, kind, batch)))
 
     async def request(self, kind: str, batch: list) -> list:
         if self.closed:
             raise MediaserverError("unavailable", "the session host's connection is closed; retry shortly")
-        if self._writer is None:
+        if not self.connected:
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             await asyncio.shield(self._connecting)
-        self._next += 1
-        rid = self._next
+            if self.closed:
+                raise MediaserverError("unavailable", "the session host's connection is closed; retry shortly")
         fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        try:
-            self._writer.write(_frame((rid, kind, batch)))
-            reply = await fut
-        finally:
-            self._pending.pop(rid, None)
-        if reply[0] is None:
-            raise MediaserverError(reply[1], reply[2])
-        return reply[0]
+
+        def done(outcomes: Any, error: MediaserverError | None) -> None:
+            if not fut.done():
+                fut.set_exception(error) if error is not None else fut.set_result(outcomes)
+
+        self.submit(kind, batch, done)
+        return await fut
 
     async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(*self.address)
-            nonce = await asyncio.wait_for(reader.readexactly(NONCE_BYTES), HELLO_SECONDS)
-            mine = os.urandom(NONCE_BYTES)
-            writer.write(_proof(self.key, nonce, b"gateway") + mine)
-            answer = await asyncio.wait_for(reader.readexactly(32), HELLO_SECONDS)
-            if not hmac.compare_digest(answer, _proof(self.key, mine, b"host")):
-                writer.close()
-                raise ConnectionError("the peer did not prove the key")
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+            _, end = await loop.create_connection(lambda: _GatewayEnd(self), *self.address)
+            self._end = end
+            await asyncio.wait_for(asyncio.shield(end.proved), HELLO_SECONDS)
+        except (OSError, ConnectionError, asyncio.TimeoutError) as e:
             self.close()
             raise MediaserverError("unavailable", f"the session host cannot be reached ({type(e).__name__}); retry shortly") from None
-        self._writer = writer
-        self._reader_task = asyncio.ensure_future(self._read(reader))
+        self.connected = True
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                rid, *reply = await _read_frame(reader)
-                fut = self._pending.get(rid)
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)  # [outcomes], or [None, code, message]
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, pickle.UnpicklingError):
-            pass
-        finally:
-            self.close()
+    def _answered(self, value: Any) -> None:
+        rid, *reply = value
+        done = self._pending.pop(rid, None)
+        if done is not None:
+            if reply[0] is None:  # the whole batch failed
+                done(None, MediaserverError(reply[1], reply[2]))
+            else:
+                done(reply[0], None)
 
     def close(self) -> None:
         """Fail every waiting request (``unavailable``) and stop; no request is sent again here."""
         self.closed = True
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(MediaserverError("unavailable", "the session host's connection was lost; retry shortly"))
-        self._pending.clear()
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None and self._reader_task is not asyncio.current_task():
-            self._reader_task.cancel()
+        self.connected = False
+        pending, self._pending = self._pending, {}
+        for done in pending.values():
+            done(None, MediaserverError("unavailable", "the session host's connection was lost; retry shortly"))
+        if self._end is not None and self._end.transport is not None:
+            self._end.transport.close()
+        if self._end is not None and not self._end.proved.done():
+            self._end.proved.set_exception(ConnectionError("closed"))
+            self._end.proved.exception()  # (retrieved: _connect may not be waiting any more)
+
+
+class _GatewayEnd(_Framed):
+    hello_size = NONCE_BYTES  # the host's nonce; then its answer to ours
+
+    def __init__(self, client: ChannelClient):
+        super().__init__()
+        self.client = client
+        self.mine = os.urandom(NONCE_BYTES)
+        self.answered = False
+        self.proved = asyncio.get_running_loop().create_future()
+
+    def hello(self, data: bytes) -> None:
+        if not self.answered:  # the host's nonce: prove the key, send ours
+            self.answered = True
+            self.transport.write(_proof(self.client.key, data, b"gateway") + self.mine)
+            self.hello_size = 32
+            return
+        if not hmac.compare_digest(data, _proof(self.client.key, self.mine, b"host")):
+            self.proved.set_exception(ConnectionError("the peer did not prove the key"))
+            self.transport.close()
+            return
+        self.proved.set_result(None)
+
+    def frame(self, value: Any) -> None:
+        self.client._answered(value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()

@@ -106,6 +106,10 @@ class SessionHost:
             self._started = asyncio.ensure_future(self._start())  # (a failed start is tried again)
         await asyncio.shield(self._started)
 
+    @property
+    def started(self) -> bool:
+        return self._started is not None and self._started.done() and self._started.exception() is None
+
     async def _start(self) -> None:
         await self._reconcile()
         self._tasks.append(asyncio.ensure_future(self._run()))
