@@ -1,4 +1,8 @@
-"""Participant tokens and reconnect tokens (JWT, HS256, PyJWT).
+"""Participant tokens and reconnect tokens (JWT, HS256).
+
+PyJWT writes participant tokens and reads reconnect tokens; a participant token is checked on
+every join by ``verify`` with ``hmac`` (a tenth of PyJWT's cost), held to PyJWT's answers by
+tests/test_tokens.py.
 
 A participant token is minted with an API key's secret; its header carries the
 key id (``kid``) so the gateway knows which secret verifies it. Claims:
@@ -106,8 +110,7 @@ def peek(token: str, room: bool = True) -> tuple[str | None, str | None]:
 
 def _unverified(token: str, part: int) -> dict | None:
     """A token's header (0) or claims (1) as written, None if unreadable. Only for what to look
-    up before verifying it: PyJWT's decoding (``verify``) is the one that checks. (PyJWT checks
-    each segment character by character, about 0.1 ms a token here; this reads it in 5 us.)"""
+    up before verifying it: ``verify`` is the one that checks."""
     try:
         segment = token.split(".", 2)[part]
         value = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
