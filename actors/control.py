@@ -82,6 +82,7 @@ class ControlPlane:
         self._host_of: dict[str, str] = {}  # session -> host name
         self._batchers: dict[tuple[str, str], Batcher] = {}  # (host, "calls" or "polls") -> its batcher
         self._channels: dict[str, ChannelClient] = {}  # host -> the connection its batches go over
+        self._asking: dict[str, asyncio.Future] = {}  # host -> its channel's address, being asked for
         self._channel_key = channel_key(self.cfg["relay_secret"] or "")
         self._counted: dict[str, tuple[float, float]] = {}  # worker -> (rtp_out, when) at the last look
         self._task: asyncio.Task | None = None
@@ -202,7 +203,13 @@ class ControlPlane:
         address the host gives through Ray: again after a restart, since the old one is closed."""
         client = self._channels.get(name)
         if client is None or client.closed:
-            address = await cluster.call(self._host_handle(name), "channel")
+            # One Ray call for the address however many batches are waiting on it (after a host
+            # restart, every session's poll and call at once).
+            asking = self._asking.get(name)
+            if asking is None:
+                asking = self._asking[name] = asyncio.ensure_future(cluster.call(self._host_handle(name), "channel"))
+                asking.add_done_callback(lambda f, name=name: (self._asking.pop(name, None), f.cancelled() or f.exception()))
+            address = await asyncio.shield(asking)
             client = self._channels.get(name)
             if client is None or client.closed:
                 client = self._channels[name] = ChannelClient(tuple(address), self._channel_key)
