@@ -100,3 +100,21 @@ def test_the_websocket_goes_straight_to_its_handler_and_the_rest_to_the_api(app_
         ws.send_json({"type": "leave", "id": "l1"})  # (the handler ends before the client shuts down)
         assert ws.receive_json()["type"] == "ack"
     assert "http" in seen and "websocket" not in seen, seen
+
+
+def test_a_connection_that_never_joins_is_told_and_closed(app_and_token):
+    """A WebSocket that sends nothing within ``join_timeout_seconds`` is answered with an error
+    saying what was expected, then closed (it holds nothing meanwhile)."""
+    from starlette.websockets import WebSocketDisconnect
+
+    from mediaserver.api.messages import CLOSE_PROTOCOL
+
+    app, control, _, _ = app_and_token
+    app.api.state.settings = app.api.state.settings.model_copy(update={"join_timeout_seconds": 0.3})
+    with TestClient(app) as client, client.websocket_connect("/v1/ws") as ws:
+        reply = ws.receive_json()
+        assert reply == {"type": "error", "id": None, "code": "invalid_request", "message": "send join or resume first"}
+        with pytest.raises(WebSocketDisconnect) as e:
+            ws.receive_json()
+        assert e.value.code == CLOSE_PROTOCOL
+    assert control.calls == []

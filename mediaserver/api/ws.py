@@ -91,7 +91,8 @@ class Connection:
     async def run(self) -> None:
         await self.ws.accept()
         try:
-            first = await asyncio.wait_for(self.receive(), self.settings.join_timeout_seconds)
+            async with asyncio.timeout(self.settings.join_timeout_seconds):  # (no task of its own, as wait_for's)
+                first = await self.receive()
         except asyncio.TimeoutError:
             await self.send(m.Error(code="invalid_request", message="send join or resume first"))
             return await self.close(m.CLOSE_PROTOCOL, "no join")
