@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
+import struct
 
 import pytest
 
@@ -151,5 +153,43 @@ async def test_a_malformed_or_oversized_frame_closes_only_that_connection():
             other = ChannelClient(address, KEY)
             assert await other.request("calls", [2]) == [("ok", 2)]
             other.close()
+    finally:
+        await server.stop()
+
+
+async def test_frames_split_or_run_together_are_read_whole():
+    """The ends read frames as bytes arrive: a frame cut into pieces (down to one byte at a
+    time) and several frames in one write are each read once, whole."""
+    from mediaserver.control.channel import NONCE_BYTES, _frame, _proof
+
+    async def handle(kind, batch):
+        return [("ok", (kind, c)) for c in batch]
+
+    server, address = await started(handle)
+    try:
+        reader, writer = await asyncio.open_connection(*address)
+        nonce = await reader.readexactly(NONCE_BYTES)
+        mine = os.urandom(NONCE_BYTES)
+        hello = _proof(KEY, nonce, b"gateway") + mine
+        for i in range(len(hello)):  # (the hello itself a byte at a time)
+            writer.write(hello[i:i + 1])
+            await writer.drain()
+        assert await reader.readexactly(32) == _proof(KEY, mine, b"host")
+        one = _frame((1, "calls", ["a" * 300]))
+        for i in range(len(one)):
+            writer.write(one[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.write(b"".join(_frame((n, "calls", [n])) for n in range(2, 12)))  # ten in one write
+        await writer.drain()
+        replies = {}
+        while len(replies) < 11:
+            (n,) = struct.unpack("!I", await reader.readexactly(4))
+            rid, outcomes = pickle.loads(await reader.readexactly(n))
+            assert rid not in replies
+            replies[rid] = outcomes
+        assert replies[1] == [("ok", ("calls", "a" * 300))]
+        assert all(replies[n] == [("ok", ("calls", n))] for n in range(2, 12))
+        writer.close()
     finally:
         await server.stop()
