@@ -231,7 +231,7 @@ class ChannelClient:
             _, end = await loop.create_connection(lambda: _GatewayEnd(self), *self.address)
             self._end = end
             await asyncio.wait_for(asyncio.shield(end.proved), HELLO_SECONDS)
-        except (OSError, ConnectionError, asyncio.TimeoutError) as e:
+        except (OSError, asyncio.TimeoutError) as e:  # (ConnectionError is an OSError)
             self.close()
             raise MediaserverError("unavailable", f"the session host cannot be reached ({type(e).__name__}); retry shortly") from None
         self.connected = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, NamedTuple
 
 import sqlalchemy as sa
 
@@ -47,26 +47,19 @@ class InLoopConnection:
         if many and any(row.keys() != first.keys() for row in params):
             self.sync_connection.execute(stmt, params)  # (rows setting different columns: SQLAlchemy sorts it out)
             return None
-        sql, order, constants, processors = self._engine.prepared_write(stmt, first)
-
-        def values(row: dict[str, Any]) -> list[Any]:
-            out = [row[k] if k in row else constants[k] for k in order]
-            for i, convert in processors:
-                out[i] = convert(out[i])
-            return out
-
+        prepared = self._engine.prepared(stmt, first)
         raw = self.sync_connection.connection.driver_connection
         try:
             if many:
-                raw.executemany(sql, [values(row) for row in params])
+                raw.executemany(prepared.sql, [prepared.bind(row) for row in params])
                 return None
-            cursor = raw.execute(sql, values(first))
+            cursor = raw.execute(prepared.sql, prepared.bind(first))
             try:
                 return cursor.fetchall() if cursor.description is not None else None
             finally:
                 cursor.close()
         except sqlite3.Error as e:
-            raise sa.exc.DBAPIError.instance(sql, params, e, sqlite3.Error) from e
+            raise sa.exc.DBAPIError.instance(prepared.sql, params, e, sqlite3.Error) from e
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         return self.sync_connection.execute(*args, **kwargs)
@@ -78,56 +71,65 @@ class InLoopConnection:
         return fn(self.sync_connection, *args, **kwargs)
 
 
+class Prepared(NamedTuple):
+    """A statement as SQLite gets it (values written in, ``literal_execute``, lists expanded),
+    its parameters in order, the constants among them (an IN's values, a default OFFSET), and
+    which need converting (position, SQLAlchemy's bind processor: JSON, floats)."""
+
+    sql: str
+    order: list[str]
+    constants: dict[str, Any]
+    processors: list[tuple[int, Any]]
+
+    def bind(self, params: dict[str, Any]) -> list[Any]:
+        out = [params[k] if k in params else self.constants[k] for k in self.order]
+        for i, convert in self.processors:
+            out[i] = convert(out[i])
+        return out
+
+
 class InLoopEngine:
     def __init__(self, engine: sa.Engine):
         self.sync_engine = engine
         self._reader: Any = None  # (``rows``'s own connection)
-        self._prepared: dict[Any, tuple[str, list[str], dict[str, Any], list[tuple[str, Any]]]] = {}
-        self._writes: dict[tuple[Any, tuple[str, ...]], tuple[str, list[str], dict[str, Any], list[tuple[int, Any]]]] = {}
+        self._prepared: dict[tuple[Any, tuple[str, ...]], Prepared] = {}
+        self._columns: dict[Any, list[tuple[str, Any]]] = {}  # a SELECT's result keys and processors
 
-    def prepared_write(self, stmt: Any, params: dict[str, Any]) -> tuple[str, list[str], dict[str, Any], list[tuple[int, Any]]]:
-        """``stmt`` as SQLite gets it given these parameters' names (an INSERT's or UPDATE's
-        columns are the ones given), its parameters in order, the constants among them, and
-        which need converting (position, bind processor): see ``InLoopConnection.run``."""
+    def prepared(self, stmt: Any, params: dict[str, Any]) -> Prepared:
+        """``stmt`` compiled by SQLAlchemy for these parameters' names (an INSERT's or UPDATE's
+        columns are the ones given), once per statement and set of names: ``stmt`` must be
+        built once (it keys the cache)."""
         key = (stmt, tuple(params))
-        prepared = self._writes.get(key)
+        prepared = self._prepared.get(key)
         if prepared is None:
-            dialect = self.sync_engine.dialect
-            compiled = stmt.compile(dialect=dialect, column_keys=list(params))
+            compiled = stmt.compile(dialect=self.sync_engine.dialect, column_keys=list(params))
             state = compiled.construct_expanded_state(params)
             order = list(state.positiontup or ())
-            constants = {k: state.parameters[k] for k in order if k not in params}
             # (the expanded state lists only its expanded parameters' processors: the compiled
             # statement has the others, as its execution context takes them)
             convert = {**compiled._bind_processors, **state.processors}
-            processors = [(i, convert[k]) for i, k in enumerate(order) if convert.get(k) is not None]
-            prepared = self._writes[key] = (state.statement, order, constants, processors)
+            prepared = self._prepared[key] = Prepared(
+                state.statement, order, {k: state.parameters[k] for k in order if k not in params},
+                [(i, convert[k]) for i, k in enumerate(order) if convert.get(k) is not None],
+            )
         return prepared
 
     def rows(self, stmt: sa.Select, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A SELECT's rows, by column key: SQLAlchemy compiles the statement and processes the
-        values (its own types' result processors), but the statement runs on SQLite's cursor.
-        For the hottest reads (a join's lookup, a host loading a session), SQLAlchemy's execution
-        layers cost 260 us where SQLite takes 20. ``stmt`` must be built once (it keys the cache)."""
-        prepared = self._prepared.get(stmt)
-        if prepared is None:
+        values (its own types' processors), but the statement runs on SQLite's cursor. For the
+        hottest reads (a join's lookup, a host loading a session), SQLAlchemy's execution layers
+        cost 260 us where SQLite takes 20. ``stmt`` must be built once (it keys the cache)."""
+        prepared = self.prepared(stmt, params)
+        columns = self._columns.get(stmt)
+        if columns is None:
             dialect = self.sync_engine.dialect
-            # The statement as SQLite gets it (values written in, ``literal_execute``, and lists
-            # expanded), its parameters in order, and the constants among them (an IN's values,
-            # a default OFFSET); the caller's named ones are bound on each run.
-            state = stmt.compile(dialect=dialect).construct_expanded_state(params)
-            order = list(state.positiontup or ())
-            constants = {k: state.parameters[k] for k in order if k not in params}
-            columns = [
+            columns = self._columns[stmt] = [
                 (str(c.key), c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in stmt.selected_columns
             ]
-            prepared = self._prepared[stmt] = (state.statement, order, constants, columns)
-        sql, order, constants, columns = prepared
         if self._reader is None:
             # Its own pooled connection, kept (the pool's connect event set it up as every other).
             self._reader = self.sync_engine.raw_connection()
-        values = [params[k] if k in params else constants[k] for k in order]
-        cursor = self._reader.driver_connection.execute(sql, values)
+        cursor = self._reader.driver_connection.execute(prepared.sql, prepared.bind(params))
         try:
             found = cursor.fetchall()
         finally:
