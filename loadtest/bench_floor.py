@@ -3,8 +3,8 @@
 Issue #10 asks for p50 <= 50 ms and p99 <= 200 ms over 100 new sessions joined at once, from
 sending ``join`` to receiving ``joined``. This measures, in the same run and with the same
 clients (``loadtest/lean_ws.py``, 100 at once, tokens signed beforehand), how far below the real
-server the least a join can do goes on this machine. Each floor is a raw ASGI app on the
-gateway's own stack (uvicorn on uvloop, the same WebSocket layer and settings), and does only:
+server the least a join can do goes on this machine. Each floor runs on the gateway's own stack
+(uvicorn on uvloop, the same WebSocket transport and settings), and does only:
 
 - ``websocket``: the handshake, one message in, a ``joined``-sized JSON reply out;
 - ``store``: that, plus verifying the participant token (``tokens.verify``), one SQLite write
@@ -131,18 +131,15 @@ class FloorApp:
             "ice_servers": [{"urls": ["stun:127.0.0.1:3478"]}], "media_mode": "routed", "archive": None, "speakers": None,
         }
 
+    async def websocket(self, sock) -> None:
+        """One client on the gateway's own WebSocket transport (``mediaserver.api.websocket``)."""
+        reply = await self.join(json.loads(await sock.receive()))
+        await sock.send_text(json.dumps(reply))
+        while True:
+            await sock.receive()  # (until the client closes)
+
     async def __call__(self, scope: dict, receive, send) -> None:
-        if scope["type"] != "websocket":
-            return
-        await receive()  # websocket.connect
-        await send({"type": "websocket.accept"})
-        ev = await receive()
-        if ev["type"] != "websocket.receive":
-            return
-        reply = await self.join(json.loads(ev["text"]))
-        await send({"type": "websocket.send", "text": json.dumps(reply)})
-        while (await receive())["type"] != "websocket.disconnect":
-            pass
+        pass  # (nothing but the WebSocket is asked of a floor)
 
 
 def serve(level: str, data: Path) -> None:
@@ -150,10 +147,13 @@ def serve(level: str, data: Path) -> None:
     import uvicorn
     import uvloop
 
+    from mediaserver.api.websocket import http_protocol
+
     async def main() -> None:
         app = FloorApp(level, data)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, loop="none", log_level="warning", lifespan="off",
-                                ws_max_size=256 * 1024, ws_per_message_deflate=False, access_log=False)
+                                ws_max_size=256 * 1024, ws_per_message_deflate=False, access_log=False,
+                                http=http_protocol("/v1/ws", app.websocket), proxy_headers=False)
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         while not server.started:

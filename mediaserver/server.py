@@ -13,7 +13,8 @@ from urllib.parse import quote
 import uvicorn
 
 from mediaserver import __version__, tokens
-from mediaserver.api.app import create_app
+from mediaserver.api.app import WS_PATH, create_app
+from mediaserver.api.websocket import http_protocol
 from mediaserver.config import Settings
 from mediaserver.ids import new_secret
 from mediaserver.store import Store
@@ -172,6 +173,10 @@ async def _serve(settings: Settings, out: TextIO, as_json: bool) -> None:
             # Messages are small JSON: compressing them saves little on the wire and costs each
             # WebSocket a zlib context both ways (~100 KB) and CPU on every message.
             ws_per_message_deflate=False,
+            http=http_protocol(WS_PATH, app.websocket),  # (/v1/ws past uvicorn's WebSocket layer and ASGI)
+            # The client's address is ours to work out, with the trusted proxies it is told of
+            # (mediaserver/api/clients.py); uvicorn's own rule would trust any local peer.
+            proxy_headers=False,
             access_log=settings.log_level == "debug",
         )
         server = uvicorn.Server(config)

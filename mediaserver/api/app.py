@@ -20,6 +20,7 @@ from mediaserver.api.clients import ClientAddress
 from mediaserver.api.docs import tidy_openapi
 from mediaserver.api.limits import BodyLimit
 from mediaserver.api.metrics import GatewayMetrics
+from mediaserver.api.websocket import Socket
 from mediaserver.config import Settings
 from mediaserver.errors import MediaserverError
 from mediaserver.pacing import TurnBudget
@@ -47,6 +48,10 @@ class Gateway:
 
     def __init__(self, api: FastAPI):
         self.api = api
+
+    async def websocket(self, sock: Socket) -> None:
+        """A ``/v1/ws`` connection uvicorn was given (mediaserver/api/websocket.py ``http_protocol``)."""
+        await ws.Connection(sock, self.api.state).run()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == WS_PATH:

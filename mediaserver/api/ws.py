@@ -13,14 +13,15 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import WebSocket, WebSocketDisconnect
-from starlette.websockets import WebSocketState
 from pydantic import ValidationError
+from starlette.datastructures import State
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mediaserver import tokens
 from mediaserver.api import messages as m
 from mediaserver.api.grants import admit
 from mediaserver.api.models import Room
+from mediaserver.api.websocket import AsgiSocket, Socket
 from mediaserver.errors import MediaserverError
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,8 @@ def _validation_message(e: ValidationError) -> str:
 
 
 class Connection:
-    def __init__(self, ws: WebSocket):
+    def __init__(self, ws: Socket | AsgiSocket, state: State):
         self.ws = ws
-        state = ws.app.state
         self.settings = state.settings
         self.store = state.store
         self.control = state.control
@@ -65,11 +65,8 @@ class Connection:
             pass  # already closed
 
     async def receive(self) -> Any:
-        frame = await self.ws.receive()
-        if frame["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(frame.get("code", 1000), frame.get("reason"))
-        text = frame.get("text")
-        if text is None:
+        text = await self.ws.receive()
+        if not isinstance(text, str):
             raise MediaserverError("invalid_request", "messages are JSON in text frames; a binary frame is not one")
         if len(text) > MAX_MESSAGE_BYTES:
             raise MediaserverError("invalid_request", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
@@ -89,7 +86,6 @@ class Connection:
     # Lifecycle ----------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.ws.accept()
         try:
             async with asyncio.timeout(self.settings.join_timeout_seconds):  # (no task of its own, as wait_for's)
                 first = await self.receive()
@@ -155,8 +151,7 @@ class Connection:
             raise MediaserverError(
                 "not_group_leader", "only the group's leaders and co-leaders may start a session for it; join once it is live"
             )
-        client = self.ws.client.host if self.ws.client else None
-        address = self.client_address(client, self.ws.headers.get("x-forwarded-for"))
+        address = self.client_address(self.ws.client, self.ws.headers.get("x-forwarded-for"))
         for attempt in range(OPEN_ATTEMPTS):
             session, new = await self.control.open_session(room, address, existing=current, slot=slot)
             self.session_id = session["id"]
@@ -240,7 +235,7 @@ class Connection:
             except (WebSocketDisconnect, asyncio.CancelledError):
                 raise
             except Exception:
-                if WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state):
+                if self.ws.gone:
                     return  # the client went away in the middle of it
                 # A bug in one command must not drop the connection (it would close without a
                 # close frame): the command fails, the participant stays.
@@ -463,4 +458,7 @@ class Connection:
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
-    await Connection(ws).run()
+    """/v1/ws through ASGI (an in-process test client, a deployment behind a root path); uvicorn's
+    connections are handed to ``Connection`` by mediaserver/api/websocket.py."""
+    await ws.accept()
+    await Connection(AsgiSocket(ws), ws.app.state).run()
