@@ -40,11 +40,12 @@ WS_PATH = "/v1/ws"
 
 
 class Gateway:
-    """The ASGI application the server runs: the participant WebSocket goes straight to its
-    handler, everything else to the FastAPI application (``api``). FastAPI's routing and
-    middleware are for the REST API; around a WebSocket they cost about 0.15–0.2 ms of CPU per
-    connection (0.70–1.06 against 0.50–0.67 ms for a connect, one message and a close, four
-    interleaved rounds) and wrap every message it sends."""
+    """The application the server runs. Under uvicorn, ``/v1/ws`` never reaches ASGI: uvicorn's
+    connection is handed to ``websocket`` (mediaserver/api/websocket.py). Through ASGI (an
+    in-process test client) the participant WebSocket still goes straight to its handler, and
+    everything else to the FastAPI application (``api``): FastAPI's routing and middleware are
+    for the REST API, and around a WebSocket they cost about 0.15–0.2 ms of CPU per connection
+    and wrap every message it sends."""
 
     def __init__(self, api: FastAPI):
         self.api = api
