@@ -8,7 +8,8 @@ Settings (environment variables):
     MEDIASERVER_KEY       API key "id:secret" (required): rooms and tokens are made with it
     LOADTEST_ROOM_SIZE    participants per room (default 10); the first of each room is its host
     LOADTEST_MEDIA_EVERY  one participant in this many publishes synthetic media through the load
-                          client (loadtest/client.py) for LOADTEST_MEDIA_SECONDS (default: 0, none)
+                          client (loadtest/client.py) for LOADTEST_MEDIA_SECONDS (default: 0, none),
+                          to two subscribers, in a room of their own (see ``media``)
 
 Every WebSocket command is a locust request (type "ws"): join latency percentiles, and failures
 grouped by the server's error code, are in locust's tables; media delivered is type "media".
@@ -207,11 +208,16 @@ class MeetingUser(User):
         self._measure("resume", lambda: self._connect({"type": "resume", "reconnect_token": token}))
 
     def media(self) -> None:
-        """Publish synthetic media to a few subscribers through the load client (real ICE/DTLS/SRTP)."""
+        """Publish synthetic media to a few subscribers through the load client (real ICE/DTLS/SRTP).
+
+        In a room of their own (the load client makes one): in this user's room, the hosts'
+        breakout task plans every participant but the moderators into rooms and opens them, so
+        the subscribers would go where the publisher (a moderator) is not, and rightly receive
+        nothing. A run that met that reported "no media delivered"."""
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "loadtest.client", "--url", self.host, "--key", ":".join(self.key),
-             "--room", self.room_id, "--publishers", "1", "--subscribers", "2", "--duration", str(MEDIA_SECONDS),
+             "--publishers", "1", "--subscribers", "2", "--duration", str(MEDIA_SECONDS),
              "--bitrate", "500000"],
             capture_output=True, text=True, timeout=120,
         )

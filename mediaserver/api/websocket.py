@@ -278,7 +278,11 @@ def http_protocol(path: str, handle: Callable[[Socket], Awaitable[None]]) -> typ
 
     class GatewayHttpProtocol(HttpToolsProtocol):
         def handle_websocket_upgrade(self) -> None:
-            if httptools.parse_url(self.url).path != wanted or self.scope["method"] != "GET":
+            try:
+                path = httptools.parse_url(self.url).path
+            except httptools.HttpParserInvalidURLError:
+                path = None  # (uvicorn's own layer answers it, as it would have)
+            if path != wanted or self.scope["method"] != "GET":
                 return super().handle_websocket_upgrade()
             self.connections.discard(self)
             headers: dict[str, str] = {}
