@@ -102,20 +102,59 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _process_name(pid: int) -> str:
+    """"name[pid]". A Ray worker's name is its actor class: Ray retitles the process with each
+    task it runs ("ray::X.method"), and a key that changed between two readings would count the
+    process's whole life as the difference."""
+    name = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0].rsplit("/", 1)[-1][:60]
+    actor = re.search(r"(\w+Actor)\b", name)
+    return f"{'ray::' + actor.group(1) if actor else name[:30]}[{pid}]"
+
+
 def cpu_by_process(root: int) -> dict[str, float]:
-    """CPU seconds of each process of the server, as "name[pid]". A Ray worker's name is its
-    actor class: Ray retitles the process with each task it runs ("ray::X.method"), and a key
-    that changed between two readings would count the process's whole life as the difference."""
+    """CPU seconds of each process of the server, as "name[pid]"."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            name = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0].rsplit("/", 1)[-1][:60]
+            out[_process_name(pid)] = (int(fields[11]) + int(fields[12])) / tick
         except OSError:
             continue
-        actor = re.search(r"(\w+Actor)\b", name)
-        out[f"{'ray::' + actor.group(1) if actor else name[:30]}[{pid}]"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def thread_times(root: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """For the server's processes ("name[pid]") and this benchmark's own ("clients[pid]"): each
+    thread's seconds on a CPU and seconds ready to run but waiting for one (the run queue delay,
+    /proc/PID/task/TID/schedstat)."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for pid in tree(root) + [os.getpid()]:
+        try:
+            name = f"clients[{pid}]" if pid == os.getpid() else _process_name(pid)
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                ran, waited = Path(task, "schedstat").read_text().split()[:2]
+            except (OSError, ValueError):
+                continue  # (a thread that ended meanwhile; a kernel without schedstats)
+            out.setdefault(name, {})[task.name] = (int(ran) / 1e9, int(waited) / 1e9)
+    return out
+
+
+def busiest_thread_waits(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """Per process, its busiest thread between two ``thread_times`` (the event loop's, for every
+    process here): ms it ran and ms it waited for a CPU. Where a burst's time goes when the cores
+    are shared: a step that waits for a CPU is not a step doing work."""
+    out = {}
+    for name, threads in after.items():
+        deltas = [(ran - before.get(name, {}).get(tid, (0.0, 0.0))[0], waited - before.get(name, {}).get(tid, (0.0, 0.0))[1])
+                  for tid, (ran, waited) in threads.items()]
+        ran, waited = max(deltas, default=(0.0, 0.0))
+        if ran > 0.001:
+            out[name.split("[")[0]] = {"ran_ms": round(ran * 1000, 1), "waited_ms": round(waited * 1000, 1)}
     return out
 
 
@@ -306,7 +345,7 @@ async def run(args: argparse.Namespace) -> dict:
             cold_rooms = await make_rooms(http, args.cold, "cold")
             sent_before = await host_messages(http)  # (read outside the CPU window: /metrics asks the workers too)
             cpu_before, by_before = cpu_seconds(server.proc.pid), cpu_by_process(server.proc.pid)
-            own_before = own_cpu()
+            own_before, threads_before = own_cpu(), thread_times(server.proc.pid)
             spies = profile(server.proc.pid, args.profile) if args.profile else []
             if spies:
                 await asyncio.sleep(1)  # (py-spy attaching; the clients' pings go on meanwhile)
@@ -317,7 +356,7 @@ async def run(args: argparse.Namespace) -> dict:
                 spy.wait(30)
             cpu_used = cpu_seconds(server.proc.pid) - cpu_before
             by_after = cpu_by_process(server.proc.pid)
-            own_after = own_cpu()
+            own_after, threads_after = own_cpu(), thread_times(server.proc.pid)
             sent = await host_messages(http)
             start = min(c.opened_at for c in burst)
             waits = [c.joined_at - start for c in burst]  # the user's view: from opening the WebSocket (all at once) to ``joined``
@@ -335,6 +374,8 @@ async def run(args: argparse.Namespace) -> dict:
                     k.split("[")[0]: round((v - by_before.get(k, 0.0)) / len(cold) * 1000, 2)
                     for k, v in by_after.items() if v - by_before.get(k, 0.0) > 0
                 },
+                # each process's busiest thread over the burst: time on a CPU, and ready but waiting for one
+                "busiest_thread_by_process": busiest_thread_waits(threads_before, threads_after),
                 # gateway -> host traffic of the burst (the joins, and every participant's long polls)
                 "to_hosts_per_join": {k: round((v - sent_before.get(k, 0.0)) / len(cold), 2) for k, v in sorted(sent.items())},
             }
