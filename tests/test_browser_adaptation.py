@@ -140,7 +140,12 @@ async def test_a_weak_link_falls_back_to_audio_for_that_viewer_only_and_recovers
             await asyncio.sleep(2)
             b, w = await weak.evaluate(RECEIVED), await video(weak)
             assert b["audioPackets"] > a["audioPackets"] + 20, (a, b)
-            assert w["frames"] - v["frames"] <= 15, (v, w)  # (a trial of the lower layer may show a few)
+            # No video but a trial's: the lowest layer at a quarter of the camera's 30 fps, TRIAL s
+            # at a time (mediaserver/media/adaptation.py); playing, even that layer at half its
+            # frames, is 15 fps. (A frame count of 15 in 2 s failed once with a trial the whole
+            # window long: 16 frames.)
+            fps = (w["frames"] - v["frames"]) / ((b["t"] - a["t"]) / 1000)
+            assert fps <= 30 / 4 * 1.3, (v, w, fps)
         # The clean viewer is untouched: the full layer, at its rate; the camera sends it still.
         c1, v1 = await clean.evaluate(RECEIVED), await video(clean)
         await asyncio.sleep(3)
