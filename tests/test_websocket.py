@@ -92,7 +92,8 @@ def upgrade(key: str = base64.b64encode(os.urandom(16)).decode(), version: str =
 
 class RawPeer:
     """A client made of websockets' sans-I/O protocol over a plain socket: it sends what it is
-    told and answers nothing on its own (no pongs) unless asked to."""
+    told and answers nothing on its own (a pong its protocol queues for a ping goes out only
+    with the next frame given to ``send_frame``)."""
 
     def __init__(self, reader, writer):
         self.reader, self.writer = reader, writer
@@ -302,3 +303,30 @@ async def test_the_server_stopping_closes_each_websocket_with_1012():
         await ws.wait_closed()
         assert ws.close_code == 1012  # service restart
     assert ended.is_set()
+
+
+async def test_a_pong_after_our_close_does_not_keep_the_connection(monkeypatch):
+    """Once the server has sent its close frame, only the peer's close, or CLOSE_TIMEOUT, ends the
+    connection: a late pong (to a ping sent before) must not put the keepalive back in its place."""
+    from mediaserver.api import websocket
+
+    monkeypatch.setattr(websocket, "CLOSE_TIMEOUT", 0.5)
+    async with Served(echo, ws_ping_interval=0.1, ws_ping_timeout=5) as s:
+        peer = await RawPeer.open(s.port)
+
+        async def until(opcode: Opcode) -> Frame:
+            async with asyncio.timeout(5):
+                while True:
+                    peer.ws.receive_data(await peer.reader.read(65536))
+                    for frame in peer.ws.events_received():
+                        if frame.opcode is opcode:
+                            return frame
+
+        ping = await until(Opcode.PING)  # (not answered yet)
+        # (written raw: ``send_frame`` would flush the pong the peer's protocol queued for the ping)
+        peer.writer.write(Frame(Opcode.TEXT, b"close").serialize(mask=True))  # echo closes with 4000
+        await until(Opcode.CLOSE)
+        peer.writer.write(Frame(Opcode.PONG, ping.data).serialize(mask=True))  # the late pong; no close back
+        async with asyncio.timeout(3):  # dropped after CLOSE_TIMEOUT, not kept open by pings
+            while await peer.reader.read(65536):
+                pass

@@ -197,7 +197,9 @@ class Socket(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(delay, callback)
 
     def _schedule_ping(self) -> None:
-        if self._ping_interval:
+        # (Not once our close is sent: the timer is then the close's deadline, which a late pong
+        # must not replace.)
+        if self._ping_interval and self.ws.state is State.OPEN:
             self._arm(self._ping_interval, self._send_ping)
 
     def _send_ping(self) -> None:
