@@ -128,7 +128,6 @@ class _HostEnd(_Framed):
         super().__init__()
         self.server = server
         self.nonce = os.urandom(NONCE_BYTES)
-        self.proved = False
         self.answers: set[asyncio.Future] = set()
         self._too_slow: asyncio.TimerHandle | None = None
 
@@ -146,7 +145,6 @@ class _HostEnd(_Framed):
             log.warning("host channel: a peer at %s did not prove the key; closed", self.transport.get_extra_info("peername"))
             self.transport.close()
             return
-        self.proved = True
         self.transport.write(_proof(self.server.key, data[32:], b"host"))
 
     def frame(self, value: Any) -> None:
