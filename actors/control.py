@@ -162,10 +162,12 @@ class ControlPlane:
         answers ``session_opened_elsewhere`` if another join opened the room's session first."""
         await self.view.refresh()
         if existing is None:
-            session = await self.directory.plan(room, client_address)
+            region = self.directory.region_for(room, client_address)
+            session = await self.directory.plan(room, region)
             if not session.get("host"):
                 raise MediaserverError("unavailable", "no session host is running yet; try again in a moment")
             new = brand_new(session, room, slot, unwritten=True)
+            new["region"] = region  # (placed again there should its host's node go before the join gets to it)
         else:
             session, new = existing, None
         if session.get("host") in self.view.live_hosts():
@@ -255,8 +257,23 @@ class ControlPlane:
                     raise
             self._host_of.pop(session_id, None)  # ask the Directory again: the session may have moved,
             await self.view.refresh(force=attempt > 0)  # or its host's node may be gone (it moves then)
+            if planned and planned not in self.view.live_hosts():
+                planned = await self._place_again(session_id, new)
             await asyncio.sleep(delay)
             attempt += 1
+
+    async def _place_again(self, session_id: str, new: dict) -> str:
+        """A new session whose planned host's node went before its first join got there: placed
+        again under the same id, so the join goes on elsewhere instead of waiting for a host that
+        will not come back. Had that host written it before it went, the new host's write is
+        refused (``session_opened_elsewhere``) and the join goes to the session as it was written."""
+        self.directory.forget_loads()
+        placement = await self.directory.place(session_id, new.get("region"))
+        if not placement.get("host"):
+            raise MediaserverError("unavailable", "no session host is running now; try again in a moment")
+        new["session"].update(placement)
+        log.info("session %s placed again on %s: its planned host's node is gone", session_id, placement["host"])
+        return placement["host"]
 
     def batch_figures(self) -> dict[str, dict[str, int]]:
         """Calls this gateway sent to session hosts and the messages they went in, by kind."""

@@ -28,6 +28,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _session(sid: int) -> list[int]:
+    """The processes of session ``sid`` (proc(5): the 6th field of /proc/PID/stat)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # (gone meanwhile)
+            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:  # (after the name, which may hold anything)
+                out.append(int(entry))
+    return out
+
+
 class RayNodes:
     def __init__(self, base: Path):
         self.base = base
@@ -58,8 +72,15 @@ class RayNodes:
             self.address = f"{ip}:{port}"
 
     def kill(self, ip: str) -> None:
-        """The node dies: its raylet, its workers, everything of it, at once."""
-        os.killpg(self.procs[ip].pid, signal.SIGKILL)
+        """The node dies: its raylet, its workers, everything of it, at once, as when its machine
+        goes. Ray's workers are process groups of their own (killing the group of `ray start`
+        left them running until they noticed, about 2 s later), but all are in the session
+        `ray start` began."""
+        for pid in _session(self.procs[ip].pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.procs[ip].wait()
 
     def stop(self) -> None:

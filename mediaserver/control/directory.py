@@ -65,18 +65,20 @@ class DirectoryCore:
             return existing, False  # (a join into a live session writes nothing here)
         placement = None
         if existing is None:
-            region = self.placement.region_of(room.get("location_hint")) or self.placement.region_of(client_address)
-            placement = await self.place(new_id("sess"), region)
+            placement = await self.place(new_id("sess"), self.region_for(room, client_address))
         return await self.store.open_session(
             room, self.clock(), default_limit=self.default_max_live_sessions, placement=placement, none_seen=existing is None,
         )
 
-    async def plan(self, room: dict, client_address: str | None = None) -> dict:
-        """A new session for a room that has none, placed but not written: its first join writes
-        it, in the transaction that admits that participant (``SessionChange.opens``), where the
-        team's limit and the room's one unended session are checked. One write per cold join,
-        in the session's host, instead of one here and one there."""
-        region = self.placement.region_of(room.get("location_hint")) or self.placement.region_of(client_address)
+    def region_for(self, room: dict, client_address: str | None = None) -> str | None:
+        """The region a room's new session goes to: its location hint's, else its first client's."""
+        return self.placement.region_of(room.get("location_hint")) or self.placement.region_of(client_address)
+
+    async def plan(self, room: dict, region: str | None = None) -> dict:
+        """A new session for a room that has none, placed (in ``region`` if it can be) but not
+        written: its first join writes it, in the transaction that admits that participant
+        (``SessionChange.opens``), where the team's limit and the room's one unended session are
+        checked. One write per cold join, in the session's host, instead of one here and one there."""
         return new_session_row(room, self.clock(), await self.place(new_id("sess"), region))
 
     async def place(self, session_id: str, region: str | None = None) -> dict:
@@ -97,6 +99,10 @@ class DirectoryCore:
         if hosts:
             placement["host"] = await self._least_loaded(hosts)
         return placement
+
+    def forget_loads(self) -> None:
+        """Look at the workers' and hosts' loads afresh at the next placement (a node just went)."""
+        self._workers_at = self._loads_at = -1e9
 
     async def _least_loaded(self, hosts: list[str]) -> str:
         now = time.monotonic()
