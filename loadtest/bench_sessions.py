@@ -426,10 +426,13 @@ async def run(args: argparse.Namespace) -> dict:
             back = [Client(ws_url) for _ in range(min(args.warm, rest))]
             clients.extend(back)
             rejoin = [await c.join(token(r, "only"), r) for c, r in zip(back, rooms)]
+            # The baseline beside it, in the same state (the same sessions asleep, the same
+            # connections open): first joins of new sessions, one at a time.
+            cold_now = await joins(await make_rooms(http, min(args.warm, rest), "cold beside"), "first", at_once=False)
             out["asleep"] = {
                 "sessions": rest, "memory": asleep, "hosts": hosts,
                 "pss_mb_freed": round(after["pss_mb"] - asleep["pss_mb"], 1),
-                "rejoin_ms": ms(rejoin),
+                "rejoin_ms": ms(rejoin), "cold_join_beside_ms": ms(cold_now),
             }
             print(f"sessions in their grace period: {out['asleep']}", flush=True)
 

@@ -308,9 +308,12 @@ async def test_a_joins_lookup_reads_what_sqlalchemy_reads(store: Store):
 
 
 async def test_a_hosts_loading_reads_what_sqlalchemy_reads(store: Store):
-    """The reads a host loads a session with (``_reads``) run on SQLite's cursor: the same rows,
-    in the same order, with the same values and types as through SQLAlchemy."""
-    from mediaserver.store.store import _reads
+    """The reads a host loads (or wakes) a session with (``_reads``, ``_chat_history``) run on
+    SQLite's cursor: the same rows, in the same order, with the same values and types as
+    through SQLAlchemy; and the store's methods built on them answer as they should."""
+    import time
+
+    from mediaserver.store.store import _chat_history, _reads
 
     team = await store.ensure_team("acme")
     room = await store.create_room(team["id"], ROOM)
@@ -325,22 +328,47 @@ async def test_a_hosts_loading_reads_what_sqlalchemy_reads(store: Store):
             "at": 100.0 + i} for i in range(7)]
     qs = [{"id": f"q{i}", "session_id": session["id"], "participant_id": "part_0", "name": "P 0", "text": f"why {i}?",
            "status": "open", "answer": None, "votes": 1, "asked_at": 110.0 + i, "updated_at": 110.0 + i} for i in range(2)]
+    # Chat in the main room (None), in two breakout rooms, and to every room ("*").
+    chat = [{"id": f"m{i}", "session_id": session["id"], "participant_id": "part_0", "name": "P 0",
+             "breakout_id": (None, "b1", "b2", "*")[i % 4], "text": f"line {i}", "at": 120.0 + i, "seq": 8 + i}
+            for i in range(9)]
     await store.apply(SessionChange(
-        session["id"], session={"last_seq": 7, "meeting": {"started": True}}, new_participants=parts, events=evs,
-        new_questions=qs, votes=[{"question_id": "q1", "participant_id": "part_2", "at": 115.0}],
+        session["id"], session={"last_seq": 16, "meeting": {"started": True}}, new_participants=parts, events=evs,
+        new_questions=qs, votes=[{"question_id": "q1", "participant_id": "part_2", "at": 115.0}], chat=chat,
     ))
+    now = time.time()
+    event = await store.create_event(team["id"], "Fair", now, now + 7200, [{
+        "identity": "acme", "name": "ACME", "max_sessions": 2, "spots": 3, "duration": 1800.0, "timeframes": [[now, now + 7200]],
+    }])
+    slot = await store.add_slot(event, event["hosts"][0], now + 600, {**ROOM, "name": "slot", "type": "adhoc"})
+    for who in ("ann", "bob"):
+        await store.register(slot["id"], who, who.title())
+    archive = await store.create_archive(session, "rec", "composed", None, now=130.0)
     cases = [
         ("room", {"id": room["id"]}), ("room", {"id": "room_none"}), ("session", {"id": session["id"]}),
         ("participants", {"session_id": session["id"]}), ("events", {"session_id": session["id"], "after_seq": 2, "limit": 3}),
         ("broadcast_events", {"session_id": session["id"], "after_seq": 0, "limit": 100}),
         ("questions", {"session_id": session["id"]}), ("votes", {"session_id": session["id"]}),
+        ("slot", {"room_id": slot["room_id"]}), ("slot", {"room_id": room["id"]}), ("registered", {"slot_id": slot["id"]}),
+        ("recording", {"session_id": session["id"]}), ("recording", {"session_id": "sess_none"}),
     ]
+    statements = {name: _reads()[name] for name, _ in cases}
+    for shape, params in [((0, True), {}), ((1, True), {"room0": "*"}), ((2, False), {"room0": "b1", "room1": "*"})]:
+        cases.append((shape, {"session_id": session["id"], "limit": 3, **params}))
+        statements[shape] = _chat_history(*shape)
     for name, params in cases:
         async with store.engine.connect() as conn:
-            expected = [dict(r) for r in (await conn.execute(_reads()[name], params)).mappings()]
-        got = await store._rows(_reads()[name], params)
+            expected = [dict(r) for r in (await conn.execute(statements[name], params)).mappings()]
+        got = await store._rows(statements[name], params)
         assert got == expected, name
         assert [[type(v) for v in r.values()] for r in got] == [[type(v) for v in r.values()] for r in expected], name
+    texts = [[m["text"] for m in await store.chat_history(session["id"], rooms, limit=4)] for rooms in ([None, "*"], ["b1", "*"], ["b2"])]
+    assert texts == [["line 3", "line 4", "line 7", "line 8"], ["line 1", "line 3", "line 5", "line 7"], ["line 2", "line 6"]]
+    assert await store.slot_for_room(room["id"]) is None
+    found = await store.slot_for_room(slot["room_id"])
+    assert found["id"] == slot["id"] and sorted(found["registered"]) == ["ann", "bob"]
+    assert (await store.recording_archive(session["id"]))["id"] == archive["id"]
+    assert await store.recording_archive("sess_none") is None
     assert [e["seq"] for e in await store.session_events(session["id"], after_seq=2, limit=3)] == [3, 4, 5]
     assert [e["visibility"] for e in await store.session_events(session["id"], broadcast_only=True)] == [
         "broadcast", "staff", "room", "broadcast", "staff"]

@@ -18,6 +18,8 @@ from mediaserver.store.schema import archives, fixed, sessions
 
 class ArchiveStore:
     engine: Any
+    _prebuilt: dict[str, Any]  # (Store's: its reads built once, and how it runs them)
+    _rows: Any
 
     async def create_archive(self, session: dict, name: str, output: str, started_by: str | None,
                              now: float | None = None) -> dict:
@@ -66,10 +68,9 @@ class ArchiveStore:
         return dict(row) if row else None
 
     async def recording_archive(self, session_id: str) -> dict | None:
-        q = sa.select(archives).where(archives.c.session_id == session_id, archives.c.status == fixed("recording"))
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(q)).mappings().first()
-        return dict(row) if row else None
+        """The session's archive being recorded, if any (read each time a session wakes)."""
+        rows = await self._rows(self._prebuilt["recording"], {"session_id": session_id})
+        return rows[0] if rows else None
 
     async def list_archives(
         self, team_id: str, *, session_id: str | None = None, room_id: str | None = None, status: str | None = None,

@@ -21,6 +21,8 @@ from mediaserver.store.schema import event_hosts, event_slots, registrations, ro
 
 class EventStore:
     engine: Any
+    _prebuilt: dict[str, Any]  # (Store's: its reads built once, and how it runs them)
+    _rows: Any
 
     async def create_event(
         self, team_id: str, name: str, starts_at: float, ends_at: float, hosts: list[dict], max_sessions: int | None = None
@@ -129,12 +131,9 @@ class EventStore:
 
     async def slot_for_room(self, room_id: str) -> dict | None:
         """The event slot a room was made for (with its registered identities), or None."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(event_slots).where(event_slots.c.room_id == room_id))).mappings().first()
-            if row is None:
-                return None
-            slot = dict(row)
-            slot["registered"] = list((await conn.execute(
-                sa.select(registrations.c.identity).where(registrations.c.slot_id == slot["id"])
-            )).scalars())
+        found = await self._rows(self._prebuilt["slot"], {"room_id": room_id})
+        if not found:
+            return None
+        slot = found[0]
+        slot["registered"] = [r["identity"] for r in await self._rows(self._prebuilt["registered"], {"slot_id": slot["id"]})]
         return slot

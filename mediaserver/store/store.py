@@ -28,6 +28,7 @@ from mediaserver.store.locking import lock_row
 from mediaserver.store.people_store import PeopleStore
 from mediaserver.store.schema import (
     api_keys,
+    archives,
     chat_messages,
     event_slots,
     events,
@@ -36,6 +37,7 @@ from mediaserver.store.schema import (
     participants,
     question_votes,
     questions,
+    registrations,
     rooms,
     server_state,
     sessions,
@@ -120,7 +122,27 @@ def _reads() -> dict[str, Any]:
             .join(questions, questions.c.id == question_votes.c.question_id)
             .where(questions.c.session_id == by_session)
         ),
+        # A session's event slot (``EventStore.slot_for_room``) and whether it is being archived
+        # (``ArchiveStore.recording_archive``): read each time a session wakes.
+        "slot": sa.select(event_slots).where(event_slots.c.room_id == sa.bindparam("room_id")),
+        "registered": sa.select(registrations.c.identity).where(registrations.c.slot_id == sa.bindparam("slot_id")),
+        "recording": sa.select(archives).where(archives.c.session_id == by_session, archives.c.status == fixed("recording")),
     }
+
+
+@functools.cache
+def _chat_history(named: int, main: bool) -> Any:
+    """``Store.chat_history``'s read for ``named`` breakout rooms (``room0``...), and the main room
+    if ``main``, built once per shape (a join reads it: its room's and everyone's messages)."""
+    where = chat_messages.c.breakout_id.in_([sa.bindparam(f"room{i}") for i in range(named)]) if named else sa.false()
+    if main:
+        where = sa.or_(where, chat_messages.c.breakout_id.is_(None))
+    return (
+        sa.select(chat_messages)
+        .where(chat_messages.c.session_id == sa.bindparam("session_id"), where)
+        .order_by(chat_messages.c.seq.desc())
+        .limit(sa.bindparam("limit"))
+    )
 
 
 # (name, label in the join's row) per table, plain strings: a column's name is a str subclass
@@ -196,6 +218,10 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
         self._group: list[tuple[SessionChange, asyncio.Future]] = []  # (``apply``: this turn's, committed together)
         self._tasks: set[asyncio.Future] = set()
+
+    @property
+    def _prebuilt(self) -> dict[str, Any]:
+        return _reads()  # (for the reads of the other stores' parts)
 
     async def _rows(self, stmt: Any, params: dict[str, Any]) -> list[dict]:
         """A prebuilt SELECT's rows: on SQLite's cursor (``InLoopEngine.rows``), else as usual."""
@@ -752,17 +778,8 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         """The latest ``limit`` messages said in any of these rooms (None: the main room), oldest first."""
         rooms_ = list(rooms_)
         named = [r for r in rooms_ if r is not None]
-        where = chat_messages.c.breakout_id.in_(named) if named else sa.false()
-        if None in rooms_:
-            where = sa.or_(where, chat_messages.c.breakout_id.is_(None))
-        q = (
-            sa.select(chat_messages)
-            .where(chat_messages.c.session_id == session_id, where)
-            .order_by(chat_messages.c.seq.desc())
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            return [dict(r) for r in reversed((await conn.execute(q)).mappings().all())]
+        params = {"session_id": session_id, "limit": limit, **{f"room{i}": r for i, r in enumerate(named)}}
+        return list(reversed(await self._rows(_chat_history(len(named), None in rooms_), params)))
 
     async def session_chat(self, session_id: str) -> list[dict]:
         q = sa.select(chat_messages).where(chat_messages.c.session_id == session_id).order_by(chat_messages.c.seq)
