@@ -170,6 +170,12 @@ def _join_lookup() -> Any:
 
 
 @functools.cache
+def _team_of_session() -> Any:
+    """(A session coming back to live, which counts against its team's limit again: a wake's join.)"""
+    return sa.select(sessions.c.team_id).where(sessions.c.id == sa.bindparam("id"))
+
+
+@functools.cache
 def _update_by_id(table: sa.Table) -> Any:
     """An UPDATE of one row by its ID (parameter ``_id``), the columns it sets given with it."""
     return table.update().where(table.c.id == sa.bindparam("_id"))
@@ -747,8 +753,8 @@ class Store(EventStore, PeopleStore, ArchiveStore):
             if change.opens is not None:
                 team_id = change.opens["team_id"]
             else:
-                row = (await conn.execute(sa.select(sessions.c.team_id).where(sessions.c.id == change.session_id))).first()
-                team_id = row[0] if row else ""
+                found = await _run(conn, _team_of_session(), {"id": change.session_id})
+                team_id = found[0][0] if found else ""
             await self._check_live_limit(conn, team_id, change.live_limit, change.session_id)
         # (Statements built once, their columns set by the parameters: a statement built per
         # call costs more than SQLite takes to run it.)
