@@ -330,3 +330,39 @@ async def test_a_pong_after_our_close_does_not_keep_the_connection(monkeypatch):
         async with asyncio.timeout(3):  # dropped after CLOSE_TIMEOUT, not kept open by pings
             while await peer.reader.read(65536):
                 pass
+
+
+async def asgi_echo(scope, receive, send):
+    """uvicorn's own WebSocket layer's way in: each message back through ASGI, marked as such."""
+    if scope["type"] != "websocket":
+        return await plain_http(scope, receive, send)
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": "asgi: " + message["text"].upper()})
+
+
+@pytest.mark.parametrize("lacks", ["an attribute", "the protocol class"])
+async def test_a_uvicorn_without_what_the_transport_reads_gets_its_own_layer_back(lacks, monkeypatch, caplog):
+    """The transport reads uvicorn's protocol object, not uvicorn's public API. A uvicorn whose
+    protocol lacks something it reads (or that has no httptools protocol class at that path) must
+    still serve /v1/ws, through its own WebSocket layer and the ASGI app, with a warning."""
+    from mediaserver.api import websocket
+
+    if lacks == "an attribute":
+        monkeypatch.setattr(websocket, "_USED", (*websocket._USED, "attribute_of_another_uvicorn"))
+    else:
+        monkeypatch.setattr(websocket, "HttpToolsProtocol", None)
+    served = Served(echo)
+    served.config.app = asgi_echo
+    with caplog.at_level("WARNING", logger="mediaserver.api.websocket"):
+        async with served as s:
+            for _ in range(2):
+                async with websockets.connect(s.url) as ws:
+                    await ws.send("hello")
+                    assert await ws.recv() == "asgi: HELLO"
+    assert s.sockets == []  # our transport never took one
+    warned = [r.getMessage() for r in caplog.records if "/v1/ws goes through uvicorn's own WebSocket layer" in r.getMessage()]
+    assert len(warned) == 1, warned  # said once, not per connection
+    if lacks == "an attribute":
+        assert "attribute_of_another_uvicorn" in warned[0]

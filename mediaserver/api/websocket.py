@@ -9,6 +9,10 @@ Here the opening handshake is answered from uvicorn's own parse (RFC 6455 §4.2)
 ``websockets`` library's sans-I/O ``Protocol`` (framing, masking, fragments, ping/pong and close
 frames, the size limit), and the handler reads and writes text on a ``Socket`` directly. Any
 other request, and a WebSocket on another path, goes on as uvicorn would take it.
+
+This reads uvicorn's protocol object (its parse, its server state and config), which is not
+uvicorn's public API. A uvicorn that no longer has what it reads gets its own WebSocket layer
+back, with a warning: the application serves ``/v1/ws`` through ASGI too, only slower.
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ from typing import Awaitable, Callable
 
 import httptools
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.frames import CloseCode, Opcode
 from websockets.protocol import Protocol, Side, State
 from websockets.utils import accept_key
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # (moved in some uvicorn to come: see http_protocol)
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +282,43 @@ def _handshake_error(key: str | None, version: str | None, host: bool) -> tuple[
     return None
 
 
-def http_protocol(path: str, handle: Callable[[Socket], Awaitable[None]]) -> type[HttpToolsProtocol]:
-    """uvicorn's HTTP/1.1 protocol with WebSockets to ``path`` answered here and given to ``handle``."""
+# What of uvicorn's protocol object is read here (uvicorn 0.29-0.55 have all of it).
+_USED = ("url", "scope", "connections", "transport", "server_state", "config", "client", "loop", "tasks")
+_USED_CONFIG = ("ws_max_size", "ws_ping_interval", "ws_ping_timeout")
+_verdicts: dict[type, bool] = {}  # protocol class -> whether it has all of it (found at its first upgrade)
+
+
+def _compatible(protocol: HttpToolsProtocol) -> bool:
+    """Whether this uvicorn's protocol object has everything the upgrade below reads; if not,
+    said once (the protocol class's first upgrade) and uvicorn's own layer answers from then on."""
+    verdict = _verdicts.get(type(protocol))
+    if verdict is None:
+        missing = [a for a in _USED if not hasattr(protocol, a)]
+        if not missing:
+            missing = [f"config.{a}" for a in _USED_CONFIG if not hasattr(protocol.config, a)]
+            missing += [f"server_state.{a}" for a in ("default_headers", "connections") if not hasattr(protocol.server_state, a)]
+            if not (isinstance(protocol.scope, dict) and {"method", "headers"} <= protocol.scope.keys()):
+                missing.append("scope['method'] and scope['headers']")
+        if missing:
+            log.warning("this uvicorn's HTTP protocol has no %s: /v1/ws goes through uvicorn's own WebSocket layer "
+                        "and ASGI instead (it works, with more CPU per message)", ", ".join(missing))
+        verdict = _verdicts[type(protocol)] = not missing
+    return verdict
+
+
+def http_protocol(path: str, handle: Callable[[Socket], Awaitable[None]]) -> type[HttpToolsProtocol] | str:
+    """uvicorn's HTTP/1.1 protocol with WebSockets to ``path`` answered here and given to ``handle``
+    (for ``uvicorn.Config``'s ``http``; without uvicorn's httptools protocol, its default)."""
+    if HttpToolsProtocol is None:
+        log.warning("this uvicorn has no httptools_impl.HttpToolsProtocol: /v1/ws goes through uvicorn's own "
+                    "WebSocket layer and ASGI instead (it works, with more CPU per message)")
+        return "auto"
     wanted = path.encode()
 
     class GatewayHttpProtocol(HttpToolsProtocol):
         def handle_websocket_upgrade(self) -> None:
+            if not _compatible(self):
+                return super().handle_websocket_upgrade()
             try:
                 path = httptools.parse_url(self.url).path
             except httptools.HttpParserInvalidURLError:
