@@ -8,6 +8,7 @@ their errors into ``MediaserverError``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 from typing import Any
@@ -252,19 +253,23 @@ def _refusal(e: RayTaskError, what: str, message: str) -> MediaserverError:
     return MediaserverError("internal", message)
 
 
+# Then every 0.1 s: a restarting actor is back in about a second, and a call to it fails 0.1-0.2 s
+# after it is made (Ray's tick, SYSTEM_CONFIG), so a longer wait only adds to the outage.
+RETRY_DELAYS = (0.02, 0.05, 0.1)
+
+
 async def call_retrying(handle: Any, method: str, *args: Any, deadline: float = 30.0, **kwargs: Any) -> Any:
     """``call`` that waits out an actor restart; only for idempotent methods."""
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
-    delay = 0.05
-    while True:
+    for attempt in itertools.count():
         try:
             return await call(handle, method, *args, **kwargs)
         except MediaserverError as e:
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
             if e.code != "unavailable" or loop.time() + delay > end:
                 raise
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
 
 def kill(name: str, *, restart: bool) -> bool:

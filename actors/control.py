@@ -28,9 +28,6 @@ from mediaserver.errors import MediaserverError
 from mediaserver.store import Store
 
 log = logging.getLogger(__name__)
-# Then every 0.1 s: a restarting host is back in about a second, and a call to it fails 0.1-0.2 s
-# after it is made (Ray's tick, cluster.SYSTEM_CONFIG), so a longer wait only adds to the outage.
-RETRY_DELAYS = (0.02, 0.05, 0.1)
 LONG_POLLS = {"wait_events"}  # batched apart: a batch of calls is answered when its slowest is
 MAINTAIN_SECONDS = 2.0  # how often a gateway looks for new nodes and measures the media workers' load
 
@@ -252,7 +249,7 @@ class ControlPlane:
                 kind = "polls" if method in LONG_POLLS else "calls"
                 return await self._batcher(host, kind).call(session_id, method, args, new)
             except MediaserverError as e:
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                delay = cluster.RETRY_DELAYS[min(attempt, len(cluster.RETRY_DELAYS) - 1)]
                 if e.code != "unavailable" or loop.time() + delay > end:
                     raise
             self._host_of.pop(session_id, None)  # ask the Directory again: the session may have moved,
