@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import sqlalchemy as sa
@@ -375,6 +376,35 @@ async def test_a_hosts_loading_reads_what_sqlalchemy_reads(store: Store):
     assert (await store.get_session(session["id"]))["meeting"] == {"started": True}
     assert [p["on_stage"] for p in await store.list_participants(session["id"])] == [False, True, False]
     assert [q["voters"] for q in await store.session_questions(session["id"])] == [[], ["part_2"]]
+
+
+def test_the_cursor_path_converts_values_as_sqlalchemys_execution_does():
+    """The statements run on SQLite's cursor convert their parameters (JSON, floats) with
+    converters found through SQLAlchemy's public API: the same ones, for the same names, as
+    SQLAlchemy's execution context takes from the compiled statement (a private attribute)."""
+    from sqlalchemy.dialects import sqlite
+
+    from mediaserver.store.inloop import bind_processors
+    from mediaserver.store.schema import chat_messages, events, sessions
+    from mediaserver.store.store import _chat_history, _insert, _join_lookup, _reads, _update_by_id
+
+    dialect = sqlite.dialect()
+    compiled = [s.compile(dialect=dialect) for s in [*_reads().values(), _join_lookup(), _chat_history(2, True)]]
+    compiled += [_insert(t).compile(dialect=dialect, column_keys=[c.name for c in t.c]) for t in (sessions, events, chat_messages)]
+    compiled.append(_update_by_id(sessions).compile(dialect=dialect, column_keys=["meeting", "empty_since", "_id"]))
+    samples = {"JSON": ({"nested": [1, {"x": None}]}, lambda v: json.loads(v) == {"nested": [1, {"x": None}]}),
+               "Float": (7, lambda v: type(v) is float and v == 7.0)}
+    converted = 0
+    for c in compiled:
+        ours = bind_processors(c, dialect)
+        theirs = getattr(c, "_bind_processors", None)  # (SQLAlchemy's own, where this release has it)
+        assert theirs is None or ours.keys() == theirs.keys(), c
+        for name, convert in ours.items():
+            value, stored = samples[type(c.binds[name].type).__name__]
+            assert stored(convert(value)), (name, convert(value))
+            assert theirs is None or convert(value) == theirs[name](value)
+            converted += 1
+    assert converted >= 5  # (JSON and float columns among them)
 
 
 def test_the_join_statements_write_the_session_status_in_instead_of_binding_it():

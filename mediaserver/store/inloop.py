@@ -88,6 +88,18 @@ class Prepared(NamedTuple):
         return out
 
 
+def bind_processors(compiled: Any, dialect: sa.Dialect) -> dict[str, Any]:
+    """A compiled statement's parameters that need converting on the way in (JSON, floats), by
+    name, with their types' converters: what SQLAlchemy's execution context applies, through
+    its public API (``SQLCompiler.binds``, ``TypeEngine.bind_processor``)."""
+    out = {}
+    for name, bind in compiled.binds.items():
+        convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if convert is not None:
+            out[name] = convert
+    return out
+
+
 class InLoopEngine:
     def __init__(self, engine: sa.Engine):
         self.sync_engine = engine
@@ -105,9 +117,9 @@ class InLoopEngine:
             compiled = stmt.compile(dialect=self.sync_engine.dialect, column_keys=list(params))
             state = compiled.construct_expanded_state(params)
             order = list(state.positiontup or ())
-            # (the expanded state lists only its expanded parameters' processors: the compiled
-            # statement has the others, as its execution context takes them)
-            convert = {**compiled._bind_processors, **state.processors}
+            # (the expanded state lists only its expanded parameters' processors: the others are
+            # the compiled statement's, as its execution context takes them)
+            convert = {**bind_processors(compiled, self.sync_engine.dialect), **state.processors}
             prepared = self._prepared[key] = Prepared(
                 state.statement, order, {k: state.parameters[k] for k in order if k not in params},
                 [(i, convert[k]) for i, k in enumerate(order) if convert.get(k) is not None],
