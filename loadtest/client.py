@@ -231,13 +231,13 @@ class LoadParticipant:
         fd = transport.get_extra_info("socket").fileno()
         per_frame = max(1, round(bitrate / 8 / PACKET / fps))
         self.streams.append((
-            _wire.Stream(fd, remote, video._ssrc, PACKET, _payload_type(answer, "video"), session=dtls._tx_srtp,
+            _wire.Stream(fd, remote, video._ssrc, PACKET, _payload_type(answer, "video"), session=_own_tx_session(dtls),
                          fps=fps, frame_packets=per_frame, stamp=True),
             bitrate / 8 / PACKET,
         ))
         if voice is not None:  # Opus-sized packets, 50 per second
             self.streams.append((
-                _wire.Stream(fd, remote, voice._ssrc, 120, _payload_type(answer, "audio"), session=dtls._tx_srtp,
+                _wire.Stream(fd, remote, voice._ssrc, 120, _payload_type(answer, "audio"), session=_own_tx_session(dtls),
                              clock_rate=48000, fps=50, stamp=True),
                 50.0,
             ))
@@ -255,6 +255,24 @@ class LoadParticipant:
         for pc in (self.pub_pc, self.sub_pc):
             if pc is not None:
                 await pc.close()
+
+
+def _own_tx_session(dtls: Any) -> Any:
+    """A libsrtp session of its own for one C sender, keyed as the connection's outbound one
+    (derived again from the DTLS handshake, RFC 5764 §4.2, as aiortc derives it). A libsrtp
+    session is not safe to use from two threads at once: each stream sends from a thread of
+    its own, and aiortc protects its RTCP with the connection's session on the event loop.
+    Sharing one crashed the test process, once, inside libsrtp."""
+    from pylibsrtp import Policy, Session
+
+    chosen = dtls._ssl.get_selected_srtp_profile()
+    profile = next(p for p in dtls._srtp_profiles if p.openssl_profile == chosen)
+    material = dtls._ssl.export_keying_material(b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length))
+    key = profile.get_key_and_salt(material, 1 if dtls._role == "server" else 0)
+    policy = Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile.libsrtp_profile)
+    policy.allow_repeat_tx = True
+    policy.window_size = 1024
+    return Session(policy)
 
 
 async def mint(http: httpx.AsyncClient, room_id: str, identity: str, role: str) -> str:
