@@ -314,6 +314,8 @@ async def test_a_hosts_loading_reads_what_sqlalchemy_reads(store: Store):
     through SQLAlchemy; and the store's methods built on them answer as they should."""
     import time
 
+    from mediaserver.store.archive_store import _recording
+    from mediaserver.store.event_store import _registered, _slot
     from mediaserver.store.store import _chat_history, _reads
 
     team = await store.ensure_team("acme")
@@ -353,7 +355,7 @@ async def test_a_hosts_loading_reads_what_sqlalchemy_reads(store: Store):
         ("slot", {"room_id": slot["room_id"]}), ("slot", {"room_id": room["id"]}), ("registered", {"slot_id": slot["id"]}),
         ("recording", {"session_id": session["id"]}), ("recording", {"session_id": "sess_none"}),
     ]
-    statements = {name: _reads()[name] for name, _ in cases}
+    statements = {**_reads(), "slot": _slot(), "registered": _registered(), "recording": _recording()}
     for shape, params in [((0, True), {}), ((1, True), {"room0": "*"}), ((2, False), {"room0": "b1", "room1": "*"})]:
         cases.append((shape, {"session_id": session["id"], "limit": 3, **params}))
         statements[shape] = _chat_history(*shape)

@@ -5,6 +5,7 @@ instant leave one archive, stopped once."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -16,10 +17,15 @@ from mediaserver.ids import new_id
 from mediaserver.store.schema import archives, fixed, sessions
 
 
+@functools.cache
+def _recording() -> Any:
+    """``recording_archive``'s read, built once (a session's wake reads it)."""
+    return sa.select(archives).where(archives.c.session_id == sa.bindparam("session_id"), archives.c.status == fixed("recording"))
+
+
 class ArchiveStore:
     engine: Any
-    _prebuilt: dict[str, Any]  # (Store's: its reads built once, and how it runs them)
-    _rows: Any
+    _rows: Any  # (Store's: a statement built once, run on SQLite's cursor there)
 
     async def create_archive(self, session: dict, name: str, output: str, started_by: str | None,
                              now: float | None = None) -> dict:
@@ -69,7 +75,7 @@ class ArchiveStore:
 
     async def recording_archive(self, session_id: str) -> dict | None:
         """The session's archive being recorded, if any (read each time a session wakes)."""
-        rows = await self._rows(self._prebuilt["recording"], {"session_id": session_id})
+        rows = await self._rows(_recording(), {"session_id": session_id})
         return rows[0] if rows else None
 
     async def list_archives(

@@ -8,6 +8,7 @@ concurrent requests run one after the other and cannot both pass.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -19,10 +20,21 @@ from mediaserver.store.locking import lock_row
 from mediaserver.store.schema import event_hosts, event_slots, registrations, rooms, scheduled_events
 
 
+@functools.cache
+def _slot() -> Any:
+    """``slot_for_room``'s read of the slot, built once (a session's wake reads it)."""
+    return sa.select(event_slots).where(event_slots.c.room_id == sa.bindparam("room_id"))
+
+
+@functools.cache
+def _registered() -> Any:
+    """... and of its registered identities."""
+    return sa.select(registrations.c.identity).where(registrations.c.slot_id == sa.bindparam("slot_id"))
+
+
 class EventStore:
     engine: Any
-    _prebuilt: dict[str, Any]  # (Store's: its reads built once, and how it runs them)
-    _rows: Any
+    _rows: Any  # (Store's: a statement built once, run on SQLite's cursor there)
 
     async def create_event(
         self, team_id: str, name: str, starts_at: float, ends_at: float, hosts: list[dict], max_sessions: int | None = None
@@ -131,9 +143,9 @@ class EventStore:
 
     async def slot_for_room(self, room_id: str) -> dict | None:
         """The event slot a room was made for (with its registered identities), or None."""
-        found = await self._rows(self._prebuilt["slot"], {"room_id": room_id})
+        found = await self._rows(_slot(), {"room_id": room_id})
         if not found:
             return None
         slot = found[0]
-        slot["registered"] = [r["identity"] for r in await self._rows(self._prebuilt["registered"], {"slot_id": slot["id"]})]
+        slot["registered"] = [r["identity"] for r in await self._rows(_registered(), {"slot_id": slot["id"]})]
         return slot

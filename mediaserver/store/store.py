@@ -28,7 +28,6 @@ from mediaserver.store.locking import lock_row
 from mediaserver.store.people_store import PeopleStore
 from mediaserver.store.schema import (
     api_keys,
-    archives,
     chat_messages,
     event_slots,
     events,
@@ -37,7 +36,6 @@ from mediaserver.store.schema import (
     participants,
     question_votes,
     questions,
-    registrations,
     rooms,
     server_state,
     sessions,
@@ -122,11 +120,6 @@ def _reads() -> dict[str, Any]:
             .join(questions, questions.c.id == question_votes.c.question_id)
             .where(questions.c.session_id == by_session)
         ),
-        # A session's event slot (``EventStore.slot_for_room``) and whether it is being archived
-        # (``ArchiveStore.recording_archive``): read each time a session wakes.
-        "slot": sa.select(event_slots).where(event_slots.c.room_id == sa.bindparam("room_id")),
-        "registered": sa.select(registrations.c.identity).where(registrations.c.slot_id == sa.bindparam("slot_id")),
-        "recording": sa.select(archives).where(archives.c.session_id == by_session, archives.c.status == fixed("recording")),
     }
 
 
@@ -224,10 +217,6 @@ class Store(EventStore, PeopleStore, ArchiveStore):
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
         self._group: list[tuple[SessionChange, asyncio.Future]] = []  # (``apply``: this turn's, committed together)
         self._tasks: set[asyncio.Future] = set()
-
-    @property
-    def _prebuilt(self) -> dict[str, Any]:
-        return _reads()  # (for the reads of the other stores' parts)
 
     async def _rows(self, stmt: Any, params: dict[str, Any]) -> list[dict]:
         """A prebuilt SELECT's rows: on SQLite's cursor (``InLoopEngine.rows``), else as usual."""
