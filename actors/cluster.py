@@ -258,6 +258,11 @@ def _refusal(e: RayTaskError, what: str, message: str) -> MediaserverError:
 RETRY_DELAYS = (0.02, 0.05, 0.1)
 
 
+def retry_delay(attempt: int) -> float:
+    """How long to wait before trying a call to a restarting actor again (``attempt`` from 0)."""
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+
 async def call_retrying(handle: Any, method: str, *args: Any, deadline: float = 30.0, **kwargs: Any) -> Any:
     """``call`` that waits out an actor restart; only for idempotent methods."""
     loop = asyncio.get_running_loop()
@@ -266,7 +271,7 @@ async def call_retrying(handle: Any, method: str, *args: Any, deadline: float = 
         try:
             return await call(handle, method, *args, **kwargs)
         except MediaserverError as e:
-            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            delay = retry_delay(attempt)
             if e.code != "unavailable" or loop.time() + delay > end:
                 raise
         await asyncio.sleep(delay)

@@ -249,7 +249,7 @@ class ControlPlane:
                 kind = "polls" if method in LONG_POLLS else "calls"
                 return await self._batcher(host, kind).call(session_id, method, args, new)
             except MediaserverError as e:
-                delay = cluster.RETRY_DELAYS[min(attempt, len(cluster.RETRY_DELAYS) - 1)]
+                delay = cluster.retry_delay(attempt)
                 if e.code != "unavailable" or loop.time() + delay > end:
                     raise
             self._host_of.pop(session_id, None)  # ask the Directory again: the session may have moved,

@@ -286,6 +286,7 @@ def _handshake_error(key: str | None, version: str | None, host: bool) -> tuple[
 _USED = ("url", "scope", "connections", "transport", "server_state", "config", "client", "loop", "tasks")
 _USED_CONFIG = ("ws_max_size", "ws_ping_interval", "ws_ping_timeout")
 _verdicts: dict[type, bool] = {}  # protocol class -> whether it has all of it (found at its first upgrade)
+_FALLING_BACK = ": /v1/ws goes through uvicorn's own WebSocket layer and ASGI instead (it works, with more CPU per message)"
 
 
 def _compatible(protocol: HttpToolsProtocol) -> bool:
@@ -300,8 +301,7 @@ def _compatible(protocol: HttpToolsProtocol) -> bool:
             if not (isinstance(protocol.scope, dict) and {"method", "headers"} <= protocol.scope.keys()):
                 missing.append("scope['method'] and scope['headers']")
         if missing:
-            log.warning("this uvicorn's HTTP protocol has no %s: /v1/ws goes through uvicorn's own WebSocket layer "
-                        "and ASGI instead (it works, with more CPU per message)", ", ".join(missing))
+            log.warning("this uvicorn's HTTP protocol has no %s" + _FALLING_BACK, ", ".join(missing))
         verdict = _verdicts[type(protocol)] = not missing
     return verdict
 
@@ -310,8 +310,7 @@ def http_protocol(path: str, handle: Callable[[Socket], Awaitable[None]]) -> typ
     """uvicorn's HTTP/1.1 protocol with WebSockets to ``path`` answered here and given to ``handle``
     (for ``uvicorn.Config``'s ``http``; without uvicorn's httptools protocol, its default)."""
     if HttpToolsProtocol is None:
-        log.warning("this uvicorn has no httptools_impl.HttpToolsProtocol: /v1/ws goes through uvicorn's own "
-                    "WebSocket layer and ASGI instead (it works, with more CPU per message)")
+        log.warning("this uvicorn has no httptools_impl.HttpToolsProtocol" + _FALLING_BACK)
         return "auto"
     wanted = path.encode()
 
